@@ -1,0 +1,40 @@
+"""genzoo: GANs, diffusion models and consistency models, trained, sampled, edited and measured
+side by side with one API.
+
+    model = genzoo.load("runs/edm")             # a run, checkpoint or converted official model
+    images, labels, nfe = genzoo.sample(model, "0-63", sampler="heun", steps=18)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def load(*args: Any, **kwargs: Any):
+    """See :func:`genzoo.api.load`."""
+    from genzoo.api import load as _load
+
+    return _load(*args, **kwargs)
+
+
+def sample(*args: Any, **kwargs: Any):
+    """See :func:`genzoo.api.sample`."""
+    from genzoo.api import sample as _sample
+
+    return _sample(*args, **kwargs)
+
+
+def train(*args: Any, **kwargs: Any):
+    """See :func:`genzoo.train.engine.train`."""
+    from genzoo.train.engine import train as _train
+
+    return _train(*args, **kwargs)
+
+
+def evaluate(*args: Any, **kwargs: Any):
+    """See :func:`genzoo.metrics.evaluate`."""
+    from genzoo.metrics import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)

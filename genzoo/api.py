@@ -1,0 +1,88 @@
+"""The Python API: ``load``, ``sample``, ``train``, ``evaluate``. The CLI calls these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from genzoo.checkpoints import load_safetensors, load_state_into, read_json, resolve_model_dir
+from genzoo.family import get_family
+from genzoo.seeds import StackedRandomGenerator, batches, parse_seeds
+
+
+def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+    """Open a run directory (its latest checkpoint), a checkpoint or a converted model directory.
+
+    Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
+    ones); its ``config`` attribute holds the saved ``config.json``.
+    """
+    model_dir = resolve_model_dir(path)
+    config = read_json(model_dir / "config.json")
+    if "family" not in config:
+        raise ValueError(f"{model_dir / 'config.json'}: no 'family' key; not a genzoo model")
+    family = get_family(config["family"])
+    model = family.build_model(config)
+    weights_file = model_dir / ("ema.safetensors" if ema and (model_dir / "ema.safetensors").is_file()
+                                else "model.safetensors")
+    prefix = config.get("sampled_player", "net") + "."
+    state = {k[len(prefix):]: v for k, v in load_safetensors(weights_file).items() if k.startswith(prefix)}
+    load_state_into(model, state, str(weights_file))
+    model.config = config
+    model.model_dir = model_dir
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Sequence[int] | None = None,
+           batch_size: int = 64, device: str | torch.device | None = None,
+           on_batch: Callable[[torch.Tensor, torch.Tensor | None, list[int]], None] | None = None,
+           **options: Any) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Generate one image per seed with a loaded model.
+
+    ``class_labels``: one class for all, one per seed, or None (random classes from the seed for a
+    class-conditional model). ``options`` are the family's sampling options (``sampler``, ``steps``,
+    ``truncation``, ...). Returns (uint8 NCHW images, labels or None, network evaluations per image).
+    ``on_batch`` receives each batch as it is made, for streaming writers.
+    """
+    from genzoo.io import to_uint8
+
+    seeds = parse_seeds(seeds)
+    family = get_family(model.config["family"])
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    num_classes = int(model.config.get("num_classes", 0) or 0)
+    labels_all = _labels_for_seeds(seeds, class_labels, num_classes)
+    images_out, labels_out, nfe = [], [], 0
+    for batch_seeds in batches(seeds, batch_size):
+        rng = StackedRandomGenerator(device, batch_seeds)
+        labels = None
+        if labels_all is not None:
+            labels = torch.tensor([labels_all[seeds.index(s)] for s in batch_seeds], device=device)
+        images, nfe = family.sample(model, rng, labels, options)
+        images = to_uint8(images).cpu()
+        if on_batch is not None:
+            on_batch(images, labels.cpu() if labels is not None else None, batch_seeds)
+        images_out.append(images)
+        if labels is not None:
+            labels_out.append(labels.cpu())
+    return torch.cat(images_out), (torch.cat(labels_out) if labels_out else None), nfe
+
+
+def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None, num_classes: int) -> list[int] | None:
+    if num_classes <= 0:
+        return None
+    if class_labels is None:
+        # A class drawn from the seed alone, so it too is independent of batching.
+        return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + (1 << 32))))
+                for s in seeds]
+    if isinstance(class_labels, int):
+        return [class_labels] * len(seeds)
+    class_labels = list(class_labels)
+    if len(class_labels) == 1:
+        return class_labels * len(seeds)
+    if len(class_labels) != len(seeds):
+        raise ValueError(f"{len(class_labels)} class labels for {len(seeds)} seeds")
+    return class_labels

@@ -1,0 +1,240 @@
+"""Checkpoints on disk, and importers of the official released formats.
+
+A genzoo model directory holds ``config.json`` (plain data: family, network name and config, ...),
+``model.safetensors`` and optionally ``ema.safetensors``; a training checkpoint adds
+``optimizer.pt`` and ``state.json``. A run directory holds ``checkpoint-NNNNNN/`` directories.
+
+Official formats are read by source modules in this package (``load_official``), never by
+unpickling code: ``torch.load(weights_only=True)`` or safetensors only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from genzoo.errors import UserError
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file, with an error naming it if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such weights file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
+        raise UserError(f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def save_model_dir(path: str | Path, config: Mapping[str, Any], weights: Mapping[str, Mapping[str, torch.Tensor]],
+                   extra_files: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+    """Write a model directory atomically: ``config.json`` and one safetensors file per entry of
+    ``weights`` (e.g. ``{"model": state_dict, "ema": state_dict}``), plus ``extra_files`` written by
+    callbacks given the target path. The directory appears complete or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write_json_atomic(tmp / "config.json", config)
+        for name, state in weights.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
+        for name, writer in (extra_files or {}).items():
+            writer(tmp / name)
+        _fsync_dir(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    for file in path.iterdir():
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first (temporary ones are hidden dot-dirs)."""
+    run_dir = Path(run_dir)
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory from a run directory (its latest checkpoint), a checkpoint or a converted model."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--ckpt {path}: no such run, checkpoint or model directory")
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    checkpoints = list_checkpoints(path)
+    if checkpoints:
+        return checkpoints[-1]
+    raise UserError(f"--ckpt {path}: expected a genzoo run directory (with checkpoint-NNNNNN/) or a model "
+                    "directory (config.json + model.safetensors)")
+
+
+def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error listing missing/unexpected keys and the first
+    shape mismatch, naming ``source``."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatch = next(((k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+                     if k in state and tuple(state[k].shape) != tuple(v.shape)), None)
+    if missing or unexpected or mismatch:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
+                         f"{' ...' if len(unexpected) > 8 else ''}")
+        if mismatch:
+            parts.append(f"first shape mismatch: {mismatch[0]} is {mismatch[1]} in the file, {mismatch[2]} in the model")
+        raise UserError(f"{source}: does not match the model; " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+# ----------------------------------------------------------------------------- official formats
+
+
+@dataclass
+class OfficialSource:
+    """An importer of one official checkpoint format."""
+
+    name: str
+    #: build the public-semantics module from a state dict and the source's own config flags
+    load: Callable[..., nn.Module]
+    #: preset name -> the source's config flags
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: (module, flags) -> (genzoo config.json, {"model": state_dict}) for `genzoo convert`
+    to_genzoo: Callable[[nn.Module, dict[str, Any]], tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]] | None = None
+    #: optional: guess a preset from a state dict (for error hints)
+    guess_preset: Callable[[Mapping[str, torch.Tensor]], str | None] | None = None
+
+
+_SOURCES: dict[str, OfficialSource] = {}
+_SOURCES_DISCOVERED = False
+
+
+def register_source(source: OfficialSource) -> OfficialSource:
+    _SOURCES[source.name] = source
+    return source
+
+
+def _discover_sources() -> None:
+    global _SOURCES_DISCOVERED
+    if not _SOURCES_DISCOVERED:
+        for module in pkgutil.iter_modules(__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{module.name}")
+        _SOURCES_DISCOVERED = True
+
+
+def source_names() -> list[str]:
+    _discover_sources()
+    return sorted(_SOURCES)
+
+
+def get_source(name: str) -> OfficialSource:
+    _discover_sources()
+    if name not in _SOURCES:
+        raise UserError(f"--from: unknown checkpoint source {name!r}; available: {', '.join(source_names())}")
+    return _SOURCES[name]
+
+
+def resolve_flags(source: OfficialSource, preset: str | None, flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The preset's flags overridden by explicit ones; an unknown preset lists the valid ones."""
+    if preset is None:
+        return dict(flags)
+    if preset not in source.presets:
+        raise UserError(f"--preset: unknown preset {preset!r} for {source.name}; valid: {', '.join(sorted(source.presets))}")
+    return {**source.presets[preset], **flags}
+
+
+def load_official(source: str, path_or_state_dict: str | Path | Mapping[str, torch.Tensor], preset: str | None = None,
+                  **flags: Any) -> nn.Module:
+    """Load an official released checkpoint into a module with the public code's ``forward``.
+
+    ``source`` names the format (e.g. ``guided-diffusion``), ``preset`` a released configuration,
+    ``flags`` the source's own config keys (overriding the preset's).
+    """
+    src = get_source(source)
+    resolved = resolve_flags(src, preset, flags)
+    if isinstance(path_or_state_dict, (str, Path)):
+        state = read_state_dict(path_or_state_dict)
+    else:
+        state = dict(path_or_state_dict)
+    return src.load(state, **resolved)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a weights-only torch file (``.pt``/``.pth``/``.bin``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    state = load_torch_file(path)
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: expected a state dict (names -> tensors)")
+    return dict(state)

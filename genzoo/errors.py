@@ -1,0 +1,8 @@
+"""Errors that a user can cause and fix; the CLI prints them in one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a path, flag, config or file that is not what was expected.
+
+    The message must name the offending file or flag and say what was expected.
+    """

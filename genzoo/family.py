@@ -1,0 +1,72 @@
+"""Families (diffusion, consistency, gan, classifier): what the engine, ``genzoo.load`` and the CLI
+need from each, found by name.
+
+A family module exposes ``FAMILY``, an instance of a :class:`Family` subclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from genzoo.errors import UserError
+from genzoo.seeds import StackedRandomGenerator
+
+_FAMILY_MODULES = {
+    "diffusion": "genzoo.diffusion.family",
+    "consistency": "genzoo.consistency.family",
+    "gan": "genzoo.gan.family",
+    "classifier": "genzoo.diffusion.classifier_family",
+}
+
+
+class Family:
+    """Base class: override what the family supports."""
+
+    name: str = ""
+
+    def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add this family's `genzoo train` flags (use :func:`add_argument_once`)."""
+
+    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add this family's `genzoo sample` flags (use :func:`add_argument_once`)."""
+
+    def build_objective(self, config: dict[str, Any], dataset: Any) -> Any:
+        """The training :class:`~genzoo.train.Objective` for a resolved config and dataset."""
+        raise UserError(f"--family {self.name}: training is not available")
+
+    def build_model(self, config: dict[str, Any]) -> nn.Module:
+        """The sampling model (random weights) described by a saved ``config.json``."""
+        raise NotImplementedError
+
+    def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
+               options: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Generate one image per seed of ``rng``: (float NCHW in [-1, 1], network evaluations per image).
+
+        ``options`` holds the sample flags (``sampler``, ``steps``, ``truncation``, ...) as parsed.
+        """
+        raise NotImplementedError
+
+
+def family_names() -> list[str]:
+    """Families whose module is present in this install."""
+    return [name for name, mod in _FAMILY_MODULES.items() if importlib.util.find_spec(mod) is not None]
+
+
+def get_family(name: str) -> Family:
+    if name not in _FAMILY_MODULES or importlib.util.find_spec(_FAMILY_MODULES[name]) is None:
+        raise UserError(f"--family: unknown family {name!r}; available: {', '.join(family_names())}")
+    return importlib.import_module(_FAMILY_MODULES[name]).FAMILY
+
+
+def add_argument_once(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
+    """``parser.add_argument`` unless another family already added the same flag."""
+    existing = {opt for action in parser._actions for opt in action.option_strings}
+    if existing.intersection(flags):
+        return
+    parser.add_argument(*flags, **kwargs)

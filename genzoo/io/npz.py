@@ -1,0 +1,107 @@
+"""ADM's sample-file layout: ``.npz`` with ``arr_0`` uint8 NHWC images and ``arr_1`` int64 labels.
+
+:class:`NpzWriter` streams images to disk batch by batch, so no more than one batch is held in
+memory; the file is written to a temporary name and renamed into place when closed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genzoo.errors import UserError
+from genzoo.io.images import _as_nhwc_uint8
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """A version-1.0 ``.npy`` header for a C-ordered array (NumPy format spec)."""
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
+    # Total header length (magic 6 + version 2 + length 2 + text + newline) is a multiple of 64.
+    padding = 64 - (10 + len(text) + 1) % 64
+    text = text + " " * padding + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+class NpzWriter:
+    """Write ``arr_0`` (uint8 NHWC) and ``arr_1`` (labels) incrementally into an ``.npz`` file.
+
+    The image count is not known in advance, so each array is written to a temporary raw file and
+    copied into the zip with its header when the writer closes.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.suffix != ".npz":
+            raise UserError(f"--out {self.path}: expected a file name ending in .npz")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_images = self.path.with_name(self.path.name + ".images.tmp")
+        self._images = open(self._tmp_images, "wb")
+        self._labels: list[np.ndarray] = []
+        self._shape: tuple[int, int, int] | None = None
+        self.count = 0
+
+    def write(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | None = None) -> None:
+        """Append a batch: float NCHW in [-1,1] / uint8 NCHW tensors, or uint8 NHWC arrays."""
+        batch = _as_nhwc_uint8(images)
+        if self._shape is None:
+            self._shape = batch.shape[1:]
+        elif batch.shape[1:] != self._shape:
+            raise ValueError(f"image shape {batch.shape[1:]} differs from earlier {self._shape}")
+        self._images.write(np.ascontiguousarray(batch).tobytes())
+        if labels is not None:
+            labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+            self._labels.append(labels.astype(np.int64).reshape(-1))
+        self.count += len(batch)
+
+    def close(self) -> Path:
+        self._images.close()
+        shape = (self.count, *(self._shape or (0, 0, 3)))
+        tmp_zip = self.path.with_name(self.path.name + ".tmp")
+        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            with archive.open("arr_0.npy", "w", force_zip64=True) as out, open(self._tmp_images, "rb") as src:
+                out.write(_npy_header(shape, np.uint8))
+                while chunk := src.read(1 << 24):
+                    out.write(chunk)
+            if self._labels:
+                labels = np.concatenate(self._labels)
+                if len(labels) != self.count:
+                    raise ValueError(f"{len(labels)} labels for {self.count} images")
+                with archive.open("arr_1.npy", "w") as out:
+                    np.lib.format.write_array(out, labels)
+        os.replace(tmp_zip, self.path)
+        self._tmp_images.unlink(missing_ok=True)
+        return self.path
+
+    def __enter__(self) -> NpzWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._images.close()
+            self._tmp_images.unlink(missing_ok=True)
+
+
+def read_npz_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an ADM sample file: (``arr_0`` uint8 NHWC, ``arr_1`` labels or None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data:
+                raise UserError(f"{path}: expected an ADM sample file with 'arr_0' (uint8 NHWC)")
+            images = data["arr_0"]
+            labels = data["arr_1"] if "arr_1" in data else None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a readable .npz file ({err})") from None
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise UserError(f"{path}: 'arr_0' must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    return images, labels

@@ -1,0 +1,91 @@
+"""Seeds: parsing `--seeds` lists and per-seed random streams.
+
+The noise for seed ``s`` comes from a generator seeded with ``s`` alone, so an image depends on its
+seed and never on the batch size or the number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from genzoo.errors import UserError
+
+
+def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
+    """Parse ``"0-99,200,300-310"`` (ranges inclusive, as EDM's ``--seeds``) into a list of ints."""
+    if isinstance(text, int):
+        return [text]
+    if not isinstance(text, str):
+        return [int(s) for s in text]
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise UserError(f"--seeds: range {part!r} ends before it starts")
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise UserError(f"--seeds: expected a list like '0-99,200,300-310', got {text!r}") from None
+    if not seeds:
+        raise UserError(f"--seeds: no seeds in {text!r}")
+    return seeds
+
+
+class StackedRandomGenerator:
+    """One ``torch.Generator`` per seed; every draw is made per seed and stacked along dim 0.
+
+    ``randn``, ``randn_like`` and ``randint`` therefore give seed ``s`` the same numbers whatever
+    batch it is drawn in.
+    """
+
+    def __init__(self, device: torch.device | str, seeds: Sequence[int]):
+        self.device = torch.device(device)
+        self.seeds = list(seeds)
+        self.generators = []
+        for seed in self.seeds:
+            gen = torch.Generator(self.device)
+            gen.manual_seed(int(seed) % (1 << 63))
+            self.generators.append(gen)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, size: Sequence[int], dtype: torch.dtype = torch.float32, **kwargs) -> torch.Tensor:
+        """Standard normal draws of shape ``[len(seeds), *size[1:]]``; ``size[0]`` must equal len(seeds)."""
+        self._check_batch(size)
+        return torch.stack([torch.randn(tuple(size[1:]), generator=g, device=self.device, dtype=dtype)
+                            for g in self.generators])
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.randn(x.shape, dtype=x.dtype)
+
+    def rand(self, size: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        self._check_batch(size)
+        return torch.stack([torch.rand(tuple(size[1:]), generator=g, device=self.device, dtype=dtype)
+                            for g in self.generators])
+
+    def randint(self, low: int, high: int, size: Sequence[int]) -> torch.Tensor:
+        self._check_batch(size)
+        return torch.stack([torch.randint(low, high, tuple(size[1:]), generator=g, device=self.device)
+                            for g in self.generators])
+
+    def _check_batch(self, size: Sequence[int]) -> None:
+        if len(size) == 0 or int(size[0]) != len(self.generators):
+            raise ValueError(f"first dimension {tuple(size)} must equal the number of seeds {len(self)}")
+
+
+def batches(seeds: Sequence[int], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """Split seeds into batches of at most ``batch_size``, this rank's share of them (round robin)."""
+    if batch_size < 1:
+        raise UserError(f"--batch: expected a positive batch size, got {batch_size}")
+    seeds = list(seeds)
+    all_batches = [seeds[i:i + batch_size] for i in range(0, len(seeds), batch_size)]
+    return all_batches[rank::world_size]

@@ -1,0 +1,75 @@
+"""The contract between a family and the training engine.
+
+A family supplies an :class:`Objective`: the networks it trains (its *players*), how each player's
+optimiser is set up, in which order the players step, and the loss of one micro-batch. The engine
+owns everything else: data, optimisers, gradient accumulation, EMA, precision, DDP, checkpoints,
+logging and resuming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Batch:
+    """One micro-batch as the objective sees it."""
+
+    images: torch.Tensor  # float32 [N, C, H, W] in [-1, 1], on the training device
+    labels: torch.Tensor  # int64 [N]; -1 where the item has no label
+    captions: list[str] | None = None  # one per item, for text-conditional families
+    indices: torch.Tensor | None = None  # dataset indices of the items
+
+
+@dataclass
+class OptimizerSpec:
+    """Adam(W) settings for one player; the engine builds the optimiser from it."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_images: float = 0.0  # linear learning-rate ramp-up over this many images (EDM: 10M)
+
+
+@dataclass
+class StepResult:
+    """What a loss call returns: the scalar to minimise and numbers to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class of every family's training objective.
+
+    Subclasses put their trainable networks in ``self.players`` (an ``nn.ModuleDict``; saved as
+    ``model.safetensors`` with keys ``"<player>.<param>"``). Any other persistent state (e.g. a
+    consistency target network) is ordinary module state outside ``players``; the engine saves it
+    as ``objective.safetensors``. Networks that must never be saved (a frozen teacher) are kept out
+    of the module tree (``object.__setattr__``).
+    """
+
+    players: nn.ModuleDict
+    #: players whose exponential moving average the engine keeps (sampling uses the EMA copy)
+    ema_players: tuple[str, ...] = ()
+    #: the player that generates: ``genzoo.load`` returns it
+    sampled_player: str = "net"
+
+    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
+        """One optimiser spec per player name."""
+        raise NotImplementedError
+
+    def schedule(self) -> list[tuple[str, int]]:
+        """Player updates in one training step, in order: e.g. ``[("D", 2), ("G", 1)]``."""
+        return [(name, 1) for name in self.players]
+
+    def loss(self, player: str, batch: Batch, step: int) -> StepResult:
+        """The mean loss of ``player`` on one micro-batch at training step ``step``."""
+        raise NotImplementedError
+
+    def after_update(self, player: str, step: int) -> None:
+        """Called after the optimiser step of ``player`` (e.g. to update a target network)."""
