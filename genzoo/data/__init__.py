@@ -1,0 +1,67 @@
+"""Datasets in every format users have, behind one call: :func:`load_dataset`.
+
+Items are ``(image uint8 [C, H, W], label int)`` (-1 when unlabeled); datasets expose
+``resolution``, ``num_channels``, ``num_classes``, ``class_names`` and ``captions`` (or None).
+See docs/data.md for the spec table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from genzoo.data.base import ImageDataset, Spec, center_crop_arr, parse_spec
+from genzoo.data.shapes import (
+    COLOR_NAMES,
+    COLOR_RGB,
+    SHAPE_NAMES,
+    ShapesDataset,
+    class_name,
+    classify_color,
+)
+from genzoo.errors import UserError
+
+__all__ = ["COLOR_NAMES", "COLOR_RGB", "SHAPE_NAMES", "ImageDataset", "ShapesDataset", "center_crop_arr",
+           "class_name", "classify_color", "load_dataset", "parse_spec", "spec_kinds"]
+
+
+def _load_shapes(spec: Spec, resolution: int | None, skip_bad: bool) -> ImageDataset:
+    spec.check_options(["count", "seed"])
+    res = resolution
+    if spec.arg:
+        try:
+            res_from_spec = int(spec.arg)
+        except ValueError:
+            raise UserError(f"dataset spec {spec.text!r}: expected shapes:RES with an integer RES") from None
+        if res is not None and res != res_from_spec:
+            raise UserError(f"dataset spec {spec.text!r} says {res_from_spec} px but --resolution is {res}")
+        res = res_from_spec
+    res = res if res is not None else 32
+    if res < 4:
+        raise UserError(f"dataset spec {spec.text!r}: resolution must be at least 4, got {res}")
+    count = spec.int_option("count", 50_000, minimum=1)
+    return ShapesDataset(res, count=count, seed=spec.int_option("seed", 0))
+
+
+_LOADERS: dict[str, tuple[Callable[[Spec, int | None, bool], ImageDataset], str]] = {
+    "shapes": (_load_shapes, "shapes[:RES][?count=N&seed=S]"),
+}
+
+
+def spec_kinds() -> list[str]:
+    """Usage strings of every dataset spec kind."""
+    return [usage for _, usage in _LOADERS.values()]
+
+
+def load_dataset(spec: str, resolution: int | None = None, skip_bad: bool = False) -> ImageDataset:
+    """The dataset named by ``spec`` (see docs/data.md), resized to ``resolution`` if given.
+
+    ``skip_bad`` skips unreadable image files (their count is in ``dataset.skipped``) instead of
+    raising a :class:`~genzoo.errors.UserError` that names the first one.
+    """
+    parsed = parse_spec(spec)
+    if parsed.kind not in _LOADERS:
+        raise UserError(f"dataset spec {spec!r}: unknown kind {parsed.kind!r}; expected one of: "
+                        + ", ".join(spec_kinds()))
+    if resolution is not None and int(resolution) < 1:
+        raise UserError(f"--resolution: expected a positive integer, got {resolution}")
+    return _LOADERS[parsed.kind][0](parsed, None if resolution is None else int(resolution), skip_bad)
