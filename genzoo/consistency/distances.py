@@ -1,0 +1,61 @@
+"""Distances d(x, y) between consistency outputs, one value per sample.
+
+l2 and l1 are per-pixel means as in the released code; ``l2-32`` compares bilinear 32×32 resizes;
+pseudo-Huber is iCT's √(‖x−y‖² + c²) − c with c = 0.00054·√dim (Song & Dhariwal 2023, Sec. 3.3).
+LPIPS needs a weights file supplied by the user (see :mod:`genzoo.consistency.lpips`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from genzoo.errors import UserError
+
+DISTANCES = ("l2", "l1", "l2-32", "pseudo-huber", "lpips")
+
+
+def l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x - y).square().flatten(1).mean(1)
+
+
+def l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x - y).abs().flatten(1).mean(1)
+
+
+def l2_32(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] != 32 or x.shape[-2] != 32:
+        x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        y = F.interpolate(y, size=(32, 32), mode="bilinear", align_corners=False)
+    return l2(x, y)
+
+
+def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float | None = None) -> torch.Tensor:
+    """iCT's pseudo-Huber metric √(‖x−y‖₂² + c²) − c, c = 0.00054·√(C·H·W) by default."""
+    if c is None:
+        c = 0.00054 * math.sqrt(x[0].numel())
+    return ((x - y).square().flatten(1).sum(1) + c * c).sqrt() - c
+
+
+def get_distance(name: str, lpips_weights: str | None = None
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The distance called ``name`` (``--distance``); ``lpips`` needs ``--lpips-weights FILE``."""
+    if name == "l2":
+        return l2
+    if name == "l1":
+        return l1
+    if name == "l2-32":
+        return l2_32
+    if name == "pseudo-huber":
+        return pseudo_huber
+    if name == "lpips":
+        if not lpips_weights:
+            raise UserError("--distance lpips: give the LPIPS weights file with --lpips-weights FILE "
+                            "(genzoo never downloads weights)")
+        from genzoo.consistency.lpips import LPIPS
+
+        return LPIPS.from_file(lpips_weights).distance
+    raise UserError(f"--distance: unknown distance {name!r}; expected one of {', '.join(DISTANCES)}")

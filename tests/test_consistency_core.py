@@ -1,0 +1,128 @@
+"""Consistency models: the boundary parameterisation, the CT/iCT schedules, multistep sampling."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from genzoo.consistency import (ConsistencyModel, ct_num_scales, ct_target_ema, ict_num_scales,
+                                ict_pair_probabilities, karras_index_sigmas, parse_ts, sample, scalings,
+                                ternary_search)
+from genzoo.consistency.distances import get_distance, l2_32, pseudo_huber
+from genzoo.consistency.sampling import schedule_sigmas
+from genzoo.errors import UserError
+from genzoo.seeds import StackedRandomGenerator
+
+
+class TinyNet(nn.Module):
+    """forward(x, noise_labels, class_labels=None): a conv whose output depends on the noise label."""
+
+    def __init__(self, channels=3, resolution=8):
+        super().__init__()
+        self.resolution, self.in_channels, self.out_channels, self.label_dim = resolution, channels, channels, 0
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.noise_labels = []
+
+    def forward(self, x, noise_labels, class_labels=None):
+        self.noise_labels.append(noise_labels.detach().clone())
+        return torch.tanh(self.conv(x)) * 3 + noise_labels.reshape(-1, 1, 1, 1)
+
+
+def test_scalings_match_the_paper_and_hit_the_boundary():
+    sigma = torch.tensor([0.002, 0.5, 80.0], dtype=torch.float64)
+    c_skip, c_out, c_in = scalings(sigma)
+    assert c_skip[0] == 1 and c_out[0] == 0
+    # σ = 0.5: c_skip = .25/(.498² + .25), c_out = .498·.5/√.5, c_in = 1/√.5
+    assert c_skip[1].item() == pytest.approx(0.25 / (0.498 ** 2 + 0.25), rel=1e-12)
+    assert c_out[1].item() == pytest.approx(0.498 * 0.5 / math.sqrt(0.5), rel=1e-12)
+    assert c_in[1].item() == pytest.approx(1 / math.sqrt(0.5), rel=1e-12)
+    assert c_skip[2].item() == pytest.approx(0.25 / (79.998 ** 2 + 0.25), rel=1e-12)
+
+
+def test_f_at_sigma_min_is_exactly_the_identity():
+    torch.manual_seed(0)
+    f = ConsistencyModel(TinyNet())
+    x = torch.randn(4, 3, 8, 8) * 3
+    assert torch.equal(f(x, f.sigma_min), x)
+    assert torch.equal(f(x, torch.full((4,), 0.002)), x)
+    assert not torch.allclose(f(x, 1.0), x)
+    f(x, 2.0)
+    assert torch.allclose(f.model.noise_labels[-1], torch.full((4,), 0.25 * math.log(2.0)))
+
+
+def test_ct_schedules_against_hand_computed_values():
+    # N(k) = ceil(sqrt(k/K((s1+1)^2 - s0^2) + s0^2) - 1) + 1 with s0 = 2, s1 = 150, K = 100
+    assert ct_num_scales(0, 100) == 2
+    assert ct_num_scales(50, 100) == math.ceil(math.sqrt(0.5 * (151 ** 2 - 4) + 4) - 1) + 1 == 107
+    assert ct_num_scales(100, 100) == 151
+    assert ct_num_scales(10, 100, s0=2, s1=200) == math.ceil(math.sqrt(0.1 * (201 ** 2 - 4) + 4) - 1) + 1 == 64
+    # mu(k) = exp(s0 ln mu0 / N(k))
+    assert ct_target_ema(0, 100, mu0=0.95) == pytest.approx(0.95)
+    assert ct_target_ema(50, 100, mu0=0.9) == pytest.approx(math.exp(2 * math.log(0.9) / 107))
+    assert ct_target_ema(100, 100, mu0=0.95) == pytest.approx(0.95 ** (2 / 151))
+
+
+def test_ict_curriculum_doubles_and_pairs_follow_the_lognormal():
+    # s0 = 10, s1 = 1280: 8 stages of K' = floor(800 / 8) = 100 steps each
+    assert [ict_num_scales(k, 800) for k in (0, 99, 100, 250, 700, 799)] == [11, 11, 21, 41, 1281, 1281]
+    sigmas = karras_index_sigmas(11).flip(0)
+    p = ict_pair_probabilities(sigmas)
+    assert p.shape == (10,) and p.sum().item() == pytest.approx(1.0)
+    cdf = lambda s: torch.erf((s.log() + 1.1) / (math.sqrt(2) * 2.0))  # noqa: E731
+    expected = cdf(sigmas[1:]) - cdf(sigmas[:-1])
+    assert torch.allclose(p, expected / expected.sum())
+
+
+def test_distances():
+    x, y = torch.zeros(2, 3, 64, 64), torch.ones(2, 3, 64, 64)
+    c = 0.00054 * math.sqrt(3 * 64 * 64)
+    assert torch.allclose(pseudo_huber(x, y), torch.full((2,), math.sqrt(3 * 64 * 64 + c * c) - c))
+    assert torch.allclose(l2_32(x, 2 * y), torch.full((2,), 4.0))
+    assert torch.allclose(get_distance("l1")(x, -y), torch.ones(2))
+    with pytest.raises(UserError, match="--lpips-weights"):
+        get_distance("lpips")
+    with pytest.raises(UserError, match="--distance"):
+        get_distance("l3")
+
+
+def test_schedule_indices_and_nfe():
+    grid = karras_index_sigmas(40)
+    assert grid[0].item() == pytest.approx(80.0) and grid[-1].item() == pytest.approx(0.002)
+    sig = schedule_sigmas(0.002, 80.0, 7.0, 40, parse_ts("0,22,39"))
+    assert sig == pytest.approx([80.0, grid[22].item()])  # the last index is σ_min: no evaluation
+    assert schedule_sigmas(0.002, 80.0, 7.0, 1) == pytest.approx([80.0])
+    assert len(schedule_sigmas(0.002, 80.0, 7.0, 3)) == 3
+    with pytest.raises(UserError, match="--ts"):
+        parse_ts("0,22,22")
+    with pytest.raises(UserError, match="outside"):
+        schedule_sigmas(0.002, 80.0, 7.0, 20, [0, 22, 39])
+
+
+def test_one_and_two_step_sampling_follow_algorithm_1():
+    torch.manual_seed(0)
+    f = ConsistencyModel(TinyNet()).eval()
+    rng = StackedRandomGenerator("cpu", [3, 4])
+    images, nfe = sample(f, rng.randn_like, (2, 3, 8, 8), steps=1)
+    z = StackedRandomGenerator("cpu", [3, 4]).randn((2, 3, 8, 8))
+    assert nfe == 1 and torch.allclose(images, f(z * 80.0, 80.0).clamp(-1, 1))
+    # two steps on ts = 0, 22, 39: x0 = f(80 z), then x0 + z'·sqrt(t22² − σ_min²)
+    rng = StackedRandomGenerator("cpu", [3, 4])
+    images, nfe = sample(f, rng.randn_like, (2, 3, 8, 8), steps=40, ts=[0, 22, 39])
+    rng = StackedRandomGenerator("cpu", [3, 4])
+    x0 = f(rng.randn((2, 3, 8, 8)) * 80.0, 80.0).clamp(-1, 1)
+    t = karras_index_sigmas(40)[22].item()
+    expected = f(x0 + rng.randn((2, 3, 8, 8)) * math.sqrt(t * t - 0.002 ** 2), t).clamp(-1, 1)
+    assert nfe == 2 and torch.allclose(images, expected, atol=1e-6)
+
+
+def test_ternary_search_finds_the_minimum_with_few_evaluations():
+    calls = []
+
+    def metric(i):
+        calls.append(i)
+        return (i - 17) ** 2 + 0.5
+
+    best, value, seen = ternary_search(metric, 1, 38)
+    assert best == 17 and value == 0.5
+    assert len(calls) == len(set(calls)) < 20
