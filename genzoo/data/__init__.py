@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from genzoo.data.arrays import NpzDataset, load_cifar10, load_digits, load_mnist
 from genzoo.data.base import ImageDataset, Spec, center_crop_arr, parse_spec
+from genzoo.data.files import FolderDataset, ZipDataset
 from genzoo.data.shapes import (
     COLOR_NAMES,
     COLOR_RGB,
@@ -44,6 +46,12 @@ def _load_shapes(spec: Spec, resolution: int | None, skip_bad: bool) -> ImageDat
 
 _LOADERS: dict[str, tuple[Callable[[Spec, int | None, bool], ImageDataset], str]] = {
     "shapes": (_load_shapes, "shapes[:RES][?count=N&seed=S]"),
+    "digits": (load_digits, "digits[:RES]"),
+    "folder": (FolderDataset, "folder:PATH[?labels=auto|json|folder|prefix|none]"),
+    "zip": (ZipDataset, "zip:PATH.zip"),
+    "npz": (NpzDataset, "npz:PATH.npz"),
+    "cifar10": (load_cifar10, "cifar10:PATH[?split=train|test]"),
+    "mnist": (load_mnist, "mnist:PATH[?split=train|test]"),
 }
 
 
