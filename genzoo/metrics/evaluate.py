@@ -1,0 +1,249 @@
+"""``evaluate``: every metric of a sample set against a reference, in one streaming pass per set.
+
+Samples and reference images go through the feature network batch by batch; only the running
+statistics (two D×D float64 matrices per feature kind) and, for precision/recall and KID, the pool
+features of at most ``pr_count`` images are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from genzoo.errors import UserError
+from genzoo.metrics.reference import (
+    Reference,
+    iter_dataset_images,
+    iter_npz_images,
+    load_reference,
+    save_reference,
+)
+from genzoo.metrics.scores import inception_score, kid, precision_recall
+from genzoo.metrics.stats import FeatureStats, frechet_distance
+
+ALL_METRICS = ("fid", "sfid", "is", "pr", "kid", "acc")
+FEATURE_KINDS = ("inception", "shapes")
+DEFAULT_METRICS = {"inception": ("fid", "sfid", "is", "pr"), "shapes": ("fid", "pr", "acc")}
+
+
+def get_extractor(features: str = "inception", inception: str | Path | None = None,
+                  classifier: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """The feature network: ``inception`` (needs the weights file) or ``shapes`` (ships with genzoo)."""
+    if features == "inception":
+        from genzoo.metrics.inception import load_inception
+
+        return load_inception(inception, device)
+    if features == "shapes":
+        from genzoo.metrics.shapes_features import load_shapes_classifier
+
+        return load_shapes_classifier(classifier, device)
+    raise UserError(f"--features: expected one of {', '.join(FEATURE_KINDS)}, got {features!r}")
+
+
+@dataclass
+class FeatureSummary:
+    """What one pass of a set through the feature network keeps."""
+
+    pool: FeatureStats = field(default_factory=FeatureStats)
+    spatial: FeatureStats = field(default_factory=FeatureStats)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    kept_pool: list[torch.Tensor] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    count: int = 0
+
+    def kept(self) -> torch.Tensor:
+        return torch.cat(self.kept_pool)
+
+    def all_logits(self) -> torch.Tensor:
+        return torch.cat(self.logits)
+
+
+@torch.no_grad()
+def summarize(extractor: nn.Module, batches: Iterable[np.ndarray], *, spatial: bool = False,
+              logits: bool = False, keep: int = 0, keep_images: int = 0, batch_size: int = 64,
+              device: str | torch.device | None = None) -> FeatureSummary:
+    """Stream uint8 NHWC batches through ``extractor``: running statistics, plus the first ``keep``
+    pool features (for precision/recall/KID) and first ``keep_images`` images (to save a reference)."""
+    device = device or next(extractor.parameters()).device
+    summary = FeatureSummary()
+    for batch in _rebatch(batches, batch_size):
+        images = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(device)
+        out = extractor(images)
+        summary.pool.update(out["pool"])
+        if spatial:
+            summary.spatial.update(out["spatial"])
+        if logits:
+            summary.logits.append(out["logits"].float().cpu())
+        if summary.count < keep:
+            summary.kept_pool.append(out["pool"][:keep - summary.count].float().cpu())
+        if summary.count < keep_images:
+            summary.images.append(np.array(batch[:keep_images - summary.count]))
+        summary.count += len(batch)
+    if summary.count == 0:
+        raise UserError("no images to evaluate")
+    return summary
+
+
+def _rebatch(batches: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    for batch in batches:
+        for start in range(0, len(batch), size):
+            yield batch[start:start + size]
+
+
+def _sample_batches(samples: Any, limit: int | None) -> tuple[Iterable[np.ndarray], np.ndarray | None, str]:
+    """(uint8 NHWC batches, labels or None, description) from a path, array or tensor."""
+    if isinstance(samples, (str, Path)):
+        from genzoo.metrics.reference import npz_labels
+
+        path = Path(samples)
+        if not path.is_file():
+            raise UserError(f"--samples {path}: no such file")
+        labels = npz_labels(path)
+        return iter_npz_images(path, limit=limit), (labels[:limit] if labels is not None else None), str(path)
+    if isinstance(samples, torch.Tensor):
+        from genzoo.io import to_uint8
+
+        samples = to_uint8(samples).cpu().numpy().transpose(0, 2, 3, 1)
+    samples = np.asarray(samples)
+    if samples.dtype != np.uint8 or samples.ndim != 4:
+        raise UserError(f"samples: expected uint8 [N, H, W, C] images, got {samples.dtype} {samples.shape}")
+    return [samples[:limit]], None, f"{len(samples)} images in memory"
+
+
+def reference_from_dataset(spec: str, extractor: nn.Module, features: str, count: int = 10_000,
+                           keep: int = 10_000, keep_images: int = 0, batch_size: int = 64,
+                           resolution: int | None = None) -> tuple[Reference, FeatureSummary]:
+    """Statistics of the first ``count`` items of a dataset spec (``genzoo.data.load_dataset``)."""
+    from genzoo.data import load_dataset
+
+    dataset = load_dataset(spec, resolution)
+    summary = summarize(extractor, (images for images, _ in iter_dataset_images(dataset, 256, count)),
+                        spatial=features == "inception", keep=keep, keep_images=keep_images,
+                        batch_size=batch_size)
+    ref = Reference(features=features, source=spec)
+    ref.mu, ref.sigma = summary.pool.mean_cov()
+    if features == "inception":
+        ref.mu_s, ref.sigma_s = summary.spatial.mean_cov()
+    if summary.images:
+        ref.images = np.concatenate(summary.images)
+    return ref, summary
+
+
+def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] | None = None,
+             features: str = "inception", inception: str | Path | None = None,
+             classifier: str | Path | None = None, labels: Sequence[int] | np.ndarray | None = None,
+             num_samples: int | None = None, ref_count: int = 10_000, pr_count: int = 10_000,
+             batch_size: int = 64, device: str | torch.device = "cpu", save_ref: str | Path | None = None,
+             extractor: nn.Module | None = None) -> dict[str, Any]:
+    """Quality metrics of ``samples`` against ``ref``.
+
+    ``samples``: an ADM ``.npz`` (``arr_0`` uint8 NHWC, labels in ``arr_1``), a uint8 NHWC array, or
+    an NCHW tensor (uint8 or float in [-1, 1]). ``ref``: an ADM reference batch ``.npz``, a sample
+    ``.npz`` of real images, a dataset spec (``shapes``, ``folder:...``) or a :class:`Reference`.
+    ``metrics``: any of fid, sfid, is, pr, kid, acc (default per feature network). ``features``:
+    ``inception`` (FID proper; needs ``inception`` or ``$GENZOO_INCEPTION``) or ``shapes`` (the domain
+    classifier; ``fid`` is then the Fréchet distance in its feature space). ``acc`` compares the
+    classifier's prediction with the requested labels (``arr_1`` or ``labels``).
+
+    Returns a dict with ``features``, ``num_samples``, ``num_ref`` and, per metric: ``fd`` (FID
+    for Inception features), ``sfid``, ``is``/``is_std``, ``precision``/``recall``,
+    ``kid``/``kid_std``, ``accuracy``.
+    """
+    start = time.perf_counter()
+    metrics = tuple(DEFAULT_METRICS.get(features, ()) if metrics is None else metrics)
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    if unknown or features not in FEATURE_KINDS:
+        raise UserError(f"--metrics/--features: unknown {', '.join(unknown) or features}; metrics are "
+                        f"{', '.join(ALL_METRICS)}, features {', '.join(FEATURE_KINDS)}")
+    if features != "inception" and "sfid" in metrics:
+        raise UserError("--metrics sfid: sFID is defined on Inception's mixed_6/conv features; "
+                        "use --features inception")
+    extractor = extractor or get_extractor(features, inception, classifier, device)
+    if "is" in metrics and getattr(extractor, "fc", True) is None:
+        raise UserError("--metrics is: this Inception weights file has no classifier head (fc); IS needs one")
+    batches, file_labels, description = _sample_batches(samples, num_samples)
+    if labels is None:
+        labels = file_labels
+    needs_pairs = "pr" in metrics or "kid" in metrics
+    fake = summarize(extractor, batches, spatial="sfid" in metrics, logits=bool({"is", "acc"} & set(metrics)),
+                     keep=pr_count if needs_pairs else 0, batch_size=batch_size, device=device)
+    result: dict[str, Any] = {"features": features, "num_samples": fake.count, "samples": description}
+
+    ref_needed = bool({"fid", "sfid", "pr", "kid"} & set(metrics))
+    real = None
+    if ref_needed or save_ref:
+        ref, real = _resolve_reference(ref, extractor, features, metrics, ref_count, pr_count, batch_size,
+                                       save_ref)
+        result["ref"] = ref.source
+        result["num_ref"] = real.count if real is not None else None
+    if "fid" in metrics:
+        result["fd"] = frechet_distance(*fake.pool.mean_cov(), ref.mu, ref.sigma)
+    if "sfid" in metrics:
+        result["sfid"] = frechet_distance(*fake.spatial.mean_cov(), ref.mu_s, ref.sigma_s)
+    if "is" in metrics:
+        result["is"], result["is_std"] = inception_score(fake.all_logits())
+    if needs_pairs:
+        if "pr" in metrics:
+            result["precision"], result["recall"] = precision_recall(real.kept(), fake.kept())
+        if "kid" in metrics:
+            result["kid"], result["kid_std"] = kid(real.kept(), fake.kept())
+    if "acc" in metrics:
+        result["accuracy"] = _conditional_accuracy(fake.all_logits(), labels, features)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def _conditional_accuracy(logits: torch.Tensor, labels: Any, features: str) -> float:
+    """Fraction of samples the domain classifier assigns to the class they were generated for."""
+    if features != "shapes":
+        raise UserError("--metrics acc: conditional accuracy needs a classifier of the dataset's classes; "
+                        "use --features shapes")
+    if labels is None:
+        raise UserError("--metrics acc: the samples have no requested labels (arr_1 in the .npz)")
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
+    if len(labels) != len(logits):
+        raise UserError(f"--metrics acc: {len(labels)} labels for {len(logits)} samples")
+    return float((logits.argmax(1) == labels).double().mean())
+
+
+def _resolve_reference(ref: str | Path | Reference, extractor: nn.Module, features: str,
+                       metrics: Sequence[str], ref_count: int, pr_count: int, batch_size: int,
+                       save_ref: str | Path | None) -> tuple[Reference, FeatureSummary | None]:
+    """A :class:`Reference` in the right feature space, plus the summary of its images if they were run."""
+    needs_pairs = "pr" in metrics or "kid" in metrics
+    if not isinstance(ref, Reference):
+        if str(ref).endswith(".npz") or Path(ref).is_file():
+            ref = load_reference(ref)
+        else:
+            keep_images = ref_count if save_ref else 0
+            ref, real = reference_from_dataset(str(ref), extractor, features, ref_count,
+                                               pr_count if needs_pairs else 0, keep_images, batch_size)
+            if save_ref:
+                save_reference(save_ref, ref)
+            return ref, real
+    stats_usable = ref.features == features and ref.mu is not None and (
+        "sfid" not in metrics or ref.mu_s is not None)
+    real = None
+    if not stats_usable or needs_pairs:
+        if ref.images is None:
+            what = (f"statistics of '{ref.features}' features" if ref.features != features
+                    else "no sFID statistics (mu_s, sigma_s)" if ref.mu is not None else "no statistics")
+            raise UserError(f"--ref {ref.source}: has {what} and no images (arr_0) to compute "
+                            f"{'precision/recall/KID' if needs_pairs else features + ' statistics'} from")
+        real = summarize(extractor, [ref.images[:ref_count]], spatial=features == "inception",
+                         keep=pr_count if needs_pairs else 0, batch_size=batch_size)
+        if not stats_usable:
+            ref = Reference(features=features, images=ref.images, source=ref.source)
+            ref.mu, ref.sigma = real.pool.mean_cov()
+            if features == "inception":
+                ref.mu_s, ref.sigma_s = real.spatial.mean_cov()
+    if save_ref:
+        save_reference(save_ref, ref)
+    return ref, real
