@@ -1,0 +1,180 @@
+"""Preconditioning: a network plus (c_skip, c_out, c_in, c_noise) makes a denoiser (EDM, Table 1).
+
+``D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ))``. The network ``F`` is any registered
+diffusion network (``forward(x, noise_labels, class_labels=None, **cond)``); the formulas live here only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from genzoo.errors import UserError
+
+
+def _as_batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """σ as float32 [N, 1, ..., 1] matching x (a scalar σ is broadcast to the batch)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+    if sigma.numel() == 1:
+        sigma = sigma.expand(x.shape[0])
+    if sigma.numel() != x.shape[0]:
+        raise ValueError(f"sigma has {sigma.numel()} values for a batch of {x.shape[0]}")
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Denoiser(nn.Module):
+    """Base class: subclasses give ``scalings(σ) -> (c_skip, c_out, c_in, c_noise)``.
+
+    The wrapped network is ``self.model`` (its weights are saved as ``model.*``).
+    """
+
+    sigma_min: float = 0.0
+    sigma_max: float = float("inf")
+    sigma_data: float = 0.5
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.img_channels = int(getattr(model, "in_channels", 0)) or None
+        self.label_dim = int(getattr(model, "label_dim", 0))
+        self.resolution = getattr(model, "resolution", None)
+
+    def scalings(self, sigma: torch.Tensor) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """The noise level the network is actually evaluated at (identity for continuous σ)."""
+        return torch.as_tensor(sigma)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
+                **cond: Any) -> torch.Tensor:
+        """D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise) (EDM eq. 7), computed in float32."""
+        x = x.to(torch.float32)
+        sigma = _as_batch_sigma(sigma, x)
+        c_skip, c_out, c_in, c_noise = self.scalings(sigma)
+        out = self.model(c_in * x, c_noise.flatten(), class_labels=class_labels, **cond)
+        out = out.to(torch.float32)
+        if out.ndim > 1 and out.shape[1] > x.shape[1]:
+            out = out[:, :x.shape[1]]  # learned-variance networks: the first channels are the prediction
+        return c_skip * x + c_out * out
+
+
+class VPDenoiser(Denoiser):
+    """Variance preserving (Song et al. 2021): σ(t) = √(exp(½β_d t² + β_min t) − 1), c_noise = (M−1)·t(σ)."""
+
+    def __init__(self, model: nn.Module, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
+                 epsilon_t: float = 1e-5):
+        super().__init__(model)
+        self.beta_d, self.beta_min = float(beta_d), float(beta_min)
+        self.M, self.epsilon_t = int(M), float(epsilon_t)
+        self.sigma_min = float(self.sigma(epsilon_t))
+        self.sigma_max = float(self.sigma(1.0))
+        self.sigma_data = 0.5
+
+    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
+        """σ(t) of the VP SDE (EDM Table 1)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
+
+    def sigma_inv(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """t(σ), the inverse of :meth:`sigma`."""
+        sigma = torch.as_tensor(sigma)
+        root = (self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt()
+        return (root - self.beta_min) / self.beta_d
+
+    def scalings(self, sigma):
+        return 1, -sigma, 1 / (sigma ** 2 + 1).sqrt(), (self.M - 1) * self.sigma_inv(sigma)
+
+
+class VEDenoiser(Denoiser):
+    """Variance exploding (Song et al. 2021): c_out = σ, c_noise = ln(½σ), σ ∈ [0.02, 100]."""
+
+    def __init__(self, model: nn.Module, sigma_min: float = 0.02, sigma_max: float = 100.0):
+        super().__init__(model)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_data = 0.5
+
+    def scalings(self, sigma):
+        return 1, sigma, torch.ones_like(sigma), (0.5 * sigma).log()
+
+
+def iddpm_sigmas(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008) -> torch.Tensor:
+    """The iDDPM noise levels u_0 > ... > u_M = 0 (EDM Table 1, cosine ᾱ of Nichol & Dhariwal 2021), float64.
+
+    u_{j−1} = √((u_j² + 1) / max(ᾱ(j−1)/ᾱ(j), C₁) − 1) with ᾱ(j) = sin²(½π j / (M (C₂ + 1))).
+    """
+    def alpha_bar(j: int) -> float:
+        return math.sin(0.5 * math.pi * j / M / (C_2 + 1)) ** 2
+
+    u = np.zeros(M + 1, dtype=np.float64)
+    for j in range(M, 0, -1):
+        u[j - 1] = math.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C_1) - 1)
+    return torch.from_numpy(u)
+
+
+class IDDPMDenoiser(Denoiser):
+    """Improved DDPM (Nichol & Dhariwal 2021): a discrete σ grid u_j; c_noise = M − 1 − j for the nearest u_j.
+
+    Networks with learned variance output 2·C channels; the first C are used.
+    """
+
+    def __init__(self, model: nn.Module, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000):
+        super().__init__(model)
+        self.C_1, self.C_2, self.M = float(C_1), float(C_2), int(M)
+        self.register_buffer("u", iddpm_sigmas(M, C_1, C_2).to(torch.float32), persistent=False)
+        self.sigma_min = float(self.u[M - 1])
+        self.sigma_max = float(self.u[0])
+        self.sigma_data = 0.5
+
+    def sigma_index(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Index j of the grid value u_j nearest to each σ."""
+        sigma = torch.as_tensor(sigma)
+        flat = sigma.to(self.u.device, torch.float32).reshape(-1, 1)
+        return (flat - self.u.reshape(1, -1)).abs().argmin(dim=1).reshape(sigma.shape).to(sigma.device)
+
+    def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Snap σ to the nearest u_j (keeping σ's dtype and device)."""
+        sigma = torch.as_tensor(sigma)
+        index = self.sigma_index(sigma)
+        return self.u.to(sigma.device)[index.flatten()].to(sigma.dtype).reshape(sigma.shape)
+
+    def scalings(self, sigma):
+        c_noise = self.M - 1 - self.sigma_index(sigma).to(torch.float32)
+        return 1, -sigma, 1 / (sigma ** 2 + 1).sqrt(), c_noise
+
+
+class EDMDenoiser(Denoiser):
+    """EDM (Karras et al. 2022, Table 1): c_skip = σ_d²/(σ²+σ_d²), c_out = σσ_d/√(σ²+σ_d²),
+    c_in = 1/√(σ²+σ_d²), c_noise = ¼ ln σ."""
+
+    def __init__(self, model: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.0,
+                 sigma_max: float = float("inf")):
+        super().__init__(model)
+        self.sigma_data = float(sigma_data)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def scalings(self, sigma):
+        sd = self.sigma_data
+        c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
+        c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
+        c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()
+        return c_skip, c_out, c_in, sigma.log() / 4
+
+
+PRECONDITIONINGS: dict[str, type[Denoiser]] = {
+    "vp": VPDenoiser,
+    "ve": VEDenoiser,
+    "iddpm": IDDPMDenoiser,
+    "edm": EDMDenoiser,
+}
+
+
+def build_denoiser(precond: str, net: nn.Module, **kw: Any) -> Denoiser:
+    """Wrap ``net`` with the preconditioning named ``precond`` (``vp``, ``ve``, ``iddpm``, ``edm``)."""
+    if precond not in PRECONDITIONINGS:
+        raise UserError(f"--precond: expected one of {', '.join(PRECONDITIONINGS)}, got {precond!r}")
+    return PRECONDITIONINGS[precond](net, **kw)
