@@ -9,6 +9,7 @@ logging and resuming.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,10 @@ class Batch:
     labels: torch.Tensor  # int64 [N]; -1 where the item has no label
     captions: list[str] | None = None  # one per item, for text-conditional families
     indices: torch.Tensor | None = None  # dataset indices of the items
+    #: per-sample noise (genzoo.seeds.StackedRandomGenerator): sample i's draws depend on the run seed,
+    #: the step and its place in the global batch only, so they are the same for any split of the batch
+    #: over processes and accumulation rounds. Set by the engine; ``torch.randn`` works too but is not.
+    rng: Any = None
 
 
 @dataclass

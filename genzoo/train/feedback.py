@@ -1,0 +1,89 @@
+"""What a training run tells its user: a progress bar, ``metrics.jsonl`` and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+def _tensorboard_writer(log_dir: Path) -> Any:
+    """A ``SummaryWriter`` when tensorboard is installed, else None (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+class Feedback:
+    """Averages the logged numbers over ``log_every`` steps and writes them; rank 0 only."""
+
+    def __init__(self, out: Path, config: dict[str, Any], enabled: bool = True):
+        self.out, self.enabled = out, enabled
+        self.log_every = int(config["log_every"])
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.bar = None
+        self.metrics = None
+        self.tb = None
+        if enabled:
+            self.metrics = open(out / "metrics.jsonl", "a")
+            if config.get("tensorboard"):
+                self.tb = _tensorboard_writer(out / "tensorboard")
+
+    def start(self, step: int, target: int | None, budget_seconds: float) -> None:
+        self.interval_start = time.monotonic()
+        self.interval_images = 0
+        self.run_start = time.monotonic()
+        if self.enabled:
+            self.bar = tqdm(total=target, initial=step, unit="step", dynamic_ncols=True, desc="train",
+                            mininterval=1.0)
+            self.budget = budget_seconds
+
+    def record(self, step: int, images_seen: int, logs: dict[str, float], batch: int) -> None:
+        if not self.enabled:
+            return
+        self.interval_images += batch
+        for k, v in logs.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+                self.counts[k] = self.counts.get(k, 0) + 1
+        elapsed = time.monotonic() - self.interval_start
+        rate = self.interval_images / elapsed if elapsed > 0 else 0.0
+        postfix = {k.split("/", 1)[1]: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss/")}
+        postfix["img/s"] = f"{rate:.1f}"
+        if math.isfinite(self.budget):
+            postfix["left"] = f"{max(0.0, self.budget - (time.monotonic() - self.run_start)) / 60:.1f}min"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+        if step % self.log_every == 0:
+            line = {"step": step, "kimg": images_seen / 1000,
+                    "time_s": round(time.monotonic() - self.run_start, 3), "img_per_s": round(rate, 3)}
+            line.update({k: self.sums[k] / self.counts[k] for k in sorted(self.sums)})
+            self.metrics.write(json.dumps(line) + "\n")
+            self.metrics.flush()
+            if self.tb is not None:
+                for k, v in line.items():
+                    if k != "step":
+                        self.tb.add_scalar(k, v, step)
+            self.sums, self.counts = {}, {}
+            self.interval_start, self.interval_images = time.monotonic(), 0
+
+    def note(self, message: str) -> None:
+        if self.enabled and self.bar is not None:
+            self.bar.write(f"genzoo train: {message}")
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.tb is not None:
+            self.tb.close()
