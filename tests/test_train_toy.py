@@ -65,7 +65,7 @@ class ToyObjective(Objective):
         loss = (out.float() - batch.images).square().mean()
         if self.nan_from is not None and step >= self.nan_from:
             loss = loss * float("nan")
-        return StepResult(loss, {"mse": float(loss)})
+        return StepResult(loss, {"mse": float(loss.detach())})
 
     def after_update(self, player: str, step: int) -> None:
         self.updates_seen += 1
@@ -88,8 +88,8 @@ class ToyFamily(Family):
         config["net"] = {"channels": dataset.num_channels, "num_classes": dataset.num_classes,
                          "width": config.get("toy_width") or 4, "dropout": config.get("toy_dropout") or 0.0}
         warmup = config["lr_warmup_kimg"] * 1000 if config.get("lr_warmup_kimg") else 0.0
-        return ToyObjective(config["net"], lr=config.get("lr") or 1e-2, players=config.get("toy_players") or 1,
-                            nan_from=config.get("toy_nan_from"), warmup_images=warmup)
+        return ToyObjective(config["net"], lr=config.get("lr") or 1e-2, nan_from=config.get("toy_nan_from"),
+                            players=config.get("toy_players") or 1, warmup_images=warmup)
 
     def build_model(self, config: dict) -> nn.Module:
         return ToyNet(**config["net"])
@@ -106,7 +106,8 @@ FAMILY = ToyFamily()
 class ToyDataset(torch.utils.data.Dataset):
     """Random uint8 images with labels, the item contract of genzoo.data."""
 
-    def __init__(self, count: int = 32, resolution: int = 8, channels: int = 3, num_classes: int = 4, seed: int = 0):
+    def __init__(self, count: int = 32, resolution: int = 8, channels: int = 3, num_classes: int = 4,
+                 seed: int = 0):
         gen = torch.Generator().manual_seed(seed)
         self.images = torch.randint(0, 256, (count, channels, resolution, resolution), generator=gen,
                                     dtype=torch.uint8)

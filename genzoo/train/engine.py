@@ -229,8 +229,8 @@ class Trainer:
                 done = ddp.any_rank(done or time.monotonic() - start >= budget, self.world, self.device)
                 if config["sample_every"] and p.step % config["sample_every"] == 0:
                     self._sample_grid()
-                if p.step % config["checkpoint_every"] == 0 or done:
-                    self._save()
+                if (p.step % config["checkpoint_every"] == 0 or done) and p.nonfinite_streak == 0:
+                    self._save()  # never during a run of NaN losses: the last good checkpoint stays the latest
                 if done:
                     break
         finally:
