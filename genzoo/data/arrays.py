@@ -7,6 +7,7 @@ resolves the numpy names an array needs and rejects everything else.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import pickle
 import struct
@@ -110,6 +111,7 @@ class NpzDataset(ArrayDataset):
 _CIFAR_ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
 }
 
@@ -132,8 +134,8 @@ class _CifarUnpickler(pickle.Unpickler):
             from numpy._core import multiarray, numeric
         except ImportError:  # numpy < 2
             from numpy.core import multiarray, numeric
-        if name == "_reconstruct":
-            return multiarray._reconstruct
+        if name in ("_reconstruct", "scalar"):
+            return getattr(multiarray, name)
         if name == "_frombuffer":
             return numeric._frombuffer
         return getattr(np, name)
@@ -275,13 +277,26 @@ def load_digits(spec: Spec, resolution: int | None, skip_bad: bool) -> ArrayData
             raise UserError(f"dataset spec {spec.text!r} says {res} px but --resolution is {resolution}")
         resolution = res
     resolution = resolution or 32
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError:
-        raise UserError("dataset 'digits' needs scikit-learn: pip install 'genzoo[data]'") from None
-    bunch = sklearn_digits()
-    small = np.round(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
+    pixels, target = _sklearn_digits()
+    small = np.round(pixels.reshape(-1, 8, 8) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
     images = np.stack([resize_array(im, resolution) for im in small])
-    return ArrayDataset(images, bunch.target, resolution=resolution, channels=_channels_option(spec),
+    return ArrayDataset(images, target, resolution=resolution, channels=_channels_option(spec),
                         num_classes=10, class_names=[str(d) for d in range(10)], description=spec.text,
                         source="digits")
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels [1797, 64] in 0..16, labels) read from scikit-learn's bundled ``digits.csv.gz``.
+
+    Reading the file directly skips importing ``sklearn.datasets`` (about two seconds).
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("dataset 'digits' needs scikit-learn: pip install 'genzoo[data]'")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        from sklearn.datasets import load_digits as sklearn_digits
+        bunch = sklearn_digits()
+        return bunch.data, bunch.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)

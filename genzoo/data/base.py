@@ -93,7 +93,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         index = self._check_index(index)
         array = self.image(index)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), self.label(index)
+        return torch.from_numpy(array.transpose(2, 0, 1).copy()), self.label(index)
 
     def _check_index(self, index: int) -> int:
         n = len(self)
