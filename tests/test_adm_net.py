@@ -17,7 +17,6 @@ from genzoo import nets
 from genzoo.nets.adm import ADMClassifier, ADMSuperRes, ADMUNet, qkv_attention
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny tensors run fastest on one thread, and the machine is shared."""
@@ -81,34 +80,69 @@ def layer_shapes(prefix, kind, cin, cout, emb, scale_shift, conv2d=False):
     elif kind == "up":
         s[f"{prefix}.conv.weight"], s[f"{prefix}.conv.bias"] = (cout, cin, 3, 3), (cout,)
     elif kind.startswith("res"):
-        s.update({f"{prefix}.in_layers.0.weight": (cin,), f"{prefix}.in_layers.0.bias": (cin,),
-                  f"{prefix}.in_layers.2.weight": (cout, cin, 3, 3), f"{prefix}.in_layers.2.bias": (cout,),
-                  f"{prefix}.emb_layers.1.weight": ((2 if scale_shift else 1) * cout, emb),
-                  f"{prefix}.emb_layers.1.bias": ((2 if scale_shift else 1) * cout,),
-                  f"{prefix}.out_layers.0.weight": (cout,), f"{prefix}.out_layers.0.bias": (cout,),
-                  f"{prefix}.out_layers.3.weight": (cout, cout, 3, 3), f"{prefix}.out_layers.3.bias": (cout,)})
+        s.update(
+            {
+                f"{prefix}.in_layers.0.weight": (cin,),
+                f"{prefix}.in_layers.0.bias": (cin,),
+                f"{prefix}.in_layers.2.weight": (cout, cin, 3, 3),
+                f"{prefix}.in_layers.2.bias": (cout,),
+                f"{prefix}.emb_layers.1.weight": ((2 if scale_shift else 1) * cout, emb),
+                f"{prefix}.emb_layers.1.bias": ((2 if scale_shift else 1) * cout,),
+                f"{prefix}.out_layers.0.weight": (cout,),
+                f"{prefix}.out_layers.0.bias": (cout,),
+                f"{prefix}.out_layers.3.weight": (cout, cout, 3, 3),
+                f"{prefix}.out_layers.3.bias": (cout,),
+            }
+        )
         if cin != cout:
-            s[f"{prefix}.skip_connection.weight"], s[f"{prefix}.skip_connection.bias"] = (cout, cin, 1, 1), (cout,)
+            s[f"{prefix}.skip_connection.weight"], s[f"{prefix}.skip_connection.bias"] = (
+                (cout, cin, 1, 1),
+                (cout,),
+            )
     elif kind.startswith("attn"):
         k = (1, 1) if conv2d else (1,)
-        s.update({f"{prefix}.norm.weight": (cin,), f"{prefix}.norm.bias": (cin,),
-                  f"{prefix}.qkv.weight": (3 * cin, cin, *k), f"{prefix}.qkv.bias": (3 * cin,),
-                  f"{prefix}.proj_out.weight": (cin, cin, *k), f"{prefix}.proj_out.bias": (cin,)})
+        s.update(
+            {
+                f"{prefix}.norm.weight": (cin,),
+                f"{prefix}.norm.bias": (cin,),
+                f"{prefix}.qkv.weight": (3 * cin, cin, *k),
+                f"{prefix}.qkv.bias": (3 * cin,),
+                f"{prefix}.proj_out.weight": (cin, cin, *k),
+                f"{prefix}.proj_out.bias": (cin,),
+            }
+        )
     return s
 
 
 def expected_unet_shapes(cfg, conv_in_channels=None, conv2d=False):
     ch, emb = cfg["num_channels"], 4 * cfg["num_channels"]
-    plan, last = block_plan(cfg["image_size"], ch, cfg["num_res_blocks"], cfg["mult"], cfg["attn_px"],
-                            cfg["resblock_updown"], conv_in_channels or 3)
-    s = {"time_embed.0.weight": (emb, ch), "time_embed.0.bias": (emb,), "time_embed.2.weight": (emb, emb),
-         "time_embed.2.bias": (emb,)}
+    plan, last = block_plan(
+        cfg["image_size"],
+        ch,
+        cfg["num_res_blocks"],
+        cfg["mult"],
+        cfg["attn_px"],
+        cfg["resblock_updown"],
+        conv_in_channels or 3,
+    )
+    s = {
+        "time_embed.0.weight": (emb, ch),
+        "time_embed.0.bias": (emb,),
+        "time_embed.2.weight": (emb, emb),
+        "time_embed.2.bias": (emb,),
+    }
     for name, layers in plan:
         for j, (kind, cin, cout) in enumerate(layers):
             s.update(layer_shapes(f"{name}.{j}", kind, cin, cout, emb, cfg["scale_shift"], conv2d))
     out = 6 if cfg["learn_sigma"] else 3
-    s.update({"out.0.weight": (last,), "out.0.bias": (last,), "out.2.weight": (out, int(cfg["mult"][0] * ch), 3, 3),
-              "out.2.bias": (out,)})
+    s.update(
+        {
+            "out.0.weight": (last,),
+            "out.0.bias": (last,),
+            "out.2.weight": (out, int(cfg["mult"][0] * ch), 3, 3),
+            "out.2.bias": (out,),
+        }
+    )
     if cfg.get("num_classes"):
         s["label_emb.weight"] = (cfg["num_classes"], emb)
     return s, plan
@@ -140,8 +174,13 @@ def ref_attention(qkv, heads, new_order):
 
 class RefNet:
     def __init__(self, sd, scale_shift, heads_fn, new_order, conv2d=False):
-        self.sd, self.scale_shift, self.heads_fn, self.new_order, self.conv2d = sd, scale_shift, heads_fn, \
-            new_order, conv2d
+        self.sd, self.scale_shift, self.heads_fn, self.new_order, self.conv2d = (
+            sd,
+            scale_shift,
+            heads_fn,
+            new_order,
+            conv2d,
+        )
 
     def gn(self, h, p):
         return F.group_norm(h.float(), 32, self.sd[p + ".weight"], self.sd[p + ".bias"], eps=1e-5)
@@ -152,10 +191,14 @@ class RefNet:
         if resample == "down":
             a, h = F.avg_pool2d(a, 2), F.avg_pool2d(h, 2)
         elif resample == "up":
-            a, h = F.interpolate(a, scale_factor=2.0, mode="nearest"), F.interpolate(h, scale_factor=2.0,
-                                                                                     mode="nearest")
+            a, h = (
+                F.interpolate(a, scale_factor=2.0, mode="nearest"),
+                F.interpolate(h, scale_factor=2.0, mode="nearest"),
+            )
         a = F.conv2d(a, sd[p + ".in_layers.2.weight"], sd[p + ".in_layers.2.bias"], padding=1)
-        e = F.linear(F.silu(emb), sd[p + ".emb_layers.1.weight"], sd[p + ".emb_layers.1.bias"])[:, :, None, None]
+        e = F.linear(F.silu(emb), sd[p + ".emb_layers.1.weight"], sd[p + ".emb_layers.1.bias"])[
+            :, :, None, None
+        ]
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
             a = self.gn(a, p + ".out_layers.0") * (1 + scale) + shift
@@ -218,29 +261,67 @@ def randomize(module, seed=0):
 
 TINY = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8")
 CASES = {
-    "legacy-heads": dict(num_heads=2, use_new_attention_order=False, resblock_updown=False,
-                         use_scale_shift_norm=False, learn_sigma=False, class_cond=False),
-    "new-headch-updown": dict(num_head_channels=16, use_new_attention_order=True, resblock_updown=True,
-                              use_scale_shift_norm=True, learn_sigma=True, class_cond=True, num_classes=5),
-    "legacy-updown-noss": dict(num_heads=4, num_heads_upsample=1, resblock_updown=True,
-                               use_scale_shift_norm=False, learn_sigma=True, class_cond=False),
-    "new-scaleshift-cond": dict(num_head_channels=32, use_new_attention_order=True, resblock_updown=False,
-                                use_scale_shift_norm=True, learn_sigma=False, class_cond=True, num_classes=3),
+    "legacy-heads": dict(
+        num_heads=2,
+        use_new_attention_order=False,
+        resblock_updown=False,
+        use_scale_shift_norm=False,
+        learn_sigma=False,
+        class_cond=False,
+    ),
+    "new-headch-updown": dict(
+        num_head_channels=16,
+        use_new_attention_order=True,
+        resblock_updown=True,
+        use_scale_shift_norm=True,
+        learn_sigma=True,
+        class_cond=True,
+        num_classes=5,
+    ),
+    "legacy-updown-noss": dict(
+        num_heads=4,
+        num_heads_upsample=1,
+        resblock_updown=True,
+        use_scale_shift_norm=False,
+        learn_sigma=True,
+        class_cond=False,
+    ),
+    "new-scaleshift-cond": dict(
+        num_head_channels=32,
+        use_new_attention_order=True,
+        resblock_updown=False,
+        use_scale_shift_norm=True,
+        learn_sigma=False,
+        class_cond=True,
+        num_classes=3,
+    ),
 }
 
 
 def _cfg(flags):
-    return dict(image_size=16, num_channels=32, num_res_blocks=1, mult=(1, 2), attn_px={8},
-                resblock_updown=flags["resblock_updown"], scale_shift=flags["use_scale_shift_norm"],
-                learn_sigma=flags["learn_sigma"], num_classes=flags.get("num_classes") if flags["class_cond"] else 0)
+    return dict(
+        image_size=16,
+        num_channels=32,
+        num_res_blocks=1,
+        mult=(1, 2),
+        attn_px={8},
+        resblock_updown=flags["resblock_updown"],
+        scale_shift=flags["use_scale_shift_norm"],
+        learn_sigma=flags["learn_sigma"],
+        num_classes=flags.get("num_classes") if flags["class_cond"] else 0,
+    )
 
 
 def _heads_fn(flags):
     def heads(c, up):
         if flags.get("num_head_channels", -1) != -1:
             return c // flags["num_head_channels"]
-        return flags.get("num_heads_upsample", -1) if up and flags.get("num_heads_upsample", -1) != -1 \
+        return (
+            flags.get("num_heads_upsample", -1)
+            if up and flags.get("num_heads_upsample", -1) != -1
             else flags["num_heads"]
+        )
+
     return heads
 
 
@@ -253,8 +334,12 @@ def test_unet_keys_shapes_and_forward_match_public_rules(case):
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([3, 917])
     y = torch.tensor([1, 2]) if flags["class_cond"] else None
-    ref = RefNet(model.state_dict(), flags["use_scale_shift_norm"], _heads_fn(flags),
-                 flags.get("use_new_attention_order", False)).unet(plan, x, t, 32, y)
+    ref = RefNet(
+        model.state_dict(),
+        flags["use_scale_shift_norm"],
+        _heads_fn(flags),
+        flags.get("use_new_attention_order", False),
+    ).unet(plan, x, t, 32, y)
     out = model(x, t, y)
     assert out.shape == (2, 6 if flags["learn_sigma"] else 3, 16, 16)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
@@ -264,16 +349,22 @@ def test_unet_keys_shapes_and_forward_match_public_rules(case):
 
 def test_block_counts_follow_the_public_formula():
     for mult, nrb in (("1,2,3,4", 3), ("1,1,2,2,4,4", 2), ("1,2", 1)):
-        model = ADMUNet(image_size=64, num_channels=32, num_res_blocks=nrb, channel_mult=mult,
-                        attention_resolutions="16")
+        model = ADMUNet(
+            image_size=64, num_channels=32, num_res_blocks=nrb, channel_mult=mult, attention_resolutions="16"
+        )
         levels = len(mult.split(","))
         assert len(model.input_blocks) == 1 + levels * nrb + (levels - 1)
         assert len(model.output_blocks) == levels * (nrb + 1)
 
 
 def test_released_configurations_have_the_published_parameter_counts():
-    """ADM paper: 296M (64 px), 422M (128), 554M (256), 559M (512); iDDPM CIFAR-10 "50M", ImageNet-64 "270M"."""
-    from genzoo.checkpoints.guided_diffusion import GUIDED_PRESETS, IMPROVED_PRESETS, build_module, split_flags
+    """ADM paper: 296M (64 px), 422M (128), 554M (256), 559M (512); iDDPM CIFAR-10 "50M", IN-64 "270M"."""
+    from genzoo.checkpoints.guided_diffusion import (
+        GUIDED_PRESETS,
+        IMPROVED_PRESETS,
+        build_module,
+        split_flags,
+    )
 
     def millions(flags):
         with torch.device("meta"):
@@ -291,21 +382,30 @@ def test_released_configurations_have_the_published_parameter_counts():
 @pytest.mark.parametrize("new_order", [False, True])
 def test_sdpa_attention_equals_explicit_softmax_reference(new_order):
     qkv = torch.randn(3, 3 * 64, 20, generator=torch.Generator().manual_seed(2)) * 3
-    torch.testing.assert_close(qkv_attention(qkv, 4, new_order), ref_attention(qkv, 4, new_order),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        qkv_attention(qkv, 4, new_order), ref_attention(qkv, 4, new_order), rtol=1e-5, atol=1e-5
+    )
     # the two orders read different channels: they differ on the same input
-    assert not torch.allclose(qkv_attention(qkv, 4, new_order), qkv_attention(qkv, 4, not new_order), atol=1e-3)
+    assert not torch.allclose(
+        qkv_attention(qkv, 4, new_order), qkv_attention(qkv, 4, not new_order), atol=1e-3
+    )
 
 
 def test_attention_conv2d_variant_stores_1x1_conv2d_and_computes_the_same():
     flags = dict(TINY, num_head_channels=16, use_new_attention_order=True, learn_sigma=True)
     a = randomize(ADMUNet(**flags)).eval()
     b = ADMUNet(**flags, attention_conv2d=True).eval()
-    expected, _ = expected_unet_shapes(_cfg(dict(flags, resblock_updown=False, use_scale_shift_norm=True,
-                                                 class_cond=False)), conv2d=True)
+    expected, _ = expected_unet_shapes(
+        _cfg(dict(flags, resblock_updown=False, use_scale_shift_norm=True, class_cond=False)), conv2d=True
+    )
     assert {k: tuple(v.shape) for k, v in b.state_dict().items()} == expected
-    b.load_state_dict({k: v[..., None] if k.endswith(("qkv.weight", "proj_out.weight")) else v
-                       for k, v in a.state_dict().items()}, strict=True)
+    b.load_state_dict(
+        {
+            k: v[..., None] if k.endswith(("qkv.weight", "proj_out.weight")) else v
+            for k, v in a.state_dict().items()
+        },
+        strict=True,
+    )
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([5.0, 400.0])
     torch.testing.assert_close(b(x, t), a(x, t), rtol=1e-5, atol=1e-5)
 
@@ -313,8 +413,9 @@ def test_attention_conv2d_variant_stores_1x1_conv2d_and_computes_the_same():
 def test_super_resolution_concatenates_the_bilinearly_upsampled_low_res_image():
     flags = dict(TINY, num_heads=2, learn_sigma=True, class_cond=True, num_classes=4)
     sr = randomize(ADMSuperRes(small_size=8, **flags)).eval()
-    expected, plan = expected_unet_shapes(_cfg(dict(flags, resblock_updown=False, use_scale_shift_norm=True)),
-                                          conv_in_channels=6)
+    expected, plan = expected_unet_shapes(
+        _cfg(dict(flags, resblock_updown=False, use_scale_shift_norm=True)), conv_in_channels=6
+    )
     assert {k: tuple(v.shape) for k, v in sr.state_dict().items()} == expected
     x, low = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8)
     t, y = torch.tensor([10, 20]), torch.tensor([0, 3])
@@ -343,14 +444,33 @@ def ref_classifier(sd, plan, x, t, ch, scale_shift, head_channels):
 
 @pytest.mark.parametrize("updown", [True, False])
 def test_classifier_is_the_encoder_with_attention_pooling(updown):
-    clf = randomize(ADMClassifier(image_size=16, width=32, depth=1, channel_mult="1,2", attention_resolutions="8",
-                                  num_head_channels=16, resblock_updown=updown, num_classes=7)).eval()
+    clf = randomize(
+        ADMClassifier(
+            image_size=16,
+            width=32,
+            depth=1,
+            channel_mult="1,2",
+            attention_resolutions="8",
+            num_head_channels=16,
+            resblock_updown=updown,
+            num_classes=7,
+        )
+    ).eval()
     plan, _ = block_plan(16, 32, 1, (1, 2), {8}, updown)
     enc = [(n, layers) for n, layers in plan if not n.startswith("output")]
-    expected = {"time_embed.0.weight": (128, 32), "time_embed.0.bias": (128,), "time_embed.2.weight": (128, 128),
-                "time_embed.2.bias": (128,), "out.0.weight": (64,), "out.0.bias": (64,),
-                "out.2.positional_embedding": (64, 8 * 8 + 1), "out.2.qkv_proj.weight": (192, 64, 1),
-                "out.2.qkv_proj.bias": (192,), "out.2.c_proj.weight": (7, 64, 1), "out.2.c_proj.bias": (7,)}
+    expected = {
+        "time_embed.0.weight": (128, 32),
+        "time_embed.0.bias": (128,),
+        "time_embed.2.weight": (128, 128),
+        "time_embed.2.bias": (128,),
+        "out.0.weight": (64,),
+        "out.0.bias": (64,),
+        "out.2.positional_embedding": (64, 8 * 8 + 1),
+        "out.2.qkv_proj.weight": (192, 64, 1),
+        "out.2.qkv_proj.bias": (192,),
+        "out.2.c_proj.weight": (7, 64, 1),
+        "out.2.c_proj.bias": (7,),
+    }
     for name, layers in enc:
         for j, (kind, cin, cout) in enumerate(layers):
             expected.update(layer_shapes(f"{name}.{j}", kind, cin, cout, 128, True))
