@@ -286,8 +286,10 @@ def inception_from_state(state: Mapping[str, torch.Tensor], source: str = "state
     from genzoo.checkpoints import load_state_into
 
     state = canonical_inception_state(state)
-    model = InceptionFID(head="fc.weight" in state)
+    with torch.device("meta"):  # every tensor is about to be overwritten: skip the random init
+        model = InceptionFID(head="fc.weight" in state)
+    model = model.to_empty(device="cpu")
     # BatchNorm step counters are not weights; files differ in whether they store them.
-    state.update({k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")})
+    state.update({k: torch.tensor(0) for k in model.state_dict() if k.endswith("num_batches_tracked")})
     load_state_into(model, state, source)
     return model.eval().requires_grad_(False)
