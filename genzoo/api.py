@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from genzoo.checkpoints import load_safetensors, load_state_into, read_json, resolve_model_dir
+from genzoo.errors import UserError
 from genzoo.family import get_family
 from genzoo.seeds import StackedRandomGenerator, batches, parse_seeds
 
@@ -23,14 +24,19 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     model_dir = resolve_model_dir(path)
     config = read_json(model_dir / "config.json")
     if "family" not in config:
-        raise ValueError(f"{model_dir / 'config.json'}: no 'family' key; not a genzoo model")
+        raise UserError(f"{model_dir / 'config.json'}: no 'family' key; not a genzoo model")
     family = get_family(config["family"])
     model = family.build_model(config)
-    weights_file = model_dir / ("ema.safetensors" if ema and (model_dir / "ema.safetensors").is_file()
-                                else "model.safetensors")
     prefix = config.get("sampled_player", "net") + "."
-    state = {k[len(prefix):]: v for k, v in load_safetensors(weights_file).items() if k.startswith(prefix)}
+    state: dict[str, torch.Tensor] = {}
+    weights_file = model_dir / "ema.safetensors"
+    if ema and weights_file.is_file():
+        state = _with_prefix(load_safetensors(weights_file), prefix)
+    if not state:  # no EMA file, or its EMA covers other players only
+        weights_file = model_dir / "model.safetensors"
+        state = _with_prefix(load_safetensors(weights_file), prefix)
     load_state_into(model, state, str(weights_file))
+    model.weights_file = weights_file
     model.config = config
     model.model_dir = model_dir
     return model.to(device).eval()
@@ -71,7 +77,13 @@ def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Seq
     return torch.cat(images_out), (torch.cat(labels_out) if labels_out else None), nfe
 
 
-def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None, num_classes: int) -> list[int] | None:
+def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of one player (keys ``"<player>.<key>"``), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None,
+                      num_classes: int) -> list[int] | None:
     if num_classes <= 0:
         return None
     if class_labels is None:

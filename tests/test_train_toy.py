@@ -97,7 +97,8 @@ class ToyFamily(Family):
     def sample(self, model, rng, class_labels, options):
         res, ch = model.config["resolution"], model.config["channels"]
         x = rng.randn([len(rng), ch, res, res])
-        return (model(x, class_labels) * float(options.get("toy_scale") or 1.0)).clamp(-1, 1), 1
+        scale = options.get("toy_scale")
+        return (model(x, class_labels) * (1.0 if scale is None else float(scale))).clamp(-1, 1), 1
 
 
 FAMILY = ToyFamily()

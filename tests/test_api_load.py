@@ -1,0 +1,67 @@
+"""genzoo.load and `genzoo sample` on the run directories the training engine writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_toy import ToyDataset, register, toy_config
+
+import genzoo
+from genzoo.cli import main
+from genzoo.errors import UserError
+from genzoo.train.engine import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import genzoo.family
+
+    genzoo.family._FAMILY_MODULES["toy"] = "test_train_toy"  # module scope: undone below
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield train(toy_config(tmp_path_factory.mktemp("api") / "run", steps=4, ema_halflife_kimg=0.01),
+                    dataset=ToyDataset())
+    finally:
+        torch.set_num_threads(threads)
+        genzoo.family._FAMILY_MODULES.pop("toy", None)
+
+
+def test_load_run_checkpoint_ema_and_raw(run):
+    model = genzoo.load(run)
+    assert model.model_dir.name == "checkpoint-000004" and not model.training
+    ema = load_file(str(run / "checkpoint-000004" / "ema.safetensors"))
+    raw = load_file(str(run / "checkpoint-000004" / "model.safetensors"))
+    assert torch.equal(model.conv1.weight, ema["net.conv1.weight"])
+    assert not torch.equal(ema["net.conv1.weight"], raw["net.conv1.weight"])
+    assert torch.equal(genzoo.load(run, ema=False).conv1.weight, raw["net.conv1.weight"])
+    older = genzoo.load(run / "checkpoint-000002")
+    assert older.config["family"] == "toy" and older.model_dir.name == "checkpoint-000002"
+
+
+def test_sample_cli_on_a_run(run, tmp_path, monkeypatch, capsys):
+    register(monkeypatch)
+    out, grid = tmp_path / "s.npz", tmp_path / "g.png"
+    argv = ["sample", "--ckpt", str(run), "--seeds", "0-4", "--batch", "2", "--out", str(out), "--grid", str(grid)]
+    assert main(argv + ["--toy-scale", "0"]) == 0
+    with np.load(out) as f:
+        images, labels = f["arr_0"], f["arr_1"]
+    assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8 and labels.shape == (5,)
+    assert (images == 128).all()  # --toy-scale 0 reached family.sample: every pixel is 0 -> 127.5 -> 128
+    assert grid.is_file()
+    a, _, _ = genzoo.sample(genzoo.load(run), "0-4", batch_size=5)
+    b, _, _ = genzoo.sample(genzoo.load(run), "0-4", batch_size=2)
+    assert torch.equal(a, b)
+
+
+def test_load_errors_name_the_file(run, tmp_path):
+    with pytest.raises(UserError, match="no such run, checkpoint or model directory"):
+        genzoo.load(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"family": "toy", "net": {"channels": 3, "num_classes": 4, "width": 5}}')
+    (broken / "model.safetensors").write_bytes((run / "checkpoint-000004" / "model.safetensors").read_bytes())
+    with pytest.raises(UserError, match=r"broken/model.safetensors: does not match the model.*shape mismatch"):
+        genzoo.load(broken)

@@ -1,0 +1,61 @@
+"""`genzoo train`: flags, config files and their precedence, errors in one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_train_toy import register
+
+from genzoo.cli import main
+
+
+@pytest.fixture(autouse=True)
+def toy_family(monkeypatch):
+    register(monkeypatch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def base_args(out):
+    return ["train", "--family", "toy", "--data", "shapes:8?count=16", "--out", str(out), "--log-every", "1",
+            "--sample-every", "0", "--no-tensorboard"]
+
+
+def test_config_file_under_explicit_flags(tmp_path):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('batch = 4\nsteps = 2\nseed = 5\ntoy-width = 6\nema = 0.9\nema_start = 1\n')
+    # --seed 0 is the default value, given explicitly: it must beat the file's 5.
+    assert main(base_args(tmp_path / "run") + ["--config", str(config_file), "--steps", "3", "--seed", "0"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["batch"], config["steps"], config["seed"], config["toy_width"]) == (4, 3, 0, 6)
+    assert (config["ema"], config["ema_start"], config["ema_halflife_kimg"]) == (0.9, 1, None)
+    assert config["net"]["width"] == 6 and config["data"] == "shapes:8?count=16"
+    state = json.loads((tmp_path / "run" / "checkpoint-000003" / "state.json").read_text())
+    assert state["images_seen"] == 12
+
+
+def test_flags_alone_and_ema_default(tmp_path):
+    assert main(base_args(tmp_path / "r") + ["--steps", "1", "--batch", "2", "--resolution", "8"]) == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["ema_halflife_kimg"] == 500.0 and config["ema_rampup"] == 0.05 and config["resolution"] == 8
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "1", "--config", "missing.toml"], "--config missing.toml: no such file"),
+    (["--batch", "2"], "--steps N or --minutes M"),
+    (["--steps", "1", "--device", "cuda:0"], "--device cuda:0: CUDA is not available"),
+    (["--steps", "1", "--batch", "0"], "--batch: expected a positive integer"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
+    assert main(base_args(tmp_path / "r") + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("genzoo train: error: ") and message in err[-1]
+
+
+def test_required_keys_named(tmp_path, capsys):
+    assert main(["train", "--family", "toy", "--steps", "1", "--out", str(tmp_path)]) == 2
+    assert "--data: required" in capsys.readouterr().err

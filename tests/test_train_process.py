@@ -1,0 +1,121 @@
+"""Training in other processes: SIGKILL in the middle of a checkpoint save, and a 2-process torchrun
+(gloo) run that must equal the 1-process run with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_toy import register
+
+import genzoo
+from genzoo.cli import main
+from genzoo.train.checkpoint import read_checkpoint
+
+TESTS = Path(__file__).resolve().parent
+
+# Runs `genzoo <argv>` with the toy family registered; GENZOO_TEST_HANG_AT_SAVE=N makes the N-th checkpoint
+# save hang (after writing optimizer.pt into the temporary directory), announcing it with a file.
+DRIVER = f"""
+import os, sys, time
+sys.path.insert(0, {str(TESTS)!r})
+import test_train_toy
+test_train_toy.register()
+hang_at = int(os.environ.get("GENZOO_TEST_HANG_AT_SAVE", "0"))
+if hang_at:
+    import genzoo.train.checkpoint as ck
+    original, calls = ck.write_optimizer, []
+    def write_optimizer(path, state):
+        original(path, state)
+        calls.append(path)
+        if len(calls) == hang_at:
+            open(os.environ["GENZOO_TEST_FLAG"], "w").write(str(path))
+            time.sleep(120)
+    ck.write_optimizer = write_optimizer
+from genzoo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture()
+def driver(tmp_path):
+    path = tmp_path / "driver.py"
+    path.write_text(DRIVER)
+    return path
+
+
+def child_env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def toy_args(out, *more):
+    return ["train", "--family", "toy", "--data", "shapes:8?count=24", "--out", str(out), "--batch", "8",
+            "--log-every", "1", "--sample-every", "0", "--no-tensorboard", "--toy-width", "3", *more]
+
+
+def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path, driver, monkeypatch):
+    register(monkeypatch)
+    out, flag = tmp_path / "run", tmp_path / "saving"
+    argv = toy_args(out, "--steps", "50", "--checkpoint-every", "1")
+    proc = subprocess.Popen([sys.executable, str(driver), *argv],
+                            env=child_env(GENZOO_TEST_HANG_AT_SAVE="3", GENZOO_TEST_FLAG=str(flag)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the child never reached its third save"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = Path(flag.read_text()).parent
+    assert partial.name.startswith(".checkpoint-000003") and partial.exists()  # killed mid-save
+    complete = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert complete == ["checkpoint-000001", "checkpoint-000002"]
+    read_checkpoint(out / "checkpoint-000002")  # every file reads
+    model = genzoo.load(out)
+    assert model.model_dir.name == "checkpoint-000002"
+    torch.set_num_threads(1)
+    assert main(toy_args(out, "--steps", "4", "--checkpoint-every", "1", "--resume")) == 0
+    assert not partial.exists()
+    state = json.loads((out / "checkpoint-000004" / "state.json").read_text())
+    assert (state["step"], state["data_position"]) == (4, 32)
+
+
+def test_two_process_ddp_equals_one_process(tmp_path, driver, monkeypatch):
+    register(monkeypatch)
+    args = ["--steps", "3", "--checkpoint-every", "3", "--lr", "0.01"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
+           *toy_args(tmp_path / "ddp", *args)]
+    result = subprocess.run(cmd, env=child_env(), capture_output=True, timeout=180)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    torch.set_num_threads(1)
+    assert main(toy_args(tmp_path / "one", *args)) == 0
+    ddp = load_file(str(tmp_path / "ddp" / "checkpoint-000003" / "model.safetensors"))
+    one = load_file(str(tmp_path / "one" / "checkpoint-000003" / "model.safetensors"))
+    ema = load_file(str(tmp_path / "one" / "checkpoint-000003" / "ema.safetensors"))
+    for k in one:
+        if one[k].is_floating_point():
+            torch.testing.assert_close(ddp[k], one[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(one[k], ema[k]) for k in one)  # the weights moved during training
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["world_size"] == 2
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # rank 0 alone writes
+    losses_ddp = [json.loads(line)["loss/net"] for line in lines]
+    losses_one = [json.loads(line)["loss/net"]
+                  for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert losses_ddp == pytest.approx(losses_one, rel=1e-5)
