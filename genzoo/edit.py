@@ -174,7 +174,8 @@ def superres(denoiser: Any, low_res: torch.Tensor, factor: int, rng: StackedRand
     res = int(getattr(denoiser, "resolution", low_res.shape[-1] * factor))
     if res % factor or tuple(low_res.shape[-2:]) != (res // factor, res // factor):
         raise UserError(f"--factor {factor}: the low-resolution image must be "
-                        f"{res // factor}x{res // factor} for a {res}x{res} model, got {low_res.shape[-1]}x{low_res.shape[-2]}")
+                        f"{res // factor}x{res // factor} for a {res}x{res} model, "
+                        f"got {low_res.shape[-1]}x{low_res.shape[-2]}")
     known = low_res.float()
     shape = (low_res.shape[0], low_res.shape[1], res, res)
 

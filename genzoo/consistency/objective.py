@@ -153,7 +153,7 @@ class ConsistencyObjective(Objective):
             loss = (weights * distances).mean()
         else:
             loss = distances.mean()
-        return StepResult(loss=loss, logs={"distance": float(distances.mean()), "num_scales": float(
+        return StepResult(loss=loss, logs={"distance": float(distances.detach().mean()), "num_scales": float(
             self.scales_at(step)), "target_ema": self.target_ema_at(step)})
 
     @torch.no_grad()

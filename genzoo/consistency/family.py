@@ -1,0 +1,174 @@
+"""The consistency family: `genzoo train --family consistency --mode {cd,ct,ict}` and its sampling.
+
+config.json keys of a consistency model: ``arch``, ``net`` (the network), ``sigma_min``, ``sigma_max``,
+``sigma_data``, ``rho``, ``time_scale`` (c_noise = time_scale·ln σ), ``num_scales`` (the grid size
+``--ts`` indexes by default), and the training settings ``mode``, ``teacher``, ``s0``, ``s1``, ``mu0``,
+``distance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from genzoo import nets
+from genzoo.consistency.distances import DISTANCES
+from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
+from genzoo.consistency.objective import MODES, SOLVERS, ConsistencyObjective
+from genzoo.consistency.sampling import parse_ts, sample
+from genzoo.errors import UserError
+from genzoo.family import Family, add_argument_once
+from genzoo.seeds import StackedRandomGenerator
+
+DEFAULT_LR = 1e-4
+#: the CD grid size (Consistency Models: N = 18 on CIFAR-10, 40 on ImageNet-64 and LSUN)
+DEFAULT_NUM_SCALES = 18
+
+
+def _model_kwargs(config: dict[str, Any]) -> dict[str, float]:
+    def get(key: str, default: float) -> float:
+        return float(default if config.get(key) is None else config[key])
+
+    return {"sigma_min": get("sigma_min", SIGMA_MIN), "sigma_max": get("sigma_max", SIGMA_MAX),
+            "sigma_data": get("sigma_data", SIGMA_DATA), "time_scale": get("time_scale", 0.25),
+            "rho": get("rho", RHO)}
+
+
+def _load_teacher(path: str) -> nn.Module:
+    from genzoo.api import load
+
+    teacher = load(path)
+    if not hasattr(teacher, "sigma_min") or not callable(teacher):
+        raise UserError(f"--teacher {path}: expected a diffusion model (a denoiser), got a "
+                        f"{teacher.config.get('family')} model")
+    return teacher
+
+
+def _fresh_network(config: dict[str, Any], dataset: Any) -> tuple[str, dict[str, Any]]:
+    """(arch, net config) of a student trained without a teacher: ``--arch`` with the saved ``net`` config,
+    else a small ADM UNet sized for the data (64 channels up to 32 px, 128 above)."""
+    arch = config.get("arch") or "adm"
+    if config.get("net"):
+        return arch, dict(config["net"])
+    if arch != "adm":
+        raise UserError(f"--arch {arch}: CT/iCT builds a fresh 'adm' network; for another network give its "
+                        "settings as 'net' in a --config file")
+    resolution = int(dataset.resolution)
+    num_classes = int(getattr(dataset, "num_classes", 0) or 0)
+    mult = {8: "1,2", 16: "1,2,2", 32: "1,2,2,2"}.get(resolution, "")
+    return arch, {"image_size": resolution, "in_channels": int(getattr(dataset, "num_channels", 3)),
+                  "num_channels": 64 if resolution <= 32 else 128, "num_res_blocks": 2, "channel_mult": mult,
+                  "attention_resolutions": "16" if resolution >= 16 else "", "num_head_channels": 32,
+                  "use_new_attention_order": True, "resblock_updown": True,
+                  "dropout": 0.1 if mode_is_ict(config) else 0.0, "class_cond": num_classes > 0,
+                  "num_classes": max(num_classes, 1)}
+
+
+def mode_is_ict(config: dict[str, Any]) -> bool:
+    return (config.get("mode") or ("cd" if config.get("teacher") else "ict")) == "ict"
+
+
+class ConsistencyFamily(Family):
+    name = "consistency"
+
+    def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("consistency family (CD, CT, iCT)")
+        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
+        add("--mode", choices=MODES, default=None,
+            help="cd: distil a diffusion teacher; ct: consistency training; ict: improved CT (default cd "
+                 "with --teacher, else ict)")
+        add("--teacher", default=None, help="CD: the teacher, a diffusion run/checkpoint/model directory")
+        add("--num-scales", type=int, default=None,
+            help=f"CD: points N of the Karras grid (default {DEFAULT_NUM_SCALES}; ImageNet-64 used 40)")
+        add("--s0", type=int, default=None, help="CT/iCT: initial discretisation s0 (CT 2, iCT 10)")
+        add("--s1", type=int, default=None, help="CT/iCT: final discretisation s1 (CT 150-200, iCT 1280)")
+        add("--mu0", type=float, default=None, help="CD/CT: target EMA μ0 (default 0.95)")
+        add("--distance", choices=DISTANCES, default=None,
+            help="consistency distance (default l2; pseudo-huber for ict); lpips needs --lpips-weights")
+        add("--lpips-weights", default=None,
+            help="LPIPS weights file for --distance lpips (never downloaded)")
+        add("--sigma-min", type=float, default=None,
+            help=f"smallest noise level σ_min (default {SIGMA_MIN})")
+        add("--sigma-max", type=float, default=None,
+            help=f"largest noise level σ_max (default {SIGMA_MAX:g})")
+        add("--sigma-data", type=float, default=None,
+            help=f"data standard deviation σ_data (default {SIGMA_DATA}, or the teacher's)")
+        add("--teacher-solver", choices=SOLVERS, default="heun", help="CD: ODE step of the teacher (heun)")
+
+    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_argument_once(parser, "--steps", type=int, default=None,
+                          help="sampling steps (diffusion: solver steps; consistency: network evaluations, "
+                               "default 1, or with --ts the grid size, default the model's N)")
+        add_argument_once(parser, "--ts", default=None,
+                          help="consistency: grid indices of a multistep schedule, e.g. 0,22,39 on a "
+                               "--steps 40 grid")
+
+    # ------------------------------------------------------------------ training
+
+    def build_objective(self, config: dict[str, Any], dataset: Any) -> ConsistencyObjective:
+        teacher_path = config.get("teacher")
+        mode = config.get("mode") or ("cd" if teacher_path else "ict")
+        if mode == "cd" and not teacher_path:
+            raise UserError("--mode cd: give the teacher diffusion model with --teacher RUN")
+        teacher = _load_teacher(teacher_path) if mode == "cd" else None
+        resolution = int(getattr(dataset, "resolution", 0) or 0)
+        if teacher is not None:
+            tcfg = teacher.config
+            if tcfg.get("resolution") and resolution and int(tcfg["resolution"]) != resolution:
+                raise UserError(f"--teacher {teacher_path}: makes {tcfg['resolution']} px images, "
+                                f"the data is {resolution} px")
+            if not hasattr(teacher, "model") or not tcfg.get("arch"):
+                raise UserError(f"--teacher {teacher_path}: no network to initialise the student from")
+            arch, net_config = tcfg["arch"], dict(tcfg["net"])
+            network = copy.deepcopy(teacher.model)  # the student starts from the teacher (CM, Sec. 5)
+            if config.get("sigma_data") is None:
+                config["sigma_data"] = float(getattr(teacher, "sigma_data", SIGMA_DATA))
+        else:
+            arch, net_config = _fresh_network(config, dataset)
+            network = nets.build(arch, **net_config)
+        config.update(arch=arch, net=net_config, mode=mode)
+        for key, value in _model_kwargs(config).items():
+            if key in ("sigma_min", "sigma_max", "sigma_data"):
+                config[key] = value
+        student = ConsistencyModel(network, **_model_kwargs(config))
+        steps = int(config.get("steps") or 0)
+        if mode in ("ct", "ict") and steps <= 0:
+            raise UserError(f"--mode {mode}: give --steps N (N(k) is a function of the total steps)")
+        objective = ConsistencyObjective(
+            student, mode, teacher, num_scales=int(config.get("num_scales") or DEFAULT_NUM_SCALES),
+            total_steps=steps, s0=config.get("s0"), s1=config.get("s1"), mu0=config.get("mu0"),
+            distance=config.get("distance"), solver=config.get("teacher_solver") or "heun",
+            lr=float(config.get("lr") or DEFAULT_LR), lpips_weights=config.get("lpips_weights"))
+        config.update(num_scales=objective.scales_at(steps), s0=objective.s0, s1=objective.s1,
+                      mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr)
+        return objective
+
+    def build_model(self, config: dict[str, Any]) -> nn.Module:
+        if not config.get("arch") or "net" not in config:
+            raise UserError("config.json: a consistency model needs 'arch' and 'net' entries")
+        return ConsistencyModel(nets.build(config["arch"], **config["net"]), **_model_kwargs(config))
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
+               options: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """One step f(σ_max·z, σ_max) by default; ``steps`` evaluations; or the grid indices ``ts``."""
+        config = getattr(model, "config", {}) or {}
+        ts = parse_ts(options.get("ts"))
+        steps = options.get("steps")
+        if ts is not None and steps is None:
+            steps = int(config.get("num_scales") or 40)
+        channels = int(config.get("channels") or getattr(model, "img_channels", None) or 3)
+        resolution = int(config.get("resolution") or model.resolution)
+        if class_labels is None and int(getattr(model, "label_dim", 0) or 0) > 0:
+            raise UserError("this consistency model is class-conditional: give class labels")
+        return sample(model, rng.randn_like, (len(rng), channels, resolution, resolution), class_labels,
+                      steps=steps, ts=ts, device=rng.device)
+
+
+FAMILY = ConsistencyFamily()

@@ -1,0 +1,135 @@
+"""Consistency distillation and training: CD on the exact Gaussian-mixture teacher, objective mechanics."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from genzoo.consistency import ConsistencyModel
+from genzoo.consistency.objective import ConsistencyObjective, teacher_ode_step
+from genzoo.diffusion.analytic import AnalyticDenoiser, GaussianMixture, random_mixture
+from genzoo.errors import UserError
+from genzoo.train.objective import Batch
+
+
+class MLP(nn.Module):
+    """A small network on [N, d, 1, 1] points with a Fourier embedding of the noise label."""
+
+    def __init__(self, dim=2, hidden=64, dropout=0.0):
+        super().__init__()
+        self.resolution, self.in_channels, self.out_channels, self.label_dim = 1, dim, dim, 0
+        self.body = nn.Sequential(nn.Linear(dim + 8, hidden), nn.SiLU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.register_buffer("freqs", torch.arange(4).float().exp())
+
+    def forward(self, x, noise_labels, class_labels=None):
+        t = noise_labels.reshape(-1, 1).float() * self.freqs[None]
+        return self.body(torch.cat([x.flatten(1), t.sin(), t.cos()], 1)).reshape(x.shape)
+
+
+def _mixture():
+    m = random_mixture(dim=2, components=3, seed=1, scale=0.3, spread=0.8)
+    return GaussianMixture(m.means, m.covs, m.weights, shape=(2, 1, 1))
+
+
+def energy_distance(a, b):
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+
+
+def _batch(mix, n, g):
+    return Batch(images=mix.sample(n, g)[0].float(), labels=torch.full((n,), -1))
+
+
+def test_cd_on_the_exact_mixture_teacher_lowers_the_one_step_distance():
+    torch.manual_seed(0)
+    mix = _mixture()
+    student = ConsistencyModel(MLP(), sigma_data=mix.sigma_data)
+    objective = ConsistencyObjective(student, "cd", AnalyticDenoiser(mix), num_scales=10, mu0=0.95)
+    opt = torch.optim.Adam(objective.players["net"].parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(5)
+    reference = mix.sample(1000, g)[0].float()
+    z = torch.randn(1000, 2, 1, 1, generator=g)
+
+    def one_step_distance():
+        with torch.no_grad():
+            return energy_distance(student(z * student.sigma_max, student.sigma_max), reference)
+
+    distances = [one_step_distance()]
+    for step in range(240):
+        result = objective.loss("net", _batch(mix, 128, g), step)
+        opt.zero_grad()
+        result.loss.backward()
+        opt.step()
+        objective.after_update("net", step)
+        if step % 80 == 79:
+            distances.append(one_step_distance())
+    assert distances[1] < distances[0]
+    assert distances[-1] < 0.15 * distances[0], distances
+    assert "teacher" not in dict(objective.named_modules())  # never saved
+    assert any(k.startswith("target.") for k in objective.state_dict())
+
+
+def test_heun_step_of_the_exact_teacher_follows_the_closed_form_flow():
+    cov = torch.diag(torch.tensor([0.3, 0.05])).unsqueeze(0)
+    mix = GaussianMixture(torch.zeros(1, 2), cov, shape=(2, 1, 1))
+    x = torch.randn(64, 2, 1, 1, dtype=torch.float64) * 3
+    sigma, sigma_next = torch.full((64,), 3.0), torch.full((64,), 2.8)
+    exact = mix.flow(x, 3.0, 2.8)
+    heun = teacher_ode_step(AnalyticDenoiser(mix), x, sigma, sigma_next, solver="heun")
+    euler = teacher_ode_step(AnalyticDenoiser(mix), x, sigma, sigma_next, solver="euler")
+    heun_err, euler_err = (heun - exact).abs().max(), (euler - exact).abs().max()
+    assert heun_err < 1e-4 and heun_err < euler_err / 5
+
+
+def test_target_uses_the_students_dropout_mask_and_follows_mu():
+    torch.manual_seed(0)
+    mix = _mixture()
+    student = ConsistencyModel(MLP(dropout=0.5))
+    objective = ConsistencyObjective(student, "ct", total_steps=100, mu0=0.9).train()
+    # identical weights + identical dropout masks: at σ_{n+1} = σ_n the loss would vanish, so compare the
+    # target's and the student's outputs on the same input with the RNG state restored
+    from genzoo.consistency.objective import _rng_state, _set_rng_state
+
+    x = torch.randn(8, 2, 1, 1)
+    state = _rng_state(x.device)
+    a = student(x, 1.0)
+    _set_rng_state(state, x.device)
+    b = objective.target(x, 1.0)
+    assert torch.equal(a, b)
+    before = copy.deepcopy(objective.target.state_dict())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    objective.after_update("net", 0)  # μ(0) = 0.9
+    key = next(k for k in before if k.endswith("weight"))
+    expected = 0.9 * before[key] + 0.1 * (before[key] + 1.0)
+    assert torch.allclose(objective.target.state_dict()[key], expected, atol=1e-6)
+    assert objective.scales_at(0) == 2 and objective.scales_at(100) == 151
+    result = objective.loss("net", _batch(mix, 16, torch.Generator().manual_seed(0)), 50)
+    assert result.loss.requires_grad and result.logs["num_scales"] == objective.scales_at(50)
+
+
+def test_ict_has_no_target_network_and_weights_pairs():
+    torch.manual_seed(0)
+    mix = _mixture()
+    objective = ConsistencyObjective(ConsistencyModel(MLP()), "ict", total_steps=800)
+    assert not hasattr(objective, "target") or objective.__dict__.get("target") is None
+    assert objective.distance_name == "pseudo-huber" and objective.scales_at(0) == 11
+    result = objective.loss("net", _batch(mix, 32, torch.Generator().manual_seed(0)), 0)
+    result.loss.backward()
+    assert torch.isfinite(result.loss)
+    sigma, sigma_next = objective._pair(4000, 0, torch.device("cpu"))
+    assert (sigma > sigma_next).all()
+    # lognormal pair sampling puts most pairs near σ ≈ exp(−1.1), few at σ_max
+    assert (sigma < 5).float().mean() > 0.7
+
+
+def test_objective_errors():
+    with pytest.raises(UserError, match="--teacher"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "cd")
+    with pytest.raises(UserError, match="--mode"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "xx")
+    with pytest.raises(UserError, match="total number of training steps"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "ct")
