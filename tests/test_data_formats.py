@@ -47,6 +47,7 @@ def test_folder_class_subfolders(tmp_path):
     assert (len(ds), ds.resolution, ds.num_channels, ds.num_classes) == (5, 8, 3, 3)
     assert ds.class_names == ["cat", "dog", "eel"]
     assert np.array_equal(got, images) and labels.tolist() == [0, 0, 1, 1, 2]
+    assert np.array_equal(_all(load_dataset(str(tmp_path)))[0], images)  # kind inferred from the path
 
 
 def test_folder_prefix_labels_unlabeled_and_channels(tmp_path):
@@ -121,7 +122,7 @@ def test_missing_paths_and_empty_folder(tmp_path):
     cases = [(f"folder:{tmp_path}/nope", "not a directory"), ("folder:", "not a directory"),
              (f"zip:{tmp_path}/x.zip", "not a file"), (f"npz:{tmp_path}/x.npz", "does not exist"),
              (f"cifar10:{tmp_path}/c", "does not exist"), (f"mnist:{tmp_path}/m", "does not exist"),
-             (f"folder:{tmp_path}", "no image files")]
+             (f"folder:{tmp_path}", "no image files"), (f"{tmp_path}/x.zip", "no such file or directory")]
     for spec, message in cases:
         with pytest.raises(UserError, match=message):
             load_dataset(spec)
@@ -191,6 +192,7 @@ def test_npz(tmp_path, save):
     assert np.array_equal(got, images) and got_labels.tolist() == labels.tolist() and ds.num_classes == 5
     clone = pickle.loads(pickle.dumps(ds))
     assert torch.equal(clone[3][0], ds[3][0])
+    assert np.array_equal(_all(load_dataset(str(tmp_path / "s.npz")))[0], images)  # inferred kind
     save(tmp_path / "u.npz", images)
     assert load_dataset(f"npz:{tmp_path / 'u.npz'}").num_classes == 0
 
@@ -235,6 +237,8 @@ def test_cifar10_folder_and_targz(tmp_path):
         got, got_labels = _all(ds)
         assert np.array_equal(got, images[:10]) and got_labels.tolist() == labels[:10].tolist()
         assert ds.num_classes == 10 and ds.class_names[0] == "airplane"
+    for path in (folder, tmp_path / "cifar-10-python.tar.gz"):  # kind inferred from the path
+        assert np.array_equal(_all(load_dataset(str(path)))[0], images[:10])
     test = load_dataset(f"cifar10:{folder}?split=test")
     assert np.array_equal(_all(test)[0], images[10:])
 
@@ -283,6 +287,7 @@ def test_mnist_plain_and_gz(tmp_path):
         got, got_labels = _all(ds)
         assert ds.num_channels == 1 and ds.resolution == 28
         assert np.array_equal(got[..., 0], images) and got_labels.tolist() == [7, 0, 9]
+    assert load_dataset(str(tmp_path / "plain")).num_channels == 1  # kind inferred from the path
 
 
 def test_mnist_bad_idx(tmp_path):

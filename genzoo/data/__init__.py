@@ -8,6 +8,7 @@ See docs/data.md for the spec table.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from genzoo.data.arrays import NpzDataset, load_cifar10, load_digits, load_mnist
 from genzoo.data.base import ImageDataset, Spec, center_crop_arr, parse_spec
@@ -23,7 +24,7 @@ from genzoo.data.shapes import (
 from genzoo.errors import UserError
 
 __all__ = ["COLOR_NAMES", "COLOR_RGB", "SHAPE_NAMES", "ImageDataset", "ShapesDataset", "center_crop_arr",
-           "class_name", "classify_color", "load_dataset", "parse_spec", "spec_kinds"]
+           "class_name", "classify_color", "infer_kind", "load_dataset", "parse_spec", "spec_kinds"]
 
 
 def _load_shapes(spec: Spec, resolution: int | None, skip_bad: bool) -> ImageDataset:
@@ -60,14 +61,44 @@ def spec_kinds() -> list[str]:
     return [usage for _, usage in _LOADERS.values()]
 
 
+def infer_kind(path: str) -> str | None:
+    """The spec kind of an existing path given without one (``data.zip`` -> ``zip``), or None."""
+    p = Path(path)
+    if p.is_dir():
+        if any(p.rglob("data_batch_1")) or any(p.rglob("test_batch")):
+            return "cifar10"
+        if any("idx3-ubyte" in child.name for child in p.iterdir()):
+            return "mnist"
+        return "folder"
+    if p.is_file():
+        name = p.name.lower()
+        if name.endswith(".zip"):
+            return "zip"
+        if name.endswith(".npz"):
+            return "npz"
+        if name.endswith((".tar.gz", ".tgz")):
+            return "cifar10"
+    return None
+
+
 def load_dataset(spec: str, resolution: int | None = None, skip_bad: bool = False) -> ImageDataset:
     """The dataset named by ``spec`` (see docs/data.md), resized to ``resolution`` if given.
+
+    An existing path without a kind is accepted too: a folder (or a CIFAR-10 / MNIST folder), a
+    ``.zip``, an ``.npz``, or CIFAR-10's ``.tar.gz``.
 
     ``skip_bad`` skips unreadable image files (their count is in ``dataset.skipped``) instead of
     raising a :class:`~genzoo.errors.UserError` that names the first one.
     """
     parsed = parse_spec(spec)
     if parsed.kind not in _LOADERS:
+        inferred = infer_kind(spec.rsplit("?", 1)[0])
+        if inferred is not None:
+            parsed = parse_spec(f"{inferred}:{spec}")
+    if parsed.kind not in _LOADERS:
+        if parsed.arg is None and ("/" in parsed.kind or "." in parsed.kind):
+            raise UserError(f"dataset spec {spec!r}: no such file or directory (and not a spec kind; "
+                            "expected one of: " + ", ".join(spec_kinds()) + ")")
         raise UserError(f"dataset spec {spec!r}: unknown kind {parsed.kind!r}; expected one of: "
                         + ", ".join(spec_kinds()))
     if resolution is not None and int(resolution) < 1:
