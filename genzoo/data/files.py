@@ -231,6 +231,7 @@ class ZipDataset(EncodedImageDataset):
             raise UserError(f"dataset spec {spec.text!r}: {path} is not a file (expected zip:PATH.zip)")
         self.root = path
         self._zip: zipfile.ZipFile | None = None
+        self._zip_pid = os.getpid()
         try:
             all_names = self._archive().namelist()
         except (zipfile.BadZipFile, OSError) as err:
@@ -252,8 +253,10 @@ class ZipDataset(EncodedImageDataset):
             self.labels_from_names(how)
 
     def _archive(self) -> zipfile.ZipFile:
-        if self._zip is None:
+        # A forked DataLoader worker must not share the parent's file offset: reopen per process.
+        if self._zip is None or self._zip_pid != os.getpid():
             self._zip = zipfile.ZipFile(self.root)
+            self._zip_pid = os.getpid()
         return self._zip
 
     def _open(self, name: str):
