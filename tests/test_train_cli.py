@@ -29,7 +29,8 @@ def test_config_file_under_explicit_flags(tmp_path):
     config_file = tmp_path / "run.toml"
     config_file.write_text('batch = 4\nsteps = 2\nseed = 5\ntoy-width = 6\nema = 0.9\nema_start = 1\n')
     # --seed 0 is the default value, given explicitly: it must beat the file's 5.
-    assert main(base_args(tmp_path / "run") + ["--config", str(config_file), "--steps", "3", "--seed", "0"]) == 0
+    argv = base_args(tmp_path / "run") + ["--config", str(config_file), "--steps", "3", "--seed", "0"]
+    assert main(argv) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["batch"], config["steps"], config["seed"], config["toy_width"]) == (4, 3, 0, 6)
     assert (config["ema"], config["ema_start"], config["ema_halflife_kimg"]) == (0.9, 1, None)
@@ -59,3 +60,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
 def test_required_keys_named(tmp_path, capsys):
     assert main(["train", "--family", "toy", "--steps", "1", "--out", str(tmp_path)]) == 2
     assert "--data: required" in capsys.readouterr().err
+
+
+def test_a_runs_config_json_can_be_fed_back(tmp_path):
+    assert main(base_args(tmp_path / "a") + ["--steps", "1", "--batch", "2", "--toy-width", "5"]) == 0
+    saved = tmp_path / "a" / "config.json"
+    assert main(["train", "--config", str(saved), "--out", str(tmp_path / "b"), "--steps", "2"]) == 0
+    again = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (again["toy_width"], again["batch"], again["steps"], again["net"]["width"]) == (5, 2, 2, 5)

@@ -113,6 +113,10 @@ def load_config_file(path: str | Path, valid_keys: Iterable[str]) -> dict[str, A
         raise UserError(f"--config {path}: expected a table of keys, got {type(data).__name__}")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     valid = set(valid_keys)
+    if "sampled_player" in data:
+        # A run's own config.json: keep the flags, drop what the engine and family resolved from them.
+        dropped = {"sampled_player", "num_classes", "channels", "net", "resume", "config", *RESOLVED_KEYS}
+        data = {k: v for k, v in data.items() if k in valid and k not in dropped}
     unknown = sorted(set(data) - valid)
     if unknown:
         raise UserError(f"--config {path}: unknown keys {', '.join(unknown)}; valid keys are the train flags "

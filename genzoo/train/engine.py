@@ -230,7 +230,7 @@ class Trainer:
                 if config["sample_every"] and p.step % config["sample_every"] == 0:
                     self._sample_grid()
                 if (p.step % config["checkpoint_every"] == 0 or done) and p.nonfinite_streak == 0:
-                    self._save()  # never during a run of NaN losses: the last good checkpoint stays the latest
+                    self._save()  # never amid NaN losses: the last good checkpoint stays the latest
                 if done:
                     break
         finally:
@@ -302,8 +302,8 @@ class Trainer:
             if p.nonfinite_streak >= int(config["max_nonfinite"]):
                 raise NonFiniteLoss(
                     f"stopped at step {p.step}: the {player} loss was NaN/Inf for {p.nonfinite_streak} "
-                    f"consecutive updates (--max-nonfinite {config['max_nonfinite']}); the last good checkpoint "
-                    "is "
+                    f"consecutive updates (--max-nonfinite {config['max_nonfinite']}); the last good "
+                    "checkpoint is "
                     f"{p.last_checkpoint or 'none (none was saved yet)'}; try a lower --lr, --grad-clip or "
                     "--precision fp32")
             return logs
