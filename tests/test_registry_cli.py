@@ -1,0 +1,72 @@
+"""The network registry, the family table and the CLI's handling of user errors."""
+
+import argparse
+
+import pytest
+import torch.nn as nn
+
+from genzoo import nets
+from genzoo.cli import main
+from genzoo.errors import UserError
+from genzoo.family import add_argument_once, family_names, get_family
+
+
+def test_register_and_build_roundtrip():
+    @nets.register("test-linear-net")
+    class TinyNet(nn.Module):
+        def __init__(self, width: int = 3):
+            super().__init__()
+            self.layer = nn.Linear(width, width)
+
+    try:
+        built = nets.build("test-linear-net", width=5)
+        assert isinstance(built, TinyNet) and built.layer.in_features == 5
+        assert "test-linear-net" in nets.names()
+        with pytest.raises(ValueError, match="registered twice"):
+            nets.register("test-linear-net")(lambda: nn.Identity())
+    finally:
+        nets._BUILDERS.pop("test-linear-net", None)
+
+
+def test_unknown_network_lists_registered_names():
+    with pytest.raises(UserError, match=r"--arch: unknown network 'no-such-net'; registered: "):
+        nets.build("no-such-net")
+
+
+def test_unknown_family_lists_available():
+    with pytest.raises(UserError, match=r"--family: unknown family 'nope'; available: "):
+        get_family("nope")
+    assert set(family_names()) <= {"diffusion", "consistency", "gan", "classifier"}
+
+
+def test_add_argument_once_skips_a_flag_already_added():
+    parser = argparse.ArgumentParser()
+    add_argument_once(parser, "--steps", type=int, default=3)
+    add_argument_once(parser, "--steps", type=int, default=99)
+    assert parser.parse_args([]).steps == 3
+
+
+def test_cli_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+    code = main(["sample", "--ckpt", str(tmp_path / "missing"), "--grid", str(tmp_path / "g.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "no such run, checkpoint or model directory" in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_cli_without_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "usage: genzoo" in capsys.readouterr().out
+
+
+def test_every_subcommand_has_help(capsys):
+    from genzoo.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert "sample" in commands
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: genzoo {name}" in capsys.readouterr().out
