@@ -113,6 +113,15 @@ def test_dataloader_workers(tmp_path):
         assert torch.equal(images, _all(dataset)[0])
 
 
+def test_zip_reopened_in_a_forked_process(tmp_path, monkeypatch):
+    (tmp_path / "src").mkdir()
+    dataset = load_dataset(_source_spec("zip", tmp_path / "src"))
+    first = dataset._archive()
+    assert dataset._archive() is first
+    monkeypatch.setattr("os.getpid", lambda: -1)  # as seen from a forked worker
+    assert dataset._archive() is not first and torch.equal(dataset[2][0], _all(dataset)[0][2])
+
+
 def test_cli_info_and_export(tmp_path, capsys):
     grid = tmp_path / "grid.png"
     assert main(["data", "info", "shapes:16?count=10", "--grid", str(grid), "--grid-count", "4"]) == 0

@@ -79,6 +79,14 @@ def test_folder_grayscale_and_rgba_conversion(tmp_path):
     assert np.array_equal(ds[1][0].numpy(), rgba[..., :3].transpose(2, 0, 1))  # alpha dropped (ADM)
 
 
+def test_sixteen_bit_grayscale_scaled(tmp_path):
+    deep = np.array([[0, 257, 65535, 257 * 100]], dtype=np.uint16).repeat(4, 0)
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    assert Image.open(tmp_path / "d.png").mode.startswith("I")
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.num_channels == 1 and ds[0][0][0, 0].tolist() == [0, 1, 255, 100]
+
+
 def test_mixed_sizes_need_resolution_and_center_crop_semantics(tmp_path):
     big = RNG.integers(0, 256, (60, 100, 3), dtype=np.uint8)
     _png(tmp_path / "a.png", big)

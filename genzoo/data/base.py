@@ -135,10 +135,12 @@ def to_channels(pil_image: Image.Image, channels: int) -> Image.Image:
     if pil_image.mode == mode:
         return pil_image
     if pil_image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit / float grayscale: scale into 8 bits explicitly instead of PIL's clipping.
+        # 16-bit grayscale is scaled into 8 bits (v / 257, so 65535 -> 255) instead of PIL's
+        # clipping; 32-bit integer and float images are taken as 0..255 values and clipped.
         array = np.asarray(pil_image, dtype=np.float64)
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
-        pil_image = Image.fromarray(np.clip(np.round(array * 255.0 / top), 0, 255).astype(np.uint8), "L")
+        if pil_image.mode.startswith("I;16"):
+            array = array / 257.0
+        pil_image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
     elif pil_image.mode in ("LA", "PA", "RGBA", "P", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La"):
         pil_image = pil_image.convert("RGB" if pil_image.mode not in ("LA", "La", "1") else "L")
     return pil_image.convert(mode)
