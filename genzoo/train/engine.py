@@ -122,6 +122,9 @@ class Trainer:
                       channels=int(getattr(self.dataset, "num_channels", 3)), world_size=self.world)
         config.setdefault("arch", None)
         self.objective.to(device)
+        for value in vars(self.objective).values():
+            if isinstance(value, nn.Module):  # networks kept out of the module tree (a frozen teacher)
+                value.to(device)
         if config["channels_last"]:
             self.objective.to(memory_format=torch.channels_last)
         self.objective.train()
