@@ -161,7 +161,8 @@ def test_same_seed_same_sample_for_any_batch_size(mixture):
         z = rng.randn([len(batch), 3], dtype=torch.float64)
         return fn(D, z, randn_like=rng.randn_like, num_steps=5, **kw)
 
-    cases = ((S.edm_sampler, dict(S_churn=40, S_max=50)), (S.ddpm_sampler, {}), (S.ddim_sampler, {"eta": 0.5}))
+    cases = ((S.edm_sampler, dict(S_churn=40, S_max=50)), (S.ddpm_sampler, {}),
+             (S.ddim_sampler, {"eta": 0.5}))
     for fn, kw in cases:
         together = run(fn, seeds, **kw)
         alone = torch.cat([run(fn, [s], **kw) for s in seeds])

@@ -1,0 +1,258 @@
+"""The diffusion family: EDM-framework training (``genzoo train --family diffusion``) and sampling.
+
+A model is a denoiser: a registered network (``--arch``) wrapped in a preconditioning (``--precond``).
+Samplers are looked up by name in :data:`SAMPLERS`; other modules may add entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from genzoo import nets
+from genzoo.diffusion import samplers as S
+from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
+from genzoo.diffusion.guidance import ClassifierFreeGuidance
+from genzoo.diffusion.losses import DiffusionLoss, build_loss, drop_labels
+from genzoo.diffusion.precond import PRECONDITIONINGS, Denoiser, build_denoiser
+from genzoo.errors import UserError
+from genzoo.family import Family, add_argument_once
+from genzoo.seeds import StackedRandomGenerator
+from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
+
+DEFAULT_ARCH = "ddpmpp"
+DEFAULT_LR = 1e-3  # EDM's CIFAR-10 setting
+DEFAULT_WARMUP_IMAGES = 10_000  # EDM ramps up over 10M images; short CPU runs cannot wait that long
+LOSS_FOR_PRECOND = {"vp": "vp", "ve": "ve", "iddpm": "edm", "edm": "edm"}
+
+
+# ------------------------------------------------------------------------------------------------ networks
+
+def _ddpmpp_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    res = base["resolution"]
+    mult = config.get("channel_mult") or ("1,2" if res <= 8 else "1,2,2")
+    attn = config.get("attn_res")
+    return dict(base, model_channels=int(config.get("model_channels") or (32 if res <= 16 else 64)),
+                channel_mult=[int(m) for m in str(mult).split(",")],
+                num_blocks=int(config.get("num_blocks") or 2),
+                attn_resolutions=([int(r) for r in str(attn).split(",") if r] if attn is not None
+                                  else [res // 2]),
+                dropout=float(config.get("dropout") or 0.0))
+
+
+#: arch name -> function(config, base kwargs) -> the network's constructor kwargs. ``base`` holds
+#: resolution, in_channels, out_channels, label_dim, augment_dim; an arch without an entry gets ``base``.
+ARCH_KWARGS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
+    "ddpmpp": _ddpmpp_kwargs,
+}
+
+
+def network_config(config: dict[str, Any], dataset: Any) -> tuple[str, dict[str, Any]]:
+    """(arch, network kwargs) for a run: explicit ``config["net"]`` wins, else the arch's defaults."""
+    arch = config.get("arch") or DEFAULT_ARCH
+    if config.get("net"):
+        return arch, dict(config["net"])
+    num_classes = int(getattr(dataset, "num_classes", 0) or 0)
+    channels = int(getattr(dataset, "num_channels", 3))
+    base = dict(resolution=int(dataset.resolution), in_channels=channels, out_channels=channels,
+                label_dim=0 if config.get("uncond") else num_classes,
+                augment_dim=AUGMENT_DIM if float(config.get("augment") or 0) > 0 else 0)
+    return arch, ARCH_KWARGS.get(arch, lambda _c, b: b)(config, base)
+
+
+def build_diffusion_model(config: dict[str, Any]) -> Denoiser:
+    """The denoiser a config describes: ``nets.build(arch, **net)`` inside ``config["precond"]``."""
+    if not config.get("arch") or "net" not in config:
+        raise UserError("config.json: a diffusion model needs 'arch' and 'net' entries")
+    precond = config.get("precond") or "edm"
+    network = nets.build(config["arch"], **config["net"])
+    return build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+class DiffusionObjective(Objective):
+    """One player, the denoiser; the loss is the mean of λ(σ)·‖D(y + σn; σ) − y‖² over elements."""
+
+    ema_players = ("net",)
+    sampled_player = "net"
+
+    def __init__(self, denoiser: Denoiser, loss: DiffusionLoss, lr: float = DEFAULT_LR,
+                 warmup_images: float = DEFAULT_WARMUP_IMAGES, label_dropout: float = 0.0,
+                 augment_pipe: AugmentPipe | None = None):
+        super().__init__()
+        self.players = nn.ModuleDict({"net": denoiser})
+        self.loss_fn, self.lr, self.warmup_images = loss, float(lr), float(warmup_images)
+        self.label_dropout, self.augment_pipe = float(label_dropout), augment_pipe
+
+    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
+        spec = OptimizerSpec(lr=self.lr, betas=(0.9, 0.999), eps=1e-8, warmup_images=self.warmup_images)
+        return {"net": spec}
+
+    def loss(self, player: str, batch: Batch, step: int) -> StepResult:
+        denoiser = self.players["net"]
+        labels = None
+        if denoiser.label_dim:
+            labels = drop_labels(batch.labels, self.label_dropout, denoiser.label_dim, batch.rng)
+        per_element = self.loss_fn(denoiser, batch.images, labels, self.augment_pipe, batch.rng)
+        loss = per_element.mean()
+        return StepResult(loss, {"loss": float(loss.detach())})
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+def _opt(options: dict[str, Any], key: str, default: Any) -> Any:
+    value = options.get(key)
+    return default if value is None else value
+
+
+def _grid(options: dict[str, Any]) -> dict[str, Any]:
+    return dict(num_steps=int(_opt(options, "steps", 18)), sigma_min=options.get("sigma_min"),
+                sigma_max=options.get("sigma_max"), rho=float(_opt(options, "rho", 7)),
+                discretization=_opt(options, "discretization", "edm"))
+
+
+def _churn(options: dict[str, Any]) -> dict[str, Any]:
+    return dict(S_churn=float(_opt(options, "churn", 0)), S_min=float(_opt(options, "s_min", 0)),
+                S_max=float(_opt(options, "s_max", float("inf"))), S_noise=float(_opt(options, "s_noise", 1)))
+
+
+def _heun(net, latents, labels, randn_like, options):
+    plain = (_opt(options, "discretization", "edm") == "edm"
+             and _opt(options, "schedule", "linear") == "linear"
+             and _opt(options, "scaling", "none") == "none")
+    if plain:  # EDM's sampler with its reference defaults (σ_min 0.002, σ_max 80)
+        return S.edm_sampler(net, latents, labels, num_steps=int(_opt(options, "steps", 18)),
+                             sigma_min=float(_opt(options, "sigma_min", 0.002)),
+                             sigma_max=float(_opt(options, "sigma_max", 80)),
+                             rho=float(_opt(options, "rho", 7)), randn_like=randn_like, **_churn(options))
+    return _ablation("heun")(net, latents, labels, randn_like, options)
+
+
+def _ablation(solver: str):
+    def run(net, latents, labels, randn_like, options):
+        return S.ablation_sampler(net, latents, labels, solver=solver,
+                                  schedule=_opt(options, "schedule", "linear"),
+                                  scaling=_opt(options, "scaling", "none"), randn_like=randn_like,
+                                  **_grid(options), **_churn(options))
+    return run
+
+
+def _ddim(net, latents, labels, randn_like, options):
+    return S.ddim_sampler(net, latents, labels, eta=float(_opt(options, "eta", 0)), randn_like=randn_like,
+                          **_grid(options))
+
+
+def _ddpm(net, latents, labels, randn_like, options):
+    return S.ddpm_sampler(net, latents, labels, randn_like=randn_like, **_grid(options))
+
+
+def _dpmpp2m(net, latents, labels, randn_like, options):
+    return S.dpmpp_2m_sampler(net, latents, labels, randn_like=randn_like, **_grid(options))
+
+
+#: sampler name -> function(denoiser, latents, class_labels, randn_like, options) -> float64 images.
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "heun": _heun, "euler": _ablation("euler"), "ddim": _ddim, "ddpm": _ddpm, "dpmpp2m": _dpmpp2m,
+}
+
+
+def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
+                    options: dict[str, Any], shape: tuple[int, ...]) -> tuple[torch.Tensor, int]:
+    """Images (float32, clamped to [-1, 1]) and NFE per image from any denoiser with the sample options."""
+    name = _opt(options, "sampler", "heun")
+    if name not in SAMPLERS:
+        raise UserError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
+    net = denoiser
+    if not int(getattr(denoiser, "label_dim", 0) or 0):
+        class_labels = None
+    guidance = float(_opt(options, "guidance", 1.0))
+    if guidance != 1.0:
+        if class_labels is None:
+            raise UserError("--guidance: classifier-free guidance needs a class-conditional model")
+        net = ClassifierFreeGuidance(denoiser, guidance)
+    counter = S.NFECounter(net)
+    latents = rng.randn([len(rng), *shape])
+    precision = _opt(options, "precision", "fp32")
+    with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        images = SAMPLERS[name](counter, latents, class_labels, rng.randn_like, options)
+    return images.to(torch.float32).clamp(-1, 1), counter.nfe
+
+
+class DiffusionFamily(Family):
+    name = "diffusion"
+
+    def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("diffusion family (EDM framework)")
+        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
+        add("--precond", choices=list(PRECONDITIONINGS), default=None,
+            help="preconditioning of EDM Table 1 (default edm)")
+        add("--loss", choices=["vp", "ve", "edm"], default=None,
+            help="training loss (default: the preconditioning's; edm for iddpm)")
+        add("--label-dropout", type=float, default=None,
+            help="probability of training on the null label, for classifier-free guidance (default 0.1 "
+                 "for class-conditional data)")
+        add("--uncond", action="store_true", default=None, help="ignore the data's class labels")
+        add("--augment", type=float, default=None,
+            help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
+        add("--model-channels", type=int, default=None,
+            help="ddpmpp: base channels (default 32 at ≤16 px, else 64)")
+        add("--channel-mult", default=None, help="ddpmpp: channel multipliers per level, e.g. 1,2,2")
+        add("--num-blocks", type=int, default=None, help="ddpmpp: residual blocks per level (default 2)")
+        add("--attn-res", default=None,
+            help="ddpmpp: resolutions with self-attention, e.g. 16 (default res/2)")
+        add("--dropout", type=float, default=None, help="dropout probability (default 0)")
+
+    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("diffusion sampling")
+        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
+        add("--sampler", default=None, help=f"diffusion sampler: {', '.join(SAMPLERS)} (default heun = EDM)")
+        add("--steps", type=int, default=None, help="sampling steps (diffusion default 18)")
+        add("--churn", type=float, default=None, help="EDM S_churn (default 0 = deterministic)")
+        add("--s-min", type=float, default=None, help="EDM S_min (default 0)")
+        add("--s-max", type=float, default=None, help="EDM S_max (default inf)")
+        add("--s-noise", type=float, default=None, help="EDM S_noise (default 1)")
+        add("--sigma-min", type=float, default=None, help="lowest noise level (default 0.002)")
+        add("--sigma-max", type=float, default=None, help="highest noise level (default 80)")
+        add("--rho", type=float, default=None, help="ρ of the EDM time discretisation (default 7)")
+        add("--discretization", choices=list(S.DISCRETIZATIONS), default=None,
+            help="time steps: edm (default), vp, ve, iddpm")
+        add("--schedule", choices=list(S.SCHEDULES), default=None, help="σ(t): linear (default), vp, ve")
+        add("--scaling", choices=list(S.SCALINGS), default=None, help="s(t): none (default), vp")
+        add("--eta", type=float, default=None, help="DDIM stochasticity η (default 0)")
+        add("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 1 = off)")
+        add("--precision", choices=["fp32", "bf16"], default=None, help="bf16 autocast while sampling")
+
+    def build_objective(self, config: dict[str, Any], dataset: Any) -> DiffusionObjective:
+        precond = config.get("precond") or "edm"
+        arch, net_config = network_config(config, dataset)
+        label_dim = int(net_config.get("label_dim", 0) or 0)
+        label_dropout = config.get("label_dropout")
+        label_dropout = (0.1 if label_dim else 0.0) if label_dropout is None else float(label_dropout)
+        augment = float(config.get("augment") or 0.0)
+        loss_name = config.get("loss") or LOSS_FOR_PRECOND[precond]
+        config.update(arch=arch, net=net_config, precond=precond, loss=loss_name,
+                      label_dropout=label_dropout, augment=augment, lr=float(config.get("lr") or DEFAULT_LR))
+        denoiser = build_diffusion_model(config)
+        loss = build_loss(loss_name, **({"sigma_data": denoiser.sigma_data} if loss_name == "edm" else {}))
+        return DiffusionObjective(denoiser, loss, lr=config["lr"], label_dropout=label_dropout,
+                                  augment_pipe=AugmentPipe(p=augment) if augment > 0 else None)
+
+    def build_model(self, config: dict[str, Any]) -> nn.Module:
+        return build_diffusion_model(config)
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
+               options: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        config = getattr(model, "config", None) or {}
+        net = getattr(model, "model", model)
+        resolution = int(config.get("resolution") or net.resolution)
+        channels = int(config.get("channels") or getattr(net, "in_channels", 3))
+        return sample_denoiser(model, rng, class_labels, options, (channels, resolution, resolution))
+
+
+FAMILY = DiffusionFamily()

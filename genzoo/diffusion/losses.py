@@ -1,0 +1,112 @@
+"""Training losses of the EDM framework (Karras et al. 2022, Table 1 "Training" rows).
+
+Each loss draws a noise level σ per image, noises the (optionally augmented) image, and returns the
+weighted squared error λ(σ)·‖D(y + σn; σ) − y‖² per element. Random draws come from ``rng`` (the
+engine's per-sample :class:`~genzoo.seeds.StackedRandomGenerator`) when given, so a sample's noise
+does not depend on how the batch is split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from genzoo.diffusion.samplers import vp_sigma
+from genzoo.errors import UserError
+
+Tensor = torch.Tensor
+
+
+def _rand(n: int, device: torch.device, rng: Any = None) -> Tensor:
+    return rng.rand([n]).to(device) if rng is not None else torch.rand(n, device=device)
+
+
+def _randn(n: int, device: torch.device, rng: Any = None) -> Tensor:
+    return rng.randn([n]).to(device) if rng is not None else torch.randn(n, device=device)
+
+
+def _randn_like(x: Tensor, rng: Any = None) -> Tensor:
+    return rng.randn_like(x).to(x.device) if rng is not None else torch.randn_like(x)
+
+
+class DiffusionLoss:
+    """Base class: :meth:`sample_sigma` draws σ, :meth:`weight` is λ(σ)."""
+
+    def sample_sigma(self, n: int, device: torch.device, rng: Any = None) -> Tensor:
+        raise NotImplementedError
+
+    def weight(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, net: Any, images: Tensor, class_labels: Tensor | None = None, augment_pipe: Any = None,
+                 rng: Any = None) -> Tensor:
+        """λ(σ)·(D(y + σn; σ) − y)², elementwise ([N, C, H, W]); y is the augmented image."""
+        sigma = self.sample_sigma(images.shape[0], images.device, rng).reshape(-1, *[1] * (images.ndim - 1))
+        cond = {}
+        y = images
+        if augment_pipe is not None:
+            y, cond["augment_labels"] = augment_pipe(images, rng=rng)
+        noise = _randn_like(y, rng) * sigma
+        denoised = net(y + noise, sigma.flatten(), class_labels, **cond)
+        return self.weight(sigma) * (denoised - y) ** 2
+
+
+class VPLoss(DiffusionLoss):
+    """VP (Song et al. 2021): t ~ U[ε_t, 1], σ = σ(t), λ = 1/σ²."""
+
+    def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5):
+        self.beta_d, self.beta_min, self.epsilon_t = beta_d, beta_min, epsilon_t
+
+    def sample_sigma(self, n, device, rng=None):
+        t = 1 + _rand(n, device, rng) * (self.epsilon_t - 1)
+        return vp_sigma(t, self.beta_d, self.beta_min).to(torch.float32)
+
+    def weight(self, sigma):
+        return 1 / sigma ** 2
+
+
+class VELoss(DiffusionLoss):
+    """VE (Song et al. 2021): ln σ ~ U[ln σ_min, ln σ_max], λ = 1/σ²."""
+
+    def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100.0):
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def sample_sigma(self, n, device, rng=None):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _rand(n, device, rng)
+
+    def weight(self, sigma):
+        return 1 / sigma ** 2
+
+
+class EDMLoss(DiffusionLoss):
+    """EDM: ln σ ~ N(P_mean, P_std²), λ = (σ² + σ_d²)/(σ·σ_d)² (unit effective weight, Sec. 5)."""
+
+    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5):
+        self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
+
+    def sample_sigma(self, n, device, rng=None):
+        return (_randn(n, device, rng) * self.P_std + self.P_mean).exp()
+
+    def weight(self, sigma):
+        return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
+
+
+LOSSES = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss}
+
+
+def build_loss(name: str, **kw: Any) -> DiffusionLoss:
+    """The training loss named ``name`` (``vp``, ``ve``, ``edm``)."""
+    if name not in LOSSES:
+        raise UserError(f"--loss: expected one of {', '.join(LOSSES)}, got {name!r}")
+    return LOSSES[name](**kw)
+
+
+def drop_labels(labels: Tensor, p: float, null_label: int, rng: Any = None) -> Tensor:
+    """Replace each label by the null label with probability ``p`` (classifier-free guidance training,
+    Ho & Salimans 2021); missing labels (−1) become the null label too."""
+    labels = torch.where(labels < 0, null_label, labels)
+    if p <= 0:
+        return labels
+    drop = _rand(labels.shape[0], labels.device, rng) < p
+    return torch.where(drop, null_label, labels)
