@@ -190,14 +190,14 @@ class GANFamily(Family):
         g_net["z_dim"] = G.z_dim  # hierarchical latents round z_dim to a multiple of the chunk count
         check_loss_name(_get(config, "loss"))
         parse_policy(_get(config, "diffaugment"))
-        for key in DEFAULTS:  # resolved values are saved in config.json
+        # Resolved values go to config.json; D is rebuilt from them (d_ch, attn_res), only G from 'net'.
+        config["attn_res"] = ",".join(str(r) for r in attn) or "none"
+        for key in DEFAULTS:
             config[key] = _get(config, key)
         config.update(
             {
                 "arch": arch,
                 "net": g_net,
-                "d_arch": BIGGAN_ARCHES[arch],
-                "d_net": d_net,
                 "sampled_player": "G",
                 "num_classes": num_classes,
                 "resolution": resolution,

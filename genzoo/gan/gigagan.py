@@ -38,7 +38,6 @@ from genzoo.nets.text import TextEmbedding
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
-TASKS = ("generator", "upsampler")
 TEXT_ENCODERS = ("learned", "minilm", "clip")
 DEFAULT_LR = 2e-3  # StyleGAN2-style settings (Adam beta (0, 0.99)) at the CPU scale
 MAX_DEFAULT_PROMPTS = 64
@@ -143,8 +142,8 @@ def _randn(batch: Batch, shape: Sequence[int], device: torch.device) -> torch.Te
 
 
 # -- objectives ----------------------------------------------------------------------------------
-class GigaGANObjective(Objective):
-    """Text-to-image GigaGAN: players G and D; schedule D then G; EMA of G is sampled."""
+class _TwoPlayer(Objective):
+    """Players G and D (EMA of G sampled), one D step then one G step, lazy R1 on D."""
 
     ema_players = ("G",)
     sampled_player = "G"
@@ -154,66 +153,84 @@ class GigaGANObjective(Objective):
         G: nn.Module,
         D: nn.Module,
         lr: float = DEFAULT_LR,
+        d_lr: float | None = None,
         betas: tuple[float, float] = (0.0, 0.99),
         r1_gamma: float = 0.1,
         r1_interval: int = 4,
-        match_weight: float = 1.0,
     ):
         super().__init__()
         self.players = nn.ModuleDict({"G": G, "D": D})
-        self.lr, self.betas = float(lr), tuple(betas)
-        self.r1_gamma, self.r1_interval, self.match_weight = (
-            float(r1_gamma),
-            max(1, int(r1_interval)),
-            float(match_weight),
-        )
+        self.lr, self.d_lr = float(lr), float(lr if d_lr is None else d_lr)
+        self.betas = tuple(betas)
+        self.r1_gamma, self.r1_interval = float(r1_gamma), max(1, int(r1_interval))
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        return {name: OptimizerSpec(lr=self.lr, betas=self.betas) for name in ("G", "D")}
+        return {
+            "G": OptimizerSpec(lr=self.lr, betas=self.betas),
+            "D": OptimizerSpec(lr=self.d_lr, betas=self.betas),
+        }
 
     def schedule(self) -> list[tuple[str, int]]:
         return [("D", 1), ("G", 1)]
 
+    def r1_due(self, step: int) -> bool:
+        return self.r1_gamma > 0 and step % self.r1_interval == 0
+
+    def add_r1(self, loss: torch.Tensor, logs: dict, real_logits: dict, real: torch.Tensor) -> torch.Tensor:
+        """Lazy R1 (StyleGAN2): gamma/2 * E||grad_x D(x)||^2 every r1_interval steps, scaled by the interval.
+
+        All pyramid levels are pooled from ``real``, so one gradient covers every input scale.
+        """
+        penalty = r1_penalty(torch.stack(list(real_logits.values())).sum(0), real)
+        logs["D/r1"] = float(penalty)
+        return loss + 0.5 * self.r1_gamma * self.r1_interval * penalty
+
+
+def _d_logistic(real_logits: dict, fake_logits: dict) -> torch.Tensor:
+    """Non-saturating D loss averaged over the (input scale, output scale) predictions."""
+    return torch.stack([ns_d_loss(real_logits[k], fake_logits[k]) for k in real_logits]).mean()
+
+
+def _mean_logit(logits: dict) -> float:
+    return float(torch.stack(list(logits.values())).mean())
+
+
+class GigaGANObjective(_TwoPlayer):
+    """Text-to-image GigaGAN: multi-scale non-saturating loss + matching-aware loss + lazy R1."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, match_weight: float = 1.0, **kwargs: Any):
+        super().__init__(G, D, **kwargs)
+        self.match_weight = float(match_weight)
+
     def _captions(self, batch: Batch) -> list[str]:
         if not batch.captions:
-            raise UserError(
-                "--arch gigagan: the dataset has no captions; use a captioned dataset such as shapes"
-            )
+            raise UserError("--arch gigagan: the dataset has no captions; use a captioned one such as shapes")
         return list(batch.captions)
 
     def loss(self, player: str, batch: Batch, step: int) -> StepResult:
         G, D = self.players["G"], self.players["D"]
         captions = self._captions(batch)
-        device = batch.images.device
-        z = _randn(batch, (len(captions), G.z_dim), device)
+        z = _randn(batch, (len(captions), G.z_dim), batch.images.device)
         if player == "D":
             with torch.no_grad():
                 fake = G(z, prompts=captions, rng=batch.rng, return_pyramid=True)
             text = D.encode_text(captions)
-            do_r1 = self.r1_gamma > 0 and step % self.r1_interval == 0
-            real = batch.images.detach().requires_grad_(do_r1)
+            real = batch.images.detach().requires_grad_(self.r1_due(step))
             real_logits = D(image_pyramid(real, D.pyramid), text)
             fake_logits = D({r: fake[r] for r in D.pyramid}, text)
-            loss = torch.stack([ns_d_loss(real_logits[k], fake_logits[k]) for k in real_logits]).mean()
+            loss = _d_logistic(real_logits, fake_logits)
             logs = {
-                "D/loss": float(loss),
-                "D/real": float(torch.stack(list(real_logits.values())).mean()),
-                "D/fake": float(torch.stack(list(fake_logits.values())).mean()),
+                "D/loss": float(loss.detach()),
+                "D/real": _mean_logit(real_logits),
+                "D/fake": _mean_logit(fake_logits),
             }
-            wrong, differs = mismatched_captions(captions)
-            if self.match_weight > 0 and bool(differs.any()):
-                rows = differs.nonzero()[:, 0].to(device)
-                mis_logits = D(
-                    image_pyramid(batch.images[rows], D.pyramid),
-                    D.encode_text([wrong[i] for i in rows.tolist()]),
-                )
-                match = mean_over_scales(mis_logits, lambda v: F.softplus(v).mean())
-                loss = loss + self.match_weight * match
-                logs["D/mismatch"] = float(torch.stack(list(mis_logits.values())).mean())
-            if do_r1:
-                penalty = r1_penalty(torch.stack(list(real_logits.values())).sum(0), real)
-                loss = loss + 0.5 * self.r1_gamma * self.r1_interval * penalty
-                logs["D/r1"] = float(penalty)
+            if self.match_weight > 0:
+                match = self.matching_aware_loss(D, batch.images, captions)
+                if match is not None:
+                    loss = loss + self.match_weight * match
+                    logs["D/mismatch"] = float(match)
+            if self.r1_due(step):
+                loss = self.add_r1(loss, logs, real_logits, real)
             return StepResult(loss, logs)
         if player == "G":
             fake = G(z, prompts=captions, rng=batch.rng, return_pyramid=True)
@@ -223,65 +240,56 @@ class GigaGANObjective(Objective):
             return StepResult(loss, {"G/loss": float(loss)})
         raise ValueError(f"unknown player {player!r}; expected 'G' or 'D'")
 
+    @staticmethod
+    def matching_aware_loss(D: nn.Module, images: torch.Tensor, captions: list[str]) -> torch.Tensor | None:
+        """GigaGAN Sec. 3.3: E[softplus(D(x, c_wrong))]: a real image with another item's caption is fake.
 
-class UpsamplerObjective(Objective):
-    """GigaGAN upsampler: (low-res, high-res) pairs by area-downsampling; GAN + L1 reconstruction."""
+        None when every rolled caption equals the original (nothing mismatched in this batch).
+        """
+        wrong, differs = mismatched_captions(captions)
+        if not bool(differs.any()):
+            return None
+        rows = differs.nonzero()[:, 0].tolist()
+        logits = D(image_pyramid(images[rows], D.pyramid), D.encode_text([wrong[i] for i in rows]))
+        return mean_over_scales(logits, lambda v: F.softplus(v).mean())
 
-    ema_players = ("G",)
-    sampled_player = "G"
 
-    def __init__(
-        self,
-        G: nn.Module,
-        D: nn.Module,
-        lr: float = DEFAULT_LR,
-        betas: tuple[float, float] = (0.0, 0.99),
-        r1_gamma: float = 0.1,
-        r1_interval: int = 4,
-        l1_weight: float = 10.0,
-    ):
-        super().__init__()
-        self.players = nn.ModuleDict({"G": G, "D": D})
-        self.lr, self.betas = float(lr), tuple(betas)
-        self.r1_gamma, self.r1_interval, self.l1_weight = (
-            float(r1_gamma),
-            max(1, int(r1_interval)),
-            float(l1_weight),
-        )
+class UpsamplerObjective(_TwoPlayer):
+    """GigaGAN upsampler: (low-res, high-res) pairs by area-downsampling; GAN (D sees the low-res
+    input too) + L1 reconstruction."""
 
-    def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        return {name: OptimizerSpec(lr=self.lr, betas=self.betas) for name in ("G", "D")}
-
-    def schedule(self) -> list[tuple[str, int]]:
-        return [("D", 1), ("G", 1)]
+    def __init__(self, G: nn.Module, D: nn.Module, l1_weight: float = 10.0, **kwargs: Any):
+        super().__init__(G, D, **kwargs)
+        self.l1_weight = float(l1_weight)
 
     def loss(self, player: str, batch: Batch, step: int) -> StepResult:
         G, D = self.players["G"], self.players["D"]
         hr = batch.images
-        lr_images = F.adaptive_avg_pool2d(hr, hr.shape[-1] // G.scale)
-        prompts = list(batch.captions) if G.text is not None else None
+        low = F.adaptive_avg_pool2d(hr, hr.shape[-1] // G.scale)
+        prompts = list(batch.captions or []) if G.text is not None else None
         if G.text is not None and not prompts:
-            raise UserError("--gigagan-task upsampler with a text encoder: the dataset has no captions")
+            raise UserError("--upsampler-text: the dataset has no captions")
         z = _randn(batch, (len(hr), G.z_dim), hr.device)
         if player == "D":
             with torch.no_grad():
-                fake = G(lr_images, z, prompts=prompts, rng=batch.rng)
+                fake = G(low, z, prompts=prompts, rng=batch.rng)
             text = D.encode_text(prompts) if D.text is not None else None
-            do_r1 = self.r1_gamma > 0 and step % self.r1_interval == 0
-            real = hr.detach().requires_grad_(do_r1)
-            real_logits = D(real, text, cond=lr_images)
-            fake_logits = D(fake, text, cond=lr_images)
-            loss = torch.stack([ns_d_loss(real_logits[k], fake_logits[k]) for k in real_logits]).mean()
-            logs = {"D/loss": float(loss)}
-            if do_r1:
-                penalty = r1_penalty(torch.stack(list(real_logits.values())).sum(0), real)
-                loss = loss + 0.5 * self.r1_gamma * self.r1_interval * penalty
-                logs["D/r1"] = float(penalty)
+            real = hr.detach().requires_grad_(self.r1_due(step))
+            real_logits = D(real, text, cond=low)
+            fake_logits = D(fake, text, cond=low)
+            loss = _d_logistic(real_logits, fake_logits)
+            logs = {
+                "D/loss": float(loss.detach()),
+                "D/real": _mean_logit(real_logits),
+                "D/fake": _mean_logit(fake_logits),
+            }
+            if self.r1_due(step):
+                loss = self.add_r1(loss, logs, real_logits, real)
             return StepResult(loss, logs)
         if player == "G":
-            fake = G(lr_images, z, prompts=prompts, rng=batch.rng)
+            fake = G(low, z, prompts=prompts, rng=batch.rng)
             with frozen(D):
-                fake_logits = D(fake, prompts=prompts, cond=lr_images)
+                fake_logits = D(fake, prompts=prompts, cond=low)
             adv = mean_over_scales(fake_logits, ns_g_loss)
             l1 = (fake - hr).abs().mean()
             return StepResult(adv + self.l1_weight * l1, {"G/loss": float(adv), "G/l1": float(l1)})
@@ -289,60 +297,53 @@ class UpsamplerObjective(Objective):
 
 
 # -- the hooks the gan family calls ----------------------------------------------------------------
+#: --arch names served here: the text-to-image generator and the super-resolution upsampler
+ARCHES = ("gigagan", "gigagan-upsampler")
+#: defaults of the shared gan flags (None there) when --arch is a GigaGAN one
+DEFAULTS = {
+    "z_dim": 64,
+    "g_ch": 64,
+    "d_ch": 64,
+    "attn_res": "8,16",
+    "r1_gamma": 0.1,
+    "betas": "0,0.99",
+    "loss": "ns",
+    "g_lr": DEFAULT_LR,
+    "d_lr": DEFAULT_LR,
+}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    add = lambda *flags, **kw: add_argument_once(parser, *flags, **kw)  # noqa: E731
-    add(
-        "--gigagan-task",
-        choices=TASKS,
-        default="generator",
-        help="gigagan: train the text-to-image generator (default) or the super-resolution upsampler",
-    )
+    """GigaGAN's own flags; it also reads the gan family's --z-dim, --g-ch, --d-ch, --attn-res,
+    --r1-gamma, --g-lr, --d-lr, --betas and --loss (with the defaults in ``DEFAULTS``)."""
+    group = parser.add_argument_group("gan family (GigaGAN: --arch gigagan | gigagan-upsampler)")
+    add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
     add(
         "--text-encoder",
         choices=TEXT_ENCODERS,
         default="learned",
-        help="gigagan: text encoder: learned (trains with the GAN), minilm (frozen all-MiniLM-L6-v2 from "
+        help="text encoder: learned (trains with the GAN), minilm (frozen all-MiniLM-L6-v2 from "
         "genzoo[text]) or clip (frozen open_clip text tower from --text-weights)",
     )
-    add("--text-weights", help="gigagan: local open_clip weights file for --text-encoder clip")
-    add("--text-dim", type=int, default=128, help="gigagan: width of the learned text layers (default 128)")
-    add(
-        "--text-depth",
-        type=int,
-        default=2,
-        help="gigagan: learned attention layers over the text (default 2)",
-    )
-    add(
-        "--gigagan-channels",
-        type=int,
-        default=64,
-        help="gigagan: maximum channels per layer (default 64; the paper's models use 512-1024)",
-    )
-    add(
-        "--gigagan-kernels", type=int, default=4, help="gigagan: kernels per adaptive-kernel bank (default 4)"
-    )
-    add("--gigagan-z-dim", type=int, default=64, help="gigagan: latent size (default 64)")
-    add("--gigagan-w-dim", type=int, default=128, help="gigagan: style size (default 128)")
-    add(
-        "--gigagan-attn-res",
-        default="8,16",
-        help="gigagan: resolutions with self- and cross-attention in G (default 8,16)",
-    )
+    add("--text-weights", help="local open_clip weights file for --text-encoder clip")
+    add("--text-dim", type=int, default=128, help="width of GigaGAN's learned text layers (default 128)")
+    add("--text-depth", type=int, default=2, help="learned attention layers over the text (default 2)")
+    add("--kernels", type=int, default=4, help="GigaGAN: kernels per adaptive-kernel bank (default 4)")
+    add("--w-dim", type=int, default=128, help="GigaGAN: style size (default 128)")
     add(
         "--match-weight",
         type=float,
         default=1.0,
-        help="gigagan: weight of the matching-aware loss (real image, wrong caption = fake; default 1)",
+        help="GigaGAN: weight of the matching-aware loss (real image + wrong caption = fake; default 1)",
     )
-    add("--gigagan-r1", type=float, default=0.1, help="gigagan: R1 gamma (default 0.1; 0 = off)")
-    add("--gigagan-r1-interval", type=int, default=4, help="gigagan: lazy R1 every N steps (default 4)")
-    add("--upsample-scale", type=int, default=4, help="gigagan upsampler: scale factor (default 4)")
-    add("--upsampler-text", action="store_true", help="gigagan upsampler: condition on captions too")
+    add("--r1-interval", type=int, default=4, help="GigaGAN: lazy R1 every N steps (default 4)")
+    add("--upsample-scale", type=int, default=4, help="gigagan-upsampler: scale factor (default 4)")
+    add("--upsampler-text", action="store_true", help="gigagan-upsampler: condition on the captions too")
     add(
         "--l1-weight",
         type=float,
         default=10.0,
-        help="gigagan upsampler: L1 reconstruction weight (default 10)",
+        help="gigagan-upsampler: L1 reconstruction weight (default 10)",
     )
 
 
@@ -351,27 +352,36 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--prompt",
         action="append",
-        help="gigagan: text prompt; repeat for several (seed s uses prompt s mod count); default: "
+        help="GigaGAN: text prompt; repeat for several (seed s takes prompt s mod count); default: "
         "captions saved with the run",
     )
-    add("--prompt-fine", help="gigagan prompt mixing: this prompt drives the fine layers (>= --mix-layer)")
+    add("--prompt-fine", help="GigaGAN prompt mixing: this prompt drives the fine layers (>= --mix-layer)")
     add(
-        "--style-seed",
-        type=int,
-        help="gigagan style mixing: the fine layers (>= --mix-layer) take w of this seed",
+        "--style-seed", type=int, help="GigaGAN style mixing: fine layers (>= --mix-layer) take this seed's w"
     )
     add(
-        "--mix-layer", type=int, help="gigagan: first style layer of the fine part (default: half the layers)"
+        "--mix-layer", type=int, help="GigaGAN: first style layer of the fine part (default: half the layers)"
     )
-    add("--truncation", type=float, help="truncation psi (gigagan: w-space, toward the prompt's mean style)")
+    add(
+        "--truncation",
+        type=float,
+        help="truncation psi (GigaGAN: in w-space, toward the prompt's mean style)",
+    )
+
+
+def _get(config: dict[str, Any], key: str, default: Any = None) -> Any:
+    value = config.get(key)
+    if value is not None:
+        return value
+    return DEFAULTS[key] if default is None else default
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
     kind = config.get("text_encoder") or "learned"
     text = {
         "kind": kind,
-        "dim": int(config.get("text_dim") or 128),
-        "depth": int(config.get("text_depth") or 2),
+        "dim": int(_get(config, "text_dim", 128)),
+        "depth": int(_get(config, "text_depth", 2)),
     }
     if kind == "clip":
         if not config.get("text_weights"):
@@ -380,16 +390,9 @@ def _text_config(config: dict[str, Any]) -> dict[str, Any]:
     return text
 
 
-def _resolutions(text: str, flag: str) -> list[int]:
-    try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag}: expected comma-separated resolutions like 8,16, got {text!r}") from None
-
-
-def _check_resolution(resolution: int, flag: str = "--resolution") -> None:
+def _check_resolution(resolution: int) -> None:
     if resolution < 8 or resolution & (resolution - 1):
-        raise UserError(f"{flag}: gigagan needs a power-of-two resolution >= 8, got {resolution}")
+        raise UserError(f"--resolution: GigaGAN needs a power-of-two resolution >= 8, got {resolution}")
 
 
 def default_prompts(dataset: Any, limit: int = MAX_DEFAULT_PROMPTS) -> list[str]:
@@ -406,30 +409,46 @@ def default_prompts(dataset: Any, limit: int = MAX_DEFAULT_PROMPTS) -> list[str]
 
 
 def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
+    from genzoo.gan.family import parse_betas, parse_resolutions
+
+    arch = config.get("arch") or "gigagan"
+    if arch not in ARCHES:
+        raise UserError(f"--arch: expected one of {', '.join(ARCHES)}, got {arch!r}")
     resolution = int(dataset.resolution)
     channels = int(getattr(dataset, "num_channels", 3))
-    width = int(config.get("gigagan_channels") or 64)
-    kernels = int(config.get("gigagan_kernels") or 4)
-    lr = float(config.get("lr") or DEFAULT_LR)
-    r1 = float(config["gigagan_r1"]) if config.get("gigagan_r1") is not None else 0.1
-    r1_interval = int(config.get("gigagan_r1_interval") or 4)
-    task = config.get("gigagan_task") or "generator"
+    _check_resolution(resolution)
+    if config.get("diffaugment"):
+        raise UserError("--diffaugment: not supported with GigaGAN (its D sees aligned multi-scale pyramids)")
+    loss = _get(config, "loss")
+    if loss != "ns":
+        raise UserError(f"--loss {loss}: GigaGAN trains with the non-saturating loss (ns)")
+    for key in DEFAULTS:  # resolved values are saved in config.json
+        config[key] = _get(config, key)
+    if config.get("ema") is None and config.get("ema_halflife_kimg") is None:
+        config["ema_halflife_kimg"] = 10.0  # StyleGAN2's G EMA (10 kimg at batch 32), ramped up
+    g_ch, d_ch, kernels = int(config["g_ch"]), int(config["d_ch"]), int(_get(config, "kernels", 4))
+    common = {
+        "lr": float(config["g_lr"]),
+        "d_lr": float(config["d_lr"]),
+        "betas": parse_betas(config["betas"]),
+        "r1_gamma": float(config["r1_gamma"]),
+        "r1_interval": int(_get(config, "r1_interval", 4)),
+    }
     config.update(
         {
-            "arch": "gigagan",
-            "gigagan_task": task,
+            "arch": arch,
             "resolution": resolution,
             "channels": channels,
             "num_classes": 0,
             "sampled_player": "G",
         }
     )
-    if task == "upsampler":
-        scale = int(config.get("upsample_scale") or 4)
-        _check_resolution(resolution)
-        if resolution % (scale * 4):
+    if arch == "gigagan-upsampler":
+        scale = int(_get(config, "upsample_scale", 4))
+        if scale < 2 or scale & (scale - 1) or resolution % (scale * 4):
             raise UserError(
-                f"--upsample-scale {scale}: the data resolution {resolution} must divide by 4x the scale"
+                f"--upsample-scale {scale}: expected a power of two >= 2 with the data resolution "
+                f"{resolution} divisible by 4x the scale"
             )
         text = _text_config(config) if config.get("upsampler_text") else None
         if text is not None and not getattr(dataset, "captions", None):
@@ -438,7 +457,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
             "img_channels": channels,
             "scale": scale,
             "down": 2,
-            "channels": width,
+            "channels": g_ch,
             "num_kernels": kernels,
             "in_resolution": resolution // scale,
             "text": text,
@@ -448,34 +467,30 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
             "gigagan-discriminator",
             resolution=resolution,
             img_channels=channels,
-            channel_base=32 * width,
-            channel_max=width,
+            channel_base=32 * d_ch,
+            channel_max=d_ch,
             text=text,
             cond_channels=channels,
         )
         return UpsamplerObjective(
             nets.build("gigagan-upsampler", **net),
             D,
-            lr=lr,
-            r1_gamma=r1,
-            r1_interval=r1_interval,
-            l1_weight=float(config.get("l1_weight") or 10.0),
+            l1_weight=float(_get(config, "l1_weight", 10.0)),
+            **common,
         )
-    if task != "generator":
-        raise UserError(f"--gigagan-task: expected one of {', '.join(TASKS)}, got {task!r}")
-    _check_resolution(resolution)
     if not getattr(dataset, "captions", None):
-        raise UserError(f"--data {config.get('data')}: gigagan needs a captioned dataset (e.g. shapes)")
+        raise UserError(f"--data {config.get('data')}: GigaGAN needs a captioned dataset (e.g. shapes)")
     text = _text_config(config)
+    attn = parse_resolutions(config["attn_res"])
     net = {
         "resolution": resolution,
         "img_channels": channels,
-        "z_dim": int(config.get("gigagan_z_dim") or 64),
-        "w_dim": int(config.get("gigagan_w_dim") or 128),
-        "channel_base": 32 * width,
-        "channel_max": width,
+        "z_dim": int(config["z_dim"]),
+        "w_dim": int(_get(config, "w_dim", 128)),
+        "channel_base": 32 * g_ch,
+        "channel_max": g_ch,
         "num_kernels": kernels,
-        "attn_res": _resolutions(config.get("gigagan_attn_res") or "8,16", "--gigagan-attn-res"),
+        "attn_res": attn,
         "text": text,
         "default_prompts": default_prompts(dataset),
     }
@@ -485,26 +500,22 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         "gigagan-discriminator",
         resolution=resolution,
         img_channels=channels,
-        channel_base=32 * width,
-        channel_max=width,
+        channel_base=32 * d_ch,
+        channel_max=d_ch,
         pyramid=G.pyramid,
+        attn_res=[r for r in attn if r < resolution],
         text=text,
     )
-    return GigaGANObjective(
-        G,
-        D,
-        lr=lr,
-        r1_gamma=r1,
-        r1_interval=r1_interval,
-        match_weight=float(config.get("match_weight") if config.get("match_weight") is not None else 1.0),
-    )
+    return GigaGANObjective(G, D, match_weight=float(_get(config, "match_weight", 1.0)), **common)
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    task = config.get("gigagan_task") or "generator"
     if "net" not in config:
-        raise UserError("config.json: a gigagan run needs a 'net' entry with the network kwargs")
-    return nets.build("gigagan-upsampler" if task == "upsampler" else "gigagan-generator", **config["net"])
+        raise UserError("config.json: a GigaGAN model needs a 'net' entry with the network settings")
+    arch = config.get("arch") or "gigagan"
+    return nets.build(
+        "gigagan-upsampler" if arch == "gigagan-upsampler" else "gigagan-generator", **config["net"]
+    )
 
 
 def prompts_for_seeds(

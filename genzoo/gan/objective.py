@@ -105,24 +105,24 @@ class GANObjective(Objective):
             fake_logits = D(self._augment(fake), labels)
             loss = d_loss(self.loss_name, real_logits, fake_logits)
             logs = {
-                "D/loss": float(loss),
-                "D/real": float(real_logits.mean()),
-                "D/fake": float(fake_logits.mean()),
+                "D/loss": float(loss.detach()),
+                "D/real": float(real_logits.detach().mean()),
+                "D/fake": float(fake_logits.detach().mean()),
             }
             if self.r1_gamma > 0:
                 penalty = r1_penalty(real_logits, real)
                 loss = loss + 0.5 * self.r1_gamma * penalty
-                logs["D/r1"] = float(penalty)
+                logs["D/r1"] = float(penalty.detach())
             return StepResult(loss, logs)
         if player == "G":
             fake = G(z, labels)
             with frozen(D):
                 fake_logits = D(self._augment(fake), labels)
             loss = g_loss(self.loss_name, fake_logits)
-            logs = {"G/loss": float(loss)}
+            logs = {"G/loss": float(loss.detach())}
             if self.ortho_reg > 0:
                 reg = orthogonal_regularization(self._ortho_parameters(), self.ortho_reg).to(loss.device)
                 loss = loss + reg
-                logs["G/ortho"] = float(reg)
+                logs["G/ortho"] = float(reg.detach())
             return StepResult(loss, logs)
         raise ValueError(f"unknown player {player!r}; expected 'G' or 'D'")

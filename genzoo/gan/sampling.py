@@ -26,9 +26,10 @@ def standing_stats(
     """
     norms = batch_norms(G)
     was_training = G.training
+    G.eval()  # spectral-norm vectors stay as they are; only the batch norms see batch statistics
     for bn in norms:
         bn.accumulate_standing(True)
-    G.train()
+        bn.train()
     try:
         num_classes = max(int(getattr(G, "num_classes", 1)), 1)
         for b in range(num_batches):
