@@ -25,7 +25,7 @@ from genzoo.diffusion.precond import IDDPMDenoiser
 from genzoo.errors import UserError
 
 VARIANCES = ("learned_range", "fixed_large", "fixed_small")
-LOSSES = ("hybrid", "mse", "kl")
+LOSS_TYPES = ("hybrid", "mse", "kl")
 # (x_t, model timesteps, class labels) -> ∇_{x_t} of the guidance log-probability, already scaled
 CondFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -165,8 +165,8 @@ class DiscreteDiffusion:
     ):
         if variance not in VARIANCES:
             raise UserError(f"variance: expected one of {', '.join(VARIANCES)}, got {variance!r}")
-        if loss not in LOSSES:
-            raise UserError(f"--loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+        if loss not in LOSS_TYPES:
+            raise UserError(f"loss: expected one of {', '.join(LOSS_TYPES)}, got {loss!r}")
         if predict not in ("eps", "x0"):
             raise UserError(f"predict: expected eps or x0, got {predict!r}")
         betas = np.asarray(betas, dtype=np.float64)
@@ -479,6 +479,7 @@ class DiscreteDenoiser(IDDPMDenoiser):
         if diffusion.num_timesteps != diffusion.original_num_steps:
             raise ValueError("wrap the unrespaced process")
         super().__init__(model, M=1)
+        self.diffusion = diffusion
         self.M = diffusion.num_timesteps
         self.rescale_timesteps = diffusion.rescale_timesteps
         u = torch.cat([diffusion.sigmas().flip(0), torch.zeros(1, dtype=torch.float64)])
@@ -513,18 +514,159 @@ class DiscreteClassifier(nn.Module):
 def classifier_cond_fn(
     classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scale: float
 ) -> CondFn:
-    """``cond_fn`` for ADM guidance: scale·∇_{x_t} log p(y | x_t, t) of a noise-aware classifier."""
+    """``cond_fn`` for ADM guidance: scale·∇_{x_t} log p(y | x_t, t) of a noise-aware classifier (the gradient
+    is :meth:`genzoo.diffusion.guidance.ClassifierGuidance.log_prob_grad`, t as the noise input)."""
+    from genzoo.diffusion.guidance import ClassifierGuidance
+
+    guide = ClassifierGuidance(None, classifier, scale)
 
     def cond_fn(x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
             raise UserError(
-                "--classifier: classifier guidance needs class labels (give --class or a "
-                "class-conditional model)"
+                "--classifier: classifier guidance needs class labels (--class or a class-conditional model)"
             )
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_probs = torch.log_softmax(classifier(x_in, timesteps).float(), dim=-1)
-            selected = log_probs[torch.arange(len(y), device=x.device), y.reshape(-1).long()]
-            return torch.autograd.grad(selected.sum(), x_in)[0] * scale
+        return guide.log_prob_grad(x.float(), timesteps, y) * scale
 
     return cond_fn
+
+
+# ----------------------------------------------------------------------------- the diffusion family's tables
+
+
+def discrete_from_config(discrete: dict[str, Any]) -> DiscreteDiffusion:
+    """The unrespaced process a model directory's ``config["discrete"]`` describes."""
+    return DiscreteDiffusion.create(
+        int(discrete.get("steps", 1000)),
+        discrete.get("noise_schedule", "linear"),
+        "",
+        learn_sigma=bool(discrete.get("learn_sigma", True)),
+        sigma_small=bool(discrete.get("sigma_small", False)),
+        predict=discrete.get("predict", "eps"),
+        loss=discrete.get("loss", "hybrid"),
+        rescale_timesteps=bool(discrete.get("rescale_timesteps", False)),
+        rescale_learned_sigmas=bool(discrete.get("rescale_learned_sigmas", False)),
+    )
+
+
+def discrete_denoiser(net: nn.Module, discrete: dict[str, Any]) -> DiscreteDenoiser:
+    """An ADM/iDDPM network with its process, as the diffusion family's denoiser."""
+    denoiser = DiscreteDenoiser(net, discrete_from_config(discrete))
+    denoiser.default_respacing = str(discrete.get("respacing") or "")
+    return denoiser
+
+
+class HybridLoss:
+    """The diffusion family's ``--loss hybrid``: iDDPM's L_simple + λ·L_vlb (or L_vlb alone for a process
+    with ``loss: kl``) at t uniform over the steps, per example; needs a :class:`DiscreteDenoiser`."""
+
+    def __call__(
+        self,
+        net: Any,
+        images: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        augment_pipe: Any = None,
+        rng: Any = None,
+    ) -> torch.Tensor:
+        if not isinstance(net, DiscreteDenoiser):
+            raise UserError("--loss hybrid: needs a discrete model (--arch adm with --precond iddpm)")
+        if augment_pipe is not None:
+            raise UserError(
+                "--augment: the ADM UNet has no augmentation input; use --augment 0 with --loss hybrid"
+            )
+        n, T = images.shape[0], net.diffusion.num_timesteps
+        if rng is not None:
+            t = rng.randint(0, T, [n]).to(images.device)
+            noise = rng.randn_like(images).to(images.device)
+        else:
+            t = torch.randint(0, T, (n,), device=images.device)
+            noise = torch.randn_like(images)
+        return net.diffusion.training_losses(net.model, images, t, noise, class_labels)["loss"]
+
+
+_CLASSIFIERS: dict[tuple[str, str], nn.Module] = {}
+
+
+def load_classifier(path: str, device: torch.device) -> nn.Module:
+    """A noise-aware classifier from a genzoo model directory (trained with ``--family classifier`` or
+    converted with ``genzoo convert``), cached per path and device across batches."""
+    key = (str(path), str(device))
+    if key not in _CLASSIFIERS:
+        from genzoo.api import load
+
+        model = load(path, device=device)
+        if getattr(model, "config", {}).get("family") != "classifier":
+            raise UserError(
+                f"--classifier {path}: not a classifier model (family {model.config.get('family')!r})"
+            )
+        _CLASSIFIERS[key] = model
+    return _CLASSIFIERS[key]
+
+
+def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], device: torch.device) -> Any:
+    """``net`` with ADM classifier guidance (``--classifier PATH --classifier-scale s``) for EDM samplers:
+    :class:`~genzoo.diffusion.guidance.ClassifierGuidance` over the classifier in σ form."""
+    path = options.get("classifier")
+    if not path:
+        return net
+    from genzoo.diffusion.guidance import ClassifierGuidance
+
+    classifier = load_classifier(path, device)
+    if isinstance(denoiser, DiscreteDenoiser):
+        diffusion = denoiser.diffusion
+    else:
+        diffusion = discrete_from_config(classifier.config.get("discrete") or {})
+    scale = float(options.get("classifier_scale") if options.get("classifier_scale") is not None else 1.0)
+    return ClassifierGuidance(net, DiscreteClassifier(classifier, diffusion), scale)
+
+
+def _respacing(denoiser: DiscreteDenoiser, options: dict[str, Any], ddim: bool) -> str:
+    if options.get("respacing"):
+        return str(options["respacing"])
+    if options.get("steps"):
+        return f"ddim{int(options['steps'])}" if ddim else str(int(options["steps"]))
+    default = getattr(denoiser, "default_respacing", "")
+    if default and default.startswith("ddim") == ddim:
+        return default
+    return "ddim25" if ddim else "250"
+
+
+def _adm_sampler(ddim: bool) -> Callable[..., torch.Tensor]:
+    def run(
+        counter: Any,
+        latents: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        randn_like: Any,
+        options: dict[str, Any],
+    ) -> torch.Tensor:
+        denoiser = getattr(counter, "net", counter)
+        if not isinstance(denoiser, DiscreteDenoiser):
+            raise UserError(
+                f"--sampler adm-{'ddim' if ddim else 'ddpm'}: needs a discrete (ADM/iDDPM) model without "
+                "--guidance; use the EDM samplers for other models"
+            )
+        diffusion = denoiser.diffusion.respace(_respacing(denoiser, options, ddim))
+        cond_fn = None
+        if options.get("classifier"):
+            scale = options.get("classifier_scale")
+            classifier = load_classifier(options["classifier"], latents.device)
+            cond_fn = classifier_cond_fn(classifier, float(1.0 if scale is None else scale))
+        x, nfe = diffusion.sample(
+            denoiser.model,
+            latents,
+            class_labels,
+            ddim=ddim,
+            eta=float(options.get("eta") or 0.0),
+            clip_denoised=not options.get("no_clip"),
+            cond_fn=cond_fn,
+            randn_like=randn_like,
+        )
+        if hasattr(counter, "nfe"):
+            counter.nfe += nfe
+        return x
+
+    return run
+
+
+#: entries for genzoo.diffusion.family.SAMPLERS and genzoo.diffusion.losses.LOSSES
+SAMPLERS = {"adm-ddpm": _adm_sampler(ddim=False), "adm-ddim": _adm_sampler(ddim=True)}
+LOSSES = {"hybrid": HybridLoss}
