@@ -20,7 +20,8 @@ class TinyNet(nn.Module):
 
     def __init__(self, channels=3, resolution=8):
         super().__init__()
-        self.resolution, self.in_channels, self.out_channels, self.label_dim = resolution, channels, channels, 0
+        self.resolution, self.in_channels, self.out_channels = resolution, channels, channels
+        self.label_dim = 0
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.noise_labels = []
 
