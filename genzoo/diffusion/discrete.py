@@ -667,6 +667,46 @@ def _adm_sampler(ddim: bool) -> Callable[..., torch.Tensor]:
     return run
 
 
-#: entries for genzoo.diffusion.family.SAMPLERS and genzoo.diffusion.losses.LOSSES
+def adm_network_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``--arch adm`` for ``genzoo train --family diffusion``: ADM UNet kwargs from the shared network flags
+    (``--model-channels``, ``--channel-mult``, ``--num-blocks``, ``--attn-res``, ``--dropout``). With
+    ``--precond iddpm`` the discrete process (``--diffusion-steps``, ``--noise-schedule``) is written to
+    ``config["discrete"]``; ``--loss hybrid`` makes the network learn its variances."""
+    if base.get("augment_dim"):
+        raise UserError("--augment: the ADM UNet has no augmentation input; train it with --augment 0")
+    res, label_dim = int(base["resolution"]), int(base.get("label_dim") or 0)
+    learn_sigma = config.get("loss") == "hybrid"
+    kwargs = dict(
+        image_size=res,
+        in_channels=int(base.get("in_channels", 3)),
+        num_channels=int(config.get("model_channels") or 64),
+        num_res_blocks=int(config.get("num_blocks") or 2),
+        channel_mult=str(config.get("channel_mult") or ("1,2" if res <= 8 else "1,2,2" if res <= 32 else "")),
+        attention_resolutions=str(config.get("attn_res") or max(res // 2, 1)),
+        dropout=float(config.get("dropout") or 0.0),
+        num_head_channels=32,
+        class_cond=label_dim > 0,
+        num_classes=label_dim or 1000,
+        null_label=label_dim > 0,
+        learn_sigma=learn_sigma,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+        use_new_attention_order=True,
+    )
+    if config.get("precond") == "iddpm" and not config.get("discrete"):
+        config["discrete"] = {
+            "steps": int(config.get("diffusion_steps") or 1000),
+            "noise_schedule": config.get("noise_schedule") or "cosine",
+            "learn_sigma": learn_sigma,
+            "loss": "hybrid",
+            "rescale_timesteps": False,
+            "rescale_learned_sigmas": False,
+            "respacing": "",
+        }
+    return kwargs
+
+
+#: entries for genzoo.diffusion.family's SAMPLERS and ARCH_KWARGS and genzoo.diffusion.losses.LOSSES
 SAMPLERS = {"adm-ddpm": _adm_sampler(ddim=False), "adm-ddim": _adm_sampler(ddim=True)}
 LOSSES = {"hybrid": HybridLoss}
+ARCH_KWARGS = {"adm": adm_network_kwargs}

@@ -404,7 +404,8 @@ class ADMUNet(_ADMEncoder):
 
     ``forward(x, timesteps, y=None)`` returns [N, out_channels, H, W]: 3 channels, or 6 with
     ``learn_sigma`` (ε then the variance interpolation v ∈ [−1, 1]). ``y`` (alias ``class_labels``)
-    are int64 class indices when ``class_cond``.
+    are int64 class indices when ``class_cond`` (``num_classes`` of them, plus the null label
+    ``num_classes`` with ``null_label``, which released checkpoints do not have).
     """
 
     def __init__(
@@ -429,6 +430,7 @@ class ADMUNet(_ADMEncoder):
         in_channels: int = 3,
         out_channels: int | None = None,
         attention_conv2d: bool = False,
+        null_label: bool = False,
         _net_in_channels: int | None = None,
     ):
         super().__init__()
@@ -458,7 +460,8 @@ class ADMUNet(_ADMEncoder):
         )
         emb_dim = 4 * num_channels
         if self.label_dim:
-            self.label_emb = nn.Embedding(self.label_dim, emb_dim)
+            # classifier-free guidance training reserves index label_dim for the dropped label
+            self.label_emb = nn.Embedding(self.label_dim + int(null_label), emb_dim)
         ch, ds = self._ch, self._ds
         skips = list(self._skip_channels)
         up_attn = dict(
