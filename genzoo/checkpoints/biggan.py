@@ -26,7 +26,13 @@ import torch.nn.functional as F
 
 from genzoo.checkpoints import OfficialSource, load_state_into, register_source
 from genzoo.errors import UserError
-from genzoo.nets.biggan import BigGANDeepGenerator, BigGANDiscriminator, BigGANGenerator, SelfAttention
+from genzoo.nets.biggan import (
+    D_CHANNEL_MULTS,
+    BigGANDeepGenerator,
+    BigGANDiscriminator,
+    BigGANGenerator,
+    SelfAttention,
+)
 
 # ----------------------------------------------------------------------------- biggan-hf
 
@@ -253,6 +259,17 @@ def bp_net_configs(flags: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
         sn_eps=float(f["SN_eps"]),
         skip_after_relu=str(f["D_nl"]) in ("inplace_relu", "ir"),
     )
+    # BigGAN-PyTorch attaches D attention after every block whose table resolution is listed
+    resolution = int(f["resolution"])
+    if resolution == 32:
+        table = [16, 16, 16, 16]
+    else:
+        _, downs = D_CHANNEL_MULTS.get(resolution, ([], []))
+        table, res = [], resolution
+        for down in downs:
+            res //= 2 if down else 1
+            table.append(res)
+    d["attn_blocks"] = [i for i, r in enumerate(table) if r in d["attn_res"]]
     return g, d
 
 

@@ -497,7 +497,11 @@ class _ProjectionHead(nn.Module):
 
 @register("biggan-d")
 class BigGANDiscriminator(_ProjectionHead):
-    """BigGAN projection discriminator (Fig. 15c, Table 4); returns one logit per image [N]."""
+    """BigGAN projection discriminator (Fig. 15c, Table 4); returns one logit per image [N].
+
+    Attention follows the first block whose output is at a resolution in ``attn_res``, or the blocks
+    listed in ``attn_blocks`` (BigGAN-PyTorch's 32 px table labels every D block 16 px).
+    """
 
     def __init__(
         self,
@@ -510,6 +514,7 @@ class BigGANDiscriminator(_ProjectionHead):
         downsample: Sequence[bool] | None = None,
         sn_eps: float = 1e-12,
         skip_after_relu: bool = False,
+        attn_blocks: Sequence[int] | None = None,
     ):
         super().__init__()
         mults, downs = _d_mults(resolution, channel_mults, downsample)
@@ -527,7 +532,7 @@ class BigGANDiscriminator(_ProjectionHead):
                     skip_after_relu=skip_after_relu,
                 )
             ]
-            if res in attn_res and res not in attended:
+            if (i in attn_blocks) if attn_blocks is not None else (res in attn_res and res not in attended):
                 layers.append(SelfAttention(m * ch, sn_eps))
                 attended.add(res)
             blocks.append(nn.ModuleList(layers))
