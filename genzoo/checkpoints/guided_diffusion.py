@@ -447,25 +447,33 @@ def resolve_public_flags(defaults: Mapping[str, Any], flags: Mapping[str, Any]) 
     return merged
 
 
+def _check_names_and_shapes(skeleton: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """:func:`load_state_into`'s checks (and error) against a meta-device module, without loading."""
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in state.items()}:
+        load_state_into(skeleton, state, source)  # raises with the missing/unexpected keys and first mismatch
+
+
 def _load(
     source: str, defaults: Mapping[str, Any], state: Mapping[str, torch.Tensor], **flags: Any
 ) -> nn.Module:
     merged = resolve_public_flags(defaults, flags)
     kind, net, _ = split_flags(merged)
-    module = build_module(kind, net)
     state = dict(state)
+    with torch.device("meta"):  # check names and shapes before allocating a large network
+        skeleton = build_module(kind, net)
     try:
-        load_state_into(module, state, f"{source} checkpoint")
+        _check_names_and_shapes(skeleton, state, f"{source} checkpoint")
     except UserError as err:
         hint = guess_preset(state)
-        raise UserError(
-            f"{err}"
-            + (
-                f"; the file fits {hint}"
-                if hint
-                else "; no preset fits it: give the checkpoint's flags (e.g. --num_channels)"
-            )
-        ) from None
+        fix = (
+            f"the file fits {hint}"
+            if hint
+            else "no preset fits it: give the checkpoint's flags (e.g. --num_channels)"
+        )
+        raise UserError(f"{err}; {fix}") from None
+    module = build_module(kind, net)
+    load_state_into(module, state, f"{source} checkpoint")
     module.official_source = source
     module.official_flags = merged
     return module.eval()
