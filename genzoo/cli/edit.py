@@ -1,0 +1,175 @@
+"""``genzoo edit {inpaint,colorize,superres,stroke,interpolate,denoise}``: zero-shot editing with a
+consistency or diffusion model (see :mod:`genzoo.edit`). Inputs are ordinary image files; the results are
+written as PNGs (``OUT/<op>-<i>.png``) plus ``OUT/grid.png`` (inputs above results)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ORDER = 35
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "edit",
+        help="zero-shot image editing with a consistency or diffusion model",
+        description="Edit images with a trained or converted consistency model (or a "
+        "diffusion model through the same denoiser interface).",
+    )
+    ops = parser.add_subparsers(dest="operation", metavar="OPERATION")
+    ops.required = True
+
+    def common(name: str, help_text: str, images: bool = True) -> argparse.ArgumentParser:
+        p = ops.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--ckpt", required=True, help="run, checkpoint or converted model directory")
+        if images:
+            p.add_argument(
+                "--image",
+                action="append",
+                required=True,
+                help="input image file (repeat for several); must match the model's resolution",
+            )
+        p.add_argument("--out", required=True, help="output directory")
+        p.add_argument("--seeds", default=None, help="one seed per image (default 0, 1, ...)")
+        p.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help="network evaluations (consistency default 10 for inpaint/colorize/superres, 1 for "
+            "stroke/denoise; diffusion default 32); with --ts the grid size",
+        )
+        p.add_argument("--ts", default=None, help="consistency models: grid indices, e.g. 0,10,20,39")
+        p.add_argument(
+            "--class",
+            dest="class_label",
+            type=int,
+            default=None,
+            help="class label for a class-conditional model (default: drawn from the seed)",
+        )
+        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
+        p.set_defaults(func=run)
+        return p
+
+    p = common("inpaint", "fill the white region of --mask; pixels outside it are kept exactly")
+    p.add_argument(
+        "--mask", required=True, help="mask image: white (>127) = region to generate, black = keep"
+    )
+    common("colorize", "colour grayscale images, keeping their luma (.2989 R + .587 G + .114 B)")
+    p = common("superres", "upsample by patch averaging: each factor x factor patch keeps its input mean")
+    p.add_argument(
+        "--factor",
+        type=int,
+        required=True,
+        help="upsampling factor; inputs at the model's resolution are first averaged down by it",
+    )
+    p = common("stroke", "stroke-guided generation (SDEdit): noise a painting to --sigma and denoise it")
+    p.add_argument("--sigma", type=float, default=20.0, help="noise level to start from (default 20)")
+    p = common("interpolate", "spherical interpolation between the noise of two seeds", images=False)
+    p.add_argument("--num", type=int, default=8, help="images along the path, ends included (default 8)")
+    p = common("denoise", "remove Gaussian noise of standard deviation --sigma (images in [-1, 1] units)")
+    p.add_argument("--sigma", type=float, required=True, help="noise standard deviation of the inputs")
+    p.add_argument("--add-noise", action="store_true", help="add that noise first (to try the model out)")
+
+
+def _read_images(paths: list[str], channels: int, device: str):
+    import numpy as np
+    import torch
+
+    from genzoo.errors import UserError
+    from genzoo.io import load_image
+
+    arrays = [load_image(path, channels) for path in paths]
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) != 1:
+        raise UserError(f"--image: all images must have one size, got {sorted(sizes)}")
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return batch.to(device)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from genzoo import edit
+    from genzoo.api import _labels_for_seeds, load
+    from genzoo.consistency.sampling import parse_ts
+    from genzoo.errors import UserError
+    from genzoo.io import save_grid, save_image
+    from genzoo.seeds import StackedRandomGenerator, parse_seeds
+
+    model = load(args.ckpt, ema=not args.raw, device=args.device)
+    if not hasattr(model, "sigma_min"):
+        raise UserError(
+            f"--ckpt {args.ckpt}: editing needs a consistency or diffusion model (a denoiser), got a "
+            f"{model.config.get('family')} model"
+        )
+    config = model.config
+    resolution = int(config.get("resolution") or model.resolution)
+    channels = int(config.get("channels") or 3)
+    op = args.operation
+    ts = parse_ts(args.ts)
+    steps = args.steps
+    if ts is not None and steps is None:
+        steps = int(config.get("num_scales") or 40)
+    out = Path(args.out)
+
+    if op == "interpolate":
+        seeds = parse_seeds(args.seeds or "0,1")
+        if len(seeds) != 2:
+            raise UserError(f"--seeds: interpolate needs exactly two seeds, got {args.seeds!r}")
+        if args.num < 2:
+            raise UserError(f"--num: expected at least 2 images, got {args.num}")
+        labels = _labels(config, [seeds[0]] * args.num, args.class_label, args.device, _labels_for_seeds)
+        alphas = [i / (args.num - 1) for i in range(args.num)]
+        results = edit.interpolate(
+            model, seeds[0], seeds[1], alphas, steps=steps, ts=ts, class_labels=labels, device=args.device
+        )
+        inputs = None
+    else:
+        images = _read_images(args.image, channels, args.device)
+        seeds = parse_seeds(args.seeds) if args.seeds else list(range(len(images)))
+        if len(seeds) != len(images):
+            raise UserError(f"--seeds: {len(seeds)} seeds for {len(images)} images")
+        rng = StackedRandomGenerator(args.device, seeds)
+        labels = _labels(config, seeds, args.class_label, args.device, _labels_for_seeds)
+        inputs = images
+        if op == "inpaint":
+            mask = _read_images([args.mask], 1, args.device)[:, :1] > 0
+            if tuple(mask.shape[-2:]) != tuple(images.shape[-2:]):
+                raise UserError(
+                    f"--mask {args.mask}: is {mask.shape[-1]}x{mask.shape[-2]}, the images are "
+                    f"{images.shape[-1]}x{images.shape[-2]}"
+                )
+            inputs = torch.where(mask, torch.zeros_like(images), images)
+            results = edit.inpaint(model, images, mask, rng, steps, ts, labels)
+        elif op == "colorize":
+            inputs = edit.luma(images).expand(-1, 3, -1, -1) if images.shape[1] == 3 else images
+            results = edit.colorize(model, images, rng, steps, ts, labels)
+        elif op == "superres":
+            low = edit.patch_means(images, args.factor) if images.shape[-1] == resolution else images
+            inputs = torch.nn.functional.interpolate(
+                low, scale_factor=resolution // low.shape[-1], mode="nearest"
+            )
+            results = edit.superres(model, low, args.factor, rng, steps, ts, labels)
+        elif op == "stroke":
+            results = edit.stroke(model, images, args.sigma, rng, steps, labels)
+        else:
+            noisy = edit.noise_image(images, args.sigma, rng) if args.add_noise else images
+            inputs = noisy.clamp(-1, 1)
+            rng = StackedRandomGenerator(args.device, seeds)
+            results = edit.denoise(model, noisy, args.sigma, rng, steps, labels)
+
+    for i, image in enumerate(results):
+        save_image(image.clamp(-1, 1), out / f"{op}-{i:03d}.png")
+    grid = results if inputs is None else torch.cat([inputs.clamp(-1, 1), results.clamp(-1, 1)])
+    save_grid(grid, out / "grid.png", nrow=len(results))
+    print(f"{op}: {len(results)} images -> {out}/{op}-*.png, grid {out / 'grid.png'}")
+    return 0
+
+
+def _labels(config, seeds, class_label, device, labels_for_seeds):
+    import torch
+
+    labels = labels_for_seeds(seeds, class_label, int(config.get("num_classes", 0) or 0))
+    return None if labels is None else torch.tensor(labels, device=device)
