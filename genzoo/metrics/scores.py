@@ -99,6 +99,8 @@ def kid(real_features: ArrayLike, fake_features: ArrayLike, subsets: int = 100, 
     size = min(subset_size, len(real), len(fake))
     if size < 2:
         raise ValueError("kid: need at least 2 features in each set")
+    if size == len(real) == len(fake):
+        subsets = 1  # every subset would be the whole of both sets
     rng = np.random.default_rng(seed)
     values = [_polynomial_mmd2(real[rng.choice(len(real), size, replace=False)],
                                fake[rng.choice(len(fake), size, replace=False)]) for _ in range(subsets)]

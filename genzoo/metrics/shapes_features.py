@@ -89,6 +89,7 @@ def train_shapes_classifier(out: str | Path = BUNDLED_CLASSIFIER, count: int = 2
     from genzoo.data import ShapesDataset
 
     torch.manual_seed(seed)
+    torch.set_flush_denormal(True)  # tiny late-training gradients must not hit slow denormal arithmetic
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     train = ShapesDataset(INPUT_SIZE, count=count, seed=0)
@@ -107,7 +108,7 @@ def train_shapes_classifier(out: str | Path = BUNDLED_CLASSIFIER, count: int = 2
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step % 100 == 0 or step == steps - 1:
+        if step % 50 == 0 or step == steps - 1:
             log(f"step {step:4d}/{steps}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s")
     model.eval()
     report = {"train_count": count, "steps": steps, "batch_size": batch_size, "width": width,

@@ -1,0 +1,79 @@
+"""``genzoo eval``: FID, sFID, IS, precision/recall, KID or conditional accuracy of a sample file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ORDER = 40
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="measure a sample file against a reference (FID, sFID, IS, P/R, KID, accuracy)",
+        description="Evaluate an ADM sample file (.npz: arr_0 uint8 NHWC, arr_1 labels) against an ADM "
+                    "reference batch or a dataset spec; writes metrics.json and prints a table.")
+    parser.add_argument("--samples", required=True,
+                        help="sample file (.npz, arr_0 uint8 NHWC [, arr_1 labels])")
+    parser.add_argument("--ref", required=True,
+                        help="reference: an ADM reference batch REF.npz (mu, sigma, mu_s, sigma_s, arr_0), "
+                             "an .npz of real images, or a dataset spec such as shapes or shapes:32")
+    parser.add_argument("--metrics", help="comma-separated: fid,sfid,is,pr,kid,acc "
+                                          "(default fid,sfid,is,pr for inception; fid,pr,acc for shapes)")
+    parser.add_argument("--features", choices=("inception", "shapes"), default="inception",
+                        help="feature network: inception (FID proper) or shapes (the built-in data's "
+                             "classifier; fid is then the Fréchet distance in its feature space)")
+    parser.add_argument("--inception",
+                        help="FID Inception weights: torch-fidelity's weights-inception-2015-12-05-"
+                             "6726825d.pth or pytorch-fid's pt_inception-...; default $GENZOO_INCEPTION")
+    parser.add_argument("--classifier", help="shapes classifier (.safetensors); default: the one shipped")
+    parser.add_argument("--out",
+                        help="metrics.json to write or update (default: metrics.json next to --samples)")
+    parser.add_argument("--num-samples", type=int, help="use only the first N samples")
+    parser.add_argument("--ref-count", type=int, default=10_000,
+                        help="reference images from a dataset spec (default 10000)")
+    parser.add_argument("--pr-count", type=int, default=10_000,
+                        help="images per side kept for precision/recall and KID (default 10000)")
+    parser.add_argument("--save-ref", help="also write the reference statistics (ADM layout) here")
+    parser.add_argument("--model", help="model name to record in metrics.json")
+    parser.add_argument("--family", help="model family to record in metrics.json")
+    parser.add_argument("--nfe", type=float, help="network evaluations per image to record")
+    parser.add_argument("--batch", type=int, default=64, help="images per feature batch (default 64)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from genzoo.errors import UserError
+    from genzoo.metrics import evaluate
+    from genzoo.metrics.record import metric_label, write_metrics
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    if not Path(args.samples).is_file():
+        raise UserError(f"--samples {args.samples}: no such file")
+    result = evaluate(args.samples, args.ref, metrics=metrics, features=args.features,
+                      inception=args.inception, classifier=args.classifier, num_samples=args.num_samples,
+                      ref_count=args.ref_count, pr_count=args.pr_count, batch_size=args.batch,
+                      device=args.device, save_ref=args.save_ref)
+    for key in ("model", "family", "nfe"):
+        if getattr(args, key) is not None:
+            result[key] = getattr(args, key)
+    out = Path(args.out) if args.out else Path(args.samples).with_name("metrics.json")
+    result["samples"] = str(Path(args.samples).resolve())
+    write_metrics(out, result)
+    print(format_result_table(result, metric_label))
+    print(f"wrote {out}")
+    return 0
+
+
+def format_result_table(result: dict, metric_label) -> str:
+    rows = [("features", result["features"]), ("samples", str(result["num_samples"]))]
+    if result.get("num_ref") is not None:
+        rows.append(("reference images", str(result["num_ref"])))
+    for key, std in (("fd", None), ("sfid", None), ("is", "is_std"), ("precision", None), ("recall", None),
+                     ("kid", "kid_std"), ("accuracy", None)):
+        if key in result:
+            value = f"{result[key]:.4f}" + (f" ± {result[std]:.4f}" if std and std in result else "")
+            rows.append((metric_label(key, result["features"]), value))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
