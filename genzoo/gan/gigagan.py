@@ -192,7 +192,7 @@ def _d_logistic(real_logits: dict, fake_logits: dict) -> torch.Tensor:
 
 
 def _mean_logit(logits: dict) -> float:
-    return float(torch.stack(list(logits.values())).mean())
+    return float(torch.stack(list(logits.values())).detach().mean())
 
 
 class GigaGANObjective(_TwoPlayer):

@@ -445,7 +445,7 @@ class DiscriminatorStage(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Text-conditioned prediction at one scale: linear(f) + <proj(t_global), f> (projection discriminator)."""
+    """Text-conditioned prediction at one scale: linear(f) + <proj(t_global), f> (projection D)."""
 
     def __init__(self, channels: int, text_dim: int):
         super().__init__()
@@ -639,7 +639,7 @@ class GigaGANUpsampler(nn.Module):
         text: TextEmbedding | None = None,
         rng: Any = None,
     ) -> torch.Tensor:
-        """low_res [N, C, h, w] in [-1, 1] -> [N, C, h*scale, w*scale]; z defaults to zeros (the mean style)."""
+        """low_res [N, C, h, w] in [-1, 1] -> [N, C, h*scale, w*scale]; z defaults to zeros."""
         n, _, h, w_ = low_res.shape
         if h % (2**self.down) or w_ % (2**self.down):
             raise ValueError(f"upsampler input sides must divide by {2**self.down}, got {h}x{w_}")
