@@ -9,6 +9,7 @@ needs. Files are read with ``torch.load(weights_only=True)`` or safetensors, nev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -359,7 +360,7 @@ def split_flags(flags: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str
             if k.startswith("classifier_") and k != "classifier_scale"
         }
         net["image_size"] = flags.get("image_size", 64)
-        for key in ("num_classes", "in_channels"):
+        for key in ("num_classes", "in_channels", "channel_mult"):  # genzoo extensions of the public flags
             if key in flags:
                 net[key] = flags[key]
         rest = {
@@ -406,11 +407,17 @@ def guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:
     """The first preset of either source whose parameter names and shapes equal the state dict's."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for source, presets in (("guided-diffusion", GUIDED_PRESETS), ("improved-diffusion", IMPROVED_PRESETS)):
-        for name, flags in presets.items():
-            kind, net, _ = split_flags(flags)
-            if _key_shapes(kind, net) == shapes:
+        for name in presets:
+            if _preset_shapes(source, name) == shapes:
                 return f"--from {source} --preset {name}"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_shapes(source: str, name: str) -> dict[str, tuple[int, ...]]:
+    presets = GUIDED_PRESETS if source == "guided-diffusion" else IMPROVED_PRESETS
+    kind, net, _ = split_flags(presets[name])
+    return _key_shapes(kind, net)
 
 
 _FLAG_TYPES: dict[str, Any] = {
@@ -525,8 +532,9 @@ def to_genzoo(
         }
         if "classifier_scale" in flags:
             config["classifier_scale"] = flags["classifier_scale"]
+    prefix = "net." if kind == "classifier" else "net.model."  # diffusion: the denoiser's network
     state = {
-        f"net.{k}": v.detach().float() if v.is_floating_point() else v.detach()
+        prefix + k: v.detach().float() if v.is_floating_point() else v.detach()
         for k, v in module.state_dict().items()
     }
     return config, {"model": state}

@@ -508,7 +508,7 @@ class DiscreteClassifier(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
         index = (sigma[:, None] - self.sigmas.to(x.device)[None]).abs().argmin(dim=1)
         x_t = x / (1 + sigma**2).sqrt().reshape(-1, *([1] * (x.ndim - 1)))
-        return self.classifier(x_t, self.diffusion.model_timesteps(index))
+        return self.classifier(x_t.float(), self.diffusion.model_timesteps(index))
 
 
 def classifier_cond_fn(
@@ -606,7 +606,7 @@ def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], d
     """``net`` with ADM classifier guidance (``--classifier PATH --classifier-scale s``) for EDM samplers:
     :class:`~genzoo.diffusion.guidance.ClassifierGuidance` over the classifier in σ form."""
     path = options.get("classifier")
-    if not path:
+    if not path or str(options.get("sampler") or "").startswith("adm-"):  # the ADM samplers guide themselves
         return net
     from genzoo.diffusion.guidance import ClassifierGuidance
 
