@@ -413,7 +413,7 @@ def guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _preset_shapes(source: str, name: str) -> dict[str, tuple[int, ...]]:
     presets = GUIDED_PRESETS if source == "guided-diffusion" else IMPROVED_PRESETS
     kind, net, _ = split_flags(presets[name])
