@@ -17,8 +17,19 @@ TEXT = {"kind": "learned", "dim": 32, "depth": 1, "heads": 2}
 
 def tiny_generator(**kw):
     torch.manual_seed(0)
-    cfg = dict(resolution=16, z_dim=16, w_dim=32, mapping_layers=2, channel_base=256, channel_max=16,
-               num_kernels=3, attn_res=(8,), head_dim=8, text=TEXT, default_prompts=["a red circle"])
+    cfg = dict(
+        resolution=16,
+        z_dim=16,
+        w_dim=32,
+        mapping_layers=2,
+        channel_base=256,
+        channel_max=16,
+        num_kernels=3,
+        attn_res=(8,),
+        head_dim=8,
+        text=TEXT,
+        default_prompts=["a red circle"],
+    )
     cfg.update(kw)
     return nets.build("gigagan-generator", **cfg).eval()
 
@@ -45,9 +56,14 @@ def test_kernel_bank_mixes_to_the_selected_kernel():
         conv.select.bias.copy_(torch.tensor([0.0, 200.0, 0.0, 0.0]))
     x, w = torch.randn(2, 3, 9, 9), torch.randn(2, 8)
     styles = conv.affine(w)
-    expected = torch.stack([
-        F.conv2d(x[i: i + 1], modulate((conv.bank[1] * conv.scale)[None], styles[i: i + 1])[0], padding=1)[0]
-        for i in range(2)])
+    expected = torch.stack(
+        [
+            F.conv2d(
+                x[i : i + 1], modulate((conv.bank[1] * conv.scale)[None], styles[i : i + 1])[0], padding=1
+            )[0]
+            for i in range(2)
+        ]
+    )
     torch.testing.assert_close(conv(x, w), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -185,7 +201,9 @@ def test_sample_options_style_seed_and_prompt_fine():
     G = tiny_generator()
     rng = lambda: StackedRandomGenerator("cpu", [0, 1])  # noqa: E731
     base = giga.sample(G, rng(), None, {"prompt": ["a red circle"]})[0]
-    same = giga.sample(G, rng(), None, {"prompt": ["a red circle"], "mix_layer": G.num_ws, "style_seed": 9})[0]
+    same = giga.sample(G, rng(), None, {"prompt": ["a red circle"], "mix_layer": G.num_ws, "style_seed": 9})[
+        0
+    ]
     torch.testing.assert_close(base, same)  # boundary L: the style seed reaches no layer
     styled = giga.sample(G, rng(), None, {"prompt": ["a red circle"], "style_seed": 9})[0]
     fine = giga.sample(G, rng(), None, {"prompt": ["a red circle"], "prompt_fine": "a blue square"})[0]
@@ -212,8 +230,18 @@ def test_interpolations_end_at_their_endpoints():
 
 def test_upsampler_output_size_and_conditioning():
     torch.manual_seed(0)
-    U = nets.build("gigagan-upsampler", scale=4, down=2, channels=16, z_dim=8, w_dim=16, num_kernels=2,
-                   head_dim=8, text=TEXT, in_resolution=8)
+    U = nets.build(
+        "gigagan-upsampler",
+        scale=4,
+        down=2,
+        channels=16,
+        z_dim=8,
+        w_dim=16,
+        num_kernels=2,
+        head_dim=8,
+        text=TEXT,
+        in_resolution=8,
+    )
     low = torch.rand(2, 3, 8, 8) * 2 - 1
     prompts = ["a red circle", "a blue square"]
     out = U(low, prompts=prompts)
@@ -232,8 +260,18 @@ def test_upsampler_output_size_and_conditioning():
 
 
 def _tiny_config(arch="gigagan", **extra):
-    config = {"arch": arch, "g_ch": 8, "d_ch": 8, "z_dim": 8, "w_dim": 16, "text_dim": 16, "text_depth": 1,
-              "kernels": 2, "attn_res": "8", "data": "shapes:16?count=64"}
+    config = {
+        "arch": arch,
+        "g_ch": 8,
+        "d_ch": 8,
+        "z_dim": 8,
+        "w_dim": 16,
+        "text_dim": 16,
+        "text_depth": 1,
+        "kernels": 2,
+        "attn_res": "8",
+        "data": "shapes:16?count=64",
+    }
     config.update(extra)
     return config
 

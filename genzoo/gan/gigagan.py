@@ -182,7 +182,7 @@ class _TwoPlayer(Objective):
         All pyramid levels are pooled from ``real``, so one gradient covers every input scale.
         """
         penalty = r1_penalty(torch.stack(list(real_logits.values())).sum(0), real)
-        logs["D/r1"] = float(penalty)
+        logs["D/r1"] = float(penalty.detach())
         return loss + 0.5 * self.r1_gamma * self.r1_interval * penalty
 
 
@@ -228,7 +228,7 @@ class GigaGANObjective(_TwoPlayer):
                 match = self.matching_aware_loss(D, batch.images, captions)
                 if match is not None:
                     loss = loss + self.match_weight * match
-                    logs["D/mismatch"] = float(match)
+                    logs["D/mismatch"] = float(match.detach())
             if self.r1_due(step):
                 loss = self.add_r1(loss, logs, real_logits, real)
             return StepResult(loss, logs)
@@ -237,7 +237,7 @@ class GigaGANObjective(_TwoPlayer):
             with frozen(D):
                 fake_logits = D({r: fake[r] for r in D.pyramid}, prompts=captions)
             loss = mean_over_scales(fake_logits, ns_g_loss)
-            return StepResult(loss, {"G/loss": float(loss)})
+            return StepResult(loss, {"G/loss": float(loss.detach())})
         raise ValueError(f"unknown player {player!r}; expected 'G' or 'D'")
 
     @staticmethod
@@ -292,7 +292,9 @@ class UpsamplerObjective(_TwoPlayer):
                 fake_logits = D(fake, prompts=prompts, cond=low)
             adv = mean_over_scales(fake_logits, ns_g_loss)
             l1 = (fake - hr).abs().mean()
-            return StepResult(adv + self.l1_weight * l1, {"G/loss": float(adv), "G/l1": float(l1)})
+            return StepResult(
+                adv + self.l1_weight * l1, {"G/loss": float(adv.detach()), "G/l1": float(l1.detach())}
+            )
         raise ValueError(f"unknown player {player!r}; expected 'G' or 'D'")
 
 
@@ -559,3 +561,54 @@ def sample(
     texts = [text if start < boundary else text_fine for start in block_first_layers(model)]
     images = model.synthesis(ws, texts, rng)[model.resolution]
     return images.clamp(-1, 1), 1
+
+
+@torch.no_grad()
+def upsample(
+    upsampler: nn.Module,
+    images: torch.Tensor,
+    prompts: Sequence[str] | str | None = None,
+    seeds: Sequence[int] | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Super-resolve any images (uint8 NCHW or float in [-1, 1]) with a GigaGAN upsampler -> float in [-1, 1].
+
+    ``prompts``: one for all or one per image (required by a text-conditioned upsampler, refused by
+    an unconditional one). ``seeds``: per-image z and noise (default: z = 0, no noise: deterministic).
+    """
+    from genzoo.nets.gigagan import GigaGANUpsampler
+
+    if not isinstance(upsampler, GigaGANUpsampler):
+        raise UserError(
+            "--upsampler: this run is not a GigaGAN upsampler (train one with --arch gigagan-upsampler)"
+        )
+    x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+    n, c, h, w = x.shape
+    if c != upsampler.img_channels:
+        raise UserError(f"--input: the upsampler expects {upsampler.img_channels}-channel images, got {c}")
+    step = 2**upsampler.down
+    if h % step or w % step:
+        raise UserError(f"--input: image sides must be multiples of {step} for this upsampler, got {h}x{w}")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if upsampler.text is None and prompts:
+        raise UserError("--prompt: this upsampler is not text-conditioned")
+    if upsampler.text is not None:
+        if not prompts:
+            raise UserError("--prompt: this upsampler is text-conditioned; give --prompt TEXT")
+        prompts = list(prompts) * n if len(prompts) == 1 else list(prompts)
+        if len(prompts) != n:
+            raise UserError(f"--prompt: give one prompt or one per image ({n}), got {len(prompts)}")
+    if seeds is not None and len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} images")
+    upsampler.eval()
+    device = next(upsampler.parameters()).device
+    out = []
+    for start in range(0, n, batch_size):
+        rows = slice(start, min(n, start + batch_size))
+        batch = x[rows].to(device)
+        rng = StackedRandomGenerator(device, seeds[rows]) if seeds is not None else None
+        z = rng.randn([len(batch), upsampler.z_dim]) if rng is not None else None
+        sr = upsampler(batch, z, prompts=prompts[rows] if prompts else None, rng=rng)
+        out.append(sr.clamp(-1, 1).cpu())
+    return torch.cat(out)
