@@ -49,27 +49,11 @@ def _load_teacher(path: str) -> nn.Module:
 
 
 def _fresh_network(config: dict[str, Any], dataset: Any) -> tuple[str, dict[str, Any]]:
-    """(arch, net config) of a student trained without a teacher: ``--arch`` with the saved ``net`` config,
-    else a small ADM UNet sized for the data (64 channels up to 32 px, 128 above)."""
-    arch = config.get("arch") or "adm"
-    if config.get("net"):
-        return arch, dict(config["net"])
-    if arch != "adm":
-        raise UserError(f"--arch {arch}: CT/iCT builds a fresh 'adm' network; for another network give its "
-                        "settings as 'net' in a --config file")
-    resolution = int(dataset.resolution)
-    num_classes = int(getattr(dataset, "num_classes", 0) or 0)
-    mult = {8: "1,2", 16: "1,2,2", 32: "1,2,2,2"}.get(resolution, "")
-    return arch, {"image_size": resolution, "in_channels": int(getattr(dataset, "num_channels", 3)),
-                  "num_channels": 64 if resolution <= 32 else 128, "num_res_blocks": 2, "channel_mult": mult,
-                  "attention_resolutions": "16" if resolution >= 16 else "", "num_head_channels": 32,
-                  "use_new_attention_order": True, "resblock_updown": True,
-                  "dropout": 0.1 if mode_is_ict(config) else 0.0, "class_cond": num_classes > 0,
-                  "num_classes": max(num_classes, 1)}
+    """(arch, net config) of a student trained without a teacher: the diffusion family's network choice
+    (``--arch``, ``--model-channels``, ``--dropout``, ...; iCT used dropout 0.3 on CIFAR-10)."""
+    from genzoo.diffusion.family import network_config
 
-
-def mode_is_ict(config: dict[str, Any]) -> bool:
-    return (config.get("mode") or ("cd" if config.get("teacher") else "ict")) == "ict"
+    return network_config(config, dataset)
 
 
 class ConsistencyFamily(Family):

@@ -1,0 +1,68 @@
+"""`genzoo train --family consistency` through the shared engine (CD from a diffusion run, iCT), then sampling."""
+
+import json
+
+import pytest
+import torch
+
+from genzoo.checkpoints import load_safetensors, save_model_dir
+from genzoo.diffusion.family import build_diffusion_model
+
+TEACHER_NET = dict(resolution=8, in_channels=3, out_channels=3, label_dim=0, model_channels=32,
+                   channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.0)
+FLAGS = dict(family="consistency", data="shapes:8", steps=2, batch=4, sample_every=0, checkpoint_every=2,
+             log_every=1, tensorboard=False, seed=0, ema=0.9)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from genzoo.train.engine import train
+
+    root = tmp_path_factory.mktemp("cm")
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
+              "channels": 3, "num_classes": 0, "sampled_player": "net"}
+    torch.manual_seed(0)
+    teacher = build_diffusion_model(config)
+    save_model_dir(root / "teacher", config, {"model": {f"net.{k}": v for k, v in teacher.state_dict().items()}})
+    train({**FLAGS, "teacher": str(root / "teacher"), "out": str(root / "cd"), "num_scales": 10})
+    train({**FLAGS, "mode": "ict", "arch": "ddpmpp", "model_channels": 32, "out": str(root / "ict")})
+    return root
+
+
+def test_cd_run_saves_student_target_and_resolved_config(runs):
+    ckpt = runs / "cd" / "checkpoint-000002"
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["mode"] == "cd" and config["num_scales"] == 10 and config["arch"] == "ddpmpp"
+    assert config["net"] == TEACHER_NET and config["distance"] == "l2" and config["mu0"] == 0.95
+    objective = load_safetensors(ckpt / "objective.safetensors")
+    assert objective and all(k.startswith("target.") for k in objective)
+    student = load_safetensors(ckpt / "model.safetensors")
+    teacher = load_safetensors(runs / "teacher" / "model.safetensors")
+    assert set(student) == set(teacher)  # same network, "net.model.*"
+    changed = [k for k in student if not torch.equal(student[k], teacher[k])]
+    assert changed  # trained away from the teacher it started from
+
+
+def test_sampling_cd_and_ict_runs(runs, tmp_path, capsys):
+    from genzoo.api import load, sample
+    from genzoo.cli import main
+    from genzoo.consistency import ConsistencyModel
+
+    model = load(runs / "cd")
+    assert isinstance(model, ConsistencyModel)
+    images, _, nfe = sample(model, "0-2", batch_size=2)
+    again, _, _ = sample(model, "2", batch_size=1)
+    assert nfe == 1 and images.shape == (3, 3, 8, 8) and torch.equal(images[2:], again)
+    assert main(["sample", "--ckpt", str(runs / "ict"), "--seeds", "0-3", "--ts", "0,5,10", "--steps", "11",
+                 "--grid", str(tmp_path / "g.png")]) == 0
+    assert "NFE 2" in capsys.readouterr().out and (tmp_path / "g.png").is_file()
+    config = json.loads((runs / "ict" / "checkpoint-000002" / "config.json").read_text())
+    assert config["mode"] == "ict" and config["distance"] == "pseudo-huber" and config["s1"] == 1280
+
+
+def test_cd_without_teacher_is_a_user_error(tmp_path):
+    from genzoo.errors import UserError
+    from genzoo.train.engine import train
+
+    with pytest.raises(UserError, match="--teacher"):
+        train({**FLAGS, "mode": "cd", "out": str(tmp_path / "x")})
