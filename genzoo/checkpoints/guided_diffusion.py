@@ -407,8 +407,15 @@ def guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:
     """The first preset of either source whose parameter names and shapes equal the state dict's."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for source, presets in (("guided-diffusion", GUIDED_PRESETS), ("improved-diffusion", IMPROVED_PRESETS)):
-        for name in presets:
-            if _preset_shapes(source, name) == shapes:
+        for name, flags in presets.items():
+            kind, net, _ = split_flags(flags)
+            width = net.get("width", net.get("num_channels"))
+            cheap = (
+                shapes.get("time_embed.0.weight") == (4 * width, width)
+                and ("label_emb.weight" in shapes) == bool(net.get("class_cond"))
+                and ("out.2.c_proj.weight" in shapes) == (kind == "classifier")
+            )
+            if cheap and _preset_shapes(source, name) == shapes:  # build on meta only when cheap checks pass
                 return f"--from {source} --preset {name}"
     return None
 
