@@ -14,10 +14,11 @@ import torch
 import torch.nn as nn
 
 from genzoo import nets
+from genzoo.diffusion import discrete
 from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
 from genzoo.diffusion.guidance import ClassifierFreeGuidance
-from genzoo.diffusion.losses import DiffusionLoss, build_loss, drop_labels
+from genzoo.diffusion.losses import LOSSES, DiffusionLoss, build_loss, drop_labels
 from genzoo.diffusion.precond import PRECONDITIONINGS, Denoiser, build_denoiser
 from genzoo.errors import UserError
 from genzoo.family import Family, add_argument_once
@@ -70,6 +71,8 @@ def build_diffusion_model(config: dict[str, Any]) -> Denoiser:
         raise UserError("config.json: a diffusion model needs 'arch' and 'net' entries")
     precond = config.get("precond") or "edm"
     network = nets.build(config["arch"], **config["net"])
+    if precond == "iddpm" and config.get("discrete"):  # ADM/iDDPM: iDDPM precond on the own schedule
+        return discrete.discrete_denoiser(network, config["discrete"])
     return build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
 
 
@@ -159,6 +162,10 @@ def _dpmpp2m(net, latents, labels, randn_like, options):
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "heun": _heun, "euler": _ablation("euler"), "ddim": _ddim, "ddpm": _ddpm, "dpmpp2m": _dpmpp2m,
 }
+# ADM / iDDPM (genzoo.diffusion.discrete): samplers adm-ddpm and adm-ddim, --arch adm, --loss hybrid
+SAMPLERS.update(discrete.SAMPLERS)
+ARCH_KWARGS.update(discrete.ARCH_KWARGS)
+LOSSES.update(discrete.LOSSES)
 
 
 def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
@@ -175,6 +182,7 @@ def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: to
         if class_labels is None:
             raise UserError("--guidance: classifier-free guidance needs a class-conditional model")
         net = ClassifierFreeGuidance(denoiser, guidance)
+    net = discrete.with_classifier_guidance(net, denoiser, options, rng.device)  # --classifier PATH
     counter = S.NFECounter(net)
     latents = rng.randn([len(rng), *shape])
     precision = _opt(options, "precision", "fp32")
@@ -191,7 +199,7 @@ class DiffusionFamily(Family):
         add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
         add("--precond", choices=list(PRECONDITIONINGS), default=None,
             help="preconditioning of EDM Table 1 (default edm)")
-        add("--loss", choices=["vp", "ve", "edm"], default=None,
+        add("--loss", choices=["vp", "ve", "edm", "hybrid"], default=None,
             help="training loss (default: the preconditioning's; edm for iddpm)")
         add("--label-dropout", type=float, default=None,
             help="probability of training on the null label, for classifier-free guidance (default 0.1 "
@@ -229,6 +237,8 @@ class DiffusionFamily(Family):
 
     def build_objective(self, config: dict[str, Any], dataset: Any) -> DiffusionObjective:
         precond = config.get("precond") or "edm"
+        if precond not in PRECONDITIONINGS:
+            raise UserError(f"--precond: expected one of {', '.join(PRECONDITIONINGS)}, got {precond!r}")
         arch, net_config = network_config(config, dataset)
         label_dim = int(net_config.get("label_dim", 0) or 0)
         label_dropout = config.get("label_dropout")

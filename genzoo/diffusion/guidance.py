@@ -56,7 +56,11 @@ class ClassifierFreeGuidance(_Wrapper):
 
 class ClassifierGuidance(_Wrapper):
     """D(x; σ, y) + s·σ²·∇_x log p(y | x, σ) from a noise-aware ``classifier(x_noisy, sigma) -> logits``
-    (Dhariwal & Nichol 2021, Algorithm 1, in σ form)."""
+    (Dhariwal & Nichol 2021, Algorithm 1, in σ form).
+
+    The labels also go to ``denoiser`` (a class-conditional model is guided as in ADM-G; an unconditional
+    one ignores them).
+    """
 
     def __init__(self, denoiser: Any, classifier: Callable[[Tensor, Tensor], Tensor], scale: float):
         super().__init__(denoiser)
@@ -66,10 +70,11 @@ class ClassifierGuidance(_Wrapper):
     def log_prob_grad(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor) -> Tensor:
         """∇_x log p(y | x, σ), summed over the batch so each item gets its own gradient."""
         with torch.enable_grad():
-            xg = x.detach().to(torch.float32).requires_grad_(True)
-            sig = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+            xg = x.detach().to(torch.promote_types(x.dtype, torch.float32)).requires_grad_(True)
+            sig = torch.as_tensor(sigma, dtype=xg.dtype, device=x.device).reshape(-1)
             sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
-            logp = torch.log_softmax(self.classifier(xg, sig).to(torch.float32), dim=-1)
+            logits = self.classifier(xg, sig)
+            logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
             picked = logp.gather(1, class_labels.reshape(-1, 1).to(torch.int64)).sum()
             return torch.autograd.grad(picked, xg)[0].to(x.dtype)
 
