@@ -40,8 +40,18 @@ def test_metrics_json_validation_and_merge(tmp_path):
 def make_run(root: Path, name: str, family: str, nfe: float, speed: float, fd: float, grid: bool) -> Path:
     run = root / name
     images = np.random.default_rng(len(name)).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
-    record = {"model": name, "family": family, "sampler": {"steps": nfe}, "nfe": nfe, "images_per_s": speed,
-              "fd": fd, "precision": 0.7, "recall": 0.5, "accuracy": 0.9, "features": "shapes"}
+    record = {
+        "model": name,
+        "family": family,
+        "sampler": {"steps": nfe},
+        "nfe": nfe,
+        "images_per_s": speed,
+        "fd": fd,
+        "precision": 0.7,
+        "recall": 0.5,
+        "accuracy": 0.9,
+        "features": "shapes",
+    }
     if grid:
         save_grid(images, run / "grid.png")
         record["grid"] = "grid.png"

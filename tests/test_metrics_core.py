@@ -16,7 +16,8 @@ from genzoo.metrics import (
 
 
 def test_frechet_distance_matches_closed_form_for_commuting_gaussians():
-    # Diagonal covariances commute: tr(sqrt(S1 S2)) = sum sqrt(a_i b_i), so FD = |dmu|^2 + sum (sqrt a - sqrt b)^2.
+    # Diagonal covariances commute: tr(sqrt(S1 S2)) = sum sqrt(a_i b_i),
+    # so FD = |dmu|^2 + sum (sqrt a - sqrt b)^2.
     rng = np.random.default_rng(0)
     mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
     a, b = rng.uniform(0.5, 3, 5), rng.uniform(0.5, 3, 5)
@@ -91,8 +92,8 @@ def test_precision_recall_on_constructed_clouds():
     real = np.concatenate([a, b])
     fake = np.concatenate([a.copy(), c])  # half the fakes are real points, half lie far from everything
     precision, recall = precision_recall(real, fake, k=3, batch_size=37)
-    assert precision == pytest.approx(0.5)   # fakes in C are outside every real ball
-    assert recall == pytest.approx(0.5)      # reals in B are outside every fake ball
+    assert precision == pytest.approx(0.5)  # fakes in C are outside every real ball
+    assert recall == pytest.approx(0.5)  # reals in B are outside every fake ball
     assert precision_recall(real, real, k=3) == (1.0, 1.0)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import genzoo
 from genzoo.cli import main
 from genzoo.data import ShapesDataset
 from genzoo.errors import UserError
@@ -31,8 +32,14 @@ def shapes_arrays(count, seed=0, res=32):
 
 def test_adm_reference_layout_round_trips(tmp_path):
     rng = np.random.default_rng(0)
-    ref = Reference(features="inception", mu=rng.normal(size=4), sigma=np.eye(4) * 2, mu_s=rng.normal(size=3),
-                    sigma_s=np.eye(3), images=rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8))
+    ref = Reference(
+        features="inception",
+        mu=rng.normal(size=4),
+        sigma=np.eye(4) * 2,
+        mu_s=rng.normal(size=3),
+        sigma_s=np.eye(3),
+        images=rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8),
+    )
     path = save_reference(tmp_path / "VIRTUAL_test.npz", ref)
     with np.load(path) as data:  # exactly the ADM evaluator's keys, nothing pickled
         assert sorted(data.files) == ["arr_0", "mu", "mu_s", "sigma", "sigma_s"]
@@ -85,16 +92,16 @@ def test_bundled_shapes_classifier_recognises_unseen_shapes(classifier):
 
 
 def test_evaluate_shapes_features_ranks_real_above_noise(tmp_path, classifier):
-    real, labels = shapes_arrays(300, seed=3)
+    real, labels = shapes_arrays(200, seed=3)
     with NpzWriter(tmp_path / "real.npz") as out:
         out.write(real, labels)
-    common = dict(features="shapes", ref_count=300, pr_count=300, batch_size=100, extractor=classifier)
-    good = evaluate(tmp_path / "real.npz", "shapes", metrics=["fid", "pr", "acc", "kid"], **common)
-    assert good["num_samples"] == 300 and good["num_ref"] == 300
+    common = dict(features="shapes", ref_count=200, pr_count=200, batch_size=100, extractor=classifier)
+    good = genzoo.evaluate(tmp_path / "real.npz", "shapes", metrics=["fid", "pr", "acc", "kid"], **common)
+    assert good["num_samples"] == 200 and good["num_ref"] == 200
     assert good["accuracy"] > 0.9 and good["precision"] > 0.6 and good["recall"] > 0.6
     wrong = evaluate(tmp_path / "real.npz", "shapes", metrics=["acc"], labels=(labels + 1) % 16, **common)
     assert wrong["accuracy"] < 0.2
-    noise = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (200, 32, 32, 3), dtype=np.uint8)
     bad = evaluate(noise, "shapes", metrics=["fid", "pr", "kid"], **common)
     assert bad["fd"] > 5 * good["fd"] and bad["precision"] < good["precision"] and bad["kid"] > good["kid"]
     # The same set as its own reference: FD 0 and full precision/recall.
@@ -121,8 +128,23 @@ def test_genzoo_eval_cli_writes_metrics_json(tmp_path, capsys):
     with NpzWriter(tmp_path / "run" / "samples.npz") as out:
         out.write(real, labels)
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"model": "m", "nfe": 35}))  # the demo's fields
-    code = main(["eval", "--samples", str(tmp_path / "run" / "samples.npz"), "--ref", "shapes", "--features",
-                 "shapes", "--metrics", "fid,pr,acc", "--ref-count", "200", "--save-ref", str(tmp_path / "ref.npz")])
+    code = main(
+        [
+            "eval",
+            "--samples",
+            str(tmp_path / "run" / "samples.npz"),
+            "--ref",
+            "shapes",
+            "--features",
+            "shapes",
+            "--metrics",
+            "fid,pr,acc",
+            "--ref-count",
+            "200",
+            "--save-ref",
+            str(tmp_path / "ref.npz"),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "FD (shapes)" in printed and "cond. accuracy" in printed

@@ -31,12 +31,20 @@ PUBLISHED_SHAPES = {
     "fc.weight": (1008, 2048),
     "fc.bias": (1008,),
 }
-PUBLISHED_PARAMETERS = 23_834_568 + 8 * 2049  # torchvision Inception-v3 without aux head, 1000 -> 1008 classes
-WRAPPER_PREFIXES = {"Conv2d_1a_3x3": "blocks.0.0", "Conv2d_2a_3x3": "blocks.0.1", "Conv2d_2b_3x3": "blocks.0.2",
-                    "Conv2d_3b_1x1": "blocks.1.0", "Conv2d_4a_3x3": "blocks.1.1",
-                    **{f"Mixed_{n}": f"blocks.2.{i}" for i, n in enumerate(["5b", "5c", "5d", "6a", "6b", "6c",
-                                                                             "6d", "6e"])},
-                    "Mixed_7a": "blocks.3.0", "Mixed_7b": "blocks.3.1", "Mixed_7c": "blocks.3.2"}
+PUBLISHED_PARAMETERS = (
+    23_834_568 + 8 * 2049
+)  # torchvision Inception-v3 without aux head, 1000 -> 1008 classes
+WRAPPER_PREFIXES = {
+    "Conv2d_1a_3x3": "blocks.0.0",
+    "Conv2d_2a_3x3": "blocks.0.1",
+    "Conv2d_2b_3x3": "blocks.0.2",
+    "Conv2d_3b_1x1": "blocks.1.0",
+    "Conv2d_4a_3x3": "blocks.1.1",
+    **{f"Mixed_{n}": f"blocks.2.{i}" for i, n in enumerate(["5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e"])},
+    "Mixed_7a": "blocks.3.0",
+    "Mixed_7b": "blocks.3.1",
+    "Mixed_7c": "blocks.3.2",
+}
 
 
 @functools.lru_cache(maxsize=2)
@@ -77,7 +85,9 @@ def test_module_has_the_published_names_and_shapes():
 
 @pytest.fixture(scope="module")
 def image():
-    return torch.randint(0, 256, (1, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (1, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +103,11 @@ def fidelity_outputs(image):
 
 def test_torch_fidelity_layout_loads_and_gives_all_outputs(fidelity_outputs):
     state, out = fidelity_outputs
-    assert out["pool"].shape == (1, 2048) and out["spatial"].shape == (1, 2023) and out["logits"].shape == (1, 1008)
+    assert (
+        out["pool"].shape == (1, 2048)
+        and out["spatial"].shape == (1, 2023)
+        and out["logits"].shape == (1, 1008)
+    )
     assert out["pool"].abs().sum() > 0 and torch.isfinite(out["pool"]).all()
     # Unbiased logits: pool_3 times the head's weight, without its bias.
     torch.testing.assert_close(out["logits"], out["pool"] @ state["fc.weight"].T, rtol=1e-5, atol=1e-5)
@@ -151,12 +165,15 @@ def test_spatial_features_are_mixed_6d_first_unit_first_7_channels_in_hwc_order(
 def test_tf1_resize_matches_hand_computed_cases():
     x = torch.tensor([[0.0, 10.0], [20.0, 30.0]])[None, None]
     # 2 -> 4: source coordinates 0, 0.5, 1, 1.5 with the upper neighbour clamped to the last pixel.
-    expected = torch.tensor([[0, 5, 10, 10], [10, 15, 20, 20], [20, 25, 30, 30], [20, 25, 30, 30]], dtype=torch.float32)
+    expected = torch.tensor(
+        [[0, 5, 10, 10], [10, 15, 20, 20], [20, 25, 30, 30], [20, 25, 30, 30]], dtype=torch.float32
+    )
     torch.testing.assert_close(tf1_resize_bilinear(x, (4, 4))[0, 0], expected)
     # 3 -> 2: source coordinates 0 and 1.5.
     row = torch.tensor([[0.0, 6.0, 12.0]])[None]
-    torch.testing.assert_close(tf1_resize_bilinear(row[None].expand(1, 1, 3, 3), (2, 2))[0, 0, 0],
-                               torch.tensor([0.0, 9.0]))
+    torch.testing.assert_close(
+        tf1_resize_bilinear(row[None].expand(1, 1, 3, 3), (2, 2))[0, 0, 0], torch.tensor([0.0, 9.0])
+    )
     # Same size is the identity; PyTorch's half-pixel bilinear is not the same resize.
     y = torch.rand(2, 3, 5, 7)
     torch.testing.assert_close(tf1_resize_bilinear(y, (5, 7)), y)

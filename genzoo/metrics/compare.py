@@ -136,7 +136,15 @@ def plot_quality_vs_cost(records: list[dict[str, Any]], quality: str, cost: str,
     )
     fx = [points[i][0] for i in front]
     fy = [points[i][1] for i in front]
-    ax.step(fx, fy, where="post", linestyle="--", color="0.35", zorder=2, label="Pareto front")
+    ax.step(
+        fx,
+        fy,
+        where="post" if cost in LOWER_IS_BETTER else "pre",  # the best quality reachable at that cost
+        linestyle="--",
+        color="0.35",
+        zorder=2,
+        label="Pareto front",
+    )
     xs = [x for x, _, _ in points]
     if min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")

@@ -219,7 +219,7 @@ def _resolve_reference(ref: str | Path | Reference, extractor: nn.Module, featur
     """A :class:`Reference` in the right feature space, plus the summary of its images if they were run."""
     needs_pairs = "pr" in metrics or "kid" in metrics
     if not isinstance(ref, Reference):
-        if str(ref).endswith(".npz") or Path(ref).is_file():
+        if Path(ref).is_file() or (str(ref).endswith(".npz") and ":" not in str(ref)):
             ref = load_reference(ref)
         else:
             keep_images = ref_count if save_ref else 0
