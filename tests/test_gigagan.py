@@ -310,3 +310,32 @@ def test_bad_configs_raise_user_errors():
         giga.build_objective(_tiny_config(text_encoder="bert"), dataset)
     with pytest.raises(UserError, match="captioned"):
         giga.build_objective(_tiny_config(), type("NoCaptions", (), {"resolution": 16, "captions": None})())
+
+
+def test_l2_self_attention_matches_the_distance_formula():
+    from genzoo.nets.gigagan import L2SelfAttention
+
+    torch.manual_seed(0)
+    attn = L2SelfAttention(16, head_dim=8)
+    with torch.no_grad():
+        attn.gain.fill_(1.0)
+    x = torch.randn(2, 16, 3, 4)
+    b, c, h, w = x.shape
+    y = attn.norm(x)
+    qk = attn.qk(y).reshape(b, 2, 8, h * w).transpose(2, 3)  # tied queries and keys
+    v = attn.v(y).reshape(b, 2, 8, h * w).transpose(2, 3)
+    logits = -torch.cdist(qk, qk).pow(2) / math.sqrt(8)  # -||q_i - k_j||^2 / sqrt(d)
+    out = (logits.softmax(-1) @ v).transpose(2, 3).reshape(b, c, h, w)
+    torch.testing.assert_close(attn(x), x + attn.out(out), rtol=1e-4, atol=1e-5)
+
+
+def test_truncation_pulls_w_to_the_prompt_mean():
+    G = tiny_generator()
+    text = G.encode_text(["a red circle", "a red circle", "a blue square"])
+    z = torch.randn(3, 16)
+    with torch.no_grad():
+        w0, w1 = G.map(z, text, truncation=0.0), G.map(z, text, truncation=1.0)
+        half = G.map(z, text, truncation=0.5)
+    torch.testing.assert_close(w0[0], w0[1])  # same prompt: one centre whatever z
+    assert (w0[0] - w0[2]).abs().max() > 1e-4  # the centre depends on the prompt
+    torch.testing.assert_close(half, (w0 + w1) / 2, rtol=1e-4, atol=1e-5)
