@@ -53,7 +53,7 @@ def test_resume_is_bit_exact(tmp_path):
     assert (state["step"], state["images_seen"], state["data_position"]) == (4, 32, 96)
     assert opt_b["optimizers"]["net"]["state"][0]["step"].item() == 8
     assert opt_b["optimizers"]["b"]["state"][0]["step"].item() == 4
-    # The first step runs at lr 0 (EDM's ramp-up on the images seen before the step): only Adam moments change.
+    # The first step runs at lr 0 (EDM's ramp-up uses the images seen before the step).
     first = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()][0]
     assert first["lr/net"] == 0.0 and first["ema_beta"] == 0.0
 
@@ -169,7 +169,8 @@ def test_feedback_files_and_sample_grids(tmp_path, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    fake_module = types.SimpleNamespace(SummaryWriter=FakeWriter)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake_module)
     run = train(toy_config(tmp_path, steps=4, log_every=2, sample_every=2, tensorboard=True,
                            sample_seeds="0-5"), dataset=ToyDataset())
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -184,3 +185,28 @@ def test_feedback_files_and_sample_grids(tmp_path, monkeypatch):
     assert (config["sampled_player"], config["num_classes"], config["resolution"], config["channels"]) == \
         ("net", 4, 8, 3)
     assert config["arch"] == "toy" and config["net"]["width"] == 4
+
+
+def test_loader_workers_keep_the_order(tmp_path):
+    a = train(toy_config(tmp_path / "w0", steps=2, workers=0), dataset=ToyDataset())
+    b = train(toy_config(tmp_path / "w2", steps=2, workers=2), dataset=ToyDataset())
+    assert_same(weights(a, 2), weights(b, 2))
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import genzoo.train.checkpoint as ck
+
+    original, calls = ck.write_optimizer, []
+
+    def full_disk(path, state):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        original(path, state)
+
+    monkeypatch.setattr(ck, "write_optimizer", full_disk)
+    with pytest.raises(UserError, match=r"checkpoint-000004: cannot write the checkpoint .*No space left.*"
+                                        r"checkpoint-000002 is intact"):
+        train(toy_config(tmp_path, steps=6), dataset=ToyDataset())
+    assert sorted(p.name for p in tmp_path.iterdir() if "checkpoint" in p.name) == ["checkpoint-000002"]
+    ck.read_checkpoint(tmp_path / "checkpoint-000002")

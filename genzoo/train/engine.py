@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,6 @@ class Progress:
     nonfinite_streak: int = 0
     train_seconds: float = 0.0
     last_checkpoint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_dataset(spec: str, resolution: int | None) -> Any:
