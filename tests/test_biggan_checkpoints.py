@@ -430,3 +430,62 @@ def test_biggan_pytorch_g_converts_to_a_genzoo_model_and_d_does_not(tmp_path):
         get_source("biggan-pytorch").to_genzoo(D, BP_FLAGS)
     with pytest.raises(UserError, match="G_shared"):
         load_official("biggan-pytorch", sd, **{**BP_FLAGS, "G_shared": False})
+
+
+def test_genzoo_convert_cli_reads_string_flags_and_the_result_samples(tmp_path, capsys):
+    from genzoo.api import load
+    from genzoo.cli import main
+
+    torch.save(hf_state(HF_FLAGS), tmp_path / "hf.bin")
+    flags = []
+    for key, value in HF_FLAGS.items():
+        flags += [f"--{key}", str(value).replace("False", "false").replace("True", "true")]
+    assert (
+        main(["convert", "--from", "biggan-hf", str(tmp_path / "hf.bin"), str(tmp_path / "hf"), *flags]) == 0
+    )
+    assert load(tmp_path / "hf").config["net"]["n_stats"] == 3
+    grid = tmp_path / "grid.png"
+    assert (
+        main(
+            [
+                "sample",
+                "--ckpt",
+                str(tmp_path / "hf"),
+                "--seeds",
+                "0-3",
+                "--class",
+                "2",
+                "--truncation",
+                "0.4",
+                "--grid",
+                str(grid),
+            ]
+        )
+        == 0
+    )
+    assert grid.is_file()
+
+    torch.save(bp_state_g(), tmp_path / "G_ema.pth")
+    flags = [x for key, value in BP_FLAGS.items() for x in (f"--{key}", str(value))]
+    assert (
+        main(
+            ["convert", "--from", "biggan-pytorch", str(tmp_path / "G_ema.pth"), str(tmp_path / "bp"), *flags]
+        )
+        == 0
+    )
+    assert load(tmp_path / "bp").config["net"]["hier"] is True
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "biggan-pytorch",
+                str(tmp_path / "G_ema.pth"),
+                str(tmp_path / "bad"),
+                "--hier",
+                "maybe",
+            ]
+        )
+        == 2
+    )
+    assert "flag hier" in capsys.readouterr().err

@@ -16,6 +16,7 @@ Both become genzoo's ``biggan-deep`` / ``biggan`` networks by renaming keys; fil
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +34,35 @@ from genzoo.nets.biggan import (
     BigGANGenerator,
     SelfAttention,
 )
+
+# ----------------------------------------------------------------------------- flags
+
+
+def coerce_flags(source: str, flags: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Flags typed like their defaults (``genzoo convert`` passes strings): "True" -> True,
+    "[[false, 16, 8], ...]" -> a list, "1e-4" -> 1e-4."""
+    out = dict(flags)
+    for key, value in flags.items():
+        default = defaults.get(key)
+        if not isinstance(value, str) or default is None or isinstance(default, str):
+            continue
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                out[key] = int(value)
+            elif isinstance(default, float):
+                out[key] = float(value)
+            elif isinstance(default, list):
+                out[key] = ast.literal_eval(re.sub(r"\b(true|false)\b", lambda m: m.group(1).title(), value))
+        except (ValueError, SyntaxError):
+            raise UserError(
+                f"{source}: flag {key}: cannot read {value!r} as a {type(default).__name__}"
+            ) from None
+    return out
+
 
 # ----------------------------------------------------------------------------- biggan-hf
 
@@ -100,7 +130,7 @@ class BigGANDeepHF(nn.Module):
 
 def hf_net_config(flags: Mapping[str, Any]) -> dict[str, Any]:
     """genzoo ``biggan-deep`` kwargs for the port's config flags."""
-    flags = {**HF_DEFAULTS, **flags}
+    flags = {**HF_DEFAULTS, **coerce_flags("biggan-hf", flags, HF_DEFAULTS)}
     unknown = sorted(set(flags) - set(HF_DEFAULTS))
     if unknown:
         raise UserError(f"biggan-hf: unknown flag(s) {', '.join(unknown)}; valid: {', '.join(HF_DEFAULTS)}")
@@ -166,7 +196,9 @@ def hf_to_genzoo_state(state: Mapping[str, torch.Tensor], bottom_width: int = 4)
 def _load_hf(state: Mapping[str, torch.Tensor], **flags: Any) -> BigGANDeepHF:
     net_config = hf_net_config(flags)
     net = BigGANDeepGenerator(**net_config)
-    position = int({**HF_DEFAULTS, **flags}["attention_layer_position"])
+    position = int(
+        coerce_flags("biggan-hf", {**HF_DEFAULTS, **flags}, HF_DEFAULTS)["attention_layer_position"]
+    )
     if net_config["attn_res"] and not isinstance(net.layers[position], SelfAttention):
         raise UserError(
             f"biggan-hf: attention_layer_position {position} is not the first layer at its resolution; "
@@ -178,7 +210,9 @@ def _load_hf(state: Mapping[str, torch.Tensor], **flags: Any) -> BigGANDeepHF:
     except UserError as err:
         guess = hf_guess_preset(state)
         raise UserError(f"{err}" + (f" (it looks like preset {guess})" if guess else "")) from None
-    return BigGANDeepHF(net, {**HF_DEFAULTS, **flags}, net_config).eval()
+    return BigGANDeepHF(
+        net, {**HF_DEFAULTS, **coerce_flags("biggan-hf", flags, HF_DEFAULTS)}, net_config
+    ).eval()
 
 
 def hf_guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -229,7 +263,7 @@ def _attn(text: Any) -> list[int]:
 
 def bp_net_configs(flags: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """genzoo ``biggan`` and ``biggan-d`` kwargs for BigGAN-PyTorch flags."""
-    f = {**BP_DEFAULTS, **flags}
+    f = {**BP_DEFAULTS, **coerce_flags("biggan-pytorch", flags, BP_DEFAULTS)}
     if not f["G_shared"]:
         raise UserError(
             "biggan-pytorch: only --G_shared checkpoints are supported (class-conditional BN through "
@@ -333,7 +367,7 @@ class BigGANPyTorchD(nn.Module):
 
 def _load_bp(state: Mapping[str, torch.Tensor], **flags: Any) -> nn.Module:
     g_config, d_config = bp_net_configs(flags)
-    resolved = {**BP_DEFAULTS, **flags}
+    resolved = {**BP_DEFAULTS, **coerce_flags("biggan-pytorch", flags, BP_DEFAULTS)}
     if "embed.weight" in state:  # the discriminator
         net = BigGANDiscriminator(**d_config)
         load_state_into(net, bp_to_genzoo_state(state, d_config["sn_eps"]), "biggan-pytorch D checkpoint")
