@@ -176,7 +176,8 @@ class LearnedTextEncoder(TextEncoder):
         return self.layers(x, mask)
 
 
-_FROZEN_CACHE: dict[str, Any] = {}
+_FROZEN_CACHE: dict[str, Any] = {}  # loaded frozen backbones
+_FEATURE_CACHE: dict[str, dict[str, torch.Tensor]] = {}  # their per-prompt token features
 
 
 def minilm_available() -> bool:
@@ -213,32 +214,36 @@ def load_minilm() -> tuple[Any, Any]:
 class FrozenBackboneEncoder(TextEncoder):
     """A frozen pretrained token encoder (kept out of the state dict) + learned projection and layers.
 
-    Backbone features are cached per prompt on the CPU: training captions repeat, and the backbone
-    never changes.
+    Backbone features are cached per (backbone, prompt) on the CPU, shared by every encoder of the
+    process (G's and D's): training captions repeat, and the backbone never changes.
     """
 
     backbone_dim: int = 0
+    cache_size: int = 65536
 
-    def __init__(self, dim: int = 128, depth: int = 1, heads: int = 4, cache_size: int = 65536):
+    def __init__(self, dim: int = 128, depth: int = 1, heads: int = 4):
         super().__init__()
         self.dim = dim
         self.proj = nn.Linear(self.backbone_dim, dim)
         self.layers = TextLayers(dim, depth, heads)
-        object.__setattr__(self, "_cache", {})
-        object.__setattr__(self, "_cache_size", cache_size)
+
+    def backbone_key(self) -> str:
+        """Names the frozen backbone in the shared feature cache."""
+        raise NotImplementedError
 
     def backbone_features(self, prompts: list[str]) -> list[torch.Tensor]:
         """One float32 [tokens, backbone_dim] tensor per prompt (CPU)."""
         raise NotImplementedError
 
     def encode(self, prompts: list[str]) -> TextEmbedding:
-        missing = sorted({p for p in prompts if p not in self._cache})
+        cache = _FEATURE_CACHE.setdefault(self.backbone_key(), {})
+        missing = sorted({p for p in prompts if p not in cache})
         if missing:
-            if len(self._cache) + len(missing) > self._cache_size:
-                self._cache.clear()
+            if len(cache) + len(missing) > self.cache_size:
+                cache.clear()
             for prompt, feats in zip(missing, self.backbone_features(missing)):
-                self._cache[prompt] = feats
-        feats = [self._cache[p] for p in prompts]
+                cache[prompt] = feats
+        feats = [cache[p] for p in prompts]
         length = max(f.shape[0] for f in feats)
         x = torch.zeros(len(feats), length, self.backbone_dim)
         mask = torch.zeros(len(feats), length, dtype=torch.bool)
@@ -258,6 +263,9 @@ class MiniLMTextEncoder(FrozenBackboneEncoder):
         super().__init__(dim, depth, heads)
         self.max_length = max_length
         load_minilm()  # fail at construction, with the install hint, when the package is absent
+
+    def backbone_key(self) -> str:
+        return f"minilm:{self.max_length}"
 
     @torch.no_grad()
     def backbone_features(self, prompts: list[str]) -> list[torch.Tensor]:
@@ -298,6 +306,9 @@ class OpenClipTextEncoder(FrozenBackboneEncoder):
             )
             _FROZEN_CACHE[key] = (model, open_clip.get_tokenizer(self.model_name))
         return _FROZEN_CACHE[key]
+
+    def backbone_key(self) -> str:
+        return f"clip:{self.model_name}:{self.weights}"
 
     @torch.no_grad()
     def backbone_features(self, prompts: list[str]) -> list[torch.Tensor]:
