@@ -6,9 +6,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from genzoo.consistency import (ConsistencyModel, ct_num_scales, ct_target_ema, ict_num_scales,
-                                ict_pair_probabilities, karras_index_sigmas, parse_ts, sample, scalings,
-                                ternary_search)
+from genzoo.consistency import (
+    ConsistencyModel,
+    ct_num_scales,
+    ct_target_ema,
+    ict_num_scales,
+    ict_pair_probabilities,
+    karras_index_sigmas,
+    parse_ts,
+    sample,
+    scalings,
+    ternary_search,
+)
 from genzoo.consistency.distances import get_distance, l2_32, pseudo_huber
 from genzoo.consistency.sampling import schedule_sigmas
 from genzoo.errors import UserError
@@ -57,7 +66,8 @@ def test_ct_schedules_against_hand_computed_values():
     assert ct_num_scales(0, 100) == 2
     assert ct_num_scales(50, 100) == math.ceil(math.sqrt(0.5 * (151 ** 2 - 4) + 4) - 1) + 1 == 107
     assert ct_num_scales(100, 100) == 151
-    assert ct_num_scales(10, 100, s0=2, s1=200) == math.ceil(math.sqrt(0.1 * (201 ** 2 - 4) + 4) - 1) + 1 == 64
+    expected = math.ceil(math.sqrt(0.1 * (201 ** 2 - 4) + 4) - 1) + 1
+    assert ct_num_scales(10, 100, s0=2, s1=200) == expected == 64
     # mu(k) = exp(s0 ln mu0 / N(k))
     assert ct_target_ema(0, 100, mu0=0.95) == pytest.approx(0.95)
     assert ct_target_ema(50, 100, mu0=0.9) == pytest.approx(math.exp(2 * math.log(0.9) / 107))
@@ -127,3 +137,23 @@ def test_ternary_search_finds_the_minimum_with_few_evaluations():
     best, value, seen = ternary_search(metric, 1, 38)
     assert best == 17 and value == 0.5
     assert len(calls) == len(set(calls)) < 20
+
+
+def test_lpips_loads_a_user_weights_file_and_is_a_distance(tmp_path):
+    from safetensors.torch import save_file
+
+    from genzoo.consistency.lpips import LPIPS
+
+    torch.manual_seed(0)
+    state = {k: (v.abs() if k.startswith("lin") else v) for k, v in LPIPS().state_dict().items()}
+    assert "net.slice3.14.weight" in state and state["lin4.model.1.weight"].shape == (1, 512, 1, 1)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "lpips.safetensors"))
+    distance = get_distance("lpips", str(tmp_path / "lpips.safetensors"))
+    model = distance.__self__
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.allclose(model(x, x), torch.zeros(2), atol=1e-6)
+    d = model(x, y)
+    assert d.shape == (2,) and (d > 0).all() and torch.allclose(d, model(y, x), rtol=1e-4)
+    save_file({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(UserError, match="bad.safetensors.*missing keys"):
+        get_distance("lpips", str(tmp_path / "bad.safetensors"))

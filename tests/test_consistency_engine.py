@@ -1,4 +1,4 @@
-"""`genzoo train --family consistency` through the shared engine (CD from a diffusion run, iCT), then sampling."""
+"""`genzoo train --family consistency` through the shared engine (CD from a diffusion run, iCT), sampling."""
 
 import json
 
@@ -23,7 +23,8 @@ def runs(tmp_path_factory):
               "channels": 3, "num_classes": 0, "sampled_player": "net"}
     torch.manual_seed(0)
     teacher = build_diffusion_model(config)
-    save_model_dir(root / "teacher", config, {"model": {f"net.{k}": v for k, v in teacher.state_dict().items()}})
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(root / "teacher", config, {"model": weights})
     train({**FLAGS, "teacher": str(root / "teacher"), "out": str(root / "cd"), "num_scales": 10})
     train({**FLAGS, "mode": "ict", "arch": "ddpmpp", "model_channels": 32, "out": str(root / "ict")})
     return root
