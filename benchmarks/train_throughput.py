@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per run (default: torch's)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -75,14 +76,16 @@ def main() -> None:
     common = ["--data", f"shapes:{args.resolution}?count=512", "--steps", str(args.steps), "--batch",
               str(args.batch), "--device", args.device]
     print(f"genzoo training throughput: shapes {args.resolution} px, batch {args.batch}, {args.steps} steps "
-          f"(median of the last {args.steps - 2}), device {args.device}, {os.cpu_count()} CPUs")
+          f"(median of the last {args.steps - 2}), device {args.device}, {os.cpu_count()} CPUs, "
+          f"threads {args.threads or 'default'}", flush=True)
     print(f"{'model':<18} {'params':>8} {'variant':<20} {'images/s':>9} {'vs fp32':>8} {'peak MiB':>9}")
     for model, model_args in MODELS.items():
         base = None
         for variant, variant_args in VARIANTS.items():
             argv = [*model_args, *variant_args, *common]
+            env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
             result = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)],
-                                    capture_output=True, text=True)
+                                    capture_output=True, text=True, env=env)
             if result.returncode:
                 tail = (result.stderr.strip().splitlines() or ["?"])[-1]
                 print(f"{model:<18} {'':>8} {variant:<20} failed: {tail}")

@@ -68,3 +68,12 @@ def test_a_runs_config_json_can_be_fed_back(tmp_path):
     assert main(["train", "--config", str(saved), "--out", str(tmp_path / "b"), "--steps", "2"]) == 0
     again = json.loads((tmp_path / "b" / "config.json").read_text())
     assert (again["toy_width"], again["batch"], again["steps"], again["net"]["width"]) == (5, 2, 2, 5)
+
+
+def test_resume_needs_only_out_and_steps(tmp_path):
+    argv = base_args(tmp_path / "r") + ["--steps", "1", "--batch", "2", "--toy-width", "5", "--lr", "0.5"]
+    assert main(argv) == 0
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--steps", "2"]) == 0
+    config = json.loads((tmp_path / "r" / "checkpoint-000002" / "config.json").read_text())
+    assert (config["family"], config["toy_width"], config["lr"], config["batch"], config["steps"]) == \
+        ("toy", 5, 0.5, 2, 2)

@@ -47,18 +47,11 @@ def explicit_keys(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[s
 
 
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults < ``--config`` file < explicit flags, as one flat dict."""
-    from genzoo.train.config import default_config, load_config_file
-
+    """The flags given explicitly, as a flat dict; ``genzoo.train`` fills in the rest (defaults <
+    the run's config.json when resuming < ``--config`` file < these)."""
     values = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "command")}
-    config = default_config()
-    config.update({k: v for k, v in values.items() if k in config})
-    if args.config:
-        config.update(load_config_file(args.config, values))
-        explicit = explicit_keys(args._train_parser, args._train_argv)
-        config.update({k: values[k] for k in explicit if k in values})
-    config["config"] = args.config
-    return config
+    explicit = explicit_keys(args._train_parser, args._train_argv)
+    return {k: values[k] for k in explicit if k in values}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -125,7 +125,8 @@ def load_config_file(path: str | Path, valid_keys: Iterable[str]) -> dict[str, A
 
 
 def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults, then the ``config`` file's keys, then the given keys; with basic checks.
+    """Defaults < (with ``resume``) the run's saved ``OUT/config.json`` < the ``config`` file < the given
+    keys; with basic checks. So ``--out RUN --resume`` alone continues a run with its own settings.
 
     Keys the engine writes into a run's ``config.json`` (``net``, ``sampled_player``, ...) are
     accepted, so a saved config can be fed back; any other unknown key is an error.
@@ -137,6 +138,9 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(f"train config: unknown keys {', '.join(unknown)}; valid keys are the train flags "
                         "with underscores (see genzoo train --help)")
     merged = dict(defaults)
+    saved = Path(str(config.get("out") or "")) / "config.json"
+    if config.get("resume") and config.get("out") and saved.is_file():
+        merged.update(load_config_file(saved, valid))
     if config.get("config"):
         merged.update(load_config_file(config["config"], valid))
     merged.update(config)

@@ -114,11 +114,15 @@ class Trainer:
         if len(self.dataset) == 0:
             raise UserError(f"--data {config['data']}: the dataset is empty")
         self.family = get_family(config["family"])
+        data_keys = {"num_classes": int(getattr(self.dataset, "num_classes", 0) or 0),
+                     "resolution": int(getattr(self.dataset, "resolution", 0) or 0),
+                     "channels": int(getattr(self.dataset, "num_channels", 3))}
+        before = {key: config.get(key) for key in data_keys}
         self.objective: Objective = self.family.build_objective(config, self.dataset)
-        config.update(sampled_player=self.objective.sampled_player,
-                      num_classes=int(getattr(self.dataset, "num_classes", 0) or 0),
-                      resolution=int(getattr(self.dataset, "resolution", config.get("resolution") or 0)),
-                      channels=int(getattr(self.dataset, "num_channels", 3)), world_size=self.world)
+        config.update(sampled_player=self.objective.sampled_player, world_size=self.world)
+        for key, value in data_keys.items():
+            if config.get(key) == before[key]:  # unless the family set its own (e.g. an upsampler's)
+                config[key] = value
         config.setdefault("arch", None)
         self.objective.to(device)
         for value in vars(self.objective).values():
