@@ -140,7 +140,7 @@ def test_matching_aware_loss_sees_mismatched_pairs():
     assert len(mismatched) == 1 and len(mismatched[0]) == 4
     assert all(w != c for w, c in zip(mismatched[0], captions)) and sorted(mismatched[0]) == sorted(captions)
     # The extra term is exactly softplus(D(real image, wrong caption)) averaged over scales.
-    added = float(with_match.loss - without.loss)
+    added = float((with_match.loss - without.loss).detach())
     assert added == pytest.approx(with_match.logs["D/mismatch"], rel=1e-4)
     assert added > 0
 
