@@ -76,3 +76,20 @@ def test_presets_match_the_released_configurations():
     assert PRESETS["ct_imagenet64"]["num_scales"] == 201
     n_params = sum(v.numel() for v in imagenet.state_dict().values())
     assert math.isclose(n_params / 1e6, 295.9, rel_tol=0.02)
+
+
+def test_genzoo_convert_cli_writes_a_consistency_model(tmp_path, capsys):
+    from genzoo.api import load
+    from genzoo.cli import main
+
+    net, state = _official_state()
+    torch.save(state, tmp_path / "cd_tiny.pt")
+    flags = [x for k, v in TINY.items() for x in (f"--{k}", str(v))]
+    argv = ["convert", "--from", "consistency-models", str(tmp_path / "cd_tiny.pt"), str(tmp_path / "out")]
+    assert main([*argv, *flags]) == 0
+    assert "family consistency" in capsys.readouterr().out
+    model = load(tmp_path / "out")
+    x, sigma, labels = torch.randn(1, 3, 16, 16), torch.tensor([5.0]), torch.tensor([0])
+    c_skip, c_out, c_in = (c.reshape(-1, 1, 1, 1) for c in scalings(sigma))
+    expected = c_skip * x + c_out * net(c_in * x, 250 * sigma.log(), labels)
+    assert torch.allclose(model(x, sigma, labels), expected, atol=1e-5)

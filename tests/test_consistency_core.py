@@ -157,3 +157,18 @@ def test_lpips_loads_a_user_weights_file_and_is_a_distance(tmp_path):
     save_file({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(UserError, match="bad.safetensors.*missing keys"):
         get_distance("lpips", str(tmp_path / "bad.safetensors"))
+
+
+def test_search_middle_step_scores_two_step_schedules_on_a_held_out_metric():
+    from genzoo.consistency import search_middle_step
+    from genzoo.consistency.sampling import pixel_frechet
+
+    torch.manual_seed(0)
+    f = ConsistencyModel(TinyNet()).eval()
+    reference = torch.rand(16, 3, 8, 8) * 2 - 1
+    metric = pixel_frechet(reference, size=2)
+    best, value, seen = search_middle_step(f, metric, seeds=range(12), steps=12, batch_size=5)
+    assert 1 <= best <= 10 and value == min(seen.values()) and len(seen) < 10
+    images, _ = sample(f, StackedRandomGenerator("cpu", list(range(12))).randn_like, (12, 3, 8, 8), steps=12,
+                       ts=[0, best, 11])
+    assert metric(images) == pytest.approx(value, rel=1e-6)
