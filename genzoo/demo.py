@@ -164,7 +164,9 @@ def _say(message: str) -> None:
 def _flag_command(prefix: str, config: dict[str, Any], skip: Sequence[str] = ()) -> str:
     """``genzoo train --family ... --data ...``: the flags that give ``config`` (True -> bare flag)."""
     parts = [prefix]
-    for key, value in config.items():
+    first = ("family", "arch", "mode", "data", "out")
+    for key in sorted(config, key=lambda k: (first.index(k) if k in first else len(first))):
+        value = config[key]
         if key in skip or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
@@ -423,8 +425,17 @@ def run_demo(out_dir: str | Path = "demo-out", minutes: float = DEFAULT_MINUTES,
         raise UserError(f"--minutes: expected a positive number, got {minutes}")
     if resolution not in (8, 16, 32):
         raise UserError(f"--resolution: the demo runs at 8, 16 or 32 px, got {resolution}")
+    threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    try:
+        return _run(out_dir, minutes, resolution, num_samples, tiny, train_steps, gigagan, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(out_dir: str | Path, minutes: float, resolution: int, num_samples: int | None, tiny: bool,
+         train_steps: int | None, gigagan: bool, log: Callable[[str], None] | None) -> DemoResult:
     shown = str(out_dir)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,202 @@
+"""`genzoo demo` end to end with tiny networks: the report's structure, where its numbers come from,
+and resuming."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genzoo.demo import DONE_FILE, plan_demo, run_demo
+from genzoo.errors import UserError
+from genzoo.metrics.record import LABELS, read_metrics
+
+SAMPLES = 32
+STEPS = 2
+
+
+class _Page(HTMLParser):
+    """Tables (rows of cell texts), headings, image sources and <pre> blocks of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.headings: list[str] = []
+        self.images: list[str] = []
+        self.pres: list[str] = []
+        self._cell: list[str] | None = None
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag in ("h1", "h2", "pre"):
+            self._text = []
+        elif tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag in ("h1", "h2"):
+            self.headings.append("".join(self._text))
+            self._text = None
+        elif tag == "pre":
+            self.pres.append("".join(self._text))
+            self._text = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._text is not None:
+            self._text.append(data)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    printed: list[str] = []
+    result = run_demo(out, minutes=1, tiny=True, train_steps=STEPS, num_samples=SAMPLES, threads=1,
+                      log=printed.append)
+    return out, result, printed
+
+
+def _page(out: Path) -> _Page:
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    return page
+
+
+def _close(cell: str, value: float) -> bool:
+    """A table cell (4 significant digits, or an integer) shows ``value``."""
+    shown = float(cell)
+    return math.isclose(shown, value, rel_tol=1e-3, abs_tol=1e-12)
+
+
+def test_report_structure(demo):
+    out, result, printed = demo
+    assert result.report == out / "report.html"
+    page = _page(out)
+    for heading in ("Table", "Quality against cost", "Samples", "Training runs", "Reproduce every number"):
+        assert heading in page.headings
+    plan = plan_demo(out, 1, tiny=True, train_steps=STEPS, num_samples=SAMPLES)
+    main = page.tables[0]
+    assert [row[0] for row in main[1:]] == [stage.name for stage in plan.evals]
+    assert {row[1] for row in main[1:]} == {"diffusion", "consistency", "gan"}
+    # one grid per configuration and both plots, every image a file next to the report
+    assert len([s for s in page.images if s.startswith("grids/")]) == len(plan.evals)
+    assert {"quality_vs_nfe.png", "quality_vs_speed.png"} <= set(page.images)
+    for src in page.images:
+        assert (out / src).is_file(), src
+    # the final lines printed are the table and the report's path
+    assert printed[-1] == f"report: {out / 'report.html'}"
+    assert printed[-2] == result.table.rstrip("\n") == (out / "table.md").read_text().rstrip("\n")
+    # a command to reproduce each configuration, naming its sample flags
+    commands = "\n".join(page.pres)
+    for stage in plan.evals:
+        assert f"--model {stage.name} " in commands
+    assert "genzoo sample --ckpt" in commands and "--guidance 2.0" in commands
+    assert commands.count("genzoo train --family") == len(plan.train)
+
+
+def test_every_number_comes_from_a_file_the_run_wrote(demo):
+    out, _, _ = demo
+    page = _page(out)
+    header, *rows = page.tables[0]
+    keys = {label: key for key, label in LABELS.items()}
+    keys["FD (shapes)"] = "fd"
+    numeric = [h for h in header if h not in ("model", "family", "settings")]
+    assert {"NFE", "images/s", "FD (shapes)", "precision", "recall", "cond. accuracy"} <= set(numeric)
+    checked = 0
+    for row in rows:
+        record = read_metrics(out / "evals" / row[0] / "metrics.json")
+        assert row[1] == record["family"]
+        for title, cell in zip(header, row):
+            if title in numeric and cell:
+                assert _close(cell, record[keys[title]]), (row[0], title, cell, record[keys[title]])
+                checked += 1
+    assert checked >= 6 * len(rows)
+    # the training table: steps, images and minutes from each run's last checkpoint
+    runs = page.tables[1]
+    assert runs[0][:6] == ["run", "family", "arch", "steps", "images seen", "train minutes"]
+    for row in runs[1:]:
+        run_dir = out / "runs" / row[0]
+        checkpoint = sorted(run_dir.glob("checkpoint-*"))[-1]
+        state = json.loads((checkpoint / "state.json").read_text())
+        assert int(row[3]) == state["step"] == STEPS
+        assert int(row[4]) == state["images_seen"]
+        assert abs(float(row[5]) - state["train_seconds"] / 60) <= 0.0051  # shown to 0.01 min
+        assert json.loads((run_dir / DONE_FILE).read_text())["step"] == state["step"]
+
+
+def test_records_match_their_samples_and_costs(demo):
+    out, _, _ = demo
+    plan = plan_demo(out, 1, tiny=True, train_steps=STEPS, num_samples=SAMPLES)
+    for stage in plan.evals:
+        record = read_metrics(out / "evals" / stage.name / "metrics.json")
+        with np.load(out / "evals" / stage.name / "samples.npz") as data:
+            assert data["arr_0"].shape == (SAMPLES, 16, 16, 3) and data["arr_0"].dtype == np.uint8
+            labels = data["arr_1"]
+        assert len(labels) == SAMPLES and labels.min() >= 0 and labels.max() < 16
+        assert record["num_samples"] == SAMPLES and 0 <= record["accuracy"] <= 1
+        assert record["fd"] >= 0 and record["images_per_s"] > 0
+        steps = stage.options.get("steps")
+        if stage.run == "edm":  # Heun: 2N - 1 evaluations; CFG evaluates each on two labels
+            assert record["nfe"] == (2 * steps - 1) * (2 if stage.options.get("guidance") else 1)
+        elif stage.run == "cd":
+            assert record["nfe"] == steps
+        else:
+            assert record["nfe"] == 1
+    # the same seeds ask for the same classes from every class-conditional model
+    with np.load(out / "evals" / "edm-heun-2" / "samples.npz") as a, \
+            np.load(out / "evals" / "biggan" / "samples.npz") as b:
+        assert np.array_equal(a["arr_1"], b["arr_1"])
+
+
+def test_rerun_skips_finished_stages_and_resumes_training(demo, capsys):
+    out, _, _ = demo
+    before = {p: p.stat().st_mtime_ns for p in out.glob("evals/*/metrics.json")}
+    # an interrupted EDM run: no done marker, and its evaluations not written yet
+    (out / "runs" / "edm" / DONE_FILE).unlink()
+    for stage_dir in out.glob("evals/edm-*"):
+        (stage_dir / "metrics.json").unlink()
+    run_demo(out, minutes=1, tiny=True, train_steps=STEPS + 1, num_samples=SAMPLES, threads=1, log=None)
+    err = capsys.readouterr().err
+    assert f"edm: resuming at step {STEPS}" in err
+    last = sorted((out / "runs" / "edm").glob("checkpoint-*"))[-1]
+    state = json.loads((last / "state.json").read_text())
+    assert state["step"] == STEPS + 1
+    assert sorted((out / "runs" / "cd").glob("checkpoint-*"))[-1].name == f"checkpoint-{STEPS:06d}"
+    for path, mtime in before.items():
+        if not re.search(r"evals/edm-", str(path)):
+            assert path.stat().st_mtime_ns == mtime, path  # finished stages were not redone
+        else:
+            assert path.is_file()
+
+
+def test_bad_settings(tmp_path):
+    with pytest.raises(UserError, match="--minutes"):
+        run_demo(tmp_path, minutes=0)
+    with pytest.raises(UserError, match="--resolution"):
+        run_demo(tmp_path, resolution=24)
+    (tmp_path / "demo.json").write_text(json.dumps({"resolution": 32, "tiny": True, "gigagan": True}))
+    with pytest.raises(UserError, match="other settings"):
+        run_demo(tmp_path, minutes=1, resolution=16, tiny=True)
+
+
+def test_cli_flags():
+    from genzoo.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--out", "d", "--minutes", "3", "--resolution", "8",
+                                      "--no-gigagan"])
+    assert (args.out, args.minutes, args.resolution, args.gigagan) == ("d", 3.0, 8, False)
