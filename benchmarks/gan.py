@@ -1,6 +1,7 @@
 """Sampling speed: a GAN generator (one network evaluation per image) next to EDM's diffusion sampler.
 
     python benchmarks/gan.py [--batch 16] [--repeats 3] [--threads N] [--full]
+    python benchmarks/gan.py --ckpt runs/biggan [--per-class 16] [--grids DIR]   # truncation sweep
 
 For each resolution it times, with random weights, no grad, fp32:
 - BigGAN and BigGAN-deep generators (``genzoo.nets.biggan``), 1 NFE per image;
@@ -8,6 +9,12 @@ For each resolution it times, with random weights, no grad, fp32:
   a DDPM++ UNet (``ddpmpp``) of comparable parameter count, wrapped in the EDM preconditioning.
 Prints images/s (best of ``--repeats``), parameters and ms per network evaluation. ``--full`` adds the
 released BigGAN-deep 128 px generator size (ch 128; about 50M parameters, slow on a CPU).
+
+With ``--ckpt`` (a GAN trained on ``shapes``) it instead sweeps the truncation ψ over the same seeds
+and prints, per ψ: the conditional accuracy (the bundled shapes classifier's prediction equals the
+requested class), the spread of the classifier's features around each class mean (variety), and the
+per-pixel standard deviation across a class's samples. ``--grids DIR`` writes one grid per ψ (one
+row per class).
 """
 
 from __future__ import annotations
@@ -60,6 +67,40 @@ def diffusion_row(name: str, resolution: int, batch: int, repeats: int, steps: i
     return name, resolution, params(net), 2 * steps - 1, rate
 
 
+def truncation_sweep(
+    ckpt: str, per_class: int, psis: list[float | None], grids: str | None, standing: int
+) -> None:
+    import genzoo
+    from genzoo.io import save_grid
+    from genzoo.metrics.shapes_features import classifier_accuracy, load_shapes_classifier
+
+    model = genzoo.load(ckpt)
+    classifier = load_shapes_classifier()
+    k = int(model.config["num_classes"])
+    labels = [c for c in range(k) for _ in range(per_class)]
+    print(f"{ckpt}: {k} classes x {per_class} samples, same seeds for every psi, standing stats {standing}")
+    print(f"{'psi':>6s} {'cond. accuracy':>15s} {'feature spread':>15s} {'pixel std':>10s}")
+    for psi in psis:
+        images, label_t, _ = genzoo.sample(
+            model,
+            range(len(labels)),
+            class_labels=labels,
+            batch_size=64,
+            truncation=psi,
+            standing_stats=standing,
+        )
+        accuracy = classifier_accuracy(classifier, images, label_t)
+        with torch.no_grad():
+            feats = classifier(images)["pool"].view(k, per_class, -1)
+        spread = (feats - feats.mean(1, keepdim=True)).norm(dim=-1).mean().item()
+        pixel_std = images.float().view(k, per_class, -1).std(1).mean().item()
+        name = "none" if psi is None else f"{psi:g}"
+        print(f"{name:>6s} {accuracy:15.3f} {spread:15.3f} {pixel_std:10.2f}")
+        if grids:
+            rows = images.view(k, per_class, *images.shape[1:])[:, :8].reshape(-1, *images.shape[1:])
+            save_grid(rows, f"{grids}/truncation-{name}.png", nrow=min(per_class, 8), scale=3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,9 +110,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=18, help="EDM sampler steps (NFE = 2·steps − 1)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--full", action="store_true", help="also the released BigGAN-deep 128 px size")
+    parser.add_argument("--ckpt", help="a GAN run trained on shapes: sweep the truncation instead")
+    parser.add_argument("--per-class", type=int, default=16, help="with --ckpt: samples per class")
+    parser.add_argument("--psi", default="none,2,1,0.5,0.25", help="with --ckpt: truncation values")
+    parser.add_argument("--standing-stats", type=int, default=0, help="with --ckpt: standing-stat batches")
+    parser.add_argument("--grids", help="with --ckpt: directory for one grid per psi")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ckpt:
+        psis = [None if p == "none" else float(p) for p in args.psi.split(",")]
+        truncation_sweep(args.ckpt, args.per_class, psis, args.grids, args.standing_stats)
+        return
     b, r = args.batch, args.repeats
     rows = []
     for res in (32, 64):

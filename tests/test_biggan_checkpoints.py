@@ -489,3 +489,12 @@ def test_genzoo_convert_cli_reads_string_flags_and_the_result_samples(tmp_path, 
         == 2
     )
     assert "flag hier" in capsys.readouterr().err
+
+
+def test_biggan_hf_256_preset_has_the_released_parameter_count():
+    from genzoo.checkpoints.biggan import HF_PRESETS, hf_net_config
+    from genzoo.nets.biggan import BigGANDeepGenerator
+
+    with torch.device("meta"):
+        G = BigGANDeepGenerator(**hf_net_config(HF_PRESETS["biggan-deep-256"]))
+    assert round(sum(p.numel() for p in G.parameters()) / 1e6, 1) == 55.9  # the port's README: 55.9M

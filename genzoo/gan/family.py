@@ -22,7 +22,10 @@ from genzoo.gan.augment import parse_policy
 from genzoo.gan.losses import LOSSES, check_loss_name
 from genzoo.gan.objective import GANObjective
 from genzoo.gan.sampling import generate, standing_stats
+from genzoo.nets.biggan import BigGANDeepGenerator, BigGANGenerator
 from genzoo.seeds import StackedRandomGenerator
+
+BigGANGenerators = (BigGANGenerator, BigGANDeepGenerator)
 
 #: --arch name -> discriminator network name (the generator is registered under the arch name)
 BIGGAN_ARCHES = {"biggan": "biggan-d", "biggan-deep": "biggan-deep-d"}
@@ -240,11 +243,9 @@ class GANFamily(Family):
         class_labels: torch.Tensor | None,
         options: dict[str, Any],
     ) -> tuple[torch.Tensor, int]:
-        arch = (
-            (getattr(model, "config", None) or {}).get("arch")
-            or getattr(model, "arch_name", None)
-            or "biggan"
-        )
+        arch = (getattr(model, "config", None) or {}).get("arch")
+        if arch is None:  # a bare module: BigGAN's generators are recognised by class
+            arch = "biggan" if isinstance(model, BigGANGenerators) else "gigagan"
         delegate = _delegate_for_arch(arch)
         if delegate is not None:
             return delegate.sample(model, rng, class_labels, options)
