@@ -66,18 +66,21 @@ def init_from_env(device: torch.device) -> Distributed:
 
 
 def average_gradients(params: Iterable[nn.Parameter], world: int) -> None:
-    """Replace each gradient by its mean over ranks (one flat all_reduce; missing grads count as 0)."""
+    """Replace each gradient by its mean over ranks (one flat all_reduce; a missing one counts as 0)."""
     params = [p for p in params if p.requires_grad]
     if world <= 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    used = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device)
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [used])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world
+    used = flat[-len(params):].tolist()
+    flat = flat[:-len(params)] / world
     offset = 0
-    for p, g in zip(params, grads):
+    for i, (p, g) in enumerate(zip(params, grads)):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).to(g.dtype).contiguous(memory_format=_format_of(p))
+        if used[i] > 0:  # a parameter no rank used keeps no gradient, as in a 1-process run
+            p.grad = flat[offset:offset + n].view_as(g).to(g.dtype).contiguous(memory_format=_format_of(p))
         offset += n
 
 
