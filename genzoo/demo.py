@@ -36,7 +36,7 @@ import torch
 from genzoo.errors import UserError
 
 #: fraction of the demo's minutes each training run gets; the rest (~20%) goes to sampling and evaluation
-TRAIN_SHARES = {"edm": 0.32, "cd": 0.16, "biggan": 0.16, "gigagan": 0.16}
+TRAIN_SHARES = {"edm": 0.40, "cd": 0.14, "biggan": 0.13, "gigagan": 0.13}
 #: samples per configuration at the default 15 minutes (scaled with --minutes)
 DEFAULT_SAMPLES = 512
 DEFAULT_MINUTES = 15.0
@@ -96,11 +96,11 @@ def _networks(resolution: int, tiny: bool) -> dict[str, dict[str, Any]]:
                             attn_res="none"),
         }
     return {
-        "edm": dict(batch=32, model_channels=32, num_blocks=1, channel_mult="1,2,2",
+        "edm": dict(batch=16, model_channels=32, num_blocks=1, channel_mult="1,2,2",
                     attn_res=str(resolution // 2)),
-        "cd": dict(batch=32),
-        "biggan": dict(batch=32, g_ch=16, d_ch=16, z_dim=64, shared_dim=32),
-        "gigagan": dict(batch=32, g_ch=32, d_ch=32, z_dim=32, w_dim=64, text_dim=64, text_depth=1,
+        "cd": dict(batch=16),
+        "biggan": dict(batch=16, g_ch=16, d_ch=16, z_dim=64, shared_dim=32),
+        "gigagan": dict(batch=16, g_ch=32, d_ch=32, z_dim=32, w_dim=64, text_dim=64, text_depth=1,
                         kernels=4),
     }
 
@@ -116,7 +116,7 @@ def plan_demo(out_dir: str | Path, minutes: float = DEFAULT_MINUTES, resolution:
                   sample_every=0, log_every=10, tensorboard=False, seed=0)
     train = [
         TrainStage("edm", "diffusion", dict(common, family="diffusion", arch="ddpmpp", precision="bf16",
-                                            label_dropout=0.1, lr=2e-3, lr_warmup_kimg=1.0, **nets["edm"]),
+                                            label_dropout=0.1, lr=1e-3, lr_warmup_kimg=0.5, **nets["edm"]),
                    TRAIN_SHARES["edm"], "EDM diffusion (class-conditional, 10% label dropout for CFG)"),
         TrainStage("cd", "consistency", dict(common, family="consistency", mode="cd", precision="bf16",
                                              teacher=str(out / "runs" / "edm"), lr=2e-4, **nets["cd"]),
