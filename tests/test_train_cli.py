@@ -77,3 +77,16 @@ def test_resume_needs_only_out_and_steps(tmp_path):
     config = json.loads((tmp_path / "r" / "checkpoint-000002" / "config.json").read_text())
     assert (config["family"], config["toy_width"], config["lr"], config["batch"], config["steps"]) == \
         ("toy", 5, 0.5, 2, 2)
+
+
+@pytest.mark.parametrize("family, listed", [("gan", "biggan"), ("diffusion", "ddpmpp")])
+def test_unknown_arch_lists_the_names(tmp_path, capsys, family, listed):
+    from genzoo.family import family_names
+
+    if family not in family_names():
+        pytest.skip(f"the {family} family is not installed")
+    argv = ["train", "--family", family, "--arch", "nope", "--data", "shapes:8?count=8",
+            "--out", str(tmp_path), "--steps", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--arch" in err and "'nope'" in err and listed in err
