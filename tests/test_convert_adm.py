@@ -330,3 +330,76 @@ def test_improved_diffusion_models_get_rescaled_timesteps(tmp_path):
     model.model.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
     model(torch.zeros(1, 3, 16, 16), model.diffusion.sigmas()[2000].float())
     assert seen[0].tolist() == [500.0]  # t·1000/T
+
+
+def test_super_resolution_checkpoint_upsamples_low_res_base_samples(tmp_path):
+    from genzoo.nets.adm import ADMSuperRes
+
+    sr = _random(
+        ADMSuperRes(
+            image_size=16,
+            small_size=8,
+            num_channels=32,
+            num_res_blocks=1,
+            channel_mult="1,2",
+            attention_resolutions="8",
+            num_heads=4,
+            learn_sigma=True,
+            class_cond=True,
+            num_classes=4,
+            resblock_updown=True,
+        ),
+        3,
+    )
+    torch.save(sr.state_dict(), tmp_path / "sr.pt")
+    flags = [
+        "--large_size",
+        "16",
+        "--small_size",
+        "8",
+        "--num_channels",
+        "32",
+        "--num_res_blocks",
+        "1",
+        "--channel_mult",
+        "1,2",
+        "--attention_resolutions",
+        "8",
+        "--learn_sigma",
+        "True",
+        "--class_cond",
+        "True",
+        "--num_classes",
+        "4",
+        "--resblock_updown",
+        "True",
+    ]
+    assert (
+        main(["convert", "--from", "guided-diffusion", str(tmp_path / "sr.pt"), str(tmp_path / "sr"), *flags])
+        == 0
+    )
+    config = json.loads((tmp_path / "sr" / "config.json").read_text())
+    assert config["arch"] == "adm-sr" and config["net"]["small_size"] == 8 and config["resolution"] == 16
+    base = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "base.npz", base, np.array([3, 1, 2]))
+    images = {}
+    for name, labels in {"drawn": [], "given": ["--class", "0", "--class", "3"]}.items():
+        out = tmp_path / f"{name}.npz"
+        args = ["sample", "--ckpt", str(tmp_path / "sr"), "--seeds", "1-2", "--sampler", "adm-ddim"]
+        args += ["--steps", "2", "--low-res", str(tmp_path / "base.npz"), "--out", str(out), *labels]
+        assert main(args) == 0
+        images[name] = np.load(out)["arr_0"]
+    assert images["drawn"].shape == (2, 16, 16, 3)
+    assert np.array_equal(images["drawn"], images["given"])  # the base samples' labels (1, 2) are used
+    args = [
+        "sample",
+        "--ckpt",
+        str(tmp_path / "sr"),
+        "--seeds",
+        "0",
+        "--sampler",
+        "adm-ddpm",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 2  # no --low-res: a one-line user error

@@ -140,6 +140,12 @@ class ClassifierFamily(Family):
             "else 250 / ddim25)",
         )
         add(
+            "--low-res",
+            default=None,
+            help="super-resolution models: .npz of base samples (arr_0 uint8 NHWC, arr_1 labels); "
+            "seed s upsamples image s (adm-ddpm/adm-ddim)",
+        )
+        add(
             "--no-clip",
             action="store_true",
             default=None,

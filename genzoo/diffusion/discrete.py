@@ -630,6 +630,33 @@ def _respacing(denoiser: DiscreteDenoiser, options: dict[str, Any], ddim: bool) 
     return "ddim25" if ddim else "250"
 
 
+def low_res_batch(
+    options: dict[str, Any], randn_like: Any, net: nn.Module, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``--low-res`` base samples (an ADM .npz: arr_0 uint8 NHWC, arr_1 labels) of this batch's seeds:
+    seed s upsamples image s (as the public super_res_sample.py pairs them, in order), in [−1, 1]."""
+    from genzoo.io import read_npz_images
+
+    path = options.get("low_res")
+    if not path:
+        raise UserError("--low-res: a super-resolution model needs the .npz of base samples to upsample")
+    seeds = getattr(getattr(randn_like, "__self__", None), "seeds", None)
+    if seeds is None:
+        raise UserError("--low-res: needs per-seed generators (genzoo.api.sample) to pair seeds with images")
+    images, labels = read_npz_images(path)
+    if max(seeds) >= len(images):
+        raise UserError(
+            f"--low-res {path}: {len(images)} images, but seed {max(seeds)} asks for image {max(seeds)}"
+        )
+    size = int(net.small_size)
+    if images.shape[1:3] != (size, size):
+        raise UserError(
+            f"--low-res {path}: expected {size}x{size} images, got {images.shape[1]}x{images.shape[2]}"
+        )
+    batch = torch.from_numpy(images[seeds]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return batch, (torch.from_numpy(labels[seeds]).to(device).long() if labels is not None else None)
+
+
 def _adm_sampler(ddim: bool) -> Callable[..., torch.Tensor]:
     def run(
         counter: Any,
@@ -645,6 +672,11 @@ def _adm_sampler(ddim: bool) -> Callable[..., torch.Tensor]:
                 "--guidance; use the EDM samplers for other models"
             )
         diffusion = denoiser.diffusion.respace(_respacing(denoiser, options, ddim))
+        cond: dict[str, torch.Tensor] = {}
+        if getattr(denoiser.model, "small_size", None):  # a super-resolution model: --low-res base samples
+            cond["low_res"], labels = low_res_batch(options, randn_like, denoiser.model, latents.device)
+            if labels is not None and denoiser.label_dim:
+                class_labels = labels
         cond_fn = None
         if options.get("classifier"):
             scale = options.get("classifier_scale")
@@ -659,6 +691,7 @@ def _adm_sampler(ddim: bool) -> Callable[..., torch.Tensor]:
             clip_denoised=not options.get("no_clip"),
             cond_fn=cond_fn,
             randn_like=randn_like,
+            **cond,
         )
         if hasattr(counter, "nfe"):
             counter.nfe += nfe

@@ -551,7 +551,10 @@ class ADMSuperRes(ADMUNet):
         **cond: torch.Tensor,
     ) -> torch.Tensor:
         if low_res is None:
-            raise ValueError("the super-resolution UNet needs low_res (the image to upsample)")
+            raise UserError(
+                "a super-resolution model needs low_res, the image to upsample (genzoo sample: "
+                "--sampler adm-ddpm or adm-ddim with --low-res BASE.npz)"
+            )
         upsampled = F.interpolate(low_res.to(x.dtype), x.shape[-2:], mode="bilinear")
         return super().forward(
             torch.cat([x, upsampled], dim=1), timesteps, y, class_labels=class_labels, **cond
