@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,6 +227,7 @@ class Trainer:
         loader = iter(self._loader())
         self.feedback.start(p.step, target, budget)
         start = time.monotonic()
+        restore_signals = self._stop_on_signals()
         try:
             while True:
                 step_start = time.monotonic()
@@ -232,7 +235,8 @@ class Trainer:
                 p.train_seconds += time.monotonic() - step_start
                 self.feedback.record(p.step, p.images_seen, logs, self.batch)
                 done = target is not None and p.step >= target
-                done = ddp.any_rank(done or time.monotonic() - start >= budget, self.world, self.device)
+                done = done or time.monotonic() - start >= budget or self.stop_signal is not None
+                done = ddp.any_rank(done, self.world, self.device)
                 if config["sample_every"] and p.step % config["sample_every"] == 0:
                     self._sample_grid()
                 if (p.step % config["checkpoint_every"] == 0 or done) and p.nonfinite_streak == 0:
@@ -240,9 +244,33 @@ class Trainer:
                 if done:
                     break
         finally:
+            restore_signals()
             self.feedback.close()
-        self.say(f"done: step {p.step}, {p.images_seen} images; run directory {self.out}")
+        if self.stop_signal is not None:
+            self.say(f"stopped by {self.stop_signal} at step {p.step}; continue with --resume --out "
+                     f"{self.out}")
+        else:
+            self.say(f"done: step {p.step}, {p.images_seen} images; run directory {self.out}")
         return self.out
+
+    def _stop_on_signals(self) -> Callable[[], None]:
+        """SIGINT/SIGTERM (Ctrl-C, a cluster's pre-emption notice) finish the current step, save a
+        checkpoint and return; a second signal acts as usual. Returns the function restoring the old
+        handlers."""
+        self.stop_signal: str | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            self.stop_signal = signal.Signals(signum).name
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            self.say(f"{self.stop_signal}: stopping after this step and saving a checkpoint (again to abort)")
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        return lambda: [signal.signal(sig, old) for sig, old in previous.items()] and None
 
     def _loader(self):
         order = MicroBatchIndices(self.seed, len(self.dataset), self.batch, self.per_device, self.dist.rank,
