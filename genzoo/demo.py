@@ -356,20 +356,25 @@ def _report_sections(plan: DemoPlan, summaries: dict[str, dict[str, Any]], out: 
         if config.get("teacher"):
             config["teacher"] = _display(Path(config["teacher"]), out, shown)
         train_cmds.append(_flag_command("genzoo train", config, skip=("log_every", "tensorboard")))
-    ref_cmd = (f"genzoo eval --samples SAMPLES.npz --ref shapes:{stage_resolution(plan)} --features shapes "
+    first_samples = _display(out / "evals" / plan.evals[0].name / "samples.npz", out, shown)
+    ref_cmd = (f"genzoo eval --samples {shlex.quote(first_samples)} --ref shapes:{stage_resolution(plan)} "
+               "--features shapes "
                f"--ref-count {plan.ref_count} --pr-count {plan.ref_count} --save-ref "
                f"{shlex.quote(_display(out / 'reference.npz', out, shown))}")
     eval_cmds = []
     for stage in plan.evals:
         record = json.loads((out / "evals" / stage.name / "metrics.json").read_text())
         eval_cmds.append(f"# {stage.name}: {stage.title}\n" + "\n".join(record.get("commands", [])))
-    budget = f"a budget of {minutes:g} minutes" if minutes is not None else "fixed step counts"
+    shares = ", ".join(f"{s.name} {s.share:.0%}" for s in plan.train)
+    budget = (f"a budget of {minutes:g} minutes shared as {shares} (the rest samples and evaluates)"
+              if minutes is not None else "a fixed number of steps each")
     pre = lambda lines: "<pre>" + html.escape("\n".join(lines)) + "</pre>"  # noqa: E731
     return f"""
+<style>pre{{white-space:pre-wrap;overflow-wrap:anywhere;background:#f7f7f7;padding:8px;font-size:12px}}
+table.runs td{{text-align:left}} table.runs td:nth-child(n+4):nth-child(-n+6){{text-align:right}}</style>
 <h2>Training runs</h2>
 <p>All runs use the built-in <code>shapes:{stage_resolution(plan)}</code> data
-(16 classes: 4 shapes × 4 colours) and the genzoo training engine, with {budget} shared as
-{", ".join(f"{s.name} {s.share:.0%}" for s in plan.train)} (the rest samples and evaluates).
+(16 classes: 4 shapes × 4 colours) and the genzoo training engine, with {budget}.
 NFE counts network evaluations per image; a classifier-free-guided step evaluates the network on the
 requested and the null label, so it counts twice. Images/s is measured over the timed batches of
 {plan.sample_batch} images. Conditional accuracy: the fraction of samples the shapes classifier assigns to

@@ -109,6 +109,32 @@ def test_report_structure(demo):
     assert commands.count("genzoo train --family") == len(plan.train)
 
 
+def test_report_commands_parse_to_the_settings_used(demo):
+    """The train and sample commands in the report give the configs the demo ran with."""
+    import shlex
+
+    from genzoo.cli import build_parser
+    from genzoo.cli.train import config_from_args
+
+    out, _, _ = demo
+    plan = plan_demo(out, 1, tiny=True, train_steps=STEPS, num_samples=SAMPLES)
+    lines = [line for block in _page(out).pres for line in block.splitlines()]
+    train_lines = [line for line in lines if line.startswith("genzoo train ")]
+    assert len(train_lines) == len(plan.train)
+    for stage, line in zip(plan.train, train_lines):
+        parsed = config_from_args(build_parser().parse_args(shlex.split(line)[1:]))
+        for key, value in stage.config.items():
+            if key not in ("log_every", "tensorboard"):
+                assert parsed[key] == value, (stage.name, key)
+    sample_lines = [line for line in lines if line.startswith("genzoo sample ")]
+    assert len(sample_lines) == len(plan.evals)
+    for stage, line in zip(plan.evals, sample_lines):
+        args = vars(build_parser().parse_args(shlex.split(line)[1:]))
+        assert args["seeds"] == f"0-{SAMPLES - 1}" and args["ckpt"] == str(out / "runs" / stage.run)
+        for key, value in stage.options.items():
+            assert args[key] == value, (stage.name, key)
+
+
 def test_every_number_comes_from_a_file_the_run_wrote(demo):
     out, _, _ = demo
     page = _page(out)
