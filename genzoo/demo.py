@@ -42,6 +42,8 @@ DEFAULT_SAMPLES = 512
 DEFAULT_MINUTES = 15.0
 DONE_FILE = "demo-done.json"
 SAMPLE_BATCH = 128
+#: resolutions every network of the demo has defaults for
+RESOLUTIONS = (16, 32)
 
 
 @dataclass
@@ -53,7 +55,6 @@ class TrainStage:
     config: dict[str, Any]
     share: float
     title: str
-    needs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -120,8 +121,7 @@ def plan_demo(out_dir: str | Path, minutes: float = DEFAULT_MINUTES, resolution:
                    TRAIN_SHARES["edm"], "EDM diffusion (class-conditional, 10% label dropout for CFG)"),
         TrainStage("cd", "consistency", dict(common, family="consistency", mode="cd", precision="bf16",
                                              teacher=str(out / "runs" / "edm"), lr=2e-4, **nets["cd"]),
-                   TRAIN_SHARES["cd"], "consistency model distilled from the EDM model (CD, L2)",
-                   needs=("edm",)),
+                   TRAIN_SHARES["cd"], "consistency model distilled from the EDM model (CD, L2)"),
         TrainStage("biggan", "gan", dict(common, family="gan", arch="biggan", precision="fp32", d_steps=1,
                                          g_lr=2e-4, d_lr=2e-4, ema=0.999, ema_start=200, **nets["biggan"]),
                    TRAIN_SHARES["biggan"], "BigGAN (class-conditional, hinge loss)"),
@@ -399,8 +399,8 @@ def stage_resolution(plan: DemoPlan) -> int:
 
 
 def write_report(plan: DemoPlan, summaries: dict[str, dict[str, Any]], out: Path, shown: str,
-                 minutes: float | None) -> tuple[Path, str]:
-    """``report.html`` (the compare page plus the runs and commands) and the Markdown table."""
+                 minutes: float | None) -> tuple[Path, str, list[dict[str, Any]]]:
+    """``report.html`` (the compare page plus the runs and commands), the Markdown table, the records."""
     from genzoo.metrics.compare import compare
 
     targets = [out / "evals" / s.name / "metrics.json" for s in plan.evals]
@@ -411,7 +411,7 @@ def write_report(plan: DemoPlan, summaries: dict[str, dict[str, Any]], out: Path
     report = out / "report.html"
     report.write_text(page)
     Path(result["html"]).unlink()
-    return report, result["markdown"].read_text()
+    return report, result["markdown"].read_text(), result["records"]
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -428,8 +428,8 @@ def run_demo(out_dir: str | Path = "demo-out", minutes: float = DEFAULT_MINUTES,
     """
     if minutes <= 0:
         raise UserError(f"--minutes: expected a positive number, got {minutes}")
-    if resolution not in (8, 16, 32):
-        raise UserError(f"--resolution: the demo runs at 8, 16 or 32 px, got {resolution}")
+    if resolution not in RESOLUTIONS:
+        raise UserError(f"--resolution: the demo runs at 16 or 32 px, got {resolution}")
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -470,9 +470,10 @@ def _run(out_dir: str | Path, minutes: float, resolution: int, num_samples: int 
         _say(f"[{i}/{total}] sample + evaluate {stage.name}: {stage.title}, {plan.num_samples} images")
         eval_stage(stage, plan, out, shown, extractor, reference, summaries[stage.run])
     _say(f"[{total}/{total}] report")
-    report, table = write_report(plan, summaries, out, shown, None if train_steps is not None else minutes)
+    budget = None if train_steps is not None else minutes
+    report, table, records = write_report(plan, summaries, out, shown, budget)
     _say(f"finished in {(time.monotonic() - start) / 60:.1f} min")
     if log is not None:
         log(table.rstrip("\n"))
         log(f"report: {Path(shown) / 'report.html'}")
-    return DemoResult(out, report, table)
+    return DemoResult(out, report, table, records)

@@ -223,6 +223,6 @@ def test_bad_settings(tmp_path):
 def test_cli_flags():
     from genzoo.cli import build_parser
 
-    args = build_parser().parse_args(["demo", "--out", "d", "--minutes", "3", "--resolution", "8",
+    args = build_parser().parse_args(["demo", "--out", "d", "--minutes", "3", "--resolution", "32",
                                       "--no-gigagan"])
-    assert (args.out, args.minutes, args.resolution, args.gigagan) == ("d", 3.0, 8, False)
+    assert (args.out, args.minutes, args.resolution, args.gigagan) == ("d", 3.0, 32, False)

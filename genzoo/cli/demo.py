@@ -8,7 +8,7 @@ ORDER = 90
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from genzoo.demo import DEFAULT_MINUTES
+    from genzoo.demo import DEFAULT_MINUTES, RESOLUTIONS
 
     parser = subparsers.add_parser(
         "demo", help="train, sample and compare diffusion, consistency and GAN models on the shapes data",
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                         help="total budget; every stage's share scales with it "
                              f"(default {DEFAULT_MINUTES:g})")
-    parser.add_argument("--resolution", type=int, default=16, choices=(8, 16, 32),
+    parser.add_argument("--resolution", type=int, default=16, choices=RESOLUTIONS,
                         help="image resolution (default 16)")
     parser.add_argument("--samples", type=int, help="images per configuration (default 512 x minutes / 15)")
     parser.add_argument("--threads", type=int,
