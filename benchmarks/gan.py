@@ -6,7 +6,7 @@
 For each resolution it times, with random weights, no grad, fp32:
 - BigGAN and BigGAN-deep generators (``genzoo.nets.biggan``), 1 NFE per image;
 - EDM's deterministic Heun sampler (``genzoo.diffusion.samplers.edm_sampler``, 18 steps = 35 NFE) over
-  a DDPM++ UNet (``ddpmpp``) of comparable parameter count, wrapped in the EDM preconditioning.
+  a DDPM++ UNet (``ddpmpp``, ch 32: parameters of the same order), wrapped in the EDM preconditioning.
 Prints images/s (best of ``--repeats``), parameters and ms per network evaluation. ``--full`` adds the
 released BigGAN-deep 128 px generator size (ch 128; about 50M parameters, slow on a CPU).
 
@@ -123,71 +123,27 @@ def main() -> None:
         truncation_sweep(args.ckpt, args.per_class, psis, args.grids, args.standing_stats)
         return
     b, r = args.batch, args.repeats
-    rows = []
-    for res in (32, 64):
-        attn = [res // 2]
-        rows.append(
-            gan_row(
-                "BigGAN G (ch 32)",
-                "biggan",
-                b,
-                r,
-                resolution=res,
-                ch=32,
-                z_dim=120,
-                num_classes=16,
-                attn_res=attn,
-            )
-        )
-        rows.append(
-            gan_row(
-                "BigGAN-deep G (ch 32)",
-                "biggan-deep",
-                b,
-                r,
-                resolution=res,
-                ch=32,
-                z_dim=128,
-                num_classes=16,
-                attn_res=attn,
-            )
-        )
-        rows.append(
-            diffusion_row(
-                f"EDM Heun {args.steps} steps, DDPM++ (ch 64)",
-                res,
-                b,
-                r,
-                args.steps,
-                model_channels=64,
-                channel_mult=(1, 2, 2),
-                num_blocks=2,
-                attn_resolutions=attn,
-            )
-        )
-    if args.full:
-        rows.append(
-            gan_row(
-                "BigGAN-deep 128 G (ch 128)",
-                "biggan-deep",
-                max(b // 4, 1),
-                1,
-                resolution=128,
-                ch=128,
-                z_dim=128,
-                num_classes=1000,
-                attn_res=[64],
-                bn_eps=1e-4,
-            )
-        )
     print(f"threads {torch.get_num_threads()}, batch {b}, fp32, no grad, best of {r}")
     print(f"{'model':44s} {'px':>4s} {'Mparams':>8s} {'NFE/img':>8s} {'img/s':>9s} {'ms/NFE/img':>11s}")
-    for row in rows:
+    jobs = []
+    for res in (32, 64):
+        attn = [res // 2]
+        common = dict(resolution=res, ch=32, num_classes=16, attn_res=attn)
+        jobs.append(lambda c=common: gan_row("BigGAN G (ch 32)", "biggan", b, r, z_dim=120, **c))
+        jobs.append(lambda c=common: gan_row("BigGAN-deep G (ch 32)", "biggan-deep", b, r, z_dim=128, **c))
+        unet = dict(model_channels=32, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=attn)
+        name = f"EDM Heun {args.steps} steps, DDPM++ (ch 32)"
+        jobs.append(lambda res=res, u=unet, name=name: diffusion_row(name, res, b, r, args.steps, **u))
+    if args.full:
+        full = dict(resolution=128, ch=128, z_dim=128, num_classes=1000, attn_res=[64], bn_eps=1e-4)
+        jobs.append(lambda: gan_row("BigGAN-deep 128 G (ch 128)", "biggan-deep", max(b // 4, 1), 1, **full))
+    for job in jobs:
+        row = job()
         if row is None:
-            print("(diffusion sampler not available)")
+            print("(diffusion sampler not available)", flush=True)
             continue
         name, res, mp, nfe, rate = row
-        print(f"{name:44s} {res:4d} {mp:8.2f} {nfe:8d} {rate:9.2f} {1000 / rate / nfe:11.2f}")
+        print(f"{name:44s} {res:4d} {mp:8.2f} {nfe:8d} {rate:9.2f} {1000 / rate / nfe:11.2f}", flush=True)
 
 
 if __name__ == "__main__":
