@@ -171,7 +171,8 @@ def test_ema_edm_halflife_with_rampup_matches_closed_form():
 def test_ema_rule_from_config_prefers_halflife():
     from genzoo.train.ema import EMARule
 
-    assert EMARule.from_config({"ema": 0.999, "ema_start": 5}) == EMARule(decay=0.999, start_step=5, rampup=None)
+    constant = EMARule.from_config({"ema": 0.999, "ema_start": 5})
+    assert constant == EMARule(decay=0.999, start_step=5, rampup=None)
     rule = EMARule.from_config({"ema": 0.999, "ema_halflife_kimg": 10, "ema_rampup": 0.05})
     assert rule.halflife_kimg == 10 and rule.beta(0, 10**9, 100) == pytest.approx(0.5 ** (100 / 10000))
     assert EMARule.from_config({"ema_rampup": 0.05}) == EMARule(halflife_kimg=500.0, rampup=0.05)
