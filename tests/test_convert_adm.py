@@ -179,7 +179,7 @@ def test_classifier_guidance_from_the_cli_for_both_sampler_kinds(checkpoints, tm
     for name, extra in {
         "plain": [],
         "zero": ["--classifier-scale", "0"],
-        "guided": ["--classifier-scale", "50"],
+        "guided": ["--classifier-scale", "10000"],
     }.items():
         clf = ["--classifier", str(root / "clf")] if extra else []
         path = tmp_path / f"{name}.npz"
@@ -403,3 +403,58 @@ def test_super_resolution_checkpoint_upsamples_low_res_base_samples(tmp_path):
         str(out),
     ]
     assert main(args) == 2  # no --low-res: a one-line user error
+
+
+def test_unconditional_model_is_guided_toward_a_class_drawn_per_seed(checkpoints, tmp_path):
+    root, _, _ = checkpoints
+    net = _random(
+        ADMUNet(
+            image_size=16,
+            num_channels=32,
+            num_res_blocks=1,
+            channel_mult="1,2",
+            attention_resolutions="8",
+            num_head_channels=16,
+            learn_sigma=True,
+            resblock_updown=True,
+            use_new_attention_order=True,
+        ),
+        4,
+    )
+    torch.save(net.state_dict(), tmp_path / "uncond.pt")
+    flags = dict(UNET_FLAGS, class_cond="False")
+    flags.pop("num_classes")
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "guided-diffusion",
+                str(tmp_path / "uncond.pt"),
+                str(tmp_path / "m"),
+                *_flag_args(flags),
+            ]
+        )
+        == 0
+    )
+    out = {}
+    for sampler in ("adm-ddpm", "heun"):
+        for name, extra in {
+            "plain": [],
+            "guided": ["--classifier", str(root / "clf"), "--classifier-scale", "10000"],
+        }.items():
+            path = tmp_path / f"{sampler}-{name}.npz"
+            args = [
+                "sample",
+                "--ckpt",
+                str(tmp_path / "m"),
+                "--seeds",
+                "0-1",
+                "--sampler",
+                sampler,
+                "--steps",
+                "2",
+            ]
+            assert main([*args, "--out", str(path), *extra]) == 0
+            out[sampler, name] = np.load(path)["arr_0"]
+        assert not np.array_equal(out[sampler, "plain"], out[sampler, "guided"])

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from genzoo.diffusion.guidance import ClassifierGuidance, _Wrapper
 from genzoo.diffusion.precond import IDDPMDenoiser
 from genzoo.errors import UserError
 
@@ -512,15 +513,16 @@ class DiscreteClassifier(nn.Module):
 
 
 def classifier_cond_fn(
-    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scale: float
+    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    scale: float,
+    labels: torch.Tensor | None = None,
 ) -> CondFn:
     """``cond_fn`` for ADM guidance: scale·∇_{x_t} log p(y | x_t, t) of a noise-aware classifier (the gradient
     is :meth:`genzoo.diffusion.guidance.ClassifierGuidance.log_prob_grad`, t as the noise input)."""
-    from genzoo.diffusion.guidance import ClassifierGuidance
-
     guide = ClassifierGuidance(None, classifier, scale)
 
     def cond_fn(x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        y = labels if labels is not None else y
         if y is None:
             raise UserError(
                 "--classifier: classifier guidance needs class labels (--class or a class-conditional model)"
@@ -602,21 +604,52 @@ def load_classifier(path: str, device: torch.device) -> nn.Module:
     return _CLASSIFIERS[key]
 
 
-def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], device: torch.device) -> Any:
+def seed_labels(seeds: Sequence[int], num_classes: int, device: torch.device) -> torch.Tensor:
+    """One class per seed, drawn from the seed alone (the labels ``genzoo.api.sample`` draws): the classes an
+    unconditional model is guided toward, as the public classifier_sample.py draws random classes."""
+    from genzoo.api import _labels_for_seeds
+
+    return torch.tensor(
+        _labels_for_seeds(list(seeds), None, int(num_classes)), device=device, dtype=torch.long
+    )
+
+
+def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], rng: Any) -> Any:
     """``net`` with ADM classifier guidance (``--classifier PATH --classifier-scale s``) for EDM samplers:
-    :class:`~genzoo.diffusion.guidance.ClassifierGuidance` over the classifier in σ form."""
+    :class:`~genzoo.diffusion.guidance.ClassifierGuidance` over the classifier in σ form. An unconditional
+    model is guided toward a class drawn per seed (it never sees the label)."""
     path = options.get("classifier")
     if not path or str(options.get("sampler") or "").startswith("adm-"):  # the ADM samplers guide themselves
         return net
-    from genzoo.diffusion.guidance import ClassifierGuidance
-
-    classifier = load_classifier(path, device)
+    classifier = load_classifier(path, rng.device)
     if isinstance(denoiser, DiscreteDenoiser):
         diffusion = denoiser.diffusion
     else:
         diffusion = discrete_from_config(classifier.config.get("discrete") or {})
     scale = float(options.get("classifier_scale") if options.get("classifier_scale") is not None else 1.0)
-    return ClassifierGuidance(net, DiscreteClassifier(classifier, diffusion), scale)
+    sigma_classifier = DiscreteClassifier(classifier, diffusion)
+    if int(getattr(denoiser, "label_dim", 0) or 0):
+        return ClassifierGuidance(net, sigma_classifier, scale)
+    labels = seed_labels(rng.seeds, classifier.num_classes, rng.device)
+    return _GuideToward(net, sigma_classifier, scale, labels)
+
+
+class _LabelFree(_Wrapper):
+    """A denoiser that ignores class labels (an unconditional model under classifier guidance)."""
+
+    def forward(self, x: torch.Tensor, sigma: Any, class_labels: Any = None, **cond: Any) -> torch.Tensor:
+        return self.denoiser(x, sigma, None, **cond)
+
+
+class _GuideToward(ClassifierGuidance):
+    """Classifier guidance toward fixed labels; the guided denoiser sees none."""
+
+    def __init__(self, denoiser: Any, classifier: Any, scale: float, labels: torch.Tensor):
+        super().__init__(_LabelFree(denoiser), classifier, scale)
+        self.labels = labels
+
+    def forward(self, x: torch.Tensor, sigma: Any, class_labels: Any = None, **cond: Any) -> torch.Tensor:
+        return super().forward(x, sigma, self.labels, **cond)
 
 
 def _respacing(denoiser: DiscreteDenoiser, options: dict[str, Any], ddim: bool) -> str:
@@ -630,6 +663,14 @@ def _respacing(denoiser: DiscreteDenoiser, options: dict[str, Any], ddim: bool) 
     return "ddim25" if ddim else "250"
 
 
+def _seeds(randn_like: Any, flag: str) -> list[int]:
+    """The seeds of the batch, from the per-seed generator whose ``randn_like`` the sampler got."""
+    seeds = getattr(getattr(randn_like, "__self__", None), "seeds", None)
+    if seeds is None:
+        raise UserError(f"{flag}: needs per-seed generators (genzoo.api.sample) to pair seeds with images")
+    return list(seeds)
+
+
 def low_res_batch(
     options: dict[str, Any], randn_like: Any, net: nn.Module, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -640,9 +681,7 @@ def low_res_batch(
     path = options.get("low_res")
     if not path:
         raise UserError("--low-res: a super-resolution model needs the .npz of base samples to upsample")
-    seeds = getattr(getattr(randn_like, "__self__", None), "seeds", None)
-    if seeds is None:
-        raise UserError("--low-res: needs per-seed generators (genzoo.api.sample) to pair seeds with images")
+    seeds = _seeds(randn_like, "--low-res")
     images, labels = read_npz_images(path)
     if max(seeds) >= len(images):
         raise UserError(
@@ -681,7 +720,12 @@ def _adm_sampler(ddim: bool) -> Callable[..., torch.Tensor]:
         if options.get("classifier"):
             scale = options.get("classifier_scale")
             classifier = load_classifier(options["classifier"], latents.device)
-            cond_fn = classifier_cond_fn(classifier, float(1.0 if scale is None else scale))
+            toward = None
+            if class_labels is None:  # an unconditional model: guide toward a class drawn per seed
+                toward = seed_labels(
+                    _seeds(randn_like, "--classifier"), classifier.num_classes, latents.device
+                )
+            cond_fn = classifier_cond_fn(classifier, float(1.0 if scale is None else scale), toward)
         x, nfe = diffusion.sample(
             denoiser.model,
             latents,
