@@ -621,7 +621,8 @@ def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], r
     path = options.get("classifier")
     if not path or str(options.get("sampler") or "").startswith("adm-"):  # the ADM samplers guide themselves
         return net
-    classifier = load_classifier(path, rng.device)
+    device = getattr(rng, "device", rng)  # a StackedRandomGenerator (or, from older callers, a device)
+    classifier = load_classifier(path, device)
     if isinstance(denoiser, DiscreteDenoiser):
         diffusion = denoiser.diffusion
     else:
@@ -630,7 +631,9 @@ def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], r
     sigma_classifier = DiscreteClassifier(classifier, diffusion)
     if int(getattr(denoiser, "label_dim", 0) or 0):
         return ClassifierGuidance(net, sigma_classifier, scale)
-    labels = seed_labels(rng.seeds, classifier.num_classes, rng.device)
+    if getattr(rng, "seeds", None) is None:
+        raise UserError("--classifier: guiding an unconditional model needs the batch's seeds")
+    labels = seed_labels(rng.seeds, classifier.num_classes, device)
     return _GuideToward(net, sigma_classifier, scale, labels)
 
 
