@@ -182,7 +182,7 @@ def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: to
         if class_labels is None:
             raise UserError("--guidance: classifier-free guidance needs a class-conditional model")
         net = ClassifierFreeGuidance(denoiser, guidance)
-    net = discrete.with_classifier_guidance(net, denoiser, options, rng.device)  # --classifier PATH
+    net = discrete.with_classifier_guidance(net, denoiser, options, rng)  # --classifier PATH
     counter = S.NFECounter(net)
     latents = rng.randn([len(rng), *shape])
     precision = _opt(options, "precision", "fp32")
