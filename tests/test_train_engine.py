@@ -34,6 +34,20 @@ def assert_same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+def spy_objectives(monkeypatch):
+    from genzoo.family import get_family
+
+    family, made = get_family("toy"), []
+    original = family.build_objective
+
+    def spy(config, dataset):
+        made.append(original(config, dataset))
+        return made[-1]
+
+    monkeypatch.setattr(family, "build_objective", spy)
+    return made
+
+
 def test_resume_is_bit_exact(tmp_path):
     data = ToyDataset(count=12)  # 12 images, batch 8: the data order crosses epochs mid-batch
     common = dict(toy_dropout=0.2, ema_halflife_kimg=0.05, lr_warmup_kimg=0.016, toy_players=2)
@@ -54,8 +68,10 @@ def test_resume_is_bit_exact(tmp_path):
     assert opt_b["optimizers"]["net"]["state"][0]["step"].item() == 8
     assert opt_b["optimizers"]["b"]["state"][0]["step"].item() == 4
     # The first step runs at lr 0 (EDM's ramp-up uses the images seen before the step).
-    first = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()][0]
-    assert first["lr/net"] == 0.0 and first["ema_beta"] == 0.0
+    lines = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["ema_beta"] == 0.0
+    # lr = 0.01 * min(images seen before the step / 16, 1) over a 16-image warm-up
+    assert [line["lr/net"] for line in lines] == pytest.approx([0.0, 0.005, 0.01, 0.01])
 
 
 def test_accumulation_matches_one_big_batch(tmp_path):
@@ -72,29 +88,31 @@ def test_accumulation_matches_one_big_batch(tmp_path):
         train(toy_config(tmp_path / "bad", batch=8, batch_per_device=3), dataset=data)
 
 
-def test_bf16_autocast_trains_on_cpu(tmp_path):
-    from genzoo.family import get_family
-
-    seen = []
-    family = get_family("toy")
-    original = family.build_objective
-
-    def spy(config, dataset):
-        objective = original(config, dataset)
-        seen.append(objective)
-        return objective
-
-    family.build_objective = spy
-    try:
-        run = train(toy_config(tmp_path, steps=12, precision="bf16", checkpoint_every=12, lr=0.02),
-                    dataset=ToyDataset(count=32))
-    finally:
-        family.build_objective = original
+def test_bf16_autocast_trains_on_cpu(tmp_path, monkeypatch):
+    seen = spy_objectives(monkeypatch)
+    run = train(toy_config(tmp_path, steps=12, precision="bf16", checkpoint_every=12, lr=0.02),
+                dataset=ToyDataset(count=32))
     assert set(seen[0].output_dtypes) == {torch.bfloat16}
     losses = [json.loads(line)["loss/net"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3
     assert all(v.dtype == torch.float32 for v in weights(run, 12).values() if v.is_floating_point())
+
+
+def test_gradient_clipping(tmp_path, monkeypatch):
+    made = spy_objectives(monkeypatch)
+    run = train(toy_config(tmp_path, steps=3, grad_clip=1e-3), dataset=ToyDataset())
+    logged = [json.loads(line)["net/grad_norm"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert min(logged) > 1e-2  # the norms before clipping
+    assert max(made[0].grad_norms) == pytest.approx(1e-3, rel=1e-4)  # what Adam received
+
+
+def test_nonfinite_gradients_are_replaced_as_in_edm(tmp_path, monkeypatch):
+    made = spy_objectives(monkeypatch)
+    run = train(toy_config(tmp_path, steps=2, toy_nan_grad=True), dataset=ToyDataset())
+    assert all(torch.isfinite(v).all() for v in weights(run, 2).values() if v.is_floating_point())
+    assert made[0].players["net"].conv1.bias.grad[0].item() == 0.0  # NaN -> 0
+    assert all(torch.isfinite(torch.tensor(made[0].grad_norms)))
 
 
 def test_fp16_needs_cuda(tmp_path):

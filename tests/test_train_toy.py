@@ -42,7 +42,7 @@ class ToyObjective(Objective):
     sampled_player = "net"
 
     def __init__(self, net_config: dict, lr: float, players: int = 1, nan_from: int | None = None,
-                 warmup_images: float = 0.0):
+                 warmup_images: float = 0.0, nan_grad: bool = False):
         super().__init__()
         nets = {"net": ToyNet(**net_config)}
         if players == 2:
@@ -51,6 +51,8 @@ class ToyObjective(Objective):
         self.lr, self.nan_from, self.warmup_images = lr, nan_from, warmup_images
         self.register_buffer("updates_seen", torch.zeros((), dtype=torch.int64))
         self.output_dtypes: list[torch.dtype] = []
+        self.grad_norms: list[float] = []  # of the gradient the optimiser used, per update
+        self.nan_grad = nan_grad
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
         return {name: OptimizerSpec(lr=self.lr, warmup_images=self.warmup_images) for name in self.players}
@@ -65,10 +67,15 @@ class ToyObjective(Objective):
         loss = (out.float() - batch.images).square().mean()
         if self.nan_from is not None and step >= self.nan_from:
             loss = loss * float("nan")
+        if self.nan_grad:  # finite value, NaN gradient (0 * d sqrt(x)/dx at x = 0) for one bias entry
+            bias = self.players[player].conv1.bias[0]
+            loss = loss + 0.0 * torch.sqrt(bias - bias.detach())
         return StepResult(loss, {"mse": float(loss.detach())})
 
     def after_update(self, player: str, step: int) -> None:
         self.updates_seen += 1
+        grads = [p.grad for p in self.players[player].parameters() if p.grad is not None]
+        self.grad_norms.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
 
 
 class ToyFamily(Family):
@@ -79,6 +86,7 @@ class ToyFamily(Family):
         add_argument_once(parser, "--toy-dropout", type=float, default=0.0)
         add_argument_once(parser, "--toy-players", type=int, default=1)
         add_argument_once(parser, "--toy-nan-from", type=int, default=None)
+        add_argument_once(parser, "--toy-nan-grad", action="store_true")
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_argument_once(parser, "--toy-scale", type=float, default=1.0)
@@ -89,7 +97,8 @@ class ToyFamily(Family):
                          "width": config.get("toy_width") or 4, "dropout": config.get("toy_dropout") or 0.0}
         warmup = config["lr_warmup_kimg"] * 1000 if config.get("lr_warmup_kimg") else 0.0
         return ToyObjective(config["net"], lr=config.get("lr") or 1e-2, nan_from=config.get("toy_nan_from"),
-                            players=config.get("toy_players") or 1, warmup_images=warmup)
+                            players=config.get("toy_players") or 1, warmup_images=warmup,
+                            nan_grad=bool(config.get("toy_nan_grad")))
 
     def build_model(self, config: dict) -> nn.Module:
         return ToyNet(**config["net"])
