@@ -492,3 +492,19 @@ def test_registry_builds_and_bad_flags_are_user_errors():
         ADMUNet(image_size=48, num_channels=32)
     with pytest.raises(UserError, match="attention_resolutions"):
         ADMUNet(**dict(TINY, attention_resolutions="8x"))
+
+
+def test_convert_to_fp16_casts_the_block_convolutions_like_use_fp16():
+    model = randomize(ADMUNet(**TINY, num_heads=2, learn_sigma=True)).eval()
+    with torch.no_grad():  # smaller weights: random 0.3-std ones overflow float16 (upstream too)
+        for p in model.parameters():
+            p.mul_(0.3)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 500])
+    ref = model(x, t)
+    model.convert_to_fp16()
+    assert model.input_blocks[1][0].in_layers[2].weight.dtype == torch.float16
+    assert model.input_blocks[1][0].in_layers[0].weight.dtype == torch.float32  # GroupNorm stays fp32
+    assert model.time_embed[0].weight.dtype == torch.float32 and model.out[2].weight.dtype == torch.float32
+    out = model(x, t)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0.02, atol=0.02)
