@@ -84,7 +84,7 @@ def train(args: argparse.Namespace, arch: str, minutes: float, data: str, out: P
         "attn_res": args.attn_res,
         "sample_every": 0,
         "checkpoint_every": 10**9,
-        "log_every": 50,
+        "log_every": 10,
         "seed": 0,
         "device": "cpu",
         "tensorboard": False,
@@ -122,9 +122,26 @@ def colour_following(model: torch.nn.Module, samples: int) -> list[tuple]:
     return rows
 
 
+def colour_report(G: torch.nn.Module, samples: int) -> None:
+    """Print hue and colour-rule match of samples for red and blue prompts."""
+    print(f"\nColour following ({samples} samples per prompt colour, same seeds; chance match 25%)")
+    print(
+        f"{'prompt colour':>13} | {'mean hue':>8} | {'to red':>6} | {'to blue':>7} | {'match':>6} | no colour"
+    )
+    rows = colour_following(G, samples)
+    for color, mean, d_red, d_blue, match, none in rows:
+        print(f"{color:>13} | {mean:8.1f} | {d_red:6.1f} | {d_blue:7.1f} | {match:6.1%} | {none:.1%}")
+    (_, _, red_to_red, red_to_blue, _, _), (_, _, blue_to_red, blue_to_blue, _, _) = rows
+    right = red_to_red < blue_to_red and blue_to_blue < red_to_blue
+    print(
+        f"direction: {'right' if right else 'WRONG'} (red prompts' hue nearer red than blue prompts' is, and "
+        f"vice versa)"
+    )
+
+
 def upsampler_quality(args: argparse.Namespace, root: Path) -> torch.nn.Module:
     """Train the x4 upsampler and print its PSNR on held-out shapes against bilinear upsampling."""
-    up_res = 4 * args.resolution if args.resolution <= 16 else args.resolution
+    up_res = args.upsampler_resolution
     up_run = train(args, "gigagan-upsampler", args.upsampler_minutes, f"shapes:{up_res}", root / "upsampler")
     U = genzoo.load(up_run)
     held = load_dataset(f"shapes:{up_res}?seed=7&count=64")
@@ -157,7 +174,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--minutes", type=float, default=5.0, help="generator training time (default 5)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=5.0,
+        help="generator training time (default 5; 0: throughput of an untrained one only)",
+    )
     parser.add_argument(
         "--upsampler-minutes",
         type=float,
@@ -165,6 +187,12 @@ def main() -> int:
         help="upsampler training (default 2; 0: throughput of an untrained one only)",
     )
     parser.add_argument("--resolution", type=int, default=16, help="shapes resolution for G (default 16)")
+    parser.add_argument(
+        "--upsampler-resolution",
+        type=int,
+        default=32,
+        help="high-res side of the upsampler's x4 training pairs (default 32: 8 -> 32 px)",
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32, help="--g-ch/--d-ch (default 32)")
     parser.add_argument("--text-encoder", default="learned", choices=("learned", "minilm"))
@@ -179,21 +207,19 @@ def main() -> int:
     root = Path(args.out or tmp.name)
     print(f"GigaGAN benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
-    run = train(args, "gigagan", args.minutes, f"shapes:{args.resolution}", root / "gigagan")
-    G = genzoo.load(run)
-    print(f"\nColour following ({args.samples} samples per prompt colour, same seeds; chance match 25%)")
-    print(
-        f"{'prompt colour':>13} | {'mean hue':>8} | {'to red':>6} | {'to blue':>7} | {'match':>6} | no colour"
-    )
-    rows = colour_following(G, args.samples)
-    for color, mean, d_red, d_blue, match, none in rows:
-        print(f"{color:>13} | {mean:8.1f} | {d_red:6.1f} | {d_blue:7.1f} | {match:6.1%} | {none:.1%}")
-    (_, red_hue, red_to_red, red_to_blue, _, _), (_, blue_hue, blue_to_red, blue_to_blue, _, _) = rows
-    right = red_to_red < blue_to_red and blue_to_blue < red_to_blue
-    print(
-        f"direction: {'right' if right else 'WRONG'} (red prompts' hue nearer red than blue prompts' is, and "
-        f"vice versa)"
-    )
+    if args.minutes > 0:
+        G = genzoo.load(train(args, "gigagan", args.minutes, f"shapes:{args.resolution}", root / "gigagan"))
+        colour_report(G, args.samples)
+    else:  # throughput only: an untrained generator of the benchmark's size
+        width = args.channels
+        G = nets.build(
+            "gigagan-generator",
+            resolution=args.resolution,
+            channel_base=32 * width,
+            channel_max=width,
+            attn_res=[int(r) for r in args.attn_res.split(",")],
+            text={"kind": "learned"},
+        ).eval()
 
     if args.upsampler_minutes > 0:
         U = upsampler_quality(args, root)
