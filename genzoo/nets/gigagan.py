@@ -134,12 +134,9 @@ class NoiseInput(nn.Module):
 
     def forward(self, x: torch.Tensor, rng: Any = None) -> torch.Tensor:
         shape = (x.shape[0], 1, x.shape[2], x.shape[3])
-        noise = (
-            rng.randn(shape, dtype=x.dtype)
-            if rng is not None
-            else torch.randn(shape, device=x.device, dtype=x.dtype)
-        )
-        return x + noise * self.strength
+        # Drawn in float32 whatever the compute precision, so a seed's noise is the same under autocast.
+        noise = rng.randn(shape) if rng is not None else torch.randn(shape, device=x.device)
+        return x + noise.to(x.device, x.dtype) * self.strength
 
 
 class SynthesisLayer(nn.Module):
