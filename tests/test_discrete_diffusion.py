@@ -354,3 +354,14 @@ def test_discrete_classifier_takes_edm_inputs():
     wrapped(x, sigma)
     assert seen["t"].tolist() == [3, 900]
     torch.testing.assert_close(seen["x"], x / (1 + sigma**2).sqrt().reshape(-1, 1, 1, 1))
+
+
+def test_classifier_scale_flag_then_the_checkpoints_readme_value():
+    from types import SimpleNamespace
+
+    from genzoo.diffusion.discrete import classifier_scale
+
+    converted = SimpleNamespace(config={"classifier_scale": 10.0})  # 256x256_diffusion_uncond's README value
+    assert classifier_scale({"classifier_scale": 2.0}, converted) == 2.0
+    assert classifier_scale({"classifier_scale": None}, converted) == 10.0
+    assert classifier_scale({}, SimpleNamespace()) == 1.0

@@ -614,6 +614,13 @@ def seed_labels(seeds: Sequence[int], num_classes: int, device: torch.device) ->
     )
 
 
+def classifier_scale(options: dict[str, Any], model: Any) -> float:
+    """``--classifier-scale``, else the converted checkpoint's README value (``classifier_scale``), else 1."""
+    if options.get("classifier_scale") is not None:
+        return float(options["classifier_scale"])
+    return float((getattr(model, "config", None) or {}).get("classifier_scale", 1.0))
+
+
 def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], rng: Any) -> Any:
     """``net`` with ADM classifier guidance (``--classifier PATH --classifier-scale s``) for EDM samplers:
     :class:`~genzoo.diffusion.guidance.ClassifierGuidance` over the classifier in σ form. An unconditional
@@ -627,7 +634,7 @@ def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], r
         diffusion = denoiser.diffusion
     else:
         diffusion = discrete_from_config(classifier.config.get("discrete") or {})
-    scale = float(options.get("classifier_scale") if options.get("classifier_scale") is not None else 1.0)
+    scale = classifier_scale(options, denoiser)
     sigma_classifier = DiscreteClassifier(classifier, diffusion)
     if int(getattr(denoiser, "label_dim", 0) or 0):
         return ClassifierGuidance(net, sigma_classifier, scale)
@@ -721,14 +728,13 @@ def _adm_sampler(ddim: bool) -> Callable[..., torch.Tensor]:
                 class_labels = labels
         cond_fn = None
         if options.get("classifier"):
-            scale = options.get("classifier_scale")
             classifier = load_classifier(options["classifier"], latents.device)
             toward = None
             if class_labels is None:  # an unconditional model: guide toward a class drawn per seed
                 toward = seed_labels(
                     _seeds(randn_like, "--classifier"), classifier.num_classes, latents.device
                 )
-            cond_fn = classifier_cond_fn(classifier, float(1.0 if scale is None else scale), toward)
+            cond_fn = classifier_cond_fn(classifier, classifier_scale(options, denoiser), toward)
         x, nfe = diffusion.sample(
             denoiser.model,
             latents,
