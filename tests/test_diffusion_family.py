@@ -110,6 +110,9 @@ def test_sample_defaults_seeds_and_options(tmp_path):
         out, nfe = FAMILY.sample(model, StackedRandomGenerator("cpu", [1]), labels[:1],
                                  {"sampler": name, "steps": 3, "guidance": 2.0})
         assert out.shape == (1, 3, 8, 8) and torch.isfinite(out).all() and nfe in (3, 5)
+    out, nfe = FAMILY.sample(model, StackedRandomGenerator("cpu", [1]), labels[:1],
+                             {"steps": 3, "discretization": "vp", "schedule": "vp", "scaling": "vp"})
+    assert nfe == 5 and torch.isfinite(out).all()
     with pytest.raises(UserError, match="--sampler"):
         FAMILY.sample(model, StackedRandomGenerator("cpu", [1]), labels[:1], {"sampler": "nope"})
     images, labels_out, nfe = genzoo.api.sample(model, "0-2", batch_size=2, steps=2, sampler="euler")
