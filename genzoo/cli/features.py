@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Fréchet distance and conditional accuracy of `genzoo eval --features shapes`.")
     train.add_argument("--out", help="where to write it (default: the copy shipped inside genzoo)")
     train.add_argument("--count", type=int, default=20_000, help="training images of shapes (default 20000)")
-    train.add_argument("--steps", type=int, default=600, help="optimiser steps (default 600)")
+    train.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
     train.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     train.add_argument("--width", type=int, default=32, help="channels of the first layer (default 32)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

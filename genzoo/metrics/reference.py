@@ -104,7 +104,7 @@ def iter_npz_images(path: str | Path, batch_size: int = 256,
                 raw = stream.read(n * per_image)
                 if len(raw) != n * per_image:
                     raise UserError(f"{path}: 'arr_0' is truncated after {done} images")
-                yield np.frombuffer(raw, dtype=np.uint8).reshape(n, *shape[1:])
+                yield np.frombuffer(bytearray(raw), dtype=np.uint8).reshape(n, *shape[1:])
                 done += n
 
 

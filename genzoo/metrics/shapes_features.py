@@ -62,13 +62,14 @@ class ShapesClassifier(nn.Module):
 
 
 def _degrade(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Half the batches: down to a random 12..31 px and back up to 32, the look of samples from a
-    low-resolution model; the other half stay sharp."""
-    if torch.rand((), generator=generator) < 0.5:
-        return x
+    """The second half of the batch goes down to a random 12..31 px and back up to 32 (the look of
+    samples from a low-resolution model); the first half stays sharp. Mixing both in every batch keeps
+    BatchNorm's batch statistics equal to the running ones it uses at evaluation."""
+    half = len(x) // 2
     size = int(torch.randint(12, INPUT_SIZE, (1,), generator=generator))
-    low = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return F.interpolate(low, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+    low = F.interpolate(x[half:], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    up = F.interpolate(low, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+    return torch.cat([x[:half], up])
 
 
 def _render(dataset, indices: range) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +77,7 @@ def _render(dataset, indices: range) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.tensor(labels)
 
 
-def train_shapes_classifier(out: str | Path = BUNDLED_CLASSIFIER, count: int = 20_000, steps: int = 600,
+def train_shapes_classifier(out: str | Path = BUNDLED_CLASSIFIER, count: int = 20_000, steps: int = 500,
                             batch_size: int = 128, lr: float = 3e-3, width: int = 32, seed: int = 0,
                             val_count: int = 2000, log: Callable[[str], None] = print) -> dict:
     """Train the shapes classifier on ``count`` items of ``shapes`` (seed 0) and write it to ``out``.
