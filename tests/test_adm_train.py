@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,3 +120,42 @@ def test_adm_unet_runs_inside_every_edm_preconditioning(precond):
     assert out.shape == (2, 3, 8, 8)
     if precond == "iddpm":  # zero-initialised output conv: ε̂ = 0, so D(x) = x (c_skip = 1)
         torch.testing.assert_close(out, x)
+
+
+def test_loss_second_moment_sampler_follows_the_root_mean_square_loss():
+    from genzoo.diffusion.discrete import LossSecondMomentSampler
+
+    sampler = LossSecondMomentSampler(4, history=2, uniform_prob=0.001)
+    assert np.allclose(sampler.probabilities(), 0.25)  # uniform until every step has its history
+    for _ in range(3):  # the first entries are pushed out of the 2-entry history
+        sampler.update(torch.tensor([0, 1, 2, 3]), torch.tensor([9.0, 9.0, 9.0, 9.0]))
+    sampler.update(torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    rms = np.sqrt(np.array([(81 + 1) / 2, (81 + 4) / 2, (81 + 9) / 2, (81 + 16) / 2]))
+    expected = rms / rms.sum() * 0.999 + 0.001 / 4
+    np.testing.assert_allclose(sampler.probabilities(), expected)
+    t, w = sampler.sample(4000, torch.device("cpu"), StackedRandomGenerator("cpu", range(4000)))
+    np.testing.assert_allclose(np.bincount(t.numpy(), minlength=4) / 4000, expected, atol=0.02)
+    np.testing.assert_allclose(w.numpy(), 1 / (4 * expected[t.numpy()]), rtol=1e-6)  # E_p[w·L] = mean_t L_t
+
+
+def test_vlb_loss_trains_learned_variances_with_importance_sampling():
+    family = get_family("diffusion")
+    config = {
+        "arch": "adm",
+        "precond": "iddpm",
+        "loss": "vlb",
+        "model_channels": 32,
+        "num_blocks": 1,
+        "diffusion_steps": 50,
+        "uncond": True,
+    }
+    objective = family.build_objective(config, DATA)
+    assert config["discrete"]["loss"] == "kl" and config["net"]["learn_sigma"]
+    batch = _batch()
+    result = objective.loss("net", batch, step=0)
+    rng = StackedRandomGenerator("cpu", [0, 1, 2, 3])
+    t = (rng.rand([4]) * 50).long()  # uniform before the sampler has its history
+    denoiser = objective.players["net"]
+    terms = denoiser.diffusion.training_losses(denoiser.model, batch.images, t, rng.randn_like(batch.images))
+    torch.testing.assert_close(result.loss, terms["loss"].mean())
+    assert (objective.loss_fn.sampler.counts[t.numpy()] > 0).all()

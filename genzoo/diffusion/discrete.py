@@ -585,6 +585,76 @@ class HybridLoss:
         return net.diffusion.training_losses(net.model, images, t, noise, class_labels)["loss"]
 
 
+class LossSecondMomentSampler:
+    """Importance sampling of the step for L_vlb (iDDPM §3.3): p_t ∝ √E[L_t²] over each step's last
+    ``history`` losses, mixed with ``uniform_prob`` of the uniform distribution; uniform until every step
+    has its history. Losses are weighted by 1/(T·p_t), so the estimate of the mean over steps is unbiased."""
+
+    def __init__(self, num_steps: int, history: int = 10, uniform_prob: float = 0.001):
+        self.num_steps, self.history_size, self.uniform_prob = (
+            int(num_steps),
+            int(history),
+            float(uniform_prob),
+        )
+        self.history = np.zeros((self.num_steps, self.history_size), dtype=np.float64)
+        self.counts = np.zeros(self.num_steps, dtype=np.int64)
+
+    def probabilities(self) -> np.ndarray:
+        if (self.counts < self.history_size).any():
+            return np.full(self.num_steps, 1.0 / self.num_steps)
+        weights = np.sqrt((self.history**2).mean(axis=1))
+        weights = weights / weights.sum() * (1 - self.uniform_prob)
+        return weights + self.uniform_prob / self.num_steps
+
+    def sample(self, n: int, device: torch.device, rng: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(steps [n], loss weights 1/(T·p_t) [n]); the uniform draws come from rng, per seed, when given."""
+        p = self.probabilities()
+        u = (rng.rand([n]) if rng is not None else torch.rand(n)).cpu().double().numpy()
+        t = np.minimum(np.searchsorted(np.cumsum(p), u, side="right"), self.num_steps - 1)
+        weights = 1.0 / (self.num_steps * p[t])
+        return torch.from_numpy(t).to(device), torch.from_numpy(weights).to(device, torch.float32)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Record this batch's per-example losses (the oldest entry of a full history is dropped)."""
+        for step, loss in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            if self.counts[step] == self.history_size:
+                self.history[step, :-1] = self.history[step, 1:]
+                self.history[step, -1] = loss
+            else:
+                self.history[step, self.counts[step]] = loss
+                self.counts[step] += 1
+
+
+class VLBLoss:
+    """The diffusion family's ``--loss vlb``: iDDPM's L_vlb alone (T·L_t per example, learned variances)
+    with the loss-second-moment step sampler. The sampler's history is per process and not checkpointed."""
+
+    def __init__(self) -> None:
+        self.sampler: LossSecondMomentSampler | None = None
+
+    def __call__(
+        self,
+        net: Any,
+        images: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        augment_pipe: Any = None,
+        rng: Any = None,
+    ) -> torch.Tensor:
+        if not isinstance(net, DiscreteDenoiser) or net.diffusion.loss_type != "kl":
+            raise UserError("--loss vlb: needs --arch adm with --precond iddpm")
+        if augment_pipe is not None:
+            raise UserError(
+                "--augment: the ADM UNet has no augmentation input; use --augment 0 with --loss vlb"
+            )
+        if self.sampler is None or self.sampler.num_steps != net.diffusion.num_timesteps:
+            self.sampler = LossSecondMomentSampler(net.diffusion.num_timesteps)
+        t, weights = self.sampler.sample(images.shape[0], images.device, rng)
+        noise = rng.randn_like(images).to(images.device) if rng is not None else torch.randn_like(images)
+        losses = net.diffusion.training_losses(net.model, images, t, noise, class_labels)["loss"]
+        self.sampler.update(t, losses)
+        return losses * weights
+
+
 _CLASSIFIERS: dict[tuple[str, str], nn.Module] = {}
 
 
@@ -761,7 +831,7 @@ def adm_network_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str
     if base.get("augment_dim"):
         raise UserError("--augment: the ADM UNet has no augmentation input; train it with --augment 0")
     res, label_dim = int(base["resolution"]), int(base.get("label_dim") or 0)
-    learn_sigma = config.get("loss") == "hybrid"
+    learn_sigma = config.get("loss") in ("hybrid", "vlb")
     kwargs = dict(
         image_size=res,
         in_channels=int(base.get("in_channels", 3)),
@@ -784,7 +854,7 @@ def adm_network_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str
             "steps": int(config.get("diffusion_steps") or 1000),
             "noise_schedule": config.get("noise_schedule") or "cosine",
             "learn_sigma": learn_sigma,
-            "loss": "hybrid",
+            "loss": "kl" if config.get("loss") == "vlb" else "hybrid",
             "rescale_timesteps": False,
             "rescale_learned_sigmas": False,
             "respacing": "",
@@ -794,5 +864,5 @@ def adm_network_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str
 
 #: entries for genzoo.diffusion.family's SAMPLERS and ARCH_KWARGS and genzoo.diffusion.losses.LOSSES
 SAMPLERS = {"adm-ddpm": _adm_sampler(ddim=False), "adm-ddim": _adm_sampler(ddim=True)}
-LOSSES = {"hybrid": HybridLoss}
+LOSSES = {"hybrid": HybridLoss, "vlb": VLBLoss}
 ARCH_KWARGS = {"adm": adm_network_kwargs}
