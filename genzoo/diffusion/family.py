@@ -199,7 +199,7 @@ class DiffusionFamily(Family):
         add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
         add("--precond", choices=list(PRECONDITIONINGS), default=None,
             help="preconditioning of EDM Table 1 (default edm)")
-        add("--loss", choices=["vp", "ve", "edm", "hybrid"], default=None,
+        add("--loss", choices=sorted(LOSSES), default=None,
             help="training loss (default: the preconditioning's; edm for iddpm)")
         add("--label-dropout", type=float, default=None,
             help="probability of training on the null label, for classifier-free guidance (default 0.1 "
