@@ -165,3 +165,13 @@ def test_ortho_parameters_skip_the_shared_embedding_and_bad_sizes_are_user_error
         nets.build("biggan", resolution=48, ch=8)
     with pytest.raises(UserError, match="latents"):
         G(torch.randn(2, 5), torch.tensor([0, 1]))
+
+
+def test_generator_and_discriminator_run_under_bf16_autocast():
+    torch.manual_seed(0)
+    G = nets.build("biggan", **TINY)
+    D = nets.build("biggan-d", resolution=16, ch=8, num_classes=5, attn_res=[8])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = D(G(torch.randn(4, G.z_dim), torch.tensor([0, 1, 2, 3])), torch.tensor([0, 1, 2, 3]))
+    out.float().sum().backward()
+    assert torch.isfinite(out.float()).all() and G.linear.weight.grad is not None

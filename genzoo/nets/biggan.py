@@ -60,7 +60,7 @@ class SpectralNorm:
                 self.v.copy_(v)
         # clones: the buffers may be updated again before backward (D runs on real and fake)
         u, v = self.u.clone().to(w.dtype), self.v.clone().to(w.dtype)
-        return torch.dot(u, w @ v)
+        return torch.dot(u, (w @ v).to(u.dtype))  # under autocast w @ v is bf16/fp16, u is not
 
     def normalized_weight(self) -> torch.Tensor:
         return self.weight / self.sigma()
