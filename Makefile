@@ -22,7 +22,7 @@ demo: install
 
 test: install-dev
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: install
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
