@@ -87,8 +87,12 @@ def guess_preset(state: Mapping[str, torch.Tensor]) -> str | None:
 def load(state: Mapping[str, torch.Tensor], **flags: Any) -> ConsistencyModel:
     """The consistency function of a released checkpoint (a state dict of ``consistency_models``' UNet)."""
     merged = _resolve(flags)
-    net = ADMUNet(**network_kwargs(merged))
     state = dict(state)
+    with torch.device("meta"):  # check names and shapes before allocating a large network
+        probe = ADMUNet(**network_kwargs(merged))
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    fits = {k: tuple(v.shape) for k, v in probe.state_dict().items()} == shapes
+    net = ADMUNet(**network_kwargs(merged)) if fits else probe
     try:
         load_state_into(net, state, "consistency-models checkpoint")
     except UserError as err:
