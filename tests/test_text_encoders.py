@@ -76,3 +76,44 @@ def test_minilm_encoder_loads_offline_and_keeps_the_backbone_out_of_the_state_di
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state[0]
     torch.testing.assert_close(enc.backbone_features(["a red circle"])[0], hidden)
+
+
+def test_clip_encoder_glue_with_a_stand_in_open_clip(monkeypatch, tmp_path):
+    """The open_clip path against a stand-in module with open_clip's text-tower attributes (no weights here)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token_embedding = torch.nn.Embedding(50, 12)
+            self.positional_embedding = torch.nn.Parameter(torch.randn(16, 12))
+            self.ln_final = torch.nn.LayerNorm(12)
+            self.attn_mask = None
+
+        def transformer(self, x, attn_mask=None):
+            return x * 2
+
+    def tokenizer(prompts):  # SOT=1, words, EOT=49 (the highest id, as in CLIP), zero padding
+        ids = torch.zeros(len(prompts), 16, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            row = [1, *(3 + len(w) for w in p.split()), 49]
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids
+
+    fake = types.ModuleType("open_clip")
+    fake.__spec__ = importlib.machinery.ModuleSpec("open_clip", None)
+    fake.create_model = lambda name, pretrained: Tower()
+    fake.get_tokenizer = lambda name: tokenizer
+    monkeypatch.setitem(sys.modules, "open_clip", fake)
+    monkeypatch.setattr(text_mod, "_FROZEN_CACHE", {})
+    monkeypatch.setattr(text_mod, "_FEATURE_CACHE", {})
+    with pytest.raises(UserError, match="--text-weights .*no such file"):
+        build_text_encoder("clip", weights=str(tmp_path / "missing.bin"))
+    weights = tmp_path / "clip.bin"
+    weights.write_bytes(b"stand-in")
+    enc = build_text_encoder("clip", weights=str(weights), dim=8, depth=1, heads=2)
+    assert enc.backbone_dim == 12 and not any("token_embedding" in k for k in enc.state_dict())
+    out = enc(["a red circle", "blue"])
+    assert out.local.shape == (2, 5, 8) and out.mask.sum(1).tolist() == [5, 3]  # SOT + words + EOT
