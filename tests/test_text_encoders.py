@@ -79,7 +79,7 @@ def test_minilm_encoder_loads_offline_and_keeps_the_backbone_out_of_the_state_di
 
 
 def test_clip_encoder_glue_with_a_stand_in_open_clip(monkeypatch, tmp_path):
-    """The open_clip path against a stand-in module with open_clip's text-tower attributes (no weights here)."""
+    """The open_clip path against a stand-in with open_clip's text-tower attributes (no weights here)."""
     import importlib.machinery
     import sys
     import types
