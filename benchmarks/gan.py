@@ -68,17 +68,20 @@ def diffusion_row(name: str, resolution: int, batch: int, repeats: int, steps: i
 
 
 def truncation_sweep(
-    ckpt: str, per_class: int, psis: list[float | None], grids: str | None, standing: int
+    ckpt: str, per_class: int, psis: list[float | None], grids: str | None, standing: int, raw: bool = False
 ) -> None:
     import genzoo
     from genzoo.io import save_grid
     from genzoo.metrics.shapes_features import classifier_accuracy, load_shapes_classifier
 
-    model = genzoo.load(ckpt)
+    model = genzoo.load(ckpt, ema=not raw)
     classifier = load_shapes_classifier()
     k = int(model.config["num_classes"])
     labels = [c for c in range(k) for _ in range(per_class)]
-    print(f"{ckpt}: {k} classes x {per_class} samples, same seeds for every psi, standing stats {standing}")
+    print(
+        f"{ckpt}: {k} classes x {per_class} samples, same seeds for every psi, standing stats {standing}, "
+        f"{'raw' if raw else 'EMA'} weights"
+    )
     print(f"{'psi':>6s} {'cond. accuracy':>15s} {'feature spread':>15s} {'pixel std':>10s}")
     for psi in psis:
         images, label_t, _ = genzoo.sample(
@@ -115,12 +118,13 @@ def main() -> None:
     parser.add_argument("--psi", default="none,2,1,0.5,0.25", help="with --ckpt: truncation values")
     parser.add_argument("--standing-stats", type=int, default=0, help="with --ckpt: standing-stat batches")
     parser.add_argument("--grids", help="with --ckpt: directory for one grid per psi")
+    parser.add_argument("--raw", action="store_true", help="with --ckpt: the raw G instead of its EMA")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ckpt:
         psis = [None if p == "none" else float(p) for p in args.psi.split(",")]
-        truncation_sweep(args.ckpt, args.per_class, psis, args.grids, args.standing_stats)
+        truncation_sweep(args.ckpt, args.per_class, psis, args.grids, args.standing_stats, args.raw)
         return
     b, r = args.batch, args.repeats
     print(f"threads {torch.get_num_threads()}, batch {b}, fp32, no grad, best of {r}")
