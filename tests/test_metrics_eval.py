@@ -83,11 +83,12 @@ def classifier():
     return load_shapes_classifier()
 
 
-def test_bundled_shapes_classifier_recognises_unseen_shapes(classifier):
-    images, labels = shapes_arrays(300, seed=7)
+@pytest.mark.parametrize("res", [32, 16])
+def test_bundled_shapes_classifier_recognises_unseen_shapes(classifier, res):
+    images, labels = shapes_arrays(200, seed=7, res=res)  # seed 7: items never seen in training
     with torch.no_grad():
         logits = classifier(torch.from_numpy(images).permute(0, 3, 1, 2))["logits"]
-    assert (logits.argmax(1).numpy() == labels).mean() > 0.9
+    assert (logits.argmax(1).numpy() == labels).mean() > 0.93
     assert classifier.report["num_classes"] == 16
 
 
