@@ -1,9 +1,10 @@
 """GigaGAN on CPU: does a few minutes of training follow colour words? And how fast are G and the upsampler?
 
-    python benchmarks/gigagan.py                      # ~5 min of G training, ~2 min of upsampler training
-    python benchmarks/gigagan.py --minutes 10 --text-encoder minilm
+    python benchmarks/gigagan.py                      # 320 G steps (a few minutes idle), 2 min of upsampler
+    python benchmarks/gigagan.py --text-encoder minilm --steps 0 --minutes 10
 
-1. Trains ``--arch gigagan`` on shapes captions for ``--minutes``, then samples ``--samples`` images
+1. Trains ``--arch gigagan`` on shapes captions for ``--steps`` (a fixed amount of training, whatever
+   the machine's load; or ``--steps 0 --minutes M``), then samples ``--samples`` images
    for "a ... red <shape> ..." and as many for "a ... blue <shape> ..." prompts (same seeds, shapes
    cycling) and prints, per requested colour, the circular mean hue of the foreground pixels
    (chroma > 60/255, as the dataset's colour rule) and the fraction of samples whose colour by
@@ -70,13 +71,14 @@ def prompts_for(color: str, n: int) -> list[str]:
     ]
 
 
-def train(args: argparse.Namespace, arch: str, minutes: float, data: str, out: Path) -> Path:
+def train(args: argparse.Namespace, arch: str, minutes: float, data: str, out: Path, steps: int = 0) -> Path:
     config = {
         "family": "gan",
         "arch": arch,
         "data": data,
         "out": str(out),
-        "minutes": minutes,
+        "minutes": minutes if not steps else None,
+        "steps": steps or None,
         "batch": args.batch,
         "g_ch": args.channels,
         "d_ch": args.channels,
@@ -175,10 +177,13 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
+        "--steps", type=int, default=320, help="generator training steps (default 320; 0: --minutes)"
+    )
+    parser.add_argument(
         "--minutes",
         type=float,
         default=5.0,
-        help="generator training time (default 5; 0: throughput of an untrained one only)",
+        help="with --steps 0: generator training minutes (default 5); both 0: untrained G, throughput only",
     )
     parser.add_argument(
         "--upsampler-minutes",
@@ -207,8 +212,9 @@ def main() -> int:
     root = Path(args.out or tmp.name)
     print(f"GigaGAN benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
-    if args.minutes > 0:
-        G = genzoo.load(train(args, "gigagan", args.minutes, f"shapes:{args.resolution}", root / "gigagan"))
+    if args.steps > 0 or args.minutes > 0:
+        run = train(args, "gigagan", args.minutes, f"shapes:{args.resolution}", root / "gigagan", args.steps)
+        G = genzoo.load(run)
         colour_report(G, args.samples)
     else:  # throughput only: an untrained generator of the benchmark's size
         width = args.channels
