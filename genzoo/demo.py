@@ -123,7 +123,7 @@ def plan_demo(out_dir: str | Path, minutes: float = DEFAULT_MINUTES, resolution:
                                              teacher=str(out / "runs" / "edm"), lr=2e-4, **nets["cd"]),
                    TRAIN_SHARES["cd"], "consistency model distilled from the EDM model (CD, L2)"),
         TrainStage("biggan", "gan", dict(common, family="gan", arch="biggan", precision="fp32", d_steps=1,
-                                         g_lr=2e-4, d_lr=2e-4, ema=0.999, ema_start=200, **nets["biggan"]),
+                                         g_lr=2e-4, d_lr=2e-4, ema_halflife_kimg=1.0, **nets["biggan"]),
                    TRAIN_SHARES["biggan"], "BigGAN (class-conditional, hinge loss)"),
     ]
     if gigagan:
