@@ -54,6 +54,8 @@ def test_sampling_cd_and_ict_runs(runs, tmp_path, capsys):
     images, _, nfe = sample(model, "0-2", batch_size=2)
     again, _, _ = sample(model, "2", batch_size=1)
     assert nfe == 1 and images.shape == (3, 3, 8, 8) and torch.equal(images[2:], again)
+    low, _, _ = sample(model, "0-2", batch_size=2, precision="bf16")
+    assert (low.float() - images.float()).abs().mean() < 4  # bf16 autocast: close, in uint8 levels
     assert main(["sample", "--ckpt", str(runs / "ict"), "--seeds", "0-3", "--ts", "0,5,10", "--steps", "11",
                  "--grid", str(tmp_path / "g.png")]) == 0
     assert "NFE 2" in capsys.readouterr().out and (tmp_path / "g.png").is_file()

@@ -151,8 +151,11 @@ class ConsistencyFamily(Family):
         resolution = int(config.get("resolution") or model.resolution)
         if class_labels is None and int(getattr(model, "label_dim", 0) or 0) > 0:
             raise UserError("this consistency model is class-conditional: give class labels")
-        return sample(model, rng.randn_like, (len(rng), channels, resolution, resolution), class_labels,
-                      steps=steps, ts=ts, device=rng.device)
+        bf16 = options.get("precision") == "bf16"
+        with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16, enabled=bf16):
+            images, nfe = sample(model, rng.randn_like, (len(rng), channels, resolution, resolution),
+                                 class_labels, steps=steps, ts=ts, device=rng.device)
+        return images.float(), nfe
 
 
 FAMILY = ConsistencyFamily()
