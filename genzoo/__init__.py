@@ -38,3 +38,16 @@ def evaluate(*args: Any, **kwargs: Any):
     from genzoo.metrics import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
+
+
+_SUBMODULES = ("api", "checkpoints", "consistency", "data", "demo", "diffusion", "edit", "gan", "io",
+               "metrics", "nets", "seeds")
+
+
+def __getattr__(name: str):
+    """Import sub-packages on first use, so ``import genzoo`` stays cheap (``genzoo.edit.inpaint``...)."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'genzoo' has no attribute {name!r}")

@@ -70,3 +70,13 @@ def test_every_subcommand_has_help(capsys):
             main([name, "--help"])
         assert exit_info.value.code == 0
         assert f"usage: genzoo {name}" in capsys.readouterr().out
+
+
+def test_api_names_stay_callable_after_subpackages_are_imported():
+    import genzoo
+    import genzoo.train.engine  # noqa: F401 - importing it rebinds the attribute genzoo.train
+
+    assert callable(genzoo.train) and callable(genzoo.load) and callable(genzoo.sample)
+    assert callable(genzoo.edit.inpaint) and callable(genzoo.checkpoints.load_official)
+    with pytest.raises(UserError, match="train config: unknown keys no_such_key"):
+        genzoo.train({"no_such_key": 1})
