@@ -71,12 +71,18 @@ def load_torch_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
-        raise UserError(f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise UserError(
+            f"{path}: cannot be read as a weights-only torch file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
 
 
-def save_model_dir(path: str | Path, config: Mapping[str, Any], weights: Mapping[str, Mapping[str, torch.Tensor]],
-                   extra_files: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+def save_model_dir(
+    path: str | Path,
+    config: Mapping[str, Any],
+    weights: Mapping[str, Mapping[str, torch.Tensor]],
+    extra_files: Mapping[str, Callable[[Path], None]] | None = None,
+) -> Path:
     """Write a model directory atomically: ``config.json`` and one safetensors file per entry of
     ``weights`` (e.g. ``{"model": state_dict, "ema": state_dict}``), plus ``extra_files`` written by
     callbacks given the target path. The directory appears complete or not at all."""
@@ -86,7 +92,9 @@ def save_model_dir(path: str | Path, config: Mapping[str, Any], weights: Mapping
     try:
         write_json_atomic(tmp / "config.json", config)
         for name, state in weights.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{name}.safetensors")
+            )
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
         _fsync_dir(tmp)
@@ -115,7 +123,11 @@ def _fsync_dir(path: Path) -> None:
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoint directories of a run, oldest first (temporary ones are hidden dot-dirs)."""
     run_dir = Path(run_dir)
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in run_dir.iterdir()
+        if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -129,8 +141,10 @@ def resolve_model_dir(path: str | Path) -> Path:
     checkpoints = list_checkpoints(path)
     if checkpoints:
         return checkpoints[-1]
-    raise UserError(f"--ckpt {path}: expected a genzoo run directory (with checkpoint-NNNNNN/) or a model "
-                    "directory (config.json + model.safetensors)")
+    raise UserError(
+        f"--ckpt {path}: expected a genzoo run directory (with checkpoint-NNNNNN/) or a model "
+        "directory (config.json + model.safetensors)"
+    )
 
 
 def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -139,17 +153,29 @@ def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatch = next(((k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
-                     if k in state and tuple(state[k].shape) != tuple(v.shape)), None)
+    mismatch = next(
+        (
+            (k, tuple(state[k].shape), tuple(v.shape))
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ),
+        None,
+    )
     if missing or unexpected or mismatch:
         parts = []
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+            parts.append(
+                f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+            )
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
-                         f"{' ...' if len(unexpected) > 8 else ''}")
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
+                f"{' ...' if len(unexpected) > 8 else ''}"
+            )
         if mismatch:
-            parts.append(f"first shape mismatch: {mismatch[0]} is {mismatch[1]} in the file, {mismatch[2]} in the model")
+            parts.append(
+                f"first shape mismatch: {mismatch[0]} is {mismatch[1]} in the file, {mismatch[2]} in the model"
+            )
         raise UserError(f"{source}: does not match the model; " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
 
@@ -167,7 +193,10 @@ class OfficialSource:
     #: preset name -> the source's config flags
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: (module, flags) -> (genzoo config.json, {"model": state_dict}) for `genzoo convert`
-    to_genzoo: Callable[[nn.Module, dict[str, Any]], tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]] | None = None
+    to_genzoo: (
+        Callable[[nn.Module, dict[str, Any]], tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]]
+        | None
+    ) = None
     #: optional: guess a preset from a state dict (for error hints)
     guess_preset: Callable[[Mapping[str, torch.Tensor]], str | None] | None = None
 
@@ -207,12 +236,18 @@ def resolve_flags(source: OfficialSource, preset: str | None, flags: Mapping[str
     if preset is None:
         return dict(flags)
     if preset not in source.presets:
-        raise UserError(f"--preset: unknown preset {preset!r} for {source.name}; valid: {', '.join(sorted(source.presets))}")
+        raise UserError(
+            f"--preset: unknown preset {preset!r} for {source.name}; valid: {', '.join(sorted(source.presets))}"
+        )
     return {**source.presets[preset], **flags}
 
 
-def load_official(source: str, path_or_state_dict: str | Path | Mapping[str, torch.Tensor], preset: str | None = None,
-                  **flags: Any) -> nn.Module:
+def load_official(
+    source: str,
+    path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
+    preset: str | None = None,
+    **flags: Any,
+) -> nn.Module:
     """Load an official released checkpoint into a module with the public code's ``forward``.
 
     ``source`` names the format (e.g. ``guided-diffusion``), ``preset`` a released configuration,

@@ -11,16 +11,25 @@ ORDER = 30
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("sample", help="generate images from a run, checkpoint or converted model",
-                                   description="Generate one image per seed; the image for a seed does not "
-                                               "depend on the batch size.")
-    parser.add_argument("--ckpt", required=True, help="run directory, checkpoint directory or converted model")
+    parser = subparsers.add_parser(
+        "sample",
+        help="generate images from a run, checkpoint or converted model",
+        description="Generate one image per seed; the image for a seed does not depend on the batch size.",
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="run directory, checkpoint directory or converted model"
+    )
     parser.add_argument("--seeds", default="0-63", help="seeds, e.g. 0-63,100 (default 0-63)")
     parser.add_argument("--out", help="ADM sample file to write (.npz: arr_0 uint8 NHWC, arr_1 labels)")
     parser.add_argument("--grid", help="PNG grid to write")
     parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--class", dest="class_label", type=int, action="append",
-                        help="class label for every image (repeat for one per seed); default: drawn from the seed")
+    parser.add_argument(
+        "--class",
+        dest="class_label",
+        type=int,
+        action="append",
+        help="class label for every image (repeat for one per seed); default: drawn from the seed",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
     for name in family_names():
@@ -36,21 +45,33 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.grid:
         raise UserError("sample: give --out FILE.npz and/or --grid FILE.png")
     model = load(args.ckpt, ema=not args.raw, device=args.device)
-    options = {k: v for k, v in vars(args).items()
-               if k not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}}
+    options = {
+        k: v
+        for k, v in vars(args).items()
+        if k
+        not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}
+    }
     writer = NpzWriter(args.out) if args.out else None
     start = time.perf_counter()
     try:
-        images, labels, nfe = sample(model, args.seeds, class_labels=args.class_label, batch_size=args.batch,
-                                     device=args.device,
-                                     on_batch=(lambda im, lab, _: writer.write(im, lab)) if writer else None,
-                                     **options)
+        images, labels, nfe = sample(
+            model,
+            args.seeds,
+            class_labels=args.class_label,
+            batch_size=args.batch,
+            device=args.device,
+            on_batch=(lambda im, lab, _: writer.write(im, lab)) if writer else None,
+            **options,
+        )
     finally:
         if writer is not None:
             writer.close()
     seconds = time.perf_counter() - start
     if args.grid:
         save_grid(images, args.grid)
-    print(f"{len(images)} images, NFE {nfe} per image, {len(images) / seconds:.2f} images/s"
-          + (f", wrote {args.out}" if args.out else "") + (f", grid {args.grid}" if args.grid else ""))
+    print(
+        f"{len(images)} images, NFE {nfe} per image, {len(images) / seconds:.2f} images/s"
+        + (f", wrote {args.out}" if args.out else "")
+        + (f", grid {args.grid}" if args.grid else "")
+    )
     return 0

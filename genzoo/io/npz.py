@@ -21,7 +21,7 @@ from genzoo.io.images import _as_nhwc_uint8
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """A version-1.0 ``.npy`` header for a C-ordered array (NumPy format spec)."""
     descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
-    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
     # Total header length (magic 6 + version 2 + length 2 + text + newline) is a multiple of 64.
     padding = 64 - (10 + len(text) + 1) % 64
     text = text + " " * padding + "\n"
@@ -46,7 +46,9 @@ class NpzWriter:
         self._shape: tuple[int, int, int] | None = None
         self.count = 0
 
-    def write(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | None = None) -> None:
+    def write(
+        self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | None = None
+    ) -> None:
         """Append a batch: float NCHW in [-1,1] / uint8 NCHW tensors, or uint8 NHWC arrays."""
         batch = _as_nhwc_uint8(images)
         if self._shape is None:
