@@ -174,7 +174,8 @@ def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source
             )
         if mismatch:
             parts.append(
-                f"first shape mismatch: {mismatch[0]} is {mismatch[1]} in the file, {mismatch[2]} in the model"
+                f"first shape mismatch: {mismatch[0]} is {mismatch[1]} in the file, "
+                f"{mismatch[2]} in the model"
             )
         raise UserError(f"{source}: does not match the model; " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
@@ -237,7 +238,8 @@ def resolve_flags(source: OfficialSource, preset: str | None, flags: Mapping[str
         return dict(flags)
     if preset not in source.presets:
         raise UserError(
-            f"--preset: unknown preset {preset!r} for {source.name}; valid: {', '.join(sorted(source.presets))}"
+            f"--preset: unknown preset {preset!r} for {source.name}; "
+            f"valid: {', '.join(sorted(source.presets))}"
         )
     return {**source.presets[preset], **flags}
 
