@@ -148,6 +148,9 @@ def plot_quality_vs_cost(records: list[dict[str, Any]], quality: str, cost: str,
     xs = [x for x, _, _ in points]
     if min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
+    ys = [y for _, y, _ in points]
+    if min(ys) > 0 and max(ys) / min(ys) > 20:  # e.g. FD from a few sampler steps next to a good model's
+        ax.set_yscale("log")
     features = _features(records)
     ax.set_xlabel(
         metric_label(cost) + (" (lower is better)" if cost in LOWER_IS_BETTER else " (higher is better)")
