@@ -247,6 +247,21 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
+def _latent_condition(
+    G: nn.Module,
+    z: torch.Tensor,
+    class_labels: torch.Tensor | None,
+    class_embedding: torch.Tensor | None,
+    name: str,
+) -> torch.Tensor:
+    """Check the latents' shape; the class embedding given, or the shared embedding of the labels."""
+    if z.ndim != 2 or z.shape[1] != G.z_dim:
+        raise UserError(f"{name}: expected latents [N, {G.z_dim}], got {tuple(z.shape)}")
+    if class_embedding is not None:
+        return class_embedding
+    return _embed_classes(G.shared, class_labels, z.shape[0], z.device)
+
+
 def _embed_classes(
     shared: nn.Embedding, class_labels: torch.Tensor | None, n: int, device: torch.device
 ) -> torch.Tensor:
@@ -427,13 +442,7 @@ class BigGANGenerator(_GeneratorBase):
         truncation: float | None = None,
         class_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise UserError(f"BigGAN: expected latents [N, {self.z_dim}], got {tuple(z.shape)}")
-        y = (
-            class_embedding
-            if class_embedding is not None
-            else _embed_classes(self.shared, class_labels, z.shape[0], z.device)
-        )
+        y = _latent_condition(self, z, class_labels, class_embedding, "BigGAN")
         first, conds = self.block_conditions(z, y)
         h = self.linear(first).view(z.shape[0], -1, self.bottom_width, self.bottom_width)
         for layers, cond in zip(self.blocks, conds):
@@ -659,13 +668,7 @@ class BigGANDeepGenerator(_GeneratorBase):
         truncation: float | None = None,
         class_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise UserError(f"BigGAN-deep: expected latents [N, {self.z_dim}], got {tuple(z.shape)}")
-        y = (
-            class_embedding
-            if class_embedding is not None
-            else _embed_classes(self.shared, class_labels, z.shape[0], z.device)
-        )
+        y = _latent_condition(self, z, class_labels, class_embedding, "BigGAN-deep")
         cond = torch.cat([z, y], dim=1)
         h = self.linear(cond).view(z.shape[0], -1, self.bottom_width, self.bottom_width)
         for layer in self.layers:
