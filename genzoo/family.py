@@ -65,8 +65,17 @@ def get_family(name: str) -> Family:
 
 
 def add_argument_once(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
-    """``parser.add_argument`` unless another family already added the same flag."""
-    existing = {opt for action in parser._actions for opt in action.option_strings}
-    if existing.intersection(flags):
-        return
+    """``parser.add_argument`` unless another family already added the same flag.
+
+    A flag two families share with different ``choices`` (``--loss``: edm, vp, ... and hinge, ns) accepts
+    the union; each family checks the value it gets.
+    """
+    for action in parser._actions:
+        if set(action.option_strings).intersection(flags):
+            choices = kwargs.get("choices")
+            if choices is not None and action.choices is not None:
+                action.choices = list(dict.fromkeys([*action.choices, *choices]))
+                if kwargs.get("help") and action.help and kwargs["help"] not in action.help:
+                    action.help = f"{action.help}; {kwargs['help']}"
+            return
     parser.add_argument(*flags, **kwargs)

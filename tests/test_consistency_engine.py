@@ -69,3 +69,36 @@ def test_cd_without_teacher_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="--teacher"):
         train({**FLAGS, "mode": "cd", "out": str(tmp_path / "x")})
+
+
+def test_cd_teacher_guidance_distils_the_guided_teacher(runs, tmp_path):
+    from types import SimpleNamespace
+
+    from genzoo.api import load
+    from genzoo.consistency.family import FAMILY
+    from genzoo.diffusion.guidance import ClassifierFreeGuidance
+    from genzoo.errors import UserError
+
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": {**TEACHER_NET, "label_dim": 4},
+              "precond": "edm", "resolution": 8, "channels": 3, "num_classes": 4, "sampled_player": "net"}
+    torch.manual_seed(1)
+    teacher = build_diffusion_model(config)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(tmp_path / "teacher", config, {"model": weights})
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=4)
+    objective = FAMILY.build_objective({"mode": "cd", "teacher": str(tmp_path / "teacher"),
+                                        "teacher_guidance": 3.0}, data)
+    assert isinstance(objective.teacher, ClassifierFreeGuidance) and objective.teacher.scale == 3.0
+    plain = load(tmp_path / "teacher")
+    x, sigma, y = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 2.0]), torch.tensor([1, 3])
+    null = torch.full_like(y, 4)
+    expected = plain(x, sigma, null) + 3.0 * (plain(x, sigma, y) - plain(x, sigma, null))
+    torch.testing.assert_close(objective.teacher(x, sigma, y), expected, rtol=1e-4, atol=1e-5)
+    unguided = FAMILY.build_objective({"mode": "cd", "teacher": str(tmp_path / "teacher")}, data)
+    assert not isinstance(unguided.teacher, ClassifierFreeGuidance)
+    with pytest.raises(UserError, match="--teacher-guidance"):
+        FAMILY.build_objective({"mode": "cd", "teacher": str(runs / "teacher"), "teacher_guidance": 2.0},
+                               SimpleNamespace(resolution=8, num_channels=3, num_classes=0))

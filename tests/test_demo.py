@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genzoo.demo import DONE_FILE, plan_demo, run_demo
+from genzoo.demo import DONE_FILE, GUIDANCE, plan_demo, run_demo
 from genzoo.errors import UserError
 from genzoo.metrics.record import LABELS, read_metrics
 
@@ -66,8 +66,9 @@ class _Page(HTMLParser):
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     printed: list[str] = []
+    # lanes=True: the training runs go through the two worker processes the default demo uses
     result = run_demo(out, minutes=1, tiny=True, train_steps=STEPS, num_samples=SAMPLES, threads=1,
-                      log=printed.append)
+                      lanes=True, log=printed.append)
     return out, result, printed
 
 
@@ -105,7 +106,7 @@ def test_report_structure(demo):
     commands = "\n".join(page.pres)
     for stage in plan.evals:
         assert f"--model {stage.name} " in commands
-    assert "genzoo sample --ckpt" in commands and "--guidance 2.0" in commands
+    assert "genzoo sample --ckpt" in commands and f"--guidance {GUIDANCE}" in commands
     assert commands.count("genzoo train --family") == len(plan.train)
 
 
@@ -196,7 +197,8 @@ def test_rerun_skips_finished_stages_and_resumes_training(demo, capsys):
     (out / "runs" / "edm" / DONE_FILE).unlink()
     for stage_dir in out.glob("evals/edm-*"):
         (stage_dir / "metrics.json").unlink()
-    run_demo(out, minutes=1, tiny=True, train_steps=STEPS + 1, num_samples=SAMPLES, threads=1, log=None)
+    run_demo(out, minutes=1, tiny=True, train_steps=STEPS + 1, num_samples=SAMPLES, threads=1, lanes=False,
+             log=None)
     err = capsys.readouterr().err
     assert f"edm: resuming at step {STEPS}" in err
     last = sorted((out / "runs" / "edm").glob("checkpoint-*"))[-1]

@@ -57,6 +57,40 @@ def test_unet_shapes_and_conditioning():
     torch.testing.assert_close(net(x, torch.tensor([0.2])), net(x, torch.full((3,), 0.2)))
 
 
+def test_adaptive_scale_block_is_adm_scale_shift_norm():
+    """adaptive_scale: h = SiLU(GN(conv0(...))·(1 + s) + b) with (s, b) = Linear(emb), as in ADM."""
+    import math
+
+    import torch.nn.functional as F
+
+    from genzoo.nets.unet import ResBlock
+
+    torch.manual_seed(0)
+    block = randomize(ResBlock(8, 8, emb_ch=6, adaptive_scale=True))
+    assert block.affine.out_features == 16 and ResBlock(8, 8, emb_ch=6).affine.out_features == 8
+    x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 6)
+    scale, shift = block.affine(emb)[:, :, None, None].chunk(2, dim=1)
+    h = block.conv0(F.silu(block.norm0(x)))
+    h = F.silu(block.norm1(h) * (1 + scale) + shift)
+    expected = (block.conv1(h) + x) * math.sqrt(0.5)
+    torch.testing.assert_close(block(x, emb), expected)
+    # the flag reaches the network from the train config
+    config, obj = objective(adaptive_scale=True)
+    assert config["net"]["adaptive_scale"] is True
+    first = obj.players["net"].model.encoder[0]
+    assert first.adaptive_scale and first.affine.out_features == 2 * first.conv0.out_channels
+
+
+def test_edm_loss_noise_distribution_flags():
+    _, obj = objective()
+    assert (obj.loss_fn.P_mean, obj.loss_fn.P_std) == (-1.2, 1.2)
+    _, obj = objective(p_mean=-0.4, p_std=1.0)
+    assert (obj.loss_fn.P_mean, obj.loss_fn.P_std) == (-0.4, 1.0)
+    torch.manual_seed(0)
+    log_sigma = obj.loss_fn.sample_sigma(20000, torch.device("cpu")).log()
+    assert abs(float(log_sigma.mean()) + 0.4) < 0.03 and abs(float(log_sigma.std()) - 1.0) < 0.03
+
+
 def dataset():
     return SimpleNamespace(resolution=8, num_channels=3, num_classes=4)
 
@@ -104,7 +138,9 @@ def test_sample_defaults_seeds_and_options(tmp_path):
     alone = torch.cat([FAMILY.sample(model, StackedRandomGenerator("cpu", [s]), labels[i:i + 1], opts)[0]
                        for i, s in enumerate([5, 6, 7])])
     assert nfe == 7
-    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+    # float32 convolutions round differently per batch size (and with the kernels torch picked
+    # earlier); 3e-5 is far below one uint8 level of the saved image (2/255).
+    torch.testing.assert_close(together, alone, rtol=0, atol=3e-5)
     assert set(EDM_SAMPLERS) <= set(SAMPLERS)
     for name in EDM_SAMPLERS:
         out, nfe = FAMILY.sample(model, StackedRandomGenerator("cpu", [1]), labels[:1],

@@ -46,6 +46,30 @@ def test_add_argument_once_skips_a_flag_already_added():
     assert parser.parse_args([]).steps == 3
 
 
+def test_a_flag_shared_with_different_choices_accepts_each_familys_values():
+    parser = argparse.ArgumentParser()
+    add_argument_once(parser, "--loss", choices=["edm", "vp"], help="diffusion loss")
+    add_argument_once(parser, "--loss", choices=["hinge", "ns"], help="GAN loss")
+    assert parser.parse_args(["--loss", "ns"]).loss == "ns"
+    assert parser.parse_args(["--loss", "vp"]).loss == "vp"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--loss", "l2"])
+    # the real train parser: the GAN's loss names parse, and the diffusion family refuses them itself
+    from genzoo.train.config import add_train_arguments
+
+    train_parser = argparse.ArgumentParser()
+    add_train_arguments(train_parser)
+    assert train_parser.parse_args(["--loss", "ns"]).loss == "ns"
+    from types import SimpleNamespace
+
+    from genzoo.errors import UserError
+
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=0)
+    with pytest.raises(UserError, match="--loss"):
+        get_family("diffusion").build_objective({"family": "diffusion", "loss": "ns", "model_channels": 8,
+                                                 "channel_mult": "1,2", "num_blocks": 1}, data)
+
+
 def test_cli_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
     code = main(["sample", "--ckpt", str(tmp_path / "missing"), "--grid", str(tmp_path / "g.png")])
     err = capsys.readouterr().err.strip().splitlines()

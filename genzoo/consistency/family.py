@@ -20,6 +20,7 @@ from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.consistency.objective import MODES, SOLVERS, ConsistencyObjective
 from genzoo.consistency.sampling import parse_ts, sample
+from genzoo.diffusion.guidance import ClassifierFreeGuidance
 from genzoo.errors import UserError
 from genzoo.family import Family, add_argument_once
 from genzoo.seeds import StackedRandomGenerator
@@ -56,6 +57,17 @@ def _fresh_network(config: dict[str, Any], dataset: Any) -> tuple[str, dict[str,
     return network_config(config, dataset)
 
 
+def _guided_teacher(teacher: nn.Module, config: dict[str, Any], path: str) -> nn.Module:
+    """The teacher with classifier-free guidance at ``--teacher-guidance`` w (unchanged for w = 1)."""
+    scale = config.get("teacher_guidance")
+    if scale is None or float(scale) == 1.0:
+        return teacher
+    if not int(getattr(teacher, "label_dim", 0) or 0):
+        raise UserError(f"--teacher-guidance: the teacher {path} is not class-conditional; classifier-free "
+                        "guidance needs class labels")
+    return ClassifierFreeGuidance(teacher, float(scale))
+
+
 class ConsistencyFamily(Family):
     name = "consistency"
 
@@ -82,6 +94,9 @@ class ConsistencyFamily(Family):
         add("--sigma-data", type=float, default=None,
             help=f"data standard deviation σ_data (default {SIGMA_DATA}, or the teacher's)")
         add("--teacher-solver", choices=SOLVERS, default="heun", help="CD: ODE step of the teacher (heun)")
+        add("--teacher-guidance", type=float, default=None,
+            help="CD: classifier-free guidance scale w of the teacher's ODE step (default 1 = none); the "
+                 "student learns the guided teacher's trajectories (guided distillation)")
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_argument_once(parser, "--steps", type=int, default=None,
@@ -111,6 +126,7 @@ class ConsistencyFamily(Family):
             network = copy.deepcopy(teacher.model)  # the student starts from the teacher (CM, Sec. 5)
             if config.get("sigma_data") is None:
                 config["sigma_data"] = float(getattr(teacher, "sigma_data", SIGMA_DATA))
+            teacher = _guided_teacher(teacher, config, teacher_path)
         else:
             arch, net_config = _fresh_network(config, dataset)
             network = nets.build(arch, **net_config)

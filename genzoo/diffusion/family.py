@@ -42,7 +42,8 @@ def _ddpmpp_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, An
                 num_blocks=int(config.get("num_blocks") or 2),
                 attn_resolutions=([int(r) for r in str(attn).split(",") if r] if attn is not None
                                   else [res // 2]),
-                dropout=float(config.get("dropout") or 0.0))
+                dropout=float(config.get("dropout") or 0.0),
+                **({"adaptive_scale": True} if config.get("adaptive_scale") else {}))
 
 
 #: arch name -> function(config, base kwargs) -> the network's constructor kwargs. ``base`` holds
@@ -191,6 +192,15 @@ def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: to
     return images.to(torch.float32).clamp(-1, 1), counter.nfe
 
 
+def _edm_loss_kwargs(config: dict[str, Any], denoiser: Denoiser) -> dict[str, Any]:
+    """σ_data from the denoiser; P_mean and P_std from --p-mean / --p-std when given (EDM: −1.2, 1.2)."""
+    kwargs: dict[str, Any] = {"sigma_data": denoiser.sigma_data}
+    for key, name in (("p_mean", "P_mean"), ("p_std", "P_std")):
+        if config.get(key) is not None:
+            kwargs[name] = float(config[key])
+    return kwargs
+
+
 class DiffusionFamily(Family):
     name = "diffusion"
 
@@ -205,6 +215,10 @@ class DiffusionFamily(Family):
             help="probability of training on the null label, for classifier-free guidance (default 0.1 "
                  "for class-conditional data)")
         add("--uncond", action="store_true", default=None, help="ignore the data's class labels")
+        add("--p-mean", type=float, default=None,
+            help="EDM loss: mean of ln σ during training (default −1.2, EDM Table 1)")
+        add("--p-std", type=float, default=None,
+            help="EDM loss: standard deviation of ln σ during training (default 1.2)")
         add("--augment", type=float, default=None,
             help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
         add("--model-channels", type=int, default=None,
@@ -214,6 +228,9 @@ class DiffusionFamily(Family):
         add("--attn-res", default=None,
             help="ddpmpp: resolutions with self-attention, e.g. 16 (default res/2)")
         add("--dropout", type=float, default=None, help="dropout probability (default 0)")
+        add("--adaptive-scale", action="store_true", default=None,
+            help="ddpmpp: the embedding scales and shifts each block's normalised features (ADM's "
+                 "scale-shift norm) instead of adding a bias before the norm")
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("diffusion sampling")
@@ -248,7 +265,7 @@ class DiffusionFamily(Family):
         config.update(arch=arch, net=net_config, precond=precond, loss=loss_name,
                       label_dropout=label_dropout, augment=augment, lr=float(config.get("lr") or DEFAULT_LR))
         denoiser = build_diffusion_model(config)
-        loss = build_loss(loss_name, **({"sigma_data": denoiser.sigma_data} if loss_name == "edm" else {}))
+        loss = build_loss(loss_name, **(_edm_loss_kwargs(config, denoiser) if loss_name == "edm" else {}))
         return DiffusionObjective(denoiser, loss, lr=config["lr"], label_dropout=label_dropout,
                                   augment_pipe=AugmentPipe(p=augment) if augment > 0 else None)
 

@@ -40,15 +40,18 @@ def _zero(module: nn.Module) -> nn.Module:
 
 class ResBlock(nn.Module):
     """GroupNorm → SiLU → (resample) → conv, + embedding, GroupNorm → SiLU → dropout → conv, (skip)·√½;
-    then optional self-attention."""
+    then optional self-attention. With ``adaptive_scale`` the embedding gives a scale and a shift applied
+    after the second GroupNorm (ADM's scale-shift norm) instead of a bias added before it."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_ch: int, resample: str | None = None,
-                 attention: bool = False, dropout: float = 0.0, channels_per_head: int = 64):
+                 attention: bool = False, dropout: float = 0.0, channels_per_head: int = 64,
+                 adaptive_scale: bool = False):
         super().__init__()
         self.resample = resample
+        self.adaptive_scale = bool(adaptive_scale)
         self.norm0 = _norm(in_ch)
         self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.affine = nn.Linear(emb_ch, out_ch)
+        self.affine = nn.Linear(emb_ch, out_ch * (2 if adaptive_scale else 1))
         self.norm1 = _norm(out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv1 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -69,7 +72,12 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         orig = self._resample(x)
         x = self.conv0(self._resample(F.silu(self.norm0(x))))
-        x = F.silu(self.norm1(x + self.affine(emb)[:, :, None, None].to(x.dtype)))
+        params = self.affine(emb)[:, :, None, None].to(x.dtype)
+        if self.adaptive_scale:
+            scale, shift = params.chunk(2, dim=1)
+            x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+        else:
+            x = F.silu(self.norm1(x + params))
         x = self.conv1(self.dropout(x))
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * math.sqrt(0.5)
         if self.num_heads:
@@ -88,7 +96,7 @@ class DDPMppUNet(nn.Module):
     def __init__(self, resolution: int = 32, in_channels: int = 3, out_channels: int | None = None,
                  label_dim: int = 0, model_channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2),
                  num_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.0,
-                 augment_dim: int = 0, channels_per_head: int = 64):
+                 augment_dim: int = 0, channels_per_head: int = 64, adaptive_scale: bool = False):
         super().__init__()
         self.resolution, self.in_channels = int(resolution), int(in_channels)
         self.out_channels = int(out_channels or in_channels)
@@ -99,7 +107,8 @@ class DDPMppUNet(nn.Module):
         self.augment_embed = nn.Linear(self.augment_dim, noise_ch, bias=False) if self.augment_dim else None
         self.map0, self.map1 = nn.Linear(noise_ch, emb_ch), nn.Linear(emb_ch, emb_ch)
 
-        blk = dict(emb_ch=emb_ch, dropout=dropout, channels_per_head=channels_per_head)
+        blk = dict(emb_ch=emb_ch, dropout=dropout, channels_per_head=channels_per_head,
+                   adaptive_scale=adaptive_scale)
         attn = {int(r) for r in attn_resolutions}
         self.conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
         self.encoder = nn.ModuleList()
