@@ -27,6 +27,8 @@ def runs(tmp_path_factory):
     save_model_dir(root / "teacher", config, {"model": weights})
     train({**FLAGS, "teacher": str(root / "teacher"), "out": str(root / "cd"), "num_scales": 10})
     train({**FLAGS, "mode": "ict", "arch": "ddpmpp", "model_channels": 32, "out": str(root / "ict")})
+    train({**FLAGS, "teacher": str(root / "teacher"), "out": str(root / "cd_gan"), "num_scales": 4,
+           "teacher_steps": 2, "gan_weight": 1.0, "d_ch": 4})
     return root
 
 
@@ -61,6 +63,28 @@ def test_sampling_cd_and_ict_runs(runs, tmp_path, capsys):
     assert "NFE 2" in capsys.readouterr().out and (tmp_path / "g.png").is_file()
     config = json.loads((runs / "ict" / "checkpoint-000002" / "config.json").read_text())
     assert config["mode"] == "ict" and config["distance"] == "pseudo-huber" and config["s1"] == 1280
+
+
+def test_adversarial_cd_saves_d_beside_the_student_and_resumes(runs):
+    from genzoo.api import load, sample
+    from genzoo.consistency import ConsistencyModel
+    from genzoo.train.engine import train
+
+    ckpt = runs / "cd_gan" / "checkpoint-000002"
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["gan_weight"] == 1.0 and config["teacher_steps"] == 2
+    assert (config["d_ch"], config["d_lr"], config["r1_gamma"]) == (4, 2e-3, 0.1)  # resolved defaults
+    weights = load_safetensors(ckpt / "model.safetensors")
+    assert any(k.startswith("D.") for k in weights) and any(k.startswith("net.") for k in weights)
+    log = [json.loads(line) for line in (runs / "cd_gan" / "metrics.jsonl").read_text().splitlines()]
+    assert any("G/adaptive_weight" in row and "D/r1" in row for row in log)
+    model = load(runs / "cd_gan")  # the student only
+    assert isinstance(model, ConsistencyModel)
+    assert sample(model, "0-1", batch_size=2)[0].shape == (2, 3, 8, 8)
+    train({**FLAGS, "teacher": str(runs / "teacher"), "out": str(runs / "cd_gan"), "num_scales": 4,
+           "teacher_steps": 2, "gan_weight": 1.0, "d_ch": 4, "steps": 3, "resume": True})
+    resumed = load_safetensors(runs / "cd_gan" / "checkpoint-000003" / "model.safetensors")
+    assert set(resumed) == set(weights)
 
 
 def test_cd_without_teacher_is_a_user_error(tmp_path):
@@ -102,3 +126,15 @@ def test_cd_teacher_guidance_distils_the_guided_teacher(runs, tmp_path):
     with pytest.raises(UserError, match="--teacher-guidance"):
         FAMILY.build_objective({"mode": "cd", "teacher": str(runs / "teacher"), "teacher_guidance": 2.0},
                                SimpleNamespace(resolution=8, num_channels=3, num_classes=0))
+
+
+def test_cli_flags_of_the_teacher_solver_and_the_adversarial_term():
+    from genzoo.cli import build_parser
+    from genzoo.cli.train import config_from_args
+
+    argv = ["train", "--family", "consistency", "--mode", "cd", "--teacher", "t", "--data", "shapes:16",
+            "--out", "o", "--num-scales", "4", "--teacher-steps", "3", "--gan-weight", "0.5", "--d-ch", "16",
+            "--d-lr", "1e-3", "--r1-gamma", "0.2"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config["num_scales"], config["teacher_steps"], config["gan_weight"]) == (4, 3, 0.5)
+    assert (config["d_ch"], config["d_lr"], config["r1_gamma"]) == (16, 1e-3, 0.2)

@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from genzoo.consistency import ConsistencyModel
-from genzoo.consistency.objective import ConsistencyObjective, teacher_ode_step
+from genzoo.consistency.model import karras_index_sigmas
+from genzoo.consistency.objective import ConsistencyObjective, teacher_ode_solve, teacher_ode_step
 from genzoo.diffusion.analytic import AnalyticDenoiser, GaussianMixture, random_mixture
 from genzoo.errors import UserError
 from genzoo.train.objective import Batch
@@ -81,6 +82,74 @@ def test_heun_step_of_the_exact_teacher_follows_the_closed_form_flow():
     euler = teacher_ode_step(AnalyticDenoiser(mix), x, sigma, sigma_next, solver="euler")
     heun_err, euler_err = (heun - exact).abs().max(), (euler - exact).abs().max()
     assert heun_err < 1e-4 and heun_err < euler_err / 5
+
+
+def test_teacher_substeps_follow_the_refined_karras_grid():
+    cov = torch.diag(torch.tensor([0.3, 0.05])).unsqueeze(0)
+    mix = GaussianMixture(torch.zeros(1, 2), cov, shape=(2, 1, 1))
+    teacher = AnalyticDenoiser(mix)
+    coarse, fine = karras_index_sigmas(4), karras_index_sigmas(3 * 3 + 1)  # 3 substeps per interval
+    assert torch.allclose(coarse, fine[::3])
+    n = torch.tensor([0, 1, 2, 1])  # per-sample intervals of the coarse grid
+    x = torch.randn(4, 2, 1, 1, dtype=torch.float64) * coarse[n].reshape(-1, 1, 1, 1)
+    solved = teacher_ode_solve(teacher, x, coarse[n], coarse[n + 1], steps=3)
+    chained = x
+    for k in range(3):
+        chained = teacher_ode_step(teacher, chained, fine[3 * n + k], fine[3 * n + k + 1])
+    torch.testing.assert_close(solved, chained)
+    exact = torch.cat([mix.flow(x[i:i + 1], float(coarse[j]), float(coarse[j + 1])) for i, j in enumerate(n)])
+    one = teacher_ode_solve(teacher, x, coarse[n], coarse[n + 1], steps=1)
+    assert (solved - exact).abs().max() < (one - exact).abs().max() / 4
+    with pytest.raises(UserError, match="--teacher-steps"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "cd", teacher, teacher_steps=0)
+
+
+class PointD(nn.Module):
+    """A discriminator on [N, 2, 1, 1] points with the (x, class_labels) signature of BigGAN's."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 32), nn.SiLU(), nn.Linear(32, 1))
+
+    def forward(self, x, class_labels):
+        return self.body(x.flatten(1)).squeeze(1)
+
+
+def test_adversarial_term_trains_d_and_matches_the_consistency_gradient_at_the_last_layer():
+    torch.manual_seed(0)
+    mix = _mixture()
+    student = ConsistencyModel(MLP())
+    objective = ConsistencyObjective(student, "cd", AnalyticDenoiser(mix), num_scales=10,
+                                     discriminator=PointD(), gan_weight=0.5, d_lr=1e-3, r1_gamma=0.1)
+    assert objective.schedule() == [("D", 1), ("net", 1)]
+    d_spec = objective.optimizer_specs()["D"]
+    assert d_spec.betas == (0.0, 0.99) and d_spec.lr == 1e-3
+    assert objective.last_layer() is student.model.body[-1].weight
+    batch = _batch(mix, 64, torch.Generator().manual_seed(0))
+    d_result = objective.loss("D", batch, 0)
+    d_result.loss.backward()
+    assert "D/r1" in d_result.logs and all(p.grad is None for p in student.parameters())
+    assert all(p.grad is not None for p in objective.players["D"].parameters())
+    objective.zero_grad(set_to_none=True)
+    result = objective.loss("net", batch, 0)
+    logs = result.logs
+    expected = logs["distance"] + 0.5 * logs["G/adaptive_weight"] * logs["G/adv"]
+    assert float(result.loss.detach()) == pytest.approx(expected, rel=1e-5)
+    result.loss.backward()
+    assert all(p.grad is None for p in objective.players["D"].parameters())  # D is frozen in the net's step
+    # the adaptive weight w makes λ·w·ns_G pull on the last layer as hard as λ times the consistency loss
+    x = torch.randn(16, 2, 1, 1)
+    out = student(x * 2.0, torch.full((16,), 2.0))
+    consistency = (out - x).square().mean()
+    term = objective._adversarial_term(consistency, out, None, {})
+    last = objective.last_layer()
+    g_term = torch.autograd.grad(term, last, retain_graph=True)[0]
+    g_cons = torch.autograd.grad(consistency, last, retain_graph=True)[0].norm()
+    adversarial = nn.functional.softplus(-objective.players["D"](out, None)).mean()  # ns_G
+    g_adv = torch.autograd.grad(adversarial, last)[0].norm()
+    assert float(g_term.norm()) == pytest.approx(float(0.5 * g_cons * g_adv / (g_adv + 1e-4)), rel=1e-4)
+    with pytest.raises(UserError, match="--gan-weight"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "cd", AnalyticDenoiser(mix), gan_weight=1.0)
 
 
 def test_target_uses_the_students_dropout_mask_and_follows_mu():

@@ -28,6 +28,8 @@ from genzoo.seeds import StackedRandomGenerator
 DEFAULT_LR = 1e-4
 #: the CD grid size (Consistency Models: N = 18 on CIFAR-10, 40 on ImageNet-64 and LSUN)
 DEFAULT_NUM_SCALES = 18
+#: the adversarial term's discriminator (``--gan-weight``): width, lr and R1 weight (StyleGAN2-style)
+DEFAULT_D_CH, DEFAULT_D_LR, DEFAULT_R1_GAMMA = 32, 2e-3, 0.1
 
 
 def _model_kwargs(config: dict[str, Any]) -> dict[str, float]:
@@ -68,6 +70,22 @@ def _guided_teacher(teacher: nn.Module, config: dict[str, Any], path: str) -> nn
     return ClassifierFreeGuidance(teacher, float(scale))
 
 
+def _adversarial(config: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """The discriminator and its settings for ``--gan-weight`` (resolved into ``config`` for resuming)."""
+    weight = float(config.get("gan_weight") or 0.0)
+    if weight <= 0:
+        return {}
+    for key, default in (("d_ch", DEFAULT_D_CH), ("d_lr", DEFAULT_D_LR), ("r1_gamma", DEFAULT_R1_GAMMA)):
+        if config.get(key) is None:
+            config[key] = default
+    num_classes = int(getattr(dataset, "num_classes", 0) or 0)
+    channels = int(getattr(dataset, "num_channels", 3))
+    D = nets.build("biggan-d", resolution=int(dataset.resolution), channels=channels,
+                   ch=int(config["d_ch"]), num_classes=max(num_classes, 1), attn_res=[])
+    return dict(discriminator=D, gan_weight=weight, d_lr=float(config["d_lr"]),
+                r1_gamma=float(config["r1_gamma"]))
+
+
 class ConsistencyFamily(Family):
     name = "consistency"
 
@@ -94,6 +112,14 @@ class ConsistencyFamily(Family):
         add("--sigma-data", type=float, default=None,
             help=f"data standard deviation σ_data (default {SIGMA_DATA}, or the teacher's)")
         add("--teacher-solver", choices=SOLVERS, default="heun", help="CD: ODE step of the teacher (heun)")
+        add("--teacher-steps", type=int, default=None,
+            help="CD: teacher ODE steps per grid interval, on the ρ-spaced points between its ends (default "
+                 "1, the paper's); a coarse --num-scales grid with K steps keeps the teacher's accuracy of "
+                 "the K-times finer grid")
+        add("--gan-weight", type=float, default=None,
+            help="weight λ of an adversarial term on the student's estimates (default 0 = none): a BigGAN "
+                 "projection discriminator, non-saturating loss with R1, adaptively weighted against the "
+                 "consistency loss as in CTM (--d-ch, --d-lr, --r1-gamma set D)")
         add("--teacher-guidance", type=float, default=None,
             help="CD: classifier-free guidance scale w of the teacher's ODE step (default 1 = none); the "
                  "student learns the guided teacher's trajectories (guided distillation)")
@@ -142,9 +168,11 @@ class ConsistencyFamily(Family):
             student, mode, teacher, num_scales=int(config.get("num_scales") or DEFAULT_NUM_SCALES),
             total_steps=steps, s0=config.get("s0"), s1=config.get("s1"), mu0=config.get("mu0"),
             distance=config.get("distance"), solver=config.get("teacher_solver") or "heun",
-            lr=float(config.get("lr") or DEFAULT_LR), lpips_weights=config.get("lpips_weights"))
+            lr=float(config.get("lr") or DEFAULT_LR), lpips_weights=config.get("lpips_weights"),
+            teacher_steps=int(config.get("teacher_steps") or 1), **_adversarial(config, dataset))
         config.update(num_scales=objective.scales_at(steps), s0=objective.s0, s1=objective.s1,
-                      mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr)
+                      mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr,
+                      teacher_steps=objective.teacher_steps)
         return objective
 
     def build_model(self, config: dict[str, Any]) -> nn.Module:

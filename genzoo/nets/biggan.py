@@ -295,6 +295,7 @@ G_CHANNEL_MULTS = {
 }
 #: discriminator output multipliers per block and which blocks downsample (BigGAN-PyTorch)
 D_CHANNEL_MULTS = {
+    8: ([4, 4], [True, False]),
     16: ([4, 4, 4], [True, False, False]),
     32: ([4, 4, 4, 4], [True, True, False, False]),
     64: ([1, 2, 4, 8, 16], [True] * 4 + [False]),
