@@ -61,6 +61,7 @@ def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Seq
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_classes = int(model.config.get("num_classes", 0) or 0)
     labels_all = _labels_for_seeds(seeds, class_labels, num_classes)
+    options = family.prepare_sampling(model, options)
     images_out, labels_out, nfe = [], [], 0
     for batch_seeds in batches(seeds, batch_size):
         rng = StackedRandomGenerator(device, batch_seeds)

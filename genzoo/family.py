@@ -44,6 +44,10 @@ class Family:
         """The sampling model (random weights) described by a saved ``config.json``."""
         raise NotImplementedError
 
+    def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        """Resolve sample options once before the batches (e.g. a search over them); default: as given."""
+        return options
+
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
                options: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """Generate one image per seed of ``rng``: (float NCHW in [-1, 1], network evaluations per image).

@@ -138,3 +138,27 @@ def test_cli_flags_of_the_teacher_solver_and_the_adversarial_term():
     config = config_from_args(build_parser().parse_args(argv))
     assert (config["num_scales"], config["teacher_steps"], config["gan_weight"]) == (4, 3, 0.5)
     assert (config["d_ch"], config["d_lr"], config["r1_gamma"]) == (16, 1e-3, 0.2)
+
+
+def test_search_middle_samples_with_the_schedule_of_lowest_fd(runs, tmp_path, capsys):
+    import re
+
+    from genzoo.api import load, sample
+    from genzoo.cli import main
+    from genzoo.errors import UserError
+
+    argv = ["sample", "--ckpt", str(runs / "cd"), "--steps", "8", "--search-middle", "shapes:8",
+            "--search-seeds", "0-15", "--seeds", "0-3", "--out", str(tmp_path / "s.npz")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    table = captured.err.split(")", 1)[1]
+    scores = {int(m): float(fd) for m, fd in re.findall(r"(\d+): ([0-9.e+-]+)", table)}
+    best = int(re.search(r"--ts 0,(\d+),7", captured.err).group(1))
+    assert len(scores) >= 3 and best == min(scores, key=scores.get) and 1 <= best <= 6
+    assert "NFE 2" in captured.out
+    model = load(runs / "cd")
+    searched, _, _ = sample(model, "0-3", steps=8, search_middle="shapes:8", search_seeds="0-15")
+    fixed, _, nfe = sample(model, "0-3", steps=8, ts=f"0,{best},7")
+    assert nfe == 2 and torch.equal(searched, fixed)
+    with pytest.raises(UserError, match="--search-middle"):
+        sample(model, "0", steps=8, ts="0,3,7", search_middle="shapes:8")

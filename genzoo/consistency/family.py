@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from typing import Any
 
 import torch
@@ -131,6 +132,17 @@ class ConsistencyFamily(Family):
         add_argument_once(parser, "--ts", default=None,
                           help="consistency: grid indices of a multistep schedule, e.g. 0,22,39 on a "
                                "--steps 40 grid")
+        add_argument_once(parser, "--search-middle", metavar="REF", default=None,
+                          help="consistency: sample with the two-step schedule 0,m,N−1 on the --steps N grid "
+                               "whose middle index m has the lowest Fréchet distance to REF (a dataset spec, "
+                               "reference or real-image .npz), found by ternary search as the released "
+                               "ternary_search does")
+        add_argument_once(parser, "--search-features", choices=("inception", "shapes"), default=None,
+                          help="consistency: feature network of --search-middle (default: shapes for a "
+                               "shapes REF, else inception, with weights from $GENZOO_INCEPTION)")
+        add_argument_once(parser, "--search-seeds", default="1000000-1000499",
+                          help="consistency: seeds of the images each --search-middle candidate is scored "
+                               "on (default 500 seeds apart from the usual ones)")
 
     # ------------------------------------------------------------------ training
 
@@ -181,6 +193,35 @@ class ConsistencyFamily(Family):
         return ConsistencyModel(nets.build(config["arch"], **config["net"]), **_model_kwargs(config))
 
     # ------------------------------------------------------------------ sampling
+
+    def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        """``--search-middle REF``: pick m of ``ts = 0, m, N−1`` by ternary search on the Fréchet distance."""
+        ref = options.get("search_middle")
+        if not ref:
+            return options
+        from genzoo.api import _labels_for_seeds
+        from genzoo.consistency.sampling import search_middle_step
+        from genzoo.metrics import frechet_metric
+        from genzoo.seeds import parse_seeds
+
+        if options.get("ts"):
+            raise UserError("--search-middle chooses the --ts schedule itself; give one or the other")
+        config = getattr(model, "config", {}) or {}
+        steps = int(options.get("steps") or config.get("num_scales") or 40)
+        if steps < 4:
+            raise UserError(f"--search-middle: the --steps grid needs at least 4 points, got {steps}")
+        features = options.get("search_features") or (
+            "shapes" if str(ref).startswith("shapes") else "inception")
+        seeds = parse_seeds(options.get("search_seeds") or "1000000-1000499")
+        labels = _labels_for_seeds(seeds, None, int(config.get("num_classes", 0) or 0))
+        device = next(model.parameters()).device
+        metric = frechet_metric(ref, features, ref_count=max(1000, 2 * len(seeds)), device=device)
+        best, value, seen = search_middle_step(
+            model, metric, seeds, steps, class_labels=torch.tensor(labels, device=device) if labels else None)
+        table = ", ".join(f"{m}: {fd:.3g}" for m, fd in seen.items())
+        print(f"genzoo sample: --search-middle {ref} ({features} FD of {len(seeds)} images) {table}; "
+              f"using --ts 0,{best},{steps - 1} (FD {value:.4g})", file=sys.stderr, flush=True)
+        return {**options, "ts": f"0,{best},{steps - 1}", "steps": steps, "search_middle": None}
 
     @torch.no_grad()
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,

@@ -6,7 +6,7 @@ a reference (ADM reference batch ``.npz`` or a dataset spec). See docs/metrics.m
 """
 
 from genzoo.metrics.cost import CallCounter, Cost, measure_cost, peak_memory
-from genzoo.metrics.evaluate import evaluate, get_extractor, reference_from_dataset, summarize
+from genzoo.metrics.evaluate import evaluate, frechet_metric, get_extractor, reference_from_dataset, summarize
 from genzoo.metrics.reference import Reference, iter_npz_images, load_reference, save_reference
 from genzoo.metrics.scores import inception_score, kid, precision_recall
 from genzoo.metrics.stats import FeatureStats, frechet_distance, frechet_distance_features, mean_cov
@@ -19,6 +19,6 @@ def sfid(mu_s, sigma_s, mu_s_ref, sigma_s_ref) -> float:
 
 
 __all__ = ["CallCounter", "Cost", "FeatureStats", "Reference", "evaluate", "frechet_distance",
-           "frechet_distance_features", "get_extractor", "inception_score", "iter_npz_images", "kid",
-           "load_reference", "mean_cov", "measure_cost", "peak_memory", "precision_recall",
-           "reference_from_dataset", "save_reference", "sfid", "summarize"]
+           "frechet_distance_features", "frechet_metric", "get_extractor", "inception_score",
+           "iter_npz_images", "kid", "load_reference", "mean_cov", "measure_cost", "peak_memory",
+           "precision_recall", "reference_from_dataset", "save_reference", "sfid", "summarize"]

@@ -8,7 +8,7 @@ features of at most ``pr_count`` images are kept.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,22 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
         result["accuracy"] = _conditional_accuracy(fake.all_logits(), labels, features)
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
+
+
+def frechet_metric(ref: str | Path | Reference, features: str = "inception",
+                   inception: str | Path | None = None, classifier: str | Path | None = None,
+                   ref_count: int = 10_000, batch_size: int = 64,
+                   device: str | torch.device = "cpu") -> Callable[[torch.Tensor], float]:
+    """``images -> Fréchet distance`` to ``ref`` in ``features`` space (FID for inception), with the
+    reference resolved once: the held-out metric of a search over sampling settings."""
+    extractor = get_extractor(features, inception, classifier, device)
+    reference, _ = _resolve_reference(ref, extractor, features, ("fid",), ref_count, 0, batch_size, None)
+
+    def metric(images: torch.Tensor) -> float:
+        return float(evaluate(images, reference, ["fid"], features, batch_size=batch_size, device=device,
+                              extractor=extractor)["fd"])
+
+    return metric
 
 
 def _conditional_accuracy(logits: torch.Tensor, labels: Any, features: str) -> float:
