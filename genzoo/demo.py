@@ -257,22 +257,13 @@ def train_stage(stage: TrainStage, out: Path) -> dict[str, Any]:
     return summary
 
 
-def _prompt_class(prompt: str) -> int:
-    """The class (shape·colours + colour) a shapes caption names; -1 if it names none."""
-    from genzoo.data import COLOR_NAMES, SHAPE_NAMES
-
-    words = prompt.lower().replace(",", " ").split()
-    color = next((COLOR_NAMES.index(w) for w in words if w in COLOR_NAMES), None)
-    shape = next((SHAPE_NAMES.index(w) for w in words if w in SHAPE_NAMES), None)
-    return -1 if color is None or shape is None else shape * len(COLOR_NAMES) + color
-
-
 def _gigagan_labels(model: torch.nn.Module, seeds: Sequence[int], options: dict[str, Any]) -> list[int]:
     """The class each seed's prompt asks for (GigaGAN samples are text-conditional)."""
+    from genzoo.data.shapes import caption_class
     from genzoo.gan.gigagan import prompts_for_seeds
 
     prompts = prompts_for_seeds(seeds, options.get("prompt"), getattr(model, "default_prompts", []))
-    return [_prompt_class(p) for p in prompts]
+    return [caption_class(p) for p in prompts]
 
 
 def reference_stage(out: Path, resolution: int, count: int, extractor: torch.nn.Module) -> Path:

@@ -44,6 +44,10 @@ class Family:
         """The sampling model (random weights) described by a saved ``config.json``."""
         raise NotImplementedError
 
+    def prompts_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[str] | None:
+        """The text prompt each seed is sampled with (text-conditional models), else None."""
+        return None
+
     def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
         """Resolve sample options once before the batches (e.g. a search over them); default: as given."""
         return options

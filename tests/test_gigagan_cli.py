@@ -116,6 +116,44 @@ def test_sample_with_prompts_writes_npz(generator_dir, tmp_path, capsys):
     )
 
 
+def test_sample_records_each_seeds_prompt_and_eval_scores_the_class_it_names(generator_dir, tmp_path, capsys):
+    from genzoo.data.shapes import COLOR_NAMES, SHAPE_NAMES, caption_class
+    from genzoo.metrics import evaluate
+
+    out = tmp_path / "p.npz"
+    argv = ["sample", "--ckpt", str(generator_dir), "--seeds", "0-4", "--batch", "2", "--out", str(out),
+            "--prompt", "a red circle", "--prompt", "a large blue cross at the top"]
+    assert main(argv) == 0
+    with np.load(out, allow_pickle=False) as data:
+        prompts = list(data["prompts"])
+        assert "arr_1" not in data.files  # no class labels for a text-conditional model
+    assert prompts == ["a red circle", "a large blue cross at the top"] * 2 + ["a red circle"]
+    cross_blue = SHAPE_NAMES.index("cross") * len(COLOR_NAMES) + COLOR_NAMES.index("blue")
+    assert [caption_class(p) for p in prompts[:2]] == [0, cross_blue] and caption_class("a mauve blob") == -1
+    result = evaluate(out, "shapes:8", metrics=["acc"], features="shapes")
+    from genzoo.metrics.shapes_features import load_shapes_classifier
+
+    predicted = load_shapes_classifier()(torch.from_numpy(read_npz_images(out)[0]).permute(0, 3, 1, 2))
+    expected = (predicted["logits"].argmax(1) == torch.tensor([caption_class(p) for p in prompts])).double()
+    assert result["accuracy"] == pytest.approx(float(expected.mean()))
+
+
+def test_npz_writer_prompts_must_match_the_images(tmp_path):
+    writer = NpzWriter(tmp_path / "x.npz")
+    writer.write(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), prompts=["a"])
+    with pytest.raises(ValueError, match="1 prompts for 2 images"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []  # no partial file, no temporary left behind
+
+
+def test_caption_class_matches_the_shapes_labels():
+    from genzoo.data import load_dataset
+    from genzoo.data.shapes import caption_class
+
+    data = load_dataset("shapes:8")
+    assert [caption_class(data.caption(i)) for i in range(64)] == [data[i][1] for i in range(64)]
+
+
 def test_upsample_npz_keeps_labels_and_png_roundtrip(tmp_path, capsys):
     run = _upsampler_dir(tmp_path, None)
     src = tmp_path / "in.npz"

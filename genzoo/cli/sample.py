@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}
     }
     # once, before the clock starts: a search over sampling settings is not part of the sampling cost
-    options = get_family(model.config["family"]).prepare_sampling(model, options)
+    family = get_family(model.config["family"])
+    options = family.prepare_sampling(model, options)
     writer = NpzWriter(args.out) if args.out else None
     start = time.perf_counter()
     try:
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
             class_labels=args.class_label,
             batch_size=args.batch,
             device=args.device,
-            on_batch=(lambda im, lab, _: writer.write(im, lab)) if writer else None,
+            on_batch=(lambda im, lab, seeds: writer.write(im, lab, family.prompts_for(model, seeds, options)))
+            if writer else None,
             **options,
         )
     finally:

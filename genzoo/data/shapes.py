@@ -229,3 +229,11 @@ class ShapesDataset(ImageDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         i = self._check_index(index)
         return torch.from_numpy(self.image(i).transpose(2, 0, 1).copy()), int(self.labels[i])
+
+
+def caption_class(caption: str) -> int:
+    """The class (shape · len(COLOR_NAMES) + colour) a caption or prompt names; −1 if it names none."""
+    words = str(caption).lower().replace(",", " ").split()
+    color = next((COLOR_NAMES.index(w) for w in words if w in COLOR_NAMES), None)
+    shape = next((SHAPE_NAMES.index(w) for w in words if w in SHAPE_NAMES), None)
+    return -1 if color is None or shape is None else shape * len(COLOR_NAMES) + color

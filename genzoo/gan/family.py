@@ -236,6 +236,13 @@ class GANFamily(Family):
 
     # ------------------------------------------------------------------ sampling
 
+    def prompts_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[str] | None:
+        if getattr(model, "text", None) is None:  # BigGAN, or a GigaGAN without a text encoder
+            return None
+        from genzoo.gan.gigagan import prompts_for_seeds
+
+        return prompts_for_seeds(seeds, options.get("prompt"), model.default_prompts)
+
     def sample(
         self,
         model: nn.Module,

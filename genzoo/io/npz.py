@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
 
 
 class NpzWriter:
-    """Write ``arr_0`` (uint8 NHWC) and ``arr_1`` (labels) incrementally into an ``.npz`` file.
+    """Write ``arr_0`` (uint8 NHWC) and ``arr_1`` (labels) incrementally into an ``.npz`` file, plus
+    ``prompts`` (a unicode array, one per image) for text-conditional samples.
 
     The image count is not known in advance, so each array is written to a temporary raw file and
     copied into the zip with its header when the writer closes.
@@ -43,11 +45,13 @@ class NpzWriter:
         self._tmp_images = self.path.with_name(self.path.name + ".images.tmp")
         self._images = open(self._tmp_images, "wb")
         self._labels: list[np.ndarray] = []
+        self._prompts: list[str] = []
         self._shape: tuple[int, int, int] | None = None
         self.count = 0
 
     def write(
-        self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | None = None
+        self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | None = None,
+        prompts: Sequence[str] | None = None,
     ) -> None:
         """Append a batch: float NCHW in [-1,1] / uint8 NCHW tensors, or uint8 NHWC arrays."""
         batch = _as_nhwc_uint8(images)
@@ -59,26 +63,42 @@ class NpzWriter:
         if labels is not None:
             labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
             self._labels.append(labels.astype(np.int64).reshape(-1))
+        if prompts is not None:
+            self._prompts.extend(str(p) for p in prompts)
         self.count += len(batch)
 
     def close(self) -> Path:
         self._images.close()
-        shape = (self.count, *(self._shape or (0, 0, 3)))
         tmp_zip = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self._check_counts()
+            self._write_zip(tmp_zip)
+            os.replace(tmp_zip, self.path)
+        finally:
+            tmp_zip.unlink(missing_ok=True)
+            self._tmp_images.unlink(missing_ok=True)
+        return self.path
+
+    def _check_counts(self) -> None:
+        labels = sum(len(batch) for batch in self._labels)
+        if self._labels and labels != self.count:
+            raise ValueError(f"{labels} labels for {self.count} images")
+        if self._prompts and len(self._prompts) != self.count:
+            raise ValueError(f"{len(self._prompts)} prompts for {self.count} images")
+
+    def _write_zip(self, tmp_zip: Path) -> None:
+        shape = (self.count, *(self._shape or (0, 0, 3)))
         with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             with archive.open("arr_0.npy", "w", force_zip64=True) as out, open(self._tmp_images, "rb") as src:
                 out.write(_npy_header(shape, np.uint8))
                 while chunk := src.read(1 << 24):
                     out.write(chunk)
             if self._labels:
-                labels = np.concatenate(self._labels)
-                if len(labels) != self.count:
-                    raise ValueError(f"{len(labels)} labels for {self.count} images")
                 with archive.open("arr_1.npy", "w") as out:
-                    np.lib.format.write_array(out, labels)
-        os.replace(tmp_zip, self.path)
-        self._tmp_images.unlink(missing_ok=True)
-        return self.path
+                    np.lib.format.write_array(out, np.concatenate(self._labels))
+            if self._prompts:
+                with archive.open("prompts.npy", "w") as out:
+                    np.lib.format.write_array(out, np.array(self._prompts, dtype=str))
 
     def __enter__(self) -> NpzWriter:
         return self

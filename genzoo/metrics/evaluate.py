@@ -171,6 +171,8 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
     batches, file_labels, description = _sample_batches(samples, num_samples)
     if labels is None:
         labels = file_labels
+    if labels is None and features == "shapes" and isinstance(samples, (str, Path)):
+        labels = _labels_from_prompts(samples, num_samples)
     needs_pairs = "pr" in metrics or "kid" in metrics
     fake = summarize(extractor, batches, spatial="sfid" in metrics, logits=bool({"is", "acc"} & set(metrics)),
                      keep=pr_count if needs_pairs else 0, batch_size=batch_size, device=device)
@@ -216,13 +218,23 @@ def frechet_metric(ref: str | Path | Reference, features: str = "inception",
     return metric
 
 
+def _labels_from_prompts(path: str | Path, limit: int | None) -> list[int] | None:
+    """The shapes classes a text-conditional sample file's ``prompts`` ask for (−1 where none)."""
+    from genzoo.data.shapes import caption_class
+    from genzoo.metrics.reference import npz_prompts
+
+    prompts = npz_prompts(path)
+    return None if prompts is None else [caption_class(p) for p in prompts[:limit]]
+
+
 def _conditional_accuracy(logits: torch.Tensor, labels: Any, features: str) -> float:
     """Fraction of samples the domain classifier assigns to the class they were generated for."""
     if features != "shapes":
         raise UserError("--metrics acc: conditional accuracy needs a classifier of the dataset's classes; "
                         "use --features shapes")
     if labels is None:
-        raise UserError("--metrics acc: the samples have no requested labels (arr_1 in the .npz)")
+        raise UserError("--metrics acc: the samples have no requested labels (arr_1 in the .npz, or prompts "
+                        "naming a shape and a colour)")
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
     if len(labels) != len(logits):
         raise UserError(f"--metrics acc: {len(labels)} labels for {len(logits)} samples")

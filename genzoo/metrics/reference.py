@@ -117,6 +117,15 @@ def npz_labels(path: str | Path) -> np.ndarray | None:
         raise UserError(f"{path}: not a readable .npz file ({err})") from None
 
 
+def npz_prompts(path: str | Path) -> list[str] | None:
+    """``prompts`` (the text each image was sampled with) of a sample file, or None."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [str(p) for p in data["prompts"]] if "prompts" in data.files else None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a readable .npz file ({err})") from None
+
+
 def npz_image_count(path: str | Path) -> tuple[int, tuple[int, ...]]:
     """(number of images, image shape HWC) of an ``.npz`` sample file, from its header only."""
     with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as stream:
