@@ -60,6 +60,12 @@ def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Seq
     family = get_family(model.config["family"])
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_classes = int(model.config.get("num_classes", 0) or 0)
+    fixed = family.labels_for(model, seeds, options)
+    if fixed is not None:
+        if class_labels is not None:
+            raise UserError("--class: these samples' classes are fixed by the sample options (the "
+                            "--low-res base samples' labels); drop --class")
+        class_labels = fixed
     labels_all = _labels_for_seeds(seeds, class_labels, num_classes)
     options = family.prepare_sampling(model, options)
     images_out, labels_out, nfe = [], [], 0

@@ -44,6 +44,11 @@ class Family:
         """The sampling model (random weights) described by a saved ``config.json``."""
         raise NotImplementedError
 
+    def labels_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[int] | None:
+        """Class labels the sample options fix for these seeds (e.g. a super-resolution model's base
+        samples), else None: the caller's ``--class`` or labels drawn from the seeds."""
+        return None
+
     def prompts_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[str] | None:
         """The text prompt each seed is sampled with (text-conditional models), else None."""
         return None

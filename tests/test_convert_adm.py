@@ -382,15 +382,14 @@ def test_super_resolution_checkpoint_upsamples_low_res_base_samples(tmp_path):
     assert config["arch"] == "adm-sr" and config["net"]["small_size"] == 8 and config["resolution"] == 16
     base = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "base.npz", base, np.array([3, 1, 2]))
-    images = {}
-    for name, labels in {"drawn": [], "given": ["--class", "0", "--class", "3"]}.items():
-        out = tmp_path / f"{name}.npz"
-        args = ["sample", "--ckpt", str(tmp_path / "sr"), "--seeds", "1-2", "--sampler", "adm-ddim"]
-        args += ["--steps", "2", "--low-res", str(tmp_path / "base.npz"), "--out", str(out), *labels]
-        assert main(args) == 0
-        images[name] = np.load(out)["arr_0"]
-    assert images["drawn"].shape == (2, 16, 16, 3)
-    assert np.array_equal(images["drawn"], images["given"])  # the base samples' labels (1, 2) are used
+    out = tmp_path / "sr.npz"
+    args = ["sample", "--ckpt", str(tmp_path / "sr"), "--seeds", "1-2", "--sampler", "adm-ddim"]
+    args += ["--steps", "2", "--low-res", str(tmp_path / "base.npz"), "--out", str(out)]
+    assert main(args) == 0
+    with np.load(out) as written:
+        assert written["arr_0"].shape == (2, 16, 16, 3)
+        assert written["arr_1"].tolist() == [1, 2]  # the base samples' labels condition and are recorded
+    assert main([*args, "--class", "0"]) == 2  # --class would contradict them: a one-line user error
     args = [
         "sample",
         "--ckpt",

@@ -272,6 +272,22 @@ class DiffusionFamily(Family):
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         return build_diffusion_model(config)
 
+    def labels_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[int] | None:
+        """A class-conditional super-resolution model upsamples base sample s with its label (``arr_1`` of
+        ``--low-res``), as the public script does; those are the labels the samples are recorded with."""
+        path = options.get("low_res")
+        if not path or not getattr(getattr(model, "model", None), "small_size", None) or not model.label_dim:
+            return None
+        from genzoo.metrics.reference import npz_labels
+
+        labels = npz_labels(path)
+        if labels is None:
+            return None
+        if max(seeds) >= len(labels):
+            raise UserError(f"--low-res {path}: {len(labels)} labels, but seed {max(seeds)} asks for image "
+                            f"{max(seeds)}")
+        return [int(labels[s]) for s in seeds]
+
     @torch.no_grad()
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
                options: dict[str, Any]) -> tuple[torch.Tensor, int]:
