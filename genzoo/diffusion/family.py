@@ -276,7 +276,8 @@ class DiffusionFamily(Family):
         """A class-conditional super-resolution model upsamples base sample s with its label (``arr_1`` of
         ``--low-res``), as the public script does; those are the labels the samples are recorded with."""
         path = options.get("low_res")
-        if not path or not getattr(getattr(model, "model", None), "small_size", None) or not model.label_dim:
+        net = getattr(model, "model", None)
+        if not path or not getattr(net, "small_size", None) or not getattr(model, "label_dim", 0):
             return None
         from genzoo.metrics.reference import npz_labels
 
