@@ -162,3 +162,37 @@ def test_search_middle_samples_with_the_schedule_of_lowest_fd(runs, tmp_path, ca
     assert nfe == 2 and torch.equal(searched, fixed)
     with pytest.raises(UserError, match="--search-middle"):
         sample(model, "0", steps=8, ts="0,3,7", search_middle="shapes:8")
+
+
+def test_cd_with_trajectory_targets_resumes_exactly(runs, tmp_path):
+    from genzoo.train.engine import train
+
+    flags = {**FLAGS, "teacher": str(runs / "teacher"), "num_scales": 4, "cd_targets": "trajectory",
+             "trajectory_pool": 12, "trajectory_refresh": 5, "checkpoint_every": 1, "steps": 4, "ema": None}
+    train({**flags, "out": str(tmp_path / "straight")})
+    train({**flags, "out": str(tmp_path / "resumed"), "steps": 2})
+    train({**flags, "out": str(tmp_path / "resumed"), "resume": True})
+    straight = load_safetensors(tmp_path / "straight" / "checkpoint-000004" / "model.safetensors")
+    resumed = load_safetensors(tmp_path / "resumed" / "checkpoint-000004" / "model.safetensors")
+    assert set(straight) == set(resumed) and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    config = json.loads((tmp_path / "straight" / "checkpoint-000004" / "config.json").read_text())
+    keys = ("cd_targets", "trajectory_pool", "trajectory_refresh")
+    assert [config[k] for k in keys] == ["trajectory", 12, 5]
+    teacher = load_safetensors(runs / "teacher" / "model.safetensors")
+    assert any(not torch.equal(teacher[k], straight[k]) for k in teacher)  # it trained
+    objective = tmp_path / "straight" / "checkpoint-000004" / "objective.safetensors"
+    assert not objective.exists() or not load_safetensors(objective)  # no target network
+
+
+def test_cli_flags_of_trajectory_targets():
+    from genzoo.cli import build_parser
+    from genzoo.cli.train import config_from_args
+
+    argv = ["train", "--family", "consistency", "--mode", "cd", "--teacher", "t", "--data", "shapes:16",
+            "--out", "o", "--cd-targets", "trajectory", "--trajectory-pool", "64",
+            "--trajectory-refresh", "2"]
+    config = config_from_args(build_parser().parse_args(argv))
+    keys = ("cd_targets", "trajectory_pool", "trajectory_refresh")
+    assert [config[k] for k in keys] == ["trajectory", 64, 2]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv[:-6], "--cd-targets", "exact"])

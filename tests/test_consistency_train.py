@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from genzoo.consistency import ConsistencyModel
 from genzoo.consistency.model import karras_index_sigmas
-from genzoo.consistency.objective import ConsistencyObjective, teacher_ode_solve, teacher_ode_step
+from genzoo.consistency.objective import ConsistencyObjective
+from genzoo.consistency.trajectories import teacher_ode_solve, teacher_ode_step
 from genzoo.diffusion.analytic import AnalyticDenoiser, GaussianMixture, random_mixture
 from genzoo.errors import UserError
 from genzoo.train.objective import Batch

@@ -19,7 +19,7 @@ import torch.nn as nn
 from genzoo import nets
 from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
-from genzoo.consistency.objective import MODES, SOLVERS, ConsistencyObjective
+from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
 from genzoo.consistency.sampling import parse_ts, sample
 from genzoo.diffusion.guidance import ClassifierFreeGuidance
 from genzoo.errors import UserError
@@ -31,6 +31,8 @@ DEFAULT_LR = 1e-4
 DEFAULT_NUM_SCALES = 18
 #: the adversarial term's discriminator (``--gan-weight``): width, lr and R1 weight (StyleGAN2-style)
 DEFAULT_D_CH, DEFAULT_D_LR, DEFAULT_R1_GAMMA = 32, 2e-3, 0.1
+#: ``--cd-targets trajectory``: teacher trajectories kept, and replaced per training step
+DEFAULT_TRAJECTORY_POOL, DEFAULT_TRAJECTORY_REFRESH = 1024, 1
 
 
 def _model_kwargs(config: dict[str, Any]) -> dict[str, float]:
@@ -87,6 +89,20 @@ def _adversarial(config: dict[str, Any], dataset: Any) -> dict[str, Any]:
                 r1_gamma=float(config["r1_gamma"]))
 
 
+def _trajectory_targets(config: dict[str, Any], mode: str) -> dict[str, Any]:
+    """``--cd-targets`` and its pool settings (resolved into ``config`` for resuming)."""
+    targets = config.get("cd_targets") or "step"
+    if targets != "trajectory":
+        return {"cd_targets": targets}
+    for key, default in (("trajectory_pool", DEFAULT_TRAJECTORY_POOL),
+                         ("trajectory_refresh", DEFAULT_TRAJECTORY_REFRESH)):
+        if config.get(key) is None:
+            config[key] = default
+    config["cd_targets"] = targets
+    return dict(cd_targets=targets, trajectory_pool=int(config["trajectory_pool"]),
+                trajectory_refresh=int(config["trajectory_refresh"]))
+
+
 class ConsistencyFamily(Family):
     name = "consistency"
 
@@ -117,6 +133,16 @@ class ConsistencyFamily(Family):
             help="CD: teacher ODE steps per grid interval, on the ρ-spaced points between its ends (default "
                  "1, the paper's); a coarse --num-scales grid with K steps keeps the teacher's accuracy of "
                  "the K-times finer grid")
+        add("--cd-targets", choices=CD_TARGETS, default=None,
+            help="CD: step (default, the paper's: the EMA student one teacher ODE step nearer the data) or "
+                 "trajectory (the end of the teacher's ODE trajectory through x_n, exact; trajectories are "
+                 "solved from σ_max down the --num-scales grid into a pool, so no bootstrapping)")
+        add("--trajectory-pool", type=int, default=None,
+            help=f"CD with --cd-targets trajectory: teacher trajectories kept (default "
+                 f"{DEFAULT_TRAJECTORY_POOL})")
+        add("--trajectory-refresh", type=int, default=None,
+            help=f"CD with --cd-targets trajectory: trajectories replaced per training step (default "
+                 f"{DEFAULT_TRAJECTORY_REFRESH}); each is reused about pool/refresh steps")
         add("--gan-weight", type=float, default=None,
             help="weight λ of an adversarial term on the student's estimates (default 0 = none): a BigGAN "
                  "projection discriminator, non-saturating loss with R1, adaptively weighted against the "
@@ -181,7 +207,9 @@ class ConsistencyFamily(Family):
             total_steps=steps, s0=config.get("s0"), s1=config.get("s1"), mu0=config.get("mu0"),
             distance=config.get("distance"), solver=config.get("teacher_solver") or "heun",
             lr=float(config.get("lr") or DEFAULT_LR), lpips_weights=config.get("lpips_weights"),
-            teacher_steps=int(config.get("teacher_steps") or 1), **_adversarial(config, dataset))
+            teacher_steps=int(config.get("teacher_steps") or 1), seed=int(config.get("seed") or 0),
+            image_shape=(int(getattr(dataset, "num_channels", 3)), resolution, resolution),
+            **_trajectory_targets(config, mode), **_adversarial(config, dataset))
         config.update(num_scales=objective.scales_at(steps), s0=objective.s0, s1=objective.s1,
                       mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr,
                       teacher_steps=objective.teacher_steps)

@@ -7,6 +7,9 @@ improved training (iCT).
 - CT (Algorithm 3): x̂_n = x + σ_n z with the same z (the Euler step with the true x), N(k) and μ(k) schedules.
 - iCT (Song & Dhariwal 2023): no EMA target (θ⁻ = stopgrad θ), pseudo-Huber distance, lognormal
   pair sampling, doubling curriculum for N, weight λ = 1/(σ_{n+1} − σ_n).
+- CD with trajectory targets (``cd_targets="trajectory"``): the student maps every point x_n of the teacher's
+  ODE trajectories (from σ_max·z down the N-point grid) to the trajectory's end, the exact consistency
+  target, instead of bootstrapping f_θ⁻ one teacher step at a time (:mod:`genzoo.consistency.trajectories`).
 - Optional adversarial term (any mode, as Consistency Trajectory Models, Kim et al. 2024, Sec. 4.2): a
   discriminator D tells data from the student's estimates f_θ(x_{n+1}, σ_{n+1}); the student adds
   λ·w·ns_G with w = ‖∇_L d‖ / ‖∇_L ns_G‖ at its last layer L (VQGAN's adaptive weight, Esser et al. 2021,
@@ -16,7 +19,6 @@ improved training (iCT).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +27,7 @@ import torch.nn as nn
 from genzoo.consistency.distances import get_distance
 from genzoo.consistency.model import ConsistencyModel, karras_index_sigmas
 from genzoo.consistency.schedules import ct_num_scales, ct_target_ema, ict_num_scales, ict_pair_probabilities
+from genzoo.consistency.trajectories import TrajectoryPool, teacher_ode_solve
 from genzoo.errors import UserError
 from genzoo.gan.losses import ns_d_loss, ns_g_loss, r1_penalty
 from genzoo.gan.objective import frozen
@@ -32,35 +35,7 @@ from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
 MODES = ("cd", "ct", "ict")
 SOLVERS = ("heun", "euler")
-
-
-def teacher_ode_step(teacher: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
-                     sigma_next: torch.Tensor, class_labels: torch.Tensor | None = None,
-                     solver: str = "heun") -> torch.Tensor:
-    """One step of the probability-flow ODE dx/dσ = (x − D(x, σ))/σ (EDM eq. 3) from per-sample σ to σ_next
-    (both > 0): Euler, plus Heun's trapezoidal correction (EDM Algorithm 1, lines 5-8)."""
-    sigma4 = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-    next4 = sigma_next.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-    d_cur = (x - teacher(x, sigma, class_labels).to(x.dtype)) / sigma4
-    x_euler = x + (next4 - sigma4) * d_cur
-    if solver == "euler":
-        return x_euler
-    d_next = (x_euler - teacher(x_euler, sigma_next, class_labels).to(x.dtype)) / next4
-    return x + (next4 - sigma4) * 0.5 * (d_cur + d_next)
-
-
-def teacher_ode_solve(teacher: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
-                      sigma_next: torch.Tensor, class_labels: torch.Tensor | None = None,
-                      solver: str = "heun", steps: int = 1, rho: float = 7.0) -> torch.Tensor:
-    """``steps`` teacher ODE steps from σ to σ_next on the ρ-spaced points between them (EDM eq. 5), so an
-    N-point grid with ``steps`` substeps follows the teacher on the (steps·(N−1)+1)-point grid."""
-    inv_rho = 1.0 / rho
-    start, stop = sigma.double() ** inv_rho, sigma_next.double() ** inv_rho
-    for k in range(steps):
-        s_from = (start + k / steps * (stop - start)) ** rho
-        s_to = (start + (k + 1) / steps * (stop - start)) ** rho
-        x = teacher_ode_step(teacher, x, s_from.to(sigma.dtype), s_to.to(sigma.dtype), class_labels, solver)
-    return x
+CD_TARGETS = ("step", "trajectory")
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -87,7 +62,9 @@ class ConsistencyObjective(Objective):
                  distance: str | None = None, solver: str = "heun", lr: float = 1e-4,
                  lpips_weights: str | None = None, p_mean: float = -1.1, p_std: float = 2.0,
                  teacher_steps: int = 1, discriminator: nn.Module | None = None, gan_weight: float = 0.0,
-                 d_lr: float = 2e-3, r1_gamma: float = 0.1):
+                 d_lr: float = 2e-3, r1_gamma: float = 0.1, cd_targets: str = "step",
+                 trajectory_pool: int = 1024, trajectory_refresh: int = 1, seed: int = 0,
+                 image_shape: tuple[int, ...] | None = None):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -98,7 +75,15 @@ class ConsistencyObjective(Objective):
         if int(teacher_steps) < 1:
             raise UserError(f"--teacher-steps: expected at least 1 ODE step per grid interval, "
                             f"got {teacher_steps}")
+        if cd_targets not in CD_TARGETS:
+            raise UserError(f"--cd-targets: expected step or trajectory, got {cd_targets!r}")
+        if cd_targets == "trajectory" and mode != "cd":
+            raise UserError(f"--cd-targets trajectory: needs --mode cd (a teacher), not --mode {mode}")
+        if cd_targets == "trajectory" and not 0 < int(trajectory_refresh) <= int(trajectory_pool):
+            raise UserError(f"--trajectory-refresh {trajectory_refresh}: expected 1 to --trajectory-pool "
+                            f"({trajectory_pool}) trajectories replaced per step")
         self.mode, self.solver, self.lr = mode, solver, float(lr)
+        self.cd_targets = cd_targets
         self.teacher_steps = int(teacher_steps)
         self.num_scales, self.total_steps = int(num_scales), int(total_steps)
         defaults = {"cd": (2, 150, 0.95), "ct": (2, 150, 0.95), "ict": (10, 1280, 0.0)}[mode]
@@ -118,11 +103,22 @@ class ConsistencyObjective(Objective):
             raise UserError("--gan-weight: the adversarial term needs a discriminator and a weight > 0")
         if discriminator is not None:
             self.players["D"] = discriminator
-        if mode != "ict":
+        if mode != "ict" and cd_targets == "step":  # trajectory targets need no target network
             self.target = copy.deepcopy(student).requires_grad_(False)
         if teacher is not None:
             teacher.requires_grad_(False).eval()
         object.__setattr__(self, "teacher", teacher)  # not a submodule: never saved, never trained
+        self.pool = None
+        if cd_targets == "trajectory":
+            if image_shape is None:
+                raise ValueError("cd_targets='trajectory' needs the image shape (C, H, W)")
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
+                           if distributed else (0, 1))
+            grid = karras_index_sigmas(self.num_scales, student.sigma_min, student.sigma_max, student.rho)
+            self.pool = TrajectoryPool(teacher, grid, image_shape, int(getattr(student, "label_dim", 0) or 0),
+                                       int(trajectory_pool), int(trajectory_refresh), seed, solver,
+                                       self.teacher_steps, student.rho, rank, world)
 
     # ------------------------------------------------------------------ schedules
 
@@ -169,6 +165,8 @@ class ConsistencyObjective(Objective):
     def loss(self, player: str, batch: Batch, step: int) -> StepResult:
         student: ConsistencyModel = self.players["net"]
         x = batch.images.float()
+        if self.pool is not None and player == "net":
+            return self._trajectory_loss(len(x), step, x.device)
         labels = self._labels(batch, student)
         sigma, sigma_next = self._pair(len(x), step, x.device)
         z = torch.randn_like(x)
@@ -195,6 +193,19 @@ class ConsistencyObjective(Objective):
             loss = distances.mean()
         logs = {"distance": float(distances.detach().mean()), "num_scales": float(self.scales_at(step)),
                 "target_ema": self.target_ema_at(step)}
+        if "D" in self.players:
+            loss = loss + self._adversarial_term(loss, out, labels, logs)
+        return StepResult(loss=loss, logs=logs)
+
+    def _trajectory_loss(self, n_items: int, step: int, device: torch.device) -> StepResult:
+        """d(f_θ(x_n, σ_n), x_end) over random points of the pool's teacher trajectories."""
+        with torch.no_grad():
+            self.pool.advance(step, device)
+        x_n, sigma, target, labels = self.pool.draw(n_items, device)
+        out = self.players["net"](x_n, sigma, labels)
+        distances = self.distance(out.float(), target)
+        loss = distances.mean()
+        logs = {"distance": float(distances.detach().mean()), "num_scales": float(self.num_scales)}
         if "D" in self.players:
             loss = loss + self._adversarial_term(loss, out, labels, logs)
         return StepResult(loss=loss, logs=logs)
@@ -238,7 +249,7 @@ class ConsistencyObjective(Objective):
 
     @torch.no_grad()
     def after_update(self, player: str, step: int) -> None:
-        if self.mode == "ict" or player != "net":
+        if self.mode == "ict" or self.pool is not None or player != "net":
             return
         mu = self.target_ema_at(step)
         for tgt, src in zip(self.target.parameters(), self.players["net"].parameters()):
