@@ -10,7 +10,7 @@ from genzoo.consistency.trajectories import TrajectoryPool, teacher_trajectory
 from genzoo.diffusion.analytic import AnalyticDenoiser, GaussianMixture, random_mixture
 from genzoo.errors import UserError
 from genzoo.train.objective import Batch
-from tests.test_consistency_train import MLP, energy_distance
+from tests.test_consistency_train import MLP, _mixture, one_step_curve
 
 
 def _gaussian():
@@ -88,30 +88,13 @@ def test_draw_pairs_points_with_the_end_of_their_own_trajectory():
 
 def test_trajectory_targets_lower_the_one_step_distance():
     torch.manual_seed(0)
-    m = random_mixture(dim=2, components=3, seed=1, scale=0.3, spread=0.8)
-    mix = GaussianMixture(m.means, m.covs, m.weights, shape=(2, 1, 1))
+    mix = _mixture()
     student = ConsistencyModel(MLP(), sigma_data=mix.sigma_data)
     objective = ConsistencyObjective(student, "cd", AnalyticDenoiser(mix), num_scales=10,
                                      cd_targets="trajectory", trajectory_pool=256, trajectory_refresh=16,
                                      image_shape=(2, 1, 1))
-    opt = torch.optim.Adam(objective.players["net"].parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(5)
-    reference = mix.sample(1000, g)[0].float()
-    z = torch.randn(1000, 2, 1, 1, generator=g)
-
-    def one_step_distance():
-        with torch.no_grad():
-            return energy_distance(student(z * student.sigma_max, student.sigma_max), reference)
-
     batch = Batch(images=torch.zeros(128, 2, 1, 1), labels=torch.full((128,), -1))  # the data is not used
-    distances = [one_step_distance()]
-    for step in range(160):
-        result = objective.loss("net", batch, step)
-        opt.zero_grad()
-        result.loss.backward()
-        opt.step()
-        if step % 80 == 79:
-            distances.append(one_step_distance())
+    distances = one_step_curve(objective, mix, 160, lambda g: batch)
     assert distances[-1] < 0.15 * distances[0], distances
     # the loss is the mean distance of the student at pool points to their trajectory ends
     torch.manual_seed(7)
