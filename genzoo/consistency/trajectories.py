@@ -73,7 +73,7 @@ def teacher_trajectory(teacher: Callable[..., torch.Tensor], noise: torch.Tensor
 class TrajectoryPool:
     """A ring buffer of ``size`` teacher trajectories on ``grid``, ``refresh`` new ones per training step.
 
-    New trajectories are solved in blocks of at least :data:`BLOCK` (the teacher is far faster per image
+    New trajectories are solved in blocks of at least :data:`BLOCK` (the teacher is faster per image
     in a batch): every ``block_steps`` steps the next ``block_steps·refresh`` replace the oldest.
     Trajectory ``k`` sits in slot ``k mod size``; after step ``s`` the pool holds trajectories
     ``count(s) − size … count(s) − 1`` with ``count(s) = size + (⌊s/block_steps⌋ + 1)·block_steps·refresh``.
