@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -42,19 +43,29 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     return model.to(device).eval()
 
 
-@torch.no_grad()
-def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Sequence[int] | None = None,
-           batch_size: int = 64, device: str | torch.device | None = None,
-           on_batch: Callable[[torch.Tensor, torch.Tensor | None, list[int]], None] | None = None,
-           **options: Any) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Generate one image per seed with a loaded model.
+class SampleBatch(NamedTuple):
+    """One batch of samples: uint8 NCHW images on the CPU, their labels, seeds and prompts."""
 
-    ``class_labels``: one class for all, one per seed, or None (random classes from the seed for a
-    class-conditional model). ``options`` are the family's sampling options (``sampler``, ``steps``,
-    ``truncation``, ...). Returns (uint8 NCHW images, labels or None, network evaluations per image).
-    ``on_batch`` receives each batch as it is made, for streaming writers.
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    seeds: list[int]
+    prompts: list[str] | None
+    nfe: int
+
+
+@torch.no_grad()
+def iter_samples(model: nn.Module, seeds: str | Sequence[int],
+                 class_labels: int | Sequence[int] | None = None, batch_size: int = 64,
+                 device: str | torch.device | None = None,
+                 **options: Any) -> Iterator[SampleBatch | None]:
+    """Generate one image per seed, batch by batch, in seed order; nothing is accumulated.
+
+    Under ``torchrun`` each process makes every world-th batch (the batches of a 1-process run, so
+    every image is bit-identical) and rank 0 yields all of them in order; the other ranks yield None
+    per batch. Options are as :func:`sample`'s.
     """
     from genzoo.io import to_uint8
+    from genzoo.train.distributed import map_in_order
 
     seeds = parse_seeds(seeds)
     family = get_family(model.config["family"])
@@ -68,20 +79,93 @@ def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Seq
         class_labels = fixed
     labels_all = _labels_for_seeds(seeds, class_labels, num_classes)
     options = family.prepare_sampling(model, options)
-    images_out, labels_out, nfe = [], [], 0
-    for batch_seeds in batches(seeds, batch_size):
+
+    def make(positions: list[int]) -> SampleBatch:
+        batch_seeds = [seeds[i] for i in positions]
         rng = StackedRandomGenerator(device, batch_seeds)
         labels = None
         if labels_all is not None:
-            labels = torch.tensor([labels_all[seeds.index(s)] for s in batch_seeds], device=device)
+            labels = torch.tensor([labels_all[i] for i in positions], device=device)
         images, nfe = family.sample(model, rng, labels, options)
-        images = to_uint8(images).cpu()
+        return SampleBatch(to_uint8(images).cpu(), labels.cpu() if labels is not None else None,
+                           list(batch_seeds), family.prompts_for(model, batch_seeds, options), nfe)
+
+    for _, batch in map_in_order(batches(range(len(seeds)), batch_size), make):
+        yield batch
+
+
+@torch.no_grad()
+def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Sequence[int] | None = None,
+           batch_size: int = 64, device: str | torch.device | None = None,
+           on_batch: Callable[[torch.Tensor, torch.Tensor | None, list[int]], None] | None = None,
+           **options: Any) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Generate one image per seed with a loaded model.
+
+    ``class_labels``: one class for all, one per seed, or None (random classes from the seed for a
+    class-conditional model). ``options`` are the family's sampling options (``sampler``, ``steps``,
+    ``truncation``, ...). Returns (uint8 NCHW images, labels or None, network evaluations per image).
+    ``on_batch`` receives each batch as it is made, for streaming writers. Under ``torchrun`` rank 0
+    returns every image and the other ranks an empty tensor. :func:`iter_samples` keeps nothing.
+    """
+    images_out, labels_out, nfe = [], [], 0
+    for batch in iter_samples(model, seeds, class_labels, batch_size, device, **options):
+        if batch is None:
+            continue
         if on_batch is not None:
-            on_batch(images, labels.cpu() if labels is not None else None, batch_seeds)
-        images_out.append(images)
-        if labels is not None:
-            labels_out.append(labels.cpu())
+            on_batch(batch.images, batch.labels, batch.seeds)
+        images_out.append(batch.images)
+        if batch.labels is not None:
+            labels_out.append(batch.labels)
+        nfe = batch.nfe
+    if not images_out:
+        return torch.empty(0, dtype=torch.uint8), None, nfe
     return torch.cat(images_out), (torch.cat(labels_out) if labels_out else None), nfe
+
+
+def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path | None = None,
+                  grid: str | Path | None = None, class_labels: int | Sequence[int] | None = None,
+                  batch_size: int = 64, device: str | torch.device | None = None, grid_max: int = 256,
+                  **options: Any) -> dict[str, Any]:
+    """Stream samples to ``out`` (``.npz``, or a folder of ``{seed:06d}.png``) and the first ``grid_max``
+    to a PNG grid, holding one batch at a time. Under ``torchrun`` the processes share the batches and
+    rank 0 writes. Returns (on every rank) ``{"num_images", "nfe", "seconds", "images_per_s"}``."""
+    import time
+
+    from genzoo.io import open_sample_writer, save_grid
+    from genzoo.progress import progress
+    from genzoo.train.distributed import Distributed
+
+    if out is not None and Path(out).suffix != ".npz" and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory (give FILE.npz or a folder for PNGs)")
+    group = Distributed.current()
+    seed_list = parse_seeds(seeds)
+    writer = open_sample_writer(out) if out is not None and group.is_main else None
+    kept: list[torch.Tensor] = []
+    nfe = 0
+    bar = progress(len(seed_list), "sample", main_process=group.is_main)
+    start = time.perf_counter()
+    try:
+        for batch in iter_samples(model, seed_list, class_labels, batch_size, device, **options):
+            if batch is not None:
+                if writer is not None:
+                    writer.write(batch.images, batch.labels, batch.prompts, seeds=batch.seeds)
+                if grid is not None and sum(len(k) for k in kept) < grid_max:
+                    kept.append(batch.images[:grid_max - sum(len(k) for k in kept)])
+                nfe = batch.nfe
+                bar.update(len(batch.seeds))
+    except BaseException:
+        if writer is not None:
+            writer.__exit__(*sys.exc_info())
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    if writer is not None:
+        writer.close()
+    if grid is not None and kept:
+        save_grid(torch.cat(kept), grid)
+    return {"num_images": len(seed_list), "nfe": nfe, "seconds": seconds,
+            "images_per_s": len(seed_list) / seconds if seconds > 0 else None}
 
 
 def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

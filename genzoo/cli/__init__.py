@@ -25,7 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
                if not m.name.startswith("_")]
     for module in sorted(modules, key=lambda m: getattr(m, "ORDER", 50)):
         module.register(subparsers)
+    _add_quiet(subparsers)
     return parser
+
+
+QUIET_COMMANDS = ("sample", "eval", "convert", "edit", "compare", "upsample", "reproduce")
+
+
+def _add_quiet(subparsers: argparse._SubParsersAction, names: Sequence[str] = QUIET_COMMANDS) -> None:
+    """``--quiet`` on the commands that draw progress bars (bars are also off when stderr is not a
+    terminal)."""
+    for name, command in subparsers.choices.items():
+        if names and name not in names:
+            continue
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:
+            _add_quiet(action, ())
+        if not nested and not any("--quiet" in a.option_strings for a in command._actions):
+            command.add_argument("--quiet", action="store_true",
+                                 help="no progress bars (also off when stderr is not a terminal)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from genzoo.progress import set_quiet
+
+    set_quiet(getattr(args, "quiet", False))
     try:
         result = args.func(args)
     except UserError as err:

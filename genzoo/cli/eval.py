@@ -14,10 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate an ADM sample file (.npz: arr_0 uint8 NHWC, arr_1 labels) against an ADM "
                     "reference batch or a dataset spec; writes metrics.json and prints a table.")
     parser.add_argument("--samples", required=True,
-                        help="sample file (.npz, arr_0 uint8 NHWC [, arr_1 labels])")
+                        help="sample file (.npz, arr_0 uint8 NHWC [, arr_1 labels]) or an image folder "
+                             "(e.g. sample --out DIR's PNGs; labels from its dataset.json)")
     parser.add_argument("--ref", required=True,
                         help="reference: an ADM reference batch REF.npz (mu, sigma, mu_s, sigma_s, arr_0), "
-                             "an .npz of real images, or a dataset spec such as shapes or shapes:32")
+                             "an .npz of real images, an image folder, or a dataset spec such as shapes")
     parser.add_argument("--metrics", help="comma-separated: fid,sfid,is,pr,kid,acc "
                                           "(default fid,sfid,is,pr for inception; fid,pr,acc for shapes)")
     parser.add_argument("--features", choices=("inception", "shapes"), default="inception",
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--family", help="model family to record in metrics.json")
     parser.add_argument("--nfe", type=float, help="network evaluations per image to record")
     parser.add_argument("--batch", type=int, default=64, help="images per feature batch (default 64)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
     parser.set_defaults(func=run)
 
 
@@ -47,14 +48,21 @@ def run(args: argparse.Namespace) -> int:
     from genzoo.errors import UserError
     from genzoo.metrics import evaluate
     from genzoo.metrics.record import metric_label, write_metrics
+    from genzoo.train.distributed import process_group
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    if not Path(args.samples).is_file():
-        raise UserError(f"--samples {args.samples}: no such file")
-    result = evaluate(args.samples, args.ref, metrics=metrics, features=args.features,
-                      inception=args.inception, classifier=args.classifier, num_samples=args.num_samples,
-                      ref_count=args.ref_count, pr_count=args.pr_count, batch_size=args.batch,
-                      device=args.device, save_ref=args.save_ref)
+    if not Path(args.samples).exists():
+        raise UserError(f"--samples {args.samples}: no such file or folder")
+    with process_group(args.device) as (device, group):
+        if group.is_main:
+            print(f"genzoo eval: {args.samples} against {args.ref} on {device}, {group.world} process(es), "
+                  f"{args.features} features")
+        result = evaluate(args.samples, args.ref, metrics=metrics, features=args.features,
+                          inception=args.inception, classifier=args.classifier, num_samples=args.num_samples,
+                          ref_count=args.ref_count, pr_count=args.pr_count, batch_size=args.batch,
+                          device=device, save_ref=args.save_ref)
+    if not group.is_main:
+        return 0
     for key in ("model", "family", "nfe"):
         if getattr(args, key) is not None:
             result[key] = getattr(args, key)

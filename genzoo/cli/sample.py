@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 from genzoo.family import family_names, get_family
 
@@ -20,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ckpt", required=True, help="run directory, checkpoint directory or converted model"
     )
     parser.add_argument("--seeds", default="0-63", help="seeds, e.g. 0-63,100 (default 0-63)")
-    parser.add_argument("--out", help="ADM sample file to write (.npz: arr_0 uint8 NHWC, arr_1 labels)")
-    parser.add_argument("--grid", help="PNG grid to write")
+    parser.add_argument("--out", help="ADM sample file to write (.npz: arr_0 uint8 NHWC, arr_1 labels), or "
+                                      "a folder for one PNG per seed (DIR/{seed:06d}.png, labels in "
+                                      "dataset.json)")
+    parser.add_argument("--grid", help="PNG grid of the first 256 images to write")
     parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument(
         "--class",
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         help="class label for every image (repeat for one per seed); default: drawn from the seed",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
     for name in family_names():
         get_family(name).add_sample_arguments(parser)
@@ -38,44 +39,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genzoo.api import load, sample
+    from genzoo.api import load, write_samples
     from genzoo.errors import UserError
-    from genzoo.io import NpzWriter, save_grid
+    from genzoo.train.distributed import process_group
 
     if not args.out and not args.grid:
-        raise UserError("sample: give --out FILE.npz and/or --grid FILE.png")
-    model = load(args.ckpt, ema=not args.raw, device=args.device)
-    options = {
-        k: v
-        for k, v in vars(args).items()
-        if k
-        not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}
-    }
-    # once, before the clock starts: a search over sampling settings is not part of the sampling cost
-    family = get_family(model.config["family"])
-    options = family.prepare_sampling(model, options)
-    writer = NpzWriter(args.out) if args.out else None
-    start = time.perf_counter()
-    try:
-        images, labels, nfe = sample(
-            model,
-            args.seeds,
-            class_labels=args.class_label,
-            batch_size=args.batch,
-            device=args.device,
-            on_batch=(lambda im, lab, seeds: writer.write(im, lab, family.prompts_for(model, seeds, options)))
-            if writer else None,
-            **options,
+        raise UserError("sample: give --out FILE.npz (or a folder for one PNG per seed) and/or "
+                        "--grid FILE.png")
+    with process_group(args.device) as (device, group):
+        model = load(args.ckpt, ema=not args.raw, device=device)
+        options = {
+            k: v
+            for k, v in vars(args).items()
+            if k not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func",
+                         "command", "quiet"}
+        }
+        # once, before the clock starts: a search over sampling settings is not part of the sampling cost
+        options = get_family(model.config["family"]).prepare_sampling(model, options)
+        if group.is_main:
+            print(f"genzoo sample: {args.ckpt} on {device}, {group.world} process(es), seeds {args.seeds}, "
+                  f"batch {args.batch}")
+        report = write_samples(model, args.seeds, out=args.out, grid=args.grid, class_labels=args.class_label,
+                               batch_size=args.batch, device=device, **options)
+    if group.is_main:
+        print(
+            f"{report['num_images']} images, NFE {report['nfe']} per image, "
+            f"{report['images_per_s']:.2f} images/s"
+            + (f", wrote {args.out}" if args.out else "")
+            + (f", grid {args.grid}" if args.grid else "")
         )
-    finally:
-        if writer is not None:
-            writer.close()
-    seconds = time.perf_counter() - start
-    if args.grid:
-        save_grid(images, args.grid)
-    print(
-        f"{len(images)} images, NFE {nfe} per image, {len(images) / seconds:.2f} images/s"
-        + (f", wrote {args.out}" if args.out else "")
-        + (f", grid {args.grid}" if args.grid else "")
-    )
     return 0

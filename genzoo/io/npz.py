@@ -29,6 +29,13 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
 
+def _member(name: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed timestamp, so the same images always give the same bytes."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    return info
+
+
 class NpzWriter:
     """Write ``arr_0`` (uint8 NHWC) and ``arr_1`` (labels) incrementally into an ``.npz`` file, plus
     ``prompts`` (a unicode array, one per image) for text-conditional samples.
@@ -51,9 +58,10 @@ class NpzWriter:
 
     def write(
         self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | None = None,
-        prompts: Sequence[str] | None = None,
+        prompts: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
     ) -> None:
-        """Append a batch: float NCHW in [-1,1] / uint8 NCHW tensors, or uint8 NHWC arrays."""
+        """Append a batch: float NCHW in [-1,1] / uint8 NCHW tensors, or uint8 NHWC arrays (``seeds``
+        is accepted for the PNG folder writer's interface; the ``.npz`` layout keeps order only)."""
         batch = _as_nhwc_uint8(images)
         if self._shape is None:
             self._shape = batch.shape[1:]
@@ -89,15 +97,16 @@ class NpzWriter:
     def _write_zip(self, tmp_zip: Path) -> None:
         shape = (self.count, *(self._shape or (0, 0, 3)))
         with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            with archive.open("arr_0.npy", "w", force_zip64=True) as out, open(self._tmp_images, "rb") as src:
+            with archive.open(_member("arr_0.npy"), "w", force_zip64=True) as out, \
+                    open(self._tmp_images, "rb") as src:
                 out.write(_npy_header(shape, np.uint8))
                 while chunk := src.read(1 << 24):
                     out.write(chunk)
             if self._labels:
-                with archive.open("arr_1.npy", "w") as out:
+                with archive.open(_member("arr_1.npy"), "w") as out:
                     np.lib.format.write_array(out, np.concatenate(self._labels))
             if self._prompts:
-                with archive.open("prompts.npy", "w") as out:
+                with archive.open(_member("prompts.npy"), "w") as out:
                     np.lib.format.write_array(out, np.array(self._prompts, dtype=str))
 
     def __enter__(self) -> NpzWriter:

@@ -19,8 +19,9 @@ import torch.nn as nn
 
 from genzoo.errors import UserError
 from genzoo.metrics.reference import (
+    LazyBatch,
     Reference,
-    iter_dataset_images,
+    iter_dataset_batches,
     iter_npz_images,
     load_reference,
     save_reference,
@@ -66,47 +67,100 @@ class FeatureSummary:
 
 
 @torch.no_grad()
-def summarize(extractor: nn.Module, batches: Iterable[np.ndarray], *, spatial: bool = False,
+def summarize(extractor: nn.Module, batches: Iterable[np.ndarray | LazyBatch], *, spatial: bool = False,
               logits: bool = False, keep: int = 0, keep_images: int = 0, batch_size: int = 64,
-              device: str | torch.device | None = None) -> FeatureSummary:
+              device: str | torch.device | None = None, total: int | None = None,
+              desc: str = "features") -> FeatureSummary:
     """Stream uint8 NHWC batches through ``extractor``: running statistics, plus the first ``keep``
-    pool features (for precision/recall/KID) and first ``keep_images`` images (to save a reference)."""
+    pool features (for precision/recall/KID) and first ``keep_images`` images (to save a reference).
+
+    Under ``torchrun`` the processes share the batches (each decodes and runs only its own) and rank 0
+    adds every batch's features in the order of a 1-process run, so the statistics are bit-identical;
+    the other ranks return a summary with the image count only.
+    """
+    from genzoo.progress import progress
+    from genzoo.train.distributed import Distributed, map_in_order
+
     device = device or next(extractor.parameters()).device
+    group = Distributed.current()
     summary = FeatureSummary()
-    for batch in _rebatch(batches, batch_size):
-        images = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(device)
+
+    def work(item: tuple[int, np.ndarray | LazyBatch]) -> dict[str, Any]:
+        offset, batch = item
+        array = batch.load() if isinstance(batch, LazyBatch) else batch
+        images = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).to(device)
         out = extractor(images)
-        summary.pool.update(out["pool"])
+        result = {"pool": out["pool"].detach().cpu()}
         if spatial:
-            summary.spatial.update(out["spatial"])
+            result["spatial"] = out["spatial"].detach().cpu()
         if logits:
-            summary.logits.append(out["logits"].float().cpu())
-        if summary.count < keep:
-            summary.kept_pool.append(out["pool"][:keep - summary.count].float().cpu())
-        if summary.count < keep_images:
-            summary.images.append(np.array(batch[:keep_images - summary.count]))
-        summary.count += len(batch)
+            result["logits"] = out["logits"].float().cpu()
+        if offset < keep_images:
+            result["images"] = np.array(array[:keep_images - offset])
+        return result
+
+    bar = progress(total, desc, main_process=group.is_main)
+    try:
+        for (_, batch), out in map_in_order(_numbered(_rebatch(batches, batch_size)), work, group):
+            if out is not None:
+                summary.pool.update(out["pool"])
+                if spatial:
+                    summary.spatial.update(out["spatial"])
+                if logits:
+                    summary.logits.append(out["logits"])
+                if summary.count < keep:
+                    summary.kept_pool.append(out["pool"][:keep - summary.count].float())
+                if "images" in out:
+                    summary.images.append(out["images"])
+            summary.count += len(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
     if summary.count == 0:
         raise UserError("no images to evaluate")
     return summary
 
 
-def _rebatch(batches: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+def _numbered(batches: Iterable[np.ndarray | LazyBatch]) -> Iterator[tuple[int, np.ndarray | LazyBatch]]:
+    """(index of the batch's first image, batch)."""
+    offset = 0
     for batch in batches:
+        yield offset, batch
+        offset += len(batch)
+
+
+def _rebatch(batches: Iterable[np.ndarray | LazyBatch], size: int) -> Iterator[np.ndarray | LazyBatch]:
+    for batch in batches:
+        if isinstance(batch, LazyBatch):
+            yield from batch.split(size)
+            continue
         for start in range(0, len(batch), size):
             yield batch[start:start + size]
 
 
-def _sample_batches(samples: Any, limit: int | None) -> tuple[Iterable[np.ndarray], np.ndarray | None, str]:
-    """(uint8 NHWC batches, labels or None, description) from a path, array or tensor."""
+def _sample_batches(samples: Any, limit: int | None
+                    ) -> tuple[Iterable[np.ndarray | LazyBatch], np.ndarray | None, str, int]:
+    """(uint8 NHWC batches, labels or None, description, count) from a path (``.npz`` or an image
+    folder), an array or a tensor."""
     if isinstance(samples, (str, Path)):
-        from genzoo.metrics.reference import npz_labels
+        from genzoo.metrics.reference import npz_image_count, npz_labels
 
         path = Path(samples)
+        if path.is_dir():
+            from genzoo.data import load_dataset
+
+            dataset = load_dataset(f"folder:{path}")
+            count = len(dataset) if limit is None else min(len(dataset), limit)
+            labels = getattr(dataset, "labels", None)
+            labels = labels[:count] if labels is not None else None
+            return iter_dataset_batches(dataset, 256, count), labels, str(path), count
         if not path.is_file():
-            raise UserError(f"--samples {path}: no such file")
+            raise UserError(f"--samples {path}: no such file or folder")
         labels = npz_labels(path)
-        return iter_npz_images(path, limit=limit), (labels[:limit] if labels is not None else None), str(path)
+        count = npz_image_count(path)[0]
+        count = count if limit is None else min(count, limit)
+        labels = labels[:limit] if labels is not None else None
+        return iter_npz_images(path, limit=limit), labels, str(path), count
     if isinstance(samples, torch.Tensor):
         from genzoo.io import to_uint8
 
@@ -114,7 +168,8 @@ def _sample_batches(samples: Any, limit: int | None) -> tuple[Iterable[np.ndarra
     samples = np.asarray(samples)
     if samples.dtype != np.uint8 or samples.ndim != 4:
         raise UserError(f"samples: expected uint8 [N, H, W, C] images, got {samples.dtype} {samples.shape}")
-    return [samples[:limit]], None, f"{len(samples)} images in memory"
+    samples = samples[:limit]
+    return [samples], None, f"{len(samples)} images in memory", len(samples)
 
 
 def reference_from_dataset(spec: str, extractor: nn.Module, features: str, count: int = 10_000,
@@ -124,10 +179,12 @@ def reference_from_dataset(spec: str, extractor: nn.Module, features: str, count
     from genzoo.data import load_dataset
 
     dataset = load_dataset(spec, resolution)
-    summary = summarize(extractor, (images for images, _ in iter_dataset_images(dataset, 256, count)),
+    summary = summarize(extractor, iter_dataset_batches(dataset, batch_size, count),
                         spatial=features == "inception", keep=keep, keep_images=keep_images,
-                        batch_size=batch_size)
+                        batch_size=batch_size, total=min(len(dataset), count), desc="reference")
     ref = Reference(features=features, source=spec)
+    if not _is_main():
+        return ref, summary  # the statistics are on rank 0 (see summarize)
     ref.mu, ref.sigma = summary.pool.mean_cov()
     if features == "inception":
         ref.mu_s, ref.sigma_s = summary.spatial.mean_cov()
@@ -168,14 +225,16 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
     extractor = extractor or get_extractor(features, inception, classifier, device)
     if "is" in metrics and getattr(extractor, "fc", True) is None:
         raise UserError("--metrics is: this Inception weights file has no classifier head (fc); IS needs one")
-    batches, file_labels, description = _sample_batches(samples, num_samples)
+    batches, file_labels, description, count = _sample_batches(samples, num_samples)
     if labels is None:
         labels = file_labels
-    if labels is None and features == "shapes" and isinstance(samples, (str, Path)):
+    from_file = isinstance(samples, (str, Path)) and Path(samples).is_file()
+    if labels is None and features == "shapes" and from_file:
         labels = _labels_from_prompts(samples, num_samples)
     needs_pairs = "pr" in metrics or "kid" in metrics
     fake = summarize(extractor, batches, spatial="sfid" in metrics, logits=bool({"is", "acc"} & set(metrics)),
-                     keep=pr_count if needs_pairs else 0, batch_size=batch_size, device=device)
+                     keep=pr_count if needs_pairs else 0, batch_size=batch_size, device=device, total=count,
+                     desc="samples")
     result: dict[str, Any] = {"features": features, "num_samples": fake.count, "samples": description}
 
     ref_needed = bool({"fid", "sfid", "pr", "kid"} & set(metrics))
@@ -185,6 +244,8 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
                                        save_ref)
         result["ref"] = ref.source
         result["num_ref"] = real.count if real is not None else None
+    if not _is_main():
+        return {}  # rank 0 alone holds the features (see summarize)
     if "fid" in metrics:
         result["fd"] = frechet_distance(*fake.pool.mean_cov(), ref.mu, ref.sigma)
     if "sfid" in metrics:
@@ -253,7 +314,7 @@ def _resolve_reference(ref: str | Path | Reference, extractor: nn.Module, featur
             keep_images = ref_count if save_ref else 0
             ref, real = reference_from_dataset(str(ref), extractor, features, ref_count,
                                                pr_count if needs_pairs else 0, keep_images, batch_size)
-            if save_ref:
+            if save_ref and _is_main():
                 save_reference(save_ref, ref)
             return ref, real
     stats_usable = ref.features == features and ref.mu is not None and (
@@ -266,12 +327,19 @@ def _resolve_reference(ref: str | Path | Reference, extractor: nn.Module, featur
             raise UserError(f"--ref {ref.source}: has {what} and no images (arr_0) to compute "
                             f"{'precision/recall/KID' if needs_pairs else features + ' statistics'} from")
         real = summarize(extractor, [ref.images[:ref_count]], spatial=features == "inception",
-                         keep=pr_count if needs_pairs else 0, batch_size=batch_size)
-        if not stats_usable:
+                         keep=pr_count if needs_pairs else 0, batch_size=batch_size,
+                         total=min(len(ref.images), ref_count), desc="reference")
+        if not stats_usable and _is_main():
             ref = Reference(features=features, images=ref.images, source=ref.source)
             ref.mu, ref.sigma = real.pool.mean_cov()
             if features == "inception":
                 ref.mu_s, ref.sigma_s = real.spatial.mean_cov()
-    if save_ref:
+    if save_ref and _is_main():
         save_reference(save_ref, ref)
     return ref, real
+
+
+def _is_main() -> bool:
+    from genzoo.train.distributed import Distributed
+
+    return Distributed.current().is_main

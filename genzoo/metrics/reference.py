@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,3 +149,29 @@ def iter_dataset_images(dataset, batch_size: int = 256, limit: int | None = None
         items = [dataset[i] for i in range(start, min(start + batch_size, total))]
         images = np.stack([np.asarray(image).transpose(1, 2, 0) for image, _ in items])
         yield images, np.array([label for _, label in items], dtype=np.int64)
+
+
+@dataclass
+class LazyBatch:
+    """Items ``[start, stop)`` of a genzoo dataset, decoded only by the process that works on them."""
+
+    dataset: Any
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def split(self, size: int) -> Iterator[LazyBatch]:
+        for start in range(self.start, self.stop, size):
+            yield LazyBatch(self.dataset, start, min(start + size, self.stop))
+
+    def load(self) -> np.ndarray:
+        """uint8 NHWC images."""
+        return np.stack([np.asarray(self.dataset.image(i)) for i in range(self.start, self.stop)])
+
+
+def iter_dataset_batches(dataset, batch_size: int = 256, limit: int | None = None) -> Iterator[LazyBatch]:
+    """The items of a genzoo dataset as :class:`LazyBatch` es (nothing is decoded here)."""
+    total = len(dataset) if limit is None else min(len(dataset), limit)
+    yield from LazyBatch(dataset, 0, total).split(batch_size)

@@ -1,4 +1,6 @@
-"""Data-parallel training over processes started by ``torchrun`` (gloo on CPU, NCCL on CUDA).
+"""Processes started by ``torchrun`` (gloo on CPU, NCCL on CUDA): data-parallel training, and the
+sharded map that ``sample`` and ``eval`` use (each rank works on its share, rank 0 receives every
+result in the order of a 1-process run).
 
 The engine does not wrap networks in ``DistributedDataParallel``: objectives call their networks
 freely (a GAN's D loss runs G, a consistency loss runs a target network), and after the backward
@@ -7,9 +9,12 @@ passes of an update the engine averages the player's gradients over ranks with o
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -32,6 +37,13 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @classmethod
+    def current(cls) -> Distributed:
+        """The process group this process has joined (a 1-process one when none)."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls()
 
 
 def pick_device(spec: str | None, local_rank: int = 0) -> torch.device:
@@ -118,3 +130,42 @@ def broadcast_module(module: nn.Module, world: int) -> None:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def process_group(device_spec: str | None) -> Iterator[tuple[torch.device, Distributed]]:
+    """``(device, group)`` for a command: ``--device`` resolved for this rank (``auto``: CUDA when
+    available) and torchrun's process group joined; the group is left on exit."""
+    device = pick_device(device_spec, int(os.environ.get("LOCAL_RANK", "0")))
+    group = init_from_env(device)
+    try:
+        yield device, group
+    finally:
+        if group.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_in_order(items: Iterable[T], work: Callable[[T], R], group: Distributed | None = None
+                 ) -> Iterator[tuple[T, R | None]]:
+    """Apply ``work`` to this rank's share of ``items`` (item i goes to rank i mod world).
+
+    Every rank walks all items (so they must be cheap: seed lists, file names, stream chunks). Rank 0
+    yields ``(item, result)`` for every item in order, as a 1-process run would; the other ranks yield
+    ``(item, None)`` for every item, so they can count progress but keep no results.
+    """
+    group = group or Distributed.current()
+    if not group.active:
+        for item in items:
+            yield item, work(item)
+        return
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, group.world)):
+        mine = work(chunk[group.rank]) if group.rank < len(chunk) else None
+        gathered: list[Any] | None = [None] * group.world if group.is_main else None
+        dist.gather_object(mine, gathered, dst=0)
+        for i, item in enumerate(chunk):
+            yield item, (gathered[i] if gathered is not None else None)

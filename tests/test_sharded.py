@@ -1,0 +1,87 @@
+"""`torchrun -m genzoo sample|eval` with 2 processes (gloo, CPU) equals the 1-process run byte for byte;
+PNG-folder samples; memory that does not grow with the number of images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from genzoo.checkpoints import get_source, save_model_dir
+from genzoo.checkpoints.consistency_models import network_kwargs
+from genzoo.cli import main
+from genzoo.nets.adm import ADMUNet
+
+TINY = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+            num_head_channels=16, class_cond=True, num_classes=4, resblock_updown=True)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    net = ADMUNet(**network_kwargs(TINY))
+    for p in net.parameters():
+        p.data.normal_(0, 0.05)
+    source = get_source("consistency-models")
+    config, weights = source.to_genzoo(source.load(net.state_dict(), **TINY), TINY)
+    return save_model_dir(tmp_path_factory.mktemp("cm") / "model", config, weights)
+
+
+def child_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def torchrun(*argv: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "genzoo", *argv]
+    result = subprocess.run(cmd, env=child_env(), capture_output=True, timeout=300, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_process_sample_and_eval_equal_one_process(model_dir, tmp_path):
+    # 7 seeds in batches of 2: 4 batches, the last short, shared unevenly by the 2 ranks
+    sample = ["sample", "--ckpt", str(model_dir), "--seeds", "3-9", "--batch", "2", "--device", "auto"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run = torchrun(*sample, "--out", str(two / "s.npz"), "--grid", str(two / "g.png"))
+    assert "2 process(es)" in run.stdout and "on cpu" in run.stdout
+    assert run.stdout.count("images/s") == 1  # rank 0 alone reports
+    assert main([*sample, "--out", str(one / "s.npz"), "--grid", str(one / "g.png")]) == 0
+    assert main([*sample, "--out", str(one / "png")]) == 0
+    assert (two / "s.npz").read_bytes() == (one / "s.npz").read_bytes()
+    assert (two / "g.png").read_bytes() == (one / "g.png").read_bytes()
+    names = sorted(p.name for p in (one / "png").iterdir())
+    assert names == [f"{s:06d}.png" for s in range(3, 10)] + ["dataset.json"]
+    with np.load(one / "s.npz") as f:
+        images, labels = f["arr_0"], f["arr_1"]
+    from genzoo.io import load_image
+
+    for i, seed in enumerate(range(3, 10)):  # the folder holds the .npz's images under their seeds
+        assert np.array_equal(load_image(one / "png" / f"{seed:06d}.png"), images[i])
+    recorded = json.loads((one / "png" / "dataset.json").read_text())["labels"]
+    assert recorded[2] == ["000005.png", int(labels[2])]
+
+    # eval: samples sharded, and the reference statistics pass over a dataset spec too
+    evaluate = ["eval", "--ref", "shapes:16?count=40", "--features", "shapes", "--metrics", "fid,acc",
+                "--ref-count", "37", "--batch", "4", "--device", "auto"]
+    torchrun(*evaluate, "--samples", str(two / "s.npz"), "--save-ref", str(two / "ref.npz"),
+             "--out", str(two / "m.json"))
+    assert main([*evaluate, "--samples", str(one / "s.npz"), "--save-ref", str(one / "ref.npz"),
+                 "--out", str(one / "m.json")]) == 0
+    assert main([*evaluate, "--samples", str(one / "png"), "--out", str(one / "m_png.json")]) == 0
+    with np.load(one / "ref.npz") as a, np.load(two / "ref.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), key
+    m1, m2, m_png = (json.loads((d / n).read_text()) for d, n in
+                     ((one, "m.json"), (two, "m.json"), (one, "m_png.json")))
+    assert m1["num_samples"] == m2["num_samples"] == m_png["num_samples"] == 7 and m1["num_ref"] == 37
+    assert m1["fd"] == m2["fd"] == m_png["fd"] and m1["accuracy"] == m2["accuracy"] == m_png["accuracy"]
