@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +86,56 @@ def test_two_process_sample_and_eval_equal_one_process(model_dir, tmp_path):
                      ((one, "m.json"), (two, "m.json"), (one, "m_png.json")))
     assert m1["num_samples"] == m2["num_samples"] == m_png["num_samples"] == 7 and m1["num_ref"] == 37
     assert m1["fd"] == m2["fd"] == m_png["fd"] and m1["accuracy"] == m2["accuracy"] == m_png["accuracy"]
+
+
+MEMORY_DRIVER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import numpy as np, torch
+import test_train_toy
+test_train_toy.register()
+torch.set_num_threads(1)
+from genzoo.checkpoints import save_model_dir
+from genzoo.cli import main
+from genzoo.metrics import Reference, evaluate, peak_memory
+from test_train_toy import ToyNet
+
+class Pool(torch.nn.Module):  # a stand-in feature network: 4 channel statistics per image
+    def forward(self, images):
+        x = images.float()
+        return {{"pool": torch.cat([x.mean((2, 3)), x.std((2, 3))[:, :1]], 1)}}
+
+stage, n, out = sys.argv[1], int(sys.argv[2]), {out!r}
+if stage == "sample":
+    net = {{"channels": 3, "num_classes": 0, "width": 2}}
+    config = {{"family": "toy", "net": net, "resolution": 32, "channels": 3}}
+    model = save_model_dir(f"{{out}}/model{{n}}", config,
+                           {{"model": {{"net." + k: v for k, v in ToyNet(**net).state_dict().items()}}}})
+    with peak_memory("cpu") as memory:
+        assert main(["sample", "--ckpt", str(model), "--seeds", f"0-{{n - 1}}", "--batch", "250",
+                     "--out", f"{{out}}/s{{n}}.npz", "--quiet"]) == 0
+else:
+    ref = Reference(features="shapes", mu=np.zeros(4), sigma=np.eye(4))
+    with peak_memory("cpu") as memory:
+        evaluate(f"{{out}}/s{{n}}.npz", ref, ["fid"], features="shapes", extractor=Pool(), batch_size=250)
+print(json.dumps({{stage + str(n): memory["peak_memory_mb"]}}))
+"""
+
+
+def test_sample_and_eval_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    from genzoo.metrics.reference import npz_image_count
+
+    script = tmp_path / "memory.py"
+    script.write_text(MEMORY_DRIVER.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    peaks = {}
+    for stage in ("sample", "eval"):  # each measurement in a fresh process, two at a time
+        procs = [subprocess.Popen([sys.executable, str(script), stage, str(n)], env=child_env(), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in (2000, 20000)]
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 0, stderr[-3000:]
+            peaks.update(json.loads(stdout.strip().splitlines()[-1]))
+    assert npz_image_count(tmp_path / "s20000.npz") == (20000, (32, 32, 3))
+    # 18,000 more 32x32 RGB images are 55 MB as uint8 (221 MB as float): kept in memory, they would show
+    for stage in ("sample", "eval"):
+        assert peaks[f"{stage}20000"] - peaks[f"{stage}2000"] < 20, peaks

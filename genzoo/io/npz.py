@@ -100,7 +100,7 @@ class NpzWriter:
             with archive.open(_member("arr_0.npy"), "w", force_zip64=True) as out, \
                     open(self._tmp_images, "rb") as src:
                 out.write(_npy_header(shape, np.uint8))
-                while chunk := src.read(1 << 24):
+                while chunk := src.read(1 << 20):
                     out.write(chunk)
             if self._labels:
                 with archive.open(_member("arr_1.npy"), "w") as out:
