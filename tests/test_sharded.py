@@ -139,3 +139,21 @@ def test_sample_and_eval_memory_does_not_grow_with_the_number_of_images(tmp_path
     # 18,000 more 32x32 RGB images are 55 MB as uint8 (221 MB as float): kept in memory, they would show
     for stage in ("sample", "eval"):
         assert peaks[f"{stage}20000"] - peaks[f"{stage}2000"] < 20, peaks
+
+
+def test_two_process_edit_equals_one_process(model_dir, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths += ["--image", str(tmp_path / f"{i}.png")]
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(paths[-1])
+    argv = ["edit", "denoise", "--ckpt", str(model_dir), *paths, "--sigma", "0.5", "--add-noise",
+            "--steps", "1", "--seeds", "5,6,7", "--batch", "2"]
+    torchrun(*argv, "--out", str(tmp_path / "two"))
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == ["denoise-000.png", "denoise-001.png", "denoise-002.png", "grid.png"]
+    for name in names:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name

@@ -47,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=None,
             help="class label for a class-conditional model (default: drawn from the seed)",
         )
-        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        p.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
+        p.add_argument("--batch", type=int, default=64,
+                       help="images per batch (default 64); under torchrun the batches are shared")
         p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
         p.set_defaults(func=run)
         return p
@@ -96,76 +98,108 @@ def run(args: argparse.Namespace) -> int:
     from genzoo.consistency.sampling import parse_ts
     from genzoo.errors import UserError
     from genzoo.io import save_grid, save_image
-    from genzoo.seeds import StackedRandomGenerator, parse_seeds
+    from genzoo.progress import progress
+    from genzoo.seeds import batches, parse_seeds
+    from genzoo.train.distributed import map_in_order, process_group
 
-    model = load(args.ckpt, ema=not args.raw, device=args.device)
-    if not hasattr(model, "sigma_min"):
-        raise UserError(
-            f"--ckpt {args.ckpt}: editing needs a consistency or diffusion model (a denoiser), got a "
-            f"{model.config.get('family')} model"
-        )
-    config = model.config
-    resolution = int(config.get("resolution") or model.resolution)
-    channels = int(config.get("channels") or 3)
-    op = args.operation
-    ts = parse_ts(args.ts)
-    steps = args.steps
-    if ts is not None and steps is None:
-        steps = int(config.get("num_scales") or 40)
-    out = Path(args.out)
-
-    if op == "interpolate":
-        seeds = parse_seeds(args.seeds or "0,1")
-        if len(seeds) != 2:
-            raise UserError(f"--seeds: interpolate needs exactly two seeds, got {args.seeds!r}")
-        if args.num < 2:
-            raise UserError(f"--num: expected at least 2 images, got {args.num}")
-        labels = _labels(config, [seeds[0]] * args.num, args.class_label, args.device, _labels_for_seeds)
-        alphas = [i / (args.num - 1) for i in range(args.num)]
-        results = edit.interpolate(
-            model, seeds[0], seeds[1], alphas, steps=steps, ts=ts, class_labels=labels, device=args.device
-        )
-        inputs = None
-    else:
-        images = _read_images(args.image, channels, args.device)
-        seeds = parse_seeds(args.seeds) if args.seeds else list(range(len(images)))
-        if len(seeds) != len(images):
-            raise UserError(f"--seeds: {len(seeds)} seeds for {len(images)} images")
-        rng = StackedRandomGenerator(args.device, seeds)
-        labels = _labels(config, seeds, args.class_label, args.device, _labels_for_seeds)
-        inputs = images
-        if op == "inpaint":
-            mask = _read_images([args.mask], 1, args.device)[:, :1] > 0
-            if tuple(mask.shape[-2:]) != tuple(images.shape[-2:]):
-                raise UserError(
-                    f"--mask {args.mask}: is {mask.shape[-1]}x{mask.shape[-2]}, the images are "
-                    f"{images.shape[-1]}x{images.shape[-2]}"
-                )
-            inputs = torch.where(mask, torch.zeros_like(images), images)
-            results = edit.inpaint(model, images, mask, rng, steps, ts, labels)
-        elif op == "colorize":
-            inputs = edit.luma(images).expand(-1, 3, -1, -1) if images.shape[1] == 3 else images
-            results = edit.colorize(model, images, rng, steps, ts, labels)
-        elif op == "superres":
-            low = edit.patch_means(images, args.factor) if images.shape[-1] == resolution else images
-            inputs = torch.nn.functional.interpolate(
-                low, scale_factor=resolution // low.shape[-1], mode="nearest"
+    with process_group(args.device) as (device, group):
+        model = load(args.ckpt, ema=not args.raw, device=device)
+        if not hasattr(model, "sigma_min"):
+            raise UserError(
+                f"--ckpt {args.ckpt}: editing needs a consistency or diffusion model (a denoiser), got a "
+                f"{model.config.get('family')} model"
             )
-            results = edit.superres(model, low, args.factor, rng, steps, ts, labels)
-        elif op == "stroke":
-            results = edit.stroke(model, images, args.sigma, rng, steps, labels)
-        else:
-            noisy = edit.noise_image(images, args.sigma, rng) if args.add_noise else images
-            inputs = noisy.clamp(-1, 1)
-            rng = StackedRandomGenerator(args.device, seeds)
-            results = edit.denoise(model, noisy, args.sigma, rng, steps, labels)
+        config = model.config
+        channels = int(config.get("channels") or 3)
+        op = args.operation
+        ts = parse_ts(args.ts)
+        steps = args.steps
+        if ts is not None and steps is None:
+            steps = int(config.get("num_scales") or 40)
+        out = Path(args.out)
+        if group.is_main:
+            print(f"genzoo edit {op}: {args.ckpt} on {device}, {group.world} process(es)")
 
+        if op == "interpolate":
+            seeds = parse_seeds(args.seeds or "0,1")
+            if len(seeds) != 2:
+                raise UserError(f"--seeds: interpolate needs exactly two seeds, got {args.seeds!r}")
+            if args.num < 2:
+                raise UserError(f"--num: expected at least 2 images, got {args.num}")
+            labels = _labels(config, [seeds[0]] * args.num, args.class_label, device, _labels_for_seeds)
+            alphas = [i / (args.num - 1) for i in range(args.num)]
+            results = edit.interpolate(
+                model, seeds[0], seeds[1], alphas, steps=steps, ts=ts, class_labels=labels, device=device
+            ) if group.is_main else None
+            inputs = None
+        else:
+            images = _read_images(args.image, channels, device)
+            seeds = parse_seeds(args.seeds) if args.seeds else list(range(len(images)))
+            if len(seeds) != len(images):
+                raise UserError(f"--seeds: {len(seeds)} seeds for {len(images)} images")
+            labels = _labels(config, seeds, args.class_label, device, _labels_for_seeds)
+            mask = None
+            if op == "inpaint":
+                mask = _read_images([args.mask], 1, device)[:, :1] > 0
+                if tuple(mask.shape[-2:]) != tuple(images.shape[-2:]):
+                    raise UserError(
+                        f"--mask {args.mask}: is {mask.shape[-1]}x{mask.shape[-2]}, the images are "
+                        f"{images.shape[-1]}x{images.shape[-2]}"
+                    )
+
+            def work(positions: list[int]):
+                index = torch.tensor(positions, device=device)
+                part_labels = None if labels is None else labels[index]
+                part_seeds = [seeds[i] for i in positions]
+                shown, edited = _edit_batch(args, model, op, images[index], part_seeds, part_labels, mask,
+                                            steps, ts, device)
+                return shown.cpu(), edited.cpu()
+
+            bar = progress(len(images), f"edit {op}", main_process=group.is_main)
+            pieces = []
+            for positions, piece in map_in_order(batches(range(len(images)), args.batch), work, group):
+                if piece is not None:
+                    pieces.append(piece)
+                bar.update(len(positions))
+            bar.close()
+            inputs = torch.cat([p[0] for p in pieces]) if pieces else None
+            results = torch.cat([p[1] for p in pieces]) if pieces else None
+
+    if not group.is_main:
+        return 0
     for i, image in enumerate(results):
         save_image(image.clamp(-1, 1), out / f"{op}-{i:03d}.png")
     grid = results if inputs is None else torch.cat([inputs.clamp(-1, 1), results.clamp(-1, 1)])
     save_grid(grid, out / "grid.png", nrow=len(results))
     print(f"{op}: {len(results)} images -> {out}/{op}-*.png, grid {out / 'grid.png'}")
     return 0
+
+
+def _edit_batch(args, model, op, images, seeds, labels, mask, steps, ts, device):
+    """(inputs as shown in the grid, results) of one batch of images."""
+    import torch
+
+    from genzoo import edit
+    from genzoo.seeds import StackedRandomGenerator
+
+    rng = StackedRandomGenerator(device, seeds)
+    resolution = int(model.config.get("resolution") or model.resolution)
+    if op == "inpaint":
+        inputs = torch.where(mask, torch.zeros_like(images), images)
+        return inputs, edit.inpaint(model, images, mask, rng, steps, ts, labels)
+    if op == "colorize":
+        inputs = edit.luma(images).expand(-1, 3, -1, -1) if images.shape[1] == 3 else images
+        return inputs, edit.colorize(model, images, rng, steps, ts, labels)
+    if op == "superres":
+        low = edit.patch_means(images, args.factor) if images.shape[-1] == resolution else images
+        inputs = torch.nn.functional.interpolate(low, scale_factor=resolution // low.shape[-1],
+                                                 mode="nearest")
+        return inputs, edit.superres(model, low, args.factor, rng, steps, ts, labels)
+    if op == "stroke":
+        return images, edit.stroke(model, images, args.sigma, rng, steps, labels)
+    noisy = edit.noise_image(images, args.sigma, rng) if args.add_noise else images
+    rng = StackedRandomGenerator(device, seeds)
+    return noisy.clamp(-1, 1), edit.denoise(model, noisy, args.sigma, rng, steps, labels)
 
 
 def _labels(config, seeds, class_label, device, labels_for_seeds):
