@@ -7,6 +7,7 @@ and pipes get none, as tqdm's ``disable=None`` convention.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from tqdm import tqdm
@@ -24,8 +25,10 @@ def bars_enabled(main_process: bool = True) -> bool:
     return main_process and not _quiet and sys.stderr.isatty()
 
 
-def progress(total: int | None, desc: str, unit: str = "img", main_process: bool = True,
+def progress(total: int | Iterable | None, desc: str, unit: str = "img", main_process: bool = True,
              **kwargs: Any) -> tqdm:
-    """A tqdm bar writing to stderr, disabled unless :func:`bars_enabled`."""
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
-                disable=not bars_enabled(main_process), **kwargs)
+    """A tqdm bar writing to stderr, disabled unless :func:`bars_enabled`; ``total`` may be an iterable
+    to wrap."""
+    iterable = None if total is None or isinstance(total, int) else total
+    return tqdm(iterable, total=None if iterable is not None else total, desc=desc, unit=unit,
+                dynamic_ncols=True, file=sys.stderr, disable=not bars_enabled(main_process), **kwargs)

@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = compare(args.runs, args.out, quality=args.quality, embed=args.embed, title=args.title)
     print(result["markdown"].read_text(), end="")
+    for line in result["skipped"]:
+        print(f"skipped: {line}")
     print(
         f"wrote {result['html']} ({len(result['records'])} configurations, {len(result['plots'])} plots, "
         f"{len(result['grids'])} grids)"

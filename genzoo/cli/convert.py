@@ -72,9 +72,18 @@ def run(args: argparse.Namespace) -> int:
             f"--from {source.name}: this source can be loaded with genzoo.checkpoints.load_official "
             "but not converted"
         )
+    from genzoo.progress import progress
+
     flags = parse_flag_pairs(args.flags or [])
+    print(f"genzoo convert: {args.input} ({source.name}) -> {args.out_dir} on cpu")
+    bar = progress(3, "convert", unit="stage")
+    bar.set_postfix_str("read")
     module = load_official(source.name, args.input, preset=args.preset, **flags)
+    bar.update()
+    bar.set_postfix_str("convert")
     config, weights = source.to_genzoo(module, resolve_flags(source, args.preset, flags))
+    bar.update()
+    bar.set_postfix_str("write")
     config["converted_from"] = {
         "source": source.name,
         "preset": args.preset,
@@ -82,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         "flags": {k: str(v) for k, v in flags.items()},
     }
     save_model_dir(args.out_dir, config, weights)
+    bar.update()
+    bar.close()
     params = sum(v.numel() for state in weights.values() for v in state.values())
     print(
         f"wrote {args.out_dir}: family {config.get('family')}, arch {config.get('arch')}, "

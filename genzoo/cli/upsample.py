@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="draw z and noise per image from seeds SEED+i (default: z = 0, no noise: deterministic)",
     )
     parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
     parser.set_defaults(func=run)
 
@@ -81,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".npz" and out.suffix.lower() not in IMAGE_SUFFIXES:
         raise UserError(f"--out {out}: expected a .npz file or an image file ({', '.join(IMAGE_SUFFIXES)})")
     images, labels = read_input(Path(args.input))
-    model = load(args.upsampler, ema=not args.raw, device=args.device)
+    from genzoo.train.distributed import pick_device
+
+    device = pick_device(args.device)
+    print(f"genzoo upsample: {args.upsampler} on {device}, {len(images)} images")
+    model = load(args.upsampler, ema=not args.raw, device=device)
     start = time.perf_counter()
     seeds = list(range(args.seed, args.seed + len(images))) if args.seed is not None else None
     result = upsample(model, images, prompts=args.prompt, seeds=seeds, batch_size=args.batch)

@@ -175,11 +175,12 @@ def _slug(text: str) -> str:
 def collect_grids(records: list[dict[str, Any]], out_dir: Path, max_images: int = 64) -> dict[int, Path]:
     """Copy each record's grid into ``out_dir/grids/`` (or draw one from its samples file)."""
     from genzoo.io import save_grid
+    from genzoo.progress import progress
 
     grids: dict[int, Path] = {}
     (out_dir / "grids").mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
-    for i, record in enumerate(records):
+    for i, record in enumerate(progress(records, "compare grids", unit="run")):
         base = Path(record["_path"]).parent
         name = _slug(str(record.get("model")))
         while name in used:
@@ -291,6 +292,26 @@ figcaption{{font-size:12px;max-width:260px}}
     return path
 
 
+PLOT_FILES = {"nfe": "quality_vs_nfe.png", "images_per_s": "quality_vs_speed.png"}
+
+
+def skipped_from_plots(records: list[dict[str, Any]], quality: str) -> list[str]:
+    """One line per configuration left out of a plot, saying which number it lacks."""
+    lines = []
+    for record in records:
+        name = f"{record.get('model')} ({record.get('_path')})"
+        if record.get(quality) is None:
+            label = metric_label(quality, record.get("features"))
+            lines.append(f"{name}: no {label}; left out of both plots")
+            continue
+        for cost, file in PLOT_FILES.items():
+            if record.get(cost) is None:
+                why = ("sample writes cost.json beside the samples and eval records it"
+                       if cost == "images_per_s" else "record --nfe with eval, or sample's cost.json")
+                lines.append(f"{name}: no {metric_label(cost)}; left out of {file} ({why})")
+    return lines
+
+
 def compare(
     targets: Sequence[str | Path],
     out_dir: str | Path,
@@ -316,6 +337,7 @@ def compare(
     grids = collect_grids(records, out_dir)
     page = write_html(records, out_dir, plots, grids, tables, embed=embed, title=title)
     return {
+        "skipped": skipped_from_plots(records, key),
         "html": page,
         "markdown": tables[0],
         "csv": tables[1],
