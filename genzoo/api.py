@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,6 +53,7 @@ class SampleBatch(NamedTuple):
     seeds: list[int]
     prompts: list[str] | None
     nfe: int
+    seconds: float  # wall time of making this batch (in the process that made it)
 
 
 @torch.no_grad()
@@ -81,14 +84,16 @@ def iter_samples(model: nn.Module, seeds: str | Sequence[int],
     options = family.prepare_sampling(model, options)
 
     def make(positions: list[int]) -> SampleBatch:
+        start = time.perf_counter()
         batch_seeds = [seeds[i] for i in positions]
         rng = StackedRandomGenerator(device, batch_seeds)
         labels = None
         if labels_all is not None:
             labels = torch.tensor([labels_all[i] for i in positions], device=device)
         images, nfe = family.sample(model, rng, labels, options)
-        return SampleBatch(to_uint8(images).cpu(), labels.cpu() if labels is not None else None,
-                           list(batch_seeds), family.prompts_for(model, batch_seeds, options), nfe)
+        images = to_uint8(images).cpu()
+        return SampleBatch(images, labels.cpu() if labels is not None else None, list(batch_seeds),
+                           family.prompts_for(model, batch_seeds, options), nfe, time.perf_counter() - start)
 
     for _, batch in map_in_order(batches(range(len(seeds)), batch_size), make):
         yield batch
@@ -128,10 +133,11 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
                   **options: Any) -> dict[str, Any]:
     """Stream samples to ``out`` (``.npz``, or a folder of ``{seed:06d}.png``) and the first ``grid_max``
     to a PNG grid, holding one batch at a time. Under ``torchrun`` the processes share the batches and
-    rank 0 writes. Returns (on every rank) ``{"num_images", "nfe", "seconds", "images_per_s"}``."""
-    import time
-
+    rank 0 writes, and writes the cost beside the samples (:func:`genzoo.metrics.cost.sample_cost_path`):
+    NFE, images/s, median latency per batch, peak memory, FLOPs per image (``torch.utils.flop_counter``),
+    parameters × NFE and the settings. Returns that cost (rank 0; the other ranks get the counts only)."""
     from genzoo.io import open_sample_writer, save_grid
+    from genzoo.metrics.cost import count_flops, parameter_count, peak_memory, write_sample_cost
     from genzoo.progress import progress
     from genzoo.train.distributed import Distributed
 
@@ -141,12 +147,18 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
     seed_list = parse_seeds(seeds)
     writer = open_sample_writer(out) if out is not None and group.is_main else None
     kept: list[torch.Tensor] = []
-    nfe = 0
+    nfe, latencies = 0, []
+    flops = _flops_per_image(model, seed_list[0], class_labels, device, options, count_flops) \
+        if group.is_main else None
     bar = progress(len(seed_list), "sample", main_process=group.is_main)
+    device_type = torch.device(device).type if device is not None else next(model.parameters()).device.type
+    memory_context = peak_memory(device if device is not None else next(model.parameters()).device)
+    memory = memory_context.__enter__()
     start = time.perf_counter()
     try:
         for batch in iter_samples(model, seed_list, class_labels, batch_size, device, **options):
             if batch is not None:
+                latencies.append(batch.seconds)
                 if writer is not None:
                     writer.write(batch.images, batch.labels, batch.prompts, seeds=batch.seeds)
                 if grid is not None and sum(len(k) for k in kept) < grid_max:
@@ -159,13 +171,41 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
         raise
     finally:
         bar.close()
+        memory_context.__exit__(None, None, None)
     seconds = time.perf_counter() - start
     if writer is not None:
         writer.close()
     if grid is not None and kept:
         save_grid(torch.cat(kept), grid)
-    return {"num_images": len(seed_list), "nfe": nfe, "seconds": seconds,
+    cost = {"num_images": len(seed_list), "nfe": nfe, "seconds": round(seconds, 4),
             "images_per_s": len(seed_list) / seconds if seconds > 0 else None}
+    if not group.is_main:
+        return cost
+    params = parameter_count(model)
+    cost.update({
+        "latency_s": statistics.median(latencies) if latencies else None, "batch_size": batch_size,
+        "peak_memory_mb": memory["peak_memory_mb"], "device": device_type, "processes": group.world,
+        "flops_per_image": flops, "parameters": params, "params_x_nfe": params * nfe,
+        "sampler": {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "model": str(getattr(model, "model_dir", "")), "family": model.config.get("family"),
+    })
+    if out is not None:
+        cost["cost_file"] = str(write_sample_cost(out, cost))
+    return cost
+
+
+def _flops_per_image(model: nn.Module, seed: int, class_labels: Any, device: Any, options: dict[str, Any],
+                     count_flops: Callable) -> int | None:
+    """FLOPs of sampling one image (the first seed's), counted once before the timed run."""
+    family = get_family(model.config["family"])
+    first_label = class_labels[:1] if isinstance(class_labels, (list, tuple)) else class_labels
+    labels = _labels_for_seeds([seed], first_label, int(model.config.get("num_classes", 0) or 0))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    label_tensor = torch.tensor(labels, device=device) if labels is not None else None
+    options = family.prepare_sampling(model, options)
+    with torch.no_grad():
+        return count_flops(lambda: family.sample(model, StackedRandomGenerator(device, [seed]), label_tensor,
+                                                 options)) or None
 
 
 def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from genzoo.errors import UserError
     from genzoo.metrics import evaluate
-    from genzoo.metrics.record import metric_label, write_metrics
+    from genzoo.metrics.record import attach_sample_cost, metric_label, write_metrics
     from genzoo.train.distributed import process_group
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             result[key] = getattr(args, key)
     out = Path(args.out) if args.out else Path(args.samples).with_name("metrics.json")
-    result["samples"] = str(Path(args.samples).resolve())
+    attach_sample_cost(result, args.samples, out)
     write_metrics(out, result)
     print(format_result_table(result, metric_label))
     print(f"wrote {out}")

@@ -17,7 +17,7 @@ from genzoo.errors import UserError
 from genzoo.metrics.record import LOWER_IS_BETTER, find_metrics, metric_label, read_metrics
 
 QUALITY_KEYS = ("fd", "sfid", "is", "precision", "recall", "kid", "accuracy")
-COST_KEYS = ("nfe", "images_per_s", "latency_s", "peak_memory_mb")
+COST_KEYS = ("nfe", "images_per_s", "latency_s", "peak_memory_mb", "flops_per_image", "params_x_nfe")
 FAMILY_COLOURS = {"diffusion": "#1f77b4", "consistency": "#2ca02c", "gan": "#d62728"}
 
 
@@ -331,6 +331,7 @@ def compare(
         for p in (
             plot_quality_vs_cost(records, key, "nfe", out_dir / "quality_vs_nfe.png"),
             plot_quality_vs_cost(records, key, "images_per_s", out_dir / "quality_vs_speed.png"),
+            plot_quality_vs_cost(records, key, "flops_per_image", out_dir / "quality_vs_flops.png"),
         )
         if p is not None
     ]

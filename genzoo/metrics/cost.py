@@ -8,15 +8,20 @@ taken from the callable's return value ``(images, nfe)`` when it gives one, othe
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from genzoo.errors import UserError
 
 
 @dataclass
@@ -140,3 +145,52 @@ def measure_cost(generate: Callable[[int], Any], batch_size: int, batches: int =
                 latency_std_s=statistics.pstdev(times), batch_size=batch_size,
                 num_images=batch_size * batches,
                 peak_memory_mb=memory["peak_memory_mb"], device=str(device))
+
+
+def count_flops(run: Callable[[], Any]) -> int:
+    """Floating-point operations of ``run()`` as counted by ``torch.utils.flop_counter`` (matmuls and
+    convolutions: 2 per multiply-add; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return int(counter.get_total_flops())
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def sample_cost_path(samples: str | Path) -> Path:
+    """Where ``sample`` writes its cost: ``FILE.cost.json`` beside ``FILE.npz``, ``DIR/cost.json`` in a
+    PNG folder."""
+    samples = Path(samples)
+    if samples.suffix == ".npz":
+        return samples.with_name(samples.stem + ".cost.json")
+    return samples / "cost.json"
+
+
+def write_sample_cost(samples: str | Path, cost: dict[str, Any]) -> Path:
+    path = sample_cost_path(samples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(cost, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_sample_cost(samples: str | Path) -> dict[str, Any] | None:
+    """The cost ``sample`` recorded beside ``samples``, or None when there is none."""
+    path = sample_cost_path(samples)
+    if not path.is_file():
+        return None
+    try:
+        cost = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(cost, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return cost

@@ -15,16 +15,19 @@ from genzoo.errors import UserError
 
 SCHEMA = "genzoo-metrics/1"
 #: Identity and settings (strings / a dict).
-TEXT_FIELDS = ("model", "family", "features", "ref", "samples", "grid")
+TEXT_FIELDS = ("model", "family", "features", "ref", "samples", "grid", "cost", "device")
 #: Numbers (null when not measured). ``fd`` is FID when ``features`` is "inception".
-NUMBER_FIELDS = ("nfe", "images_per_s", "latency_s", "peak_memory_mb", "fd", "sfid", "is", "is_std",
-                 "precision", "recall", "kid", "kid_std", "accuracy", "num_samples", "num_ref")
+NUMBER_FIELDS = ("nfe", "images_per_s", "latency_s", "peak_memory_mb", "flops_per_image", "params_x_nfe",
+                 "fd", "sfid", "is", "is_std", "precision", "recall", "kid", "kid_std", "accuracy",
+                 "num_samples", "num_ref")
 #: Column titles used by tables and plots.
 LABELS = {"nfe": "NFE", "images_per_s": "images/s", "latency_s": "latency/batch (s)",
-          "peak_memory_mb": "peak MB", "fd": "FD", "sfid": "sFID", "is": "IS", "precision": "precision",
+          "peak_memory_mb": "peak MB", "flops_per_image": "FLOPs/image",
+          "params_x_nfe": "params × NFE", "fd": "FD", "sfid": "sFID", "is": "IS", "precision": "precision",
           "recall": "recall", "kid": "KID", "accuracy": "cond. accuracy", "num_samples": "samples"}
 #: Lower is better for these; higher for the rest of the quality numbers.
-LOWER_IS_BETTER = {"fd", "sfid", "kid", "latency_s", "peak_memory_mb", "nfe"}
+LOWER_IS_BETTER = {"fd", "sfid", "kid", "latency_s", "peak_memory_mb", "nfe", "flops_per_image",
+                   "params_x_nfe"}
 
 
 def metric_label(key: str, features: str | None = None) -> str:
@@ -97,3 +100,26 @@ def find_metrics(target: str | Path) -> list[Path]:
             return found
     raise UserError(f"{target}: expected a metrics.json file, or a run directory holding metrics.json "
                     "(or subdirectories that do)")
+
+
+#: What ``eval`` copies from the cost ``sample`` wrote beside the samples.
+COST_FIELDS = ("nfe", "images_per_s", "latency_s", "peak_memory_mb", "flops_per_image", "params_x_nfe",
+               "batch_size", "device", "processes", "sampler", "family")
+
+
+def attach_sample_cost(result: dict[str, Any], samples: str | Path,
+                       metrics_path: str | Path) -> dict[str, Any]:
+    """Add the sampling cost recorded beside ``samples`` (fields already in ``result`` win) and store
+    ``samples`` relative to the metrics file, so a run directory can be moved or shared."""
+    from genzoo.metrics.cost import read_sample_cost, sample_cost_path
+
+    cost = read_sample_cost(samples)
+    if cost is not None:
+        for key in COST_FIELDS:
+            if result.get(key) is None and cost.get(key) is not None:
+                result[key] = cost[key]
+    base = Path(metrics_path).resolve().parent
+    if cost is not None:
+        result["cost"] = os.path.relpath(sample_cost_path(samples).resolve(), base)
+    result["samples"] = os.path.relpath(Path(samples).resolve(), base)
+    return result
