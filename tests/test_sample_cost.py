@@ -94,3 +94,42 @@ def test_progress_bars_only_in_a_terminal_unless_quiet(tmp_path, quiet):
     assert proc.wait(timeout=120) == 0
     drawn = b"10/10" in seen and b"img/s" in seen
     assert drawn != quiet, seen.decode(errors="replace")[-500:]
+
+
+def test_eval_blocks_equal_separate_evaluations_of_each_block(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from genzoo.io import NpzWriter
+    from genzoo.metrics import Reference, evaluate
+
+    class Pool(torch.nn.Module):  # a stand-in feature network: channel means and one std
+        def forward(self, images):
+            x = images.double()
+            return {"pool": torch.cat([x.mean((2, 3)), x.std((2, 3))[:, :1]], 1),
+                    "logits": x.mean((2, 3)) / 32}
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (23, 4, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 23)
+    ref = Reference(features="shapes", mu=np.full(4, 100.0), sigma=np.eye(4) * 50)
+    result = evaluate(images, ref, ["fid", "acc"], features="shapes", extractor=Pool(), labels=labels,
+                      batch_size=4, blocks=3)  # blocks of 7 straddle the batches of 4; 2 images left out
+    assert result["block_size"] == 7 and len(result["fd_blocks"]) == 3
+    for i in range(3):
+        alone = evaluate(images[7 * i:7 * (i + 1)], ref, ["fid", "acc"], features="shapes", extractor=Pool(),
+                         labels=labels[7 * i:7 * (i + 1)], batch_size=5)
+        assert result["fd_blocks"][i] == pytest.approx(alone["fd"], rel=1e-9)
+        assert result["accuracy_blocks"][i] == alone["accuracy"]
+    values = np.array(result["fd_blocks"])
+    assert result["fd_mean"] == pytest.approx(values.mean()) and result["fd_min"] == values.min()
+    assert result["fd_block_std"] == pytest.approx(np.sqrt(((values - values.mean()) ** 2).sum() / 2))
+    with NpzWriter(tmp_path / "s.npz") as out:
+        out.write(images, labels)
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", "shapes:8?count=20", "--features",
+                 "shapes", "--metrics", "fid", "--ref-count", "20", "--blocks", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "over 2 blocks of 11" in printed and "minimum" in printed
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", "shapes", "--features", "shapes",
+                 "--metrics", "fid", "--blocks", "0"]) == 2
+    assert "--blocks: expected a positive number" in capsys.readouterr().err

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--family", help="model family to record in metrics.json")
     parser.add_argument("--nfe", type=float, help="network evaluations per image to record")
     parser.add_argument("--batch", type=int, default=64, help="images per feature batch (default 64)")
+    parser.add_argument("--blocks", type=int, default=1,
+                        help="also report each metric's mean, std and minimum over K disjoint blocks of "
+                             "consecutive samples (seeds); default 1 (off)")
     parser.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
     parser.set_defaults(func=run)
 
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(args.samples, args.ref, metrics=metrics, features=args.features,
                           inception=args.inception, classifier=args.classifier, num_samples=args.num_samples,
                           ref_count=args.ref_count, pr_count=args.pr_count, batch_size=args.batch,
-                          device=device, save_ref=args.save_ref)
+                          device=device, save_ref=args.save_ref, blocks=args.blocks)
     if not group.is_main:
         return 0
     for key in ("model", "family", "nfe"):
@@ -83,5 +86,9 @@ def format_result_table(result: dict, metric_label) -> str:
         if key in result:
             value = f"{result[key]:.4f}" + (f" ± {result[std]:.4f}" if std and std in result else "")
             rows.append((metric_label(key, result["features"]), value))
+            if f"{key}_blocks" in result:
+                rows.append((f"  over {result['blocks']} blocks of {result['block_size']}",
+                             f"{result[key + '_mean']:.4f} ± {result[key + '_block_std']:.4f} (mean ± std), "
+                             f"minimum {result[key + '_min']:.4f}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -58,6 +58,9 @@ class FeatureSummary:
     kept_pool: list[torch.Tensor] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
     count: int = 0
+    block_size: int = 0  # > 0: statistics also per disjoint block of this many images (in order)
+    pool_blocks: list[FeatureStats] = field(default_factory=list)
+    spatial_blocks: list[FeatureStats] = field(default_factory=list)
 
     def kept(self) -> torch.Tensor:
         return torch.cat(self.kept_pool)
@@ -65,12 +68,30 @@ class FeatureSummary:
     def all_logits(self) -> torch.Tensor:
         return torch.cat(self.logits)
 
+    def update_blocks(self, offset: int, pool: torch.Tensor, spatial: torch.Tensor | None,
+                      blocks: int) -> None:
+        """Add a batch that starts at image ``offset`` to the per-block statistics (images after
+        ``blocks`` full blocks are left out of them)."""
+        start = 0
+        while start < len(pool):
+            index = (offset + start) // self.block_size
+            if index >= blocks:
+                break
+            stop = min(len(pool), (index + 1) * self.block_size - offset)
+            while len(self.pool_blocks) <= index:
+                self.pool_blocks.append(FeatureStats())
+                self.spatial_blocks.append(FeatureStats())
+            self.pool_blocks[index].update(pool[start:stop])
+            if spatial is not None:
+                self.spatial_blocks[index].update(spatial[start:stop])
+            start = stop
+
 
 @torch.no_grad()
 def summarize(extractor: nn.Module, batches: Iterable[np.ndarray | LazyBatch], *, spatial: bool = False,
               logits: bool = False, keep: int = 0, keep_images: int = 0, batch_size: int = 64,
               device: str | torch.device | None = None, total: int | None = None,
-              desc: str = "features") -> FeatureSummary:
+              desc: str = "features", blocks: int = 0) -> FeatureSummary:
     """Stream uint8 NHWC batches through ``extractor``: running statistics, plus the first ``keep``
     pool features (for precision/recall/KID) and first ``keep_images`` images (to save a reference).
 
@@ -84,6 +105,10 @@ def summarize(extractor: nn.Module, batches: Iterable[np.ndarray | LazyBatch], *
     device = device or next(extractor.parameters()).device
     group = Distributed.current()
     summary = FeatureSummary()
+    if blocks > 1:
+        if total is None or total // blocks < 2:
+            raise UserError(f"--blocks {blocks}: needs at least 2 images per block, got {total} images")
+        summary.block_size = total // blocks
 
     def work(item: tuple[int, np.ndarray | LazyBatch]) -> dict[str, Any]:
         offset, batch = item
@@ -106,6 +131,8 @@ def summarize(extractor: nn.Module, batches: Iterable[np.ndarray | LazyBatch], *
                 summary.pool.update(out["pool"])
                 if spatial:
                     summary.spatial.update(out["spatial"])
+                if summary.block_size:
+                    summary.update_blocks(summary.count, out["pool"], out.get("spatial"), blocks)
                 if logits:
                     summary.logits.append(out["logits"])
                 if summary.count < keep:
@@ -198,7 +225,7 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
              classifier: str | Path | None = None, labels: Sequence[int] | np.ndarray | None = None,
              num_samples: int | None = None, ref_count: int = 10_000, pr_count: int = 10_000,
              batch_size: int = 64, device: str | torch.device = "cpu", save_ref: str | Path | None = None,
-             extractor: nn.Module | None = None) -> dict[str, Any]:
+             extractor: nn.Module | None = None, blocks: int = 1) -> dict[str, Any]:
     """Quality metrics of ``samples`` against ``ref``.
 
     ``samples``: an ADM ``.npz`` (``arr_0`` uint8 NHWC, labels in ``arr_1``), a uint8 NHWC array, or
@@ -212,6 +239,10 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
     Returns a dict with ``features``, ``num_samples``, ``num_ref`` and, per metric: ``fd`` (FID
     for Inception features), ``sfid``, ``is``/``is_std``, ``precision``/``recall``,
     ``kid``/``kid_std``, ``accuracy``.
+
+    ``blocks`` K > 1 also measures each metric on K disjoint blocks of consecutive samples (seed blocks;
+    the remainder of N/K is left out) and adds ``<metric>_blocks`` (the K values), ``_mean``,
+    ``_block_std`` (sample standard deviation) and ``_min`` (the minimum, as some papers report).
     """
     start = time.perf_counter()
     metrics = tuple(DEFAULT_METRICS.get(features, ()) if metrics is None else metrics)
@@ -222,6 +253,8 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
     if features != "inception" and "sfid" in metrics:
         raise UserError("--metrics sfid: sFID is defined on Inception's mixed_6/conv features; "
                         "use --features inception")
+    if blocks < 1:
+        raise UserError(f"--blocks: expected a positive number of blocks, got {blocks}")
     extractor = extractor or get_extractor(features, inception, classifier, device)
     if "is" in metrics and getattr(extractor, "fc", True) is None:
         raise UserError("--metrics is: this Inception weights file has no classifier head (fc); IS needs one")
@@ -234,7 +267,10 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
     needs_pairs = "pr" in metrics or "kid" in metrics
     fake = summarize(extractor, batches, spatial="sfid" in metrics, logits=bool({"is", "acc"} & set(metrics)),
                      keep=pr_count if needs_pairs else 0, batch_size=batch_size, device=device, total=count,
-                     desc="samples")
+                     desc="samples", blocks=blocks)
+    if blocks > 1 and needs_pairs and pr_count < blocks * fake.block_size:
+        raise UserError(f"--blocks {blocks} with pr/kid: --pr-count {pr_count} must cover the "
+                        f"{blocks * fake.block_size} samples in the blocks")
     result: dict[str, Any] = {"features": features, "num_samples": fake.count, "samples": description}
 
     ref_needed = bool({"fid", "sfid", "pr", "kid"} & set(metrics))
@@ -259,8 +295,44 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
             result["kid"], result["kid_std"] = kid(real.kept(), fake.kept())
     if "acc" in metrics:
         result["accuracy"] = _conditional_accuracy(fake.all_logits(), labels, features)
+    if blocks > 1:
+        result.update(_block_metrics(fake, ref, real, metrics, labels, features, blocks))
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
+
+
+def _block_metrics(fake: FeatureSummary, ref: Reference | None, real: FeatureSummary | None,
+                   metrics: Sequence[str], labels: Any, features: str, blocks: int) -> dict[str, Any]:
+    """Each metric on each of ``blocks`` disjoint blocks of samples: values, mean, std and minimum."""
+    size = fake.block_size
+    parts = [slice(i * size, (i + 1) * size) for i in range(blocks)]
+    per: dict[str, list[float]] = {}
+    if "fid" in metrics:
+        per["fd"] = [frechet_distance(*stats.mean_cov(), ref.mu, ref.sigma) for stats in fake.pool_blocks]
+    if "sfid" in metrics:
+        per["sfid"] = [frechet_distance(*stats.mean_cov(), ref.mu_s, ref.sigma_s)
+                       for stats in fake.spatial_blocks]
+    if "is" in metrics:
+        logits = fake.all_logits()
+        per["is"] = [inception_score(logits[part], splits=min(10, size))[0] for part in parts]
+    if "pr" in metrics or "kid" in metrics:
+        kept = fake.kept()
+        pairs = [precision_recall(real.kept(), kept[part]) for part in parts] if "pr" in metrics else []
+        if pairs:
+            per["precision"], per["recall"] = [p for p, _ in pairs], [r for _, r in pairs]
+        if "kid" in metrics:
+            per["kid"] = [kid(real.kept(), kept[part])[0] for part in parts]
+    if "acc" in metrics:
+        logits = fake.all_logits()
+        per["accuracy"] = [_conditional_accuracy(logits[part], np.asarray(labels)[part], features)
+                           for part in parts]
+    out: dict[str, Any] = {"blocks": blocks, "block_size": size}
+    for key, values in per.items():
+        out[f"{key}_blocks"] = values
+        out[f"{key}_mean"] = float(np.mean(values))
+        out[f"{key}_block_std"] = float(np.std(values, ddof=1))
+        out[f"{key}_min"] = float(np.min(values))
+    return out
 
 
 def frechet_metric(ref: str | Path | Reference, features: str = "inception",
