@@ -147,13 +147,17 @@ def measure_cost(generate: Callable[[int], Any], batch_size: int, batches: int =
                 peak_memory_mb=memory["peak_memory_mb"], device=str(device))
 
 
-def count_flops(run: Callable[[], Any]) -> int:
+def count_flops(run: Callable[[], Any]) -> int | None:
     """Floating-point operations of ``run()`` as counted by ``torch.utils.flop_counter`` (matmuls and
-    convolutions: 2 per multiply-add; elementwise work is not counted)."""
+    convolutions: 2 per multiply-add; elementwise work is not counted). None where the counter cannot
+    follow the computation (``autograd.grad`` inside, as classifier guidance does)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        run()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            run()
+    except RuntimeError:
+        return None
     return int(counter.get_total_flops())
 
 
