@@ -341,12 +341,16 @@ def frechet_metric(ref: str | Path | Reference, features: str = "inception",
                    device: str | torch.device = "cpu") -> Callable[[torch.Tensor], float]:
     """``images -> Fréchet distance`` to ``ref`` in ``features`` space (FID for inception), with the
     reference resolved once: the held-out metric of a search over sampling settings."""
+    from genzoo.train.distributed import local_only
+
     extractor = get_extractor(features, inception, classifier, device)
-    reference, _ = _resolve_reference(ref, extractor, features, ("fid",), ref_count, 0, batch_size, None)
+    with local_only():  # every rank searches whole, so all of them choose the same settings
+        reference, _ = _resolve_reference(ref, extractor, features, ("fid",), ref_count, 0, batch_size, None)
 
     def metric(images: torch.Tensor) -> float:
-        return float(evaluate(images, reference, ["fid"], features, batch_size=batch_size, device=device,
-                              extractor=extractor)["fd"])
+        with local_only():
+            return float(evaluate(images, reference, ["fid"], features, batch_size=batch_size, device=device,
+                                  extractor=extractor)["fd"])
 
     return metric
 

@@ -40,8 +40,9 @@ class Distributed:
 
     @classmethod
     def current(cls) -> Distributed:
-        """The process group this process has joined (a 1-process one when none)."""
-        if dist.is_available() and dist.is_initialized():
+        """The process group this process has joined (a 1-process one when none, or inside
+        :func:`local_only`)."""
+        if not _local_depth and dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
         return cls()
 
@@ -130,6 +131,20 @@ def broadcast_module(module: nn.Module, world: int) -> None:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+_local_depth = 0
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Work that every rank does whole (e.g. a search over sampling settings): no sharding inside."""
+    global _local_depth
+    _local_depth += 1
+    try:
+        yield
+    finally:
+        _local_depth -= 1
 
 
 @contextlib.contextmanager
