@@ -41,7 +41,7 @@ class Denoiser(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.add_module(self.network_attr, model)
+        setattr(self, self.network_attr, model)  # registered by nn.Module.__setattr__
         self.img_channels = int(getattr(model, "in_channels", 0)) or None
         self.label_dim = int(getattr(model, "label_dim", 0))
         self.resolution = getattr(model, "resolution", None)
