@@ -200,6 +200,11 @@ class OfficialSource:
     ) = None
     #: optional: guess a preset from a state dict (for error hints)
     guess_preset: Callable[[Mapping[str, torch.Tensor]], str | None] | None = None
+    #: optional: read a file into what ``load`` takes (default: :func:`read_state_dict`), e.g. a
+    #: restricted reader of network-snapshot pickles
+    read: Callable[[Path], Any] | None = None
+    #: optional: whether this source loads what ``read`` returned (to pick a source for a ``.pkl``)
+    accepts: Callable[[Any], bool] | None = None
 
 
 _SOURCES: dict[str, OfficialSource] = {}
@@ -258,7 +263,8 @@ def load_official(
     src = get_source(source)
     resolved = resolve_flags(src, preset, flags)
     if isinstance(path_or_state_dict, (str, Path)):
-        state = read_state_dict(path_or_state_dict)
+        path = Path(path_or_state_dict)
+        state = src.read(path) if src.read is not None else read_state_dict(path)
     else:
         state = dict(path_or_state_dict)
     return src.load(state, **resolved)
