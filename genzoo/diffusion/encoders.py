@@ -143,7 +143,7 @@ def load_vae(path: str | Path | None) -> Any:
     except ImportError:
         raise UserError(f"--vae {folder}: needs the diffusers package (pip install 'genzoo[edm2]')") from None
     try:
-        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError) as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"--vae {folder}: cannot load an AutoencoderKL ({first_line})") from None
