@@ -266,8 +266,10 @@ def load_official(
         path = Path(path_or_state_dict)
         state = src.read(path) if src.read is not None else read_state_dict(path)
     else:
-        state = dict(path_or_state_dict)
-    return src.load(state, **resolved)
+        path, state = None, dict(path_or_state_dict)
+    module = src.load(state, **resolved)
+    module.official_path = path  # lets a converter find companion files (BigGAN-PyTorch's D.pth)
+    return module
 
 
 def source_for_pickle(path: str | Path) -> tuple[OfficialSource, Any]:
