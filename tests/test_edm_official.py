@@ -188,9 +188,11 @@ def test_preset_expectations_and_unknown_flags_are_checked(tmp_path):
     _, path = snapshot(tmp_path, "ddpmpp-vp")
     with pytest.raises(UserError, match="resolution 8.*expects 32"):
         load_official("edm", path, preset="edm-cifar10-32x32-cond-vp")
+    with pytest.raises(UserError, match="arch 'ddpmpp', the preset expects 'ncsnpp'"):
+        load_official("edm", path, arch="ncsnpp")
     with pytest.raises(UserError, match="--num_channels: not a flag"):
         load_official("edm", path, num_channels=3)
-    model = load_official("edm", path, resolution=8, label_dim=3, precond="VPPrecond", steps=7)
+    model = load_official("edm", path, resolution=8, label_dim=3, precond="VPPrecond", arch="ddpmpp", steps=7)
     assert model.official_flags["sampling"]["steps"] == 7
 
 
@@ -313,3 +315,18 @@ def test_convert_sample_and_eval_from_the_cli(tmp_path, capsys):
         assert _rel(model(x, torch.tensor([0.3, 9.0]), torch.tensor([2, 7])), ref) < 1e-5
     assert main(["convert", "--from", "edm", str(tmp_path / "missing.pkl"), str(tmp_path / "o")]) == 2
     assert "missing.pkl: no such file" in capsys.readouterr().err
+
+
+def test_label_forms_convert_both_ways():
+    from genzoo.nets.labels import label_indices, one_hot_labels
+
+    index = torch.tensor([0, 2, 3, -1])  # 3 = label_dim and −1: the null label
+    rows = one_hot_labels(index, 3, 4)
+    assert torch.equal(rows, torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]]))
+    assert torch.equal(label_indices(rows, 3), torch.tensor([0, 2, 3, 3]))
+    assert torch.equal(one_hot_labels(None, 3, 2), torch.zeros(2, 3))
+    assert one_hot_labels(rows * 2, 3, 4).max() == 2  # soft or scaled rows pass through, as in EDM
+    with pytest.raises(UserError, match="one-hot rows of width 4 for a model with 3 classes"):
+        one_hot_labels(torch.zeros(2, 4), 3, 2)
+    with pytest.raises(UserError, match="expected int indices"):
+        label_indices(torch.tensor([0.5, 1.0]), 3)

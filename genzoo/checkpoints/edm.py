@@ -215,7 +215,7 @@ def load_edm(snapshot: Mapping[str, Any], **flags: Any) -> Denoiser:
     label_dim, use_fp16 = int(kwargs.pop("label_dim", 0)), bool(kwargs.pop("use_fp16", False))
     precond_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in own_defaults}
     _check_expectations(flags, resolution=resolution, label_dim=label_dim, precond=record.class_name,
-                        model_type=model_type, what=what)
+                        model_type=model_type, arch=paper_arch(model_type, kwargs), what=what)
 
     if model_type not in NETWORKS:
         raise UserError(f"{what}: model_type {model_type!r} is not one of EDM's networks "
@@ -284,7 +284,13 @@ def _check_expectations(flags: dict[str, Any], what: str, **found: Any) -> None:
         if expected is not None and expected != value:
             raise UserError(f"{what}: the file has {name} {value!r}, the preset expects {expected!r} "
                             "(another file, or another --preset)")
-    flags.pop("arch", None)
+
+
+def paper_arch(model_type: str, net_kwargs: Mapping[str, Any]) -> str:
+    """EDM's name of the architecture (train.py's --arch): ddpmpp, ncsnpp or adm."""
+    if model_type == "DhariwalUNet":
+        return "adm"
+    return "ncsnpp" if net_kwargs.get("embedding_type") == "fourier" else "ddpmpp"
 
 
 def to_genzoo(module: nn.Module, flags: Mapping[str, Any]
