@@ -19,8 +19,11 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     """Open a run directory (its latest checkpoint), a checkpoint or a converted model directory.
 
     Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
-    ones); its ``config`` attribute holds the saved ``config.json``.
+    ones); its ``config`` attribute holds the saved ``config.json``. An official network-snapshot
+    ``.pkl`` (EDM, EDM2) is imported on the fly, as ``genzoo convert`` would, without running its code.
     """
+    if Path(path).suffix == ".pkl" and Path(path).is_file():
+        return _load_snapshot(Path(path), ema, device)
     model_dir = resolve_model_dir(path)
     config = read_json(model_dir / "config.json")
     if "family" not in config:
@@ -39,6 +42,22 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     model.weights_file = weights_file
     model.config = config
     model.model_dir = model_dir
+    return model.to(device).eval()
+
+
+def _load_snapshot(path: Path, ema: bool, device: str | torch.device) -> nn.Module:
+    """An official network snapshot as a genzoo model (its config is what ``genzoo convert`` writes)."""
+    from genzoo.checkpoints import source_for_pickle
+
+    if not ema:
+        raise UserError(f"--raw: {path} is a network snapshot, which holds only the EMA weights")
+    source, snapshot = source_for_pickle(path)
+    model = source.load(snapshot)
+    config, _ = source.to_genzoo(model, {})
+    config["converted_from"] = {"source": source.name, "preset": None, "file": str(path), "flags": {}}
+    model.config = config
+    model.model_dir = None
+    model.weights_file = path
     return model.to(device).eval()
 
 

@@ -266,8 +266,31 @@ def load_official(
         path = Path(path_or_state_dict)
         state = src.read(path) if src.read is not None else read_state_dict(path)
     else:
-        state = dict(path_or_state_dict)
-    return src.load(state, **resolved)
+        path, state = None, dict(path_or_state_dict)
+    module = src.load(state, **resolved)
+    module.official_path = path  # lets a converter find companion files (BigGAN-PyTorch's D.pth)
+    return module
+
+
+def source_for_pickle(path: str | Path) -> tuple[OfficialSource, Any]:
+    """The official source that loads a network-snapshot ``.pkl`` (EDM, EDM2), and what it read from it.
+
+    The file is read once by the restricted reader (no code runs); each source that reads pickles is
+    asked whether it ``accepts`` the contents.
+    """
+    from genzoo.checkpoints.nvlabs_pickle import read_nvlabs_pickle
+
+    path = Path(path)
+    snapshot = read_nvlabs_pickle(path)
+    for name in source_names():
+        source = _SOURCES[name]
+        if source.accepts is not None and source.accepts(snapshot):
+            return source, snapshot
+    ema = snapshot.get("ema")
+    found = getattr(ema, "class_name", type(ema).__name__)
+    raise UserError(f"{path}: a network snapshot whose 'ema' is {found}, which no genzoo importer knows "
+                    f"(sources reading pickles: "
+                    f"{', '.join(n for n in source_names() if _SOURCES[n].accepts is not None) or 'none'})")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

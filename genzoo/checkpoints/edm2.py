@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 
 from genzoo.checkpoints import OfficialSource, load_state_into, register_source
+from genzoo.checkpoints.edm import _kwargs as _record_kwargs
+from genzoo.checkpoints.edm import _plain
 from genzoo.checkpoints.nvlabs_pickle import (
     ModuleRecord,
     PersistentRecord,
@@ -35,7 +37,7 @@ from genzoo.checkpoints.nvlabs_pickle import (
     record_state_dict,
 )
 from genzoo.diffusion.encoders import VAE_RAW_MEAN, VAE_RAW_STD, StabilityVAEEncoder, StandardRGBEncoder
-from genzoo.diffusion.precond import EDM2Denoiser
+from genzoo.diffusion.precond import DTYPES, EDM2Denoiser
 from genzoo.errors import UserError
 from genzoo.nets.edm2 import EDM2UNet
 
@@ -127,36 +129,13 @@ del _name, _file, _guide, _w, _metric, _value
 
 #: flags of this source (preset keys and the user's): name -> type; informational ones are not checked
 _FLAG_TYPES: dict[str, type] = dict(resolution=int, img_channels=int, label_dim=int, model_channels=int,
-                                    sampler=str, steps=int, key=str, vae=str, file=str, ema_std=float,
-                                    metric=str, published=float, guidance=float, guide_file=str)
+                                    sampler=str, steps=int, key=str, vae=str, dtype=str, file=str,
+                                    ema_std=float, metric=str, published=float, guidance=float,
+                                    guide_file=str)
 _EXPECTED = ("resolution", "img_channels", "label_dim", "model_channels")
 _SAMPLE_KEYS = ("sampler", "steps")
 
 # ----------------------------------------------------------------------------- reading the records
-
-
-def _plain(value: Any) -> Any:
-    """JSON-able Python values from recorded ones (numpy scalars and arrays, tuples)."""
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def _record_kwargs(record: PersistentRecord, names: tuple[str, ...]) -> dict[str, Any]:
-    """A record's constructor arguments by name (positional ones mapped through the official order)."""
-    if len(record.init_args) > len(names):
-        raise UserError(f"{record.class_name}: {len(record.init_args)} positional constructor arguments, "
-                        f"expected at most {len(names)}")
-    kwargs = dict(zip(names, record.init_args, strict=False))
-    for name, value in record.init_kwargs.items():
-        if name in kwargs:
-            raise UserError(f"{record.class_name}: argument {name!r} given twice")
-        kwargs[name] = value
-    return {k: _plain(v) for k, v in kwargs.items()}
 
 
 def accepts(snapshot: Any) -> bool:
@@ -249,7 +228,8 @@ def load_edm2(snapshot: Mapping[str, Any], **flags: Any) -> EDM2Denoiser:
     """A genzoo denoiser (with ``encoder`` attached) from an EDM2 snapshot read by ``read_nvlabs_pickle``.
 
     ``flags``: ``key`` (the snapshot entry, default ``ema``), ``vae`` (a local VAE folder recorded for
-    sampling latent models), ``sampler`` / ``steps`` (kept as sampling defaults), and a preset's
+    sampling latent models), ``dtype`` (``auto`` = the file's ``use_fp16``: float16 on CUDA only, or
+    ``float32``/``float16``/``bfloat16``), ``sampler`` / ``steps`` (kept as sampling defaults), and a preset's
     expectations (``resolution``, ``img_channels``, ``label_dim``, ``model_channels``) that the file must
     meet; the preset's published settings (``ema_std``, ``guidance``, ``guide_file``, ...) are recorded.
     """
@@ -285,8 +265,12 @@ def load_edm2(snapshot: Mapping[str, Any], **flags: Any) -> EDM2Denoiser:
 
     net = EDM2UNet(**net_kwargs)
     precond_kwargs = dict(sigma_data=float(precond["sigma_data"]),
-                          logvar_channels=int(precond["logvar_channels"]), use_fp16=bool(precond["use_fp16"]))
-    denoiser = EDM2Denoiser(net, **precond_kwargs)
+                          logvar_channels=int(precond["logvar_channels"]))
+    denoiser = EDM2Denoiser(net, use_fp16=bool(precond["use_fp16"]), **precond_kwargs)
+    dtype = flags.pop("dtype", None) or "auto"
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UserError(f"--dtype: expected auto, {', '.join(DTYPES)}, got {dtype!r}")
+    denoiser.net_dtype = DTYPES.get(dtype)
     check_module_tree(record, denoiser, what)
     load_state_into(denoiser, record_state_dict(record), what)
     denoiser.encoder = build_encoder_from_record(snapshot.get("encoder"), flags.pop("vae", None), what)
@@ -294,6 +278,7 @@ def load_edm2(snapshot: Mapping[str, Any], **flags: Any) -> EDM2Denoiser:
     sampling = dict(SAMPLING, **{k: flags[k] for k in _SAMPLE_KEYS if flags.get(k) is not None})
     denoiser.official_source = "edm2"
     denoiser.official_flags = dict(net=_plain(net_kwargs), precond_kwargs=precond_kwargs, sampling=sampling,
+                                   use_fp16=bool(precond["use_fp16"]), dtype=dtype,
                                    published={k: v for k, v in flags.items() if k not in _SAMPLE_KEYS},
                                    module_src_sha256=record.module_src_sha256)
     return denoiser.eval()
@@ -314,11 +299,14 @@ def to_genzoo(module: nn.Module, flags: Mapping[str, Any]
         "resolution": int(info["net"]["img_resolution"]),
         "channels": int(info["net"]["img_channels"]),
         "encoder": module.encoder.config(),
+        "fp16_on_cuda": info["use_fp16"],
         "sampling_defaults": info["sampling"],
         "published": info["published"],
         "source": "edm2",
         "official_class": "Precond(UNet)",
     }
+    if info["dtype"] != "auto":
+        config["net_dtype"] = info["dtype"]
     state = {f"net.{k}": v.detach() for k, v in module.state_dict().items()}
     return config, {"model": state}
 

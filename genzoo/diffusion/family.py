@@ -19,7 +19,7 @@ from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
 from genzoo.diffusion.guidance import ClassifierFreeGuidance
 from genzoo.diffusion.losses import LOSSES, DiffusionLoss, build_loss, drop_labels
-from genzoo.diffusion.precond import PRECONDITIONINGS, Denoiser, build_denoiser
+from genzoo.diffusion.precond import DTYPES, PRECONDITIONINGS, Denoiser, build_denoiser
 from genzoo.errors import UserError
 from genzoo.family import Family, add_argument_once
 from genzoo.seeds import StackedRandomGenerator
@@ -76,7 +76,17 @@ def build_diffusion_model(config: dict[str, Any]) -> Denoiser:
     network = nets.build(config["arch"], **config["net"])
     if precond == "iddpm" and config.get("discrete"):  # ADM/iDDPM: iDDPM precond on the own schedule
         return discrete.discrete_denoiser(network, config["discrete"])
-    return build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
+    denoiser = build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
+    for name in ("sigma_min", "sigma_max"):  # an imported model's range, as its own code computed it
+        if config.get(name) is not None:
+            setattr(denoiser, name, float(config[name]))
+    denoiser.fp16_on_cuda = bool(config.get("fp16_on_cuda", False))
+    if config.get("net_dtype"):
+        if config["net_dtype"] not in DTYPES:
+            raise UserError(f"config.json: net_dtype must be one of {', '.join(DTYPES)}, got "
+                            f"{config['net_dtype']!r}")
+        denoiser.net_dtype = DTYPES[config["net_dtype"]]
+    return denoiser
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -313,6 +323,12 @@ class DiffusionFamily(Family):
             raise UserError(f"--low-res {path}: {len(labels)} labels, but seed {max(seeds)} asks for image "
                             f"{max(seeds)}")
         return [int(labels[s]) for s in seeds]
+
+    def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        """Options left unset take the model's ``sampling_defaults`` (an imported model's published
+        settings, e.g. EDM's 40 Heun steps at 64 px)."""
+        defaults = (getattr(model, "config", None) or {}).get("sampling_defaults") or {}
+        return {**options, **{k: v for k, v in defaults.items() if options.get(k) is None}}
 
     @torch.no_grad()
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
