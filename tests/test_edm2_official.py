@@ -125,7 +125,7 @@ def test_convert_load_and_sample_pixel_model(tmp_path, capsys):
 
 
 def test_convert_and_sample_latent_model_with_the_vae(tmp_path, vae_dir, capsys):
-    _, out = _convert(tmp_path, latent=True)
+    pkl, out = _convert(tmp_path, latent=True)
     config = json.loads((out / "config.json").read_text())
     assert config["encoder"]["name"] == "stability_vae" and "vae_path" not in config["encoder"]
     npz = tmp_path / "s.npz"
@@ -141,4 +141,10 @@ def test_convert_and_sample_latent_model_with_the_vae(tmp_path, vae_dir, capsys)
     npz2 = tmp_path / "s2.npz"
     assert main(["sample", "--ckpt", str(out2), "--seeds", "0-1", "--steps", "2", "--out", str(npz2)]) == 0
     with np.load(npz2) as f:
+        assert np.array_equal(f["arr_0"], images)
+    # the .pkl itself samples the same (read by the restricted reader, nothing of it runs)
+    npz3 = tmp_path / "s3.npz"
+    assert main(["sample", "--ckpt", str(pkl), "--seeds", "0-1", "--steps", "2", "--out", str(npz3),
+                 "--vae", str(vae_dir)]) == 0
+    with np.load(npz3) as f:
         assert np.array_equal(f["arr_0"], images)
