@@ -89,10 +89,11 @@ class Denoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
                 **cond: Any) -> torch.Tensor:
         """D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise) (EDM eq. 7), computed in float32."""
-        return self.denoise(x, sigma, class_labels, **cond)[0]
+        return self.denoised_and_c_noise(x, sigma, class_labels, **cond)[0]
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
-                **cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def denoised_and_c_noise(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                             class_labels: torch.Tensor | None = None,
+                             **cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(D(x; σ), c_noise): :meth:`forward` and the noise label it fed the network."""
         x = x.to(torch.float32)
         sigma = _as_batch_sigma(sigma, x)
@@ -242,7 +243,7 @@ class EDM2Denoiser(EDMDenoiser):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
                 return_logvar: bool = False, **cond: Any):
         """D(x; σ) (EDM eq. 7) in float32; with ``return_logvar`` the pair (D, u(σ))."""
-        denoised, c_noise = self.denoise(x, sigma, class_labels, **cond)
+        denoised, c_noise = self.denoised_and_c_noise(x, sigma, class_labels, **cond)
         return (denoised, self.logvar(c_noise)) if return_logvar else denoised
 
 
