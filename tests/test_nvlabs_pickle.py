@@ -48,7 +48,8 @@ def _snapshot():
     loss = FakePersistent("EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5))
     data = dict(ema=precond, loss_fn=loss, augment_pipe=None,
                 dataset_kwargs=EasyDict(class_name="training.dataset.ImageFolderDataset", resolution=8,
-                                        max_size=np.int64(50000), mean=np.float32(0.5)))
+                                        max_size=np.int64(50000), mean=np.float32(0.5),
+                                        order=np.arange(6, dtype=np.int32).reshape(2, 3)))
     expected = {
         "model.count": torch.tensor([3]),
         "model.enc.8x8_block0.extra": view,
@@ -83,6 +84,12 @@ def test_reads_records_tensors_and_plain_data(tmp_path):
     kwargs = out["dataset_kwargs"]
     assert type(kwargs) is dict and kwargs["resolution"] == 8
     assert kwargs["max_size"] == 50000 and isinstance(kwargs["mean"], np.float32)
+    assert np.array_equal(kwargs["order"], np.arange(6, dtype=np.int32).reshape(2, 3))
+
+
+def test_numpy_object_arrays_are_refused(tmp_path):
+    data = dict(ema=persistent_module("Net"), extra=np.array([1, "a"], dtype=object))
+    _one_line_error(write_snapshot(tmp_path / "obj.pkl", data), "numpy object")
 
 
 def test_views_of_one_storage_and_dtype_globals(tmp_path):
