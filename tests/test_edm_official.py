@@ -227,6 +227,19 @@ def test_unknown_classes_and_structures_are_refused_in_one_line(tmp_path):
         load_official("edm", path)
 
 
+def test_converted_edm_precond_config_is_strict_json(tmp_path):
+    _, path = snapshot(tmp_path, "adm-edm")
+    model = load_official("edm", path)
+    config, weights = get_source("edm").to_genzoo(model, {})
+    text = json.dumps(config, allow_nan=False)  # no Infinity / NaN tokens
+    assert "sigma_max" not in json.loads(text)["precond_kwargs"] and config["sigma_max"] is None
+    from genzoo.diffusion.family import build_diffusion_model
+
+    rebuilt = build_diffusion_model(json.loads(text))
+    rebuilt.load_state_dict({k[len("net."):]: v for k, v in weights["model"].items()})
+    assert rebuilt.sigma_max == float("inf") and rebuilt.sigma_data == 0.5
+
+
 def test_convert_sample_and_eval_from_the_cli(tmp_path, capsys):
     node = build_official("VPPrecond", "SongUNet", 32, 3, label_dim=10, seed=3, **DDPMPP)
     pkl = write_snapshot(tmp_path / "edm-cifar10-32x32-cond-vp.pkl", dict(ema=to_pickle_objects(node)))

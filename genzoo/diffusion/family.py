@@ -46,10 +46,23 @@ def _ddpmpp_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, An
                 **({"adaptive_scale": True} if config.get("adaptive_scale") else {}))
 
 
+def _edm_net_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """EDM's SongUNet / DhariwalUNet (official argument names) from the same flags as ddpmpp."""
+    if config.get("adaptive_scale"):
+        raise UserError(f"--adaptive-scale: only for --arch ddpmpp ({config.get('arch')} fixes it)")
+    flags = _ddpmpp_kwargs(config, base)
+    shared = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+    return dict(img_resolution=base["resolution"], in_channels=base["in_channels"],
+                out_channels=base["out_channels"], label_dim=base["label_dim"],
+                augment_dim=base["augment_dim"], **{k: flags[k] for k in shared})
+
+
 #: arch name -> function(config, base kwargs) -> the network's constructor kwargs. ``base`` holds
 #: resolution, in_channels, out_channels, label_dim, augment_dim; an arch without an entry gets ``base``.
 ARCH_KWARGS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
     "ddpmpp": _ddpmpp_kwargs,
+    "songunet": _edm_net_kwargs,
+    "dhariwalunet": _edm_net_kwargs,
 }
 
 
