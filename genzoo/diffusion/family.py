@@ -246,8 +246,10 @@ class DiffusionFamily(Family):
             help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
         add("--model-channels", type=int, default=None,
             help="ddpmpp, songunet, dhariwalunet: base channels (default 32 at ≤16 px, else 64)")
-        add("--channel-mult", default=None, help="ddpmpp, songunet, dhariwalunet: channel multipliers per level, e.g. 1,2,2")
-        add("--num-blocks", type=int, default=None, help="ddpmpp, songunet, dhariwalunet: residual blocks per level (default 2)")
+        add("--channel-mult", default=None,
+            help="ddpmpp, songunet, dhariwalunet: channel multipliers per level, e.g. 1,2,2")
+        add("--num-blocks", type=int, default=None,
+            help="ddpmpp, songunet, dhariwalunet: residual blocks per level (default 2)")
         add("--attn-res", default=None,
             help="ddpmpp, songunet, dhariwalunet: resolutions with self-attention, e.g. 16 (default res/2)")
         add("--dropout", type=float, default=None, help="dropout probability (default 0)")
