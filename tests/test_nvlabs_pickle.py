@@ -60,9 +60,10 @@ def _snapshot():
     return data, expected
 
 
-def test_reads_records_tensors_and_plain_data(tmp_path):
+@pytest.mark.parametrize("protocol", [None, 2])  # the default (4 or 5), and 2: sets and bytes as calls
+def test_reads_records_tensors_and_plain_data(tmp_path, protocol):
     data, expected = _snapshot()
-    out = read_nvlabs_pickle(write_snapshot(tmp_path / "net.pkl", data))
+    out = read_nvlabs_pickle(write_snapshot(tmp_path / "net.pkl", data, protocol))
     ema = out["ema"]
     assert isinstance(ema, PersistentRecord) and ema.class_name == "EDMPrecond" and ema.version == 6
     assert ema.init_kwargs["channel_mult"] == [1, 2] and ema.init_kwargs["model_type"] == "SongUNet"
