@@ -236,7 +236,7 @@ def test_converted_edm_precond_config_is_strict_json(tmp_path):
     from genzoo.diffusion.family import build_diffusion_model
 
     rebuilt = build_diffusion_model(json.loads(text))
-    rebuilt.load_state_dict({k[len("net."):]: v for k, v in weights["model"].items()})
+    rebuilt.load_state_dict({k[len("net.") :]: v for k, v in weights["model"].items()})
     assert rebuilt.sigma_max == float("inf") and rebuilt.sigma_data == 0.5
 
 
@@ -344,3 +344,17 @@ def test_label_forms_convert_both_ways():
         one_hot_labels(torch.zeros(2, 4), 3, 2)
     with pytest.raises(UserError, match="expected int indices"):
         label_indices(torch.tensor([0.5, 1.0]), 3)
+
+
+def test_sample_refuses_a_snapshot_no_importer_knows(tmp_path, capsys):
+    target = tmp_path / "pwned.txt"
+    mystery = FakePersistent(
+        "MysteryNet",
+        {"_parameters": {}, "_modules": {}},
+        module_src=f"open({str(target)!r}, 'w').write('pwned')\n",
+    )
+    path = write_snapshot(tmp_path / "mystery.pkl", dict(ema=mystery))
+    assert main(["sample", "--ckpt", str(path), "--seeds", "0", "--out", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "'ema' is MysteryNet, which no genzoo importer knows" in err and len(err.strip().splitlines()) == 1
+    assert not target.exists() and not (tmp_path / "s.npz").exists()
