@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import pickle
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -207,3 +208,28 @@ def test_files_that_are_not_snapshots(tmp_path):
     listed = tmp_path / "list.pkl"
     listed.write_bytes(pickle.dumps([1, 2]))
     _one_line_error(listed, "expected a network snapshot")
+
+
+class _TensorRecord:
+    """A tensor record as torch writes it, with a chosen (size, stride, offset) over a 4-element storage."""
+
+    def __init__(self, size, stride, offset):
+        self.args = size, stride, offset
+
+    def __reduce__(self):
+        size, stride, offset = self.args
+        return (torch._utils._rebuild_tensor_v2,
+                (torch.ones(4)._typed_storage(), offset, size, stride, False, OrderedDict()))
+
+
+@pytest.mark.parametrize("size, stride, offset", [((100,), (1,), 0), ((2,), (1,), 3), ((2,), (-1,), 1),
+                                                  ((2,), (1,), -1), ((2, 2), (1,), 0)])
+def test_tensor_views_outside_their_storage_are_refused(tmp_path, size, stride, offset):
+    data = dict(ema=persistent_module("Net"), extra=_TensorRecord(size, stride, offset))
+    _one_line_error(write_snapshot(tmp_path / "view.pkl", data), "tensor")
+
+
+def test_a_view_ending_at_the_storage_end_is_read(tmp_path):
+    data = dict(ema=persistent_module("Net"), extra=_TensorRecord((2,), (1,), 2))
+    out = read_nvlabs_pickle(write_snapshot(tmp_path / "view.pkl", data))
+    assert torch.equal(out["extra"], torch.ones(2))

@@ -157,8 +157,15 @@ def _check_storage(storage: Any) -> torch.storage.TypedStorage:
 def _rebuild_tensor(storage: Any, storage_offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
     """A tensor viewing ``storage`` (torch._utils._rebuild_tensor's arguments); ``set_`` checks bounds."""
     storage = _check_storage(storage)
-    if not (isinstance(storage_offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)):
-        raise _refuse("a tensor's offset, size or stride is not an int / tuple")
+    if not (isinstance(storage_offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
+            and len(size) == len(stride) and all(isinstance(v, int) and v >= 0 for v in (*size, *stride))):
+        raise _refuse("a tensor's offset, size or stride is not a non-negative int / tuple of them")
+    # set_ would grow the storage to fit (exposing uninitialised memory): the view must lie inside it
+    last = sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    extent = 0 if 0 in size else storage_offset + 1 + last
+    available = storage._size()  # the element count (the public size() warns of TypedStorage's deprecation)
+    if storage_offset < 0 or extent > available:
+        raise _refuse(f"a tensor of size {list(size)} reaches element {extent} of a storage of {available}")
     tensor = torch.empty((0,), dtype=storage.dtype)
     return tensor.set_(storage._untyped_storage, storage_offset, torch.Size(size), stride)
 
