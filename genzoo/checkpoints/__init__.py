@@ -5,7 +5,9 @@ A genzoo model directory holds ``config.json`` (plain data: family, network name
 ``optimizer.pt`` and ``state.json``. A run directory holds ``checkpoint-NNNNNN/`` directories.
 
 Official formats are read by source modules in this package (``load_official``), never by
-unpickling code: ``torch.load(weights_only=True)`` or safetensors only.
+unpickling code: ``torch.load(weights_only=True)``, safetensors, or, for NVlabs network-snapshot
+pickles (EDM, EDM2), the restricted reader :mod:`genzoo.checkpoints.nvlabs_pickle` (a source sets
+``read`` and ``accepts``; :func:`source_for_pickle` picks the source of a ``.pkl``).
 """
 
 from __future__ import annotations

@@ -302,13 +302,14 @@ def to_genzoo(module: nn.Module, flags: Mapping[str, Any]
         "arch": info["arch"],
         "net": info["net"],
         "precond": info["precond"],
-        "precond_kwargs": info["precond_kwargs"],
+        # JSON has no infinity: an unbounded σ range (EDMPrecond's default) is the genzoo default too
+        "precond_kwargs": {k: v for k, v in info["precond_kwargs"].items() if _finite(v)},
         "sampled_player": "net",
         "num_classes": int(info["net"]["label_dim"]),
         "resolution": int(info["net"]["img_resolution"]),
         "channels": int(info["net"]["in_channels"]),
-        "sigma_min": info["sigma_min"],
-        "sigma_max": info["sigma_max"],
+        "sigma_min": info["sigma_min"] if _finite(info["sigma_min"]) else None,
+        "sigma_max": info["sigma_max"] if _finite(info["sigma_max"]) else None,
         "fp16_on_cuda": bool(info["use_fp16"]),
         "sampling_defaults": info["sampling"],
         "source": "edm",
@@ -318,6 +319,10 @@ def to_genzoo(module: nn.Module, flags: Mapping[str, Any]
         config["net_dtype"] = info["dtype"]
     state = {f"net.{k}": v.detach() for k, v in module.state_dict().items()}
     return config, {"model": state}
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 register_source(

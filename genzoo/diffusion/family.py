@@ -47,11 +47,36 @@ def _ddpmpp_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, An
                 **({"adaptive_scale": True} if config.get("adaptive_scale") else {}))
 
 
+def _edm_net_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """EDM's SongUNet / DhariwalUNet (official argument names) from the same flags as ddpmpp."""
+    if config.get("adaptive_scale"):
+        raise UserError(f"--adaptive-scale: only for --arch ddpmpp ({config.get('arch')} fixes it)")
+    flags = _ddpmpp_kwargs(config, base)
+    shared = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+    return dict(img_resolution=base["resolution"], in_channels=base["in_channels"],
+                out_channels=base["out_channels"], label_dim=base["label_dim"],
+                augment_dim=base["augment_dim"], **{k: flags[k] for k in shared})
+
+
+def _edm2_net_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """EDM2's UNet (official argument names) from the same flags as ddpmpp; it has no augmentation input."""
+    if base.get("augment_dim"):
+        raise UserError("--augment: the EDM2 UNet has no augmentation input; train it with --augment 0")
+    if config.get("adaptive_scale"):
+        raise UserError("--adaptive-scale: only for --arch ddpmpp (the EDM2 UNet scales by its embedding)")
+    flags = _ddpmpp_kwargs(config, base)
+    shared = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+    return dict(img_resolution=base["resolution"], img_channels=base["in_channels"],
+                label_dim=base["label_dim"], **{k: flags[k] for k in shared})
+
+
 #: arch name -> function(config, base kwargs) -> the network's constructor kwargs. ``base`` holds
 #: resolution, in_channels, out_channels, label_dim, augment_dim; an arch without an entry gets ``base``.
 ARCH_KWARGS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
     "ddpmpp": _ddpmpp_kwargs,
-    "edm2": edm2.edm2_network_kwargs,
+    "songunet": _edm_net_kwargs,
+    "dhariwalunet": _edm_net_kwargs,
+    "edm2": _edm2_net_kwargs,
 }
 
 
@@ -247,11 +272,13 @@ class DiffusionFamily(Family):
         add("--augment", type=float, default=None,
             help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
         add("--model-channels", type=int, default=None,
-            help="ddpmpp: base channels (default 32 at ≤16 px, else 64)")
-        add("--channel-mult", default=None, help="ddpmpp: channel multipliers per level, e.g. 1,2,2")
-        add("--num-blocks", type=int, default=None, help="ddpmpp: residual blocks per level (default 2)")
+            help="ddpmpp, songunet, dhariwalunet: base channels (default 32 at ≤16 px, else 64)")
+        add("--channel-mult", default=None,
+            help="ddpmpp, songunet, dhariwalunet: channel multipliers per level, e.g. 1,2,2")
+        add("--num-blocks", type=int, default=None,
+            help="ddpmpp, songunet, dhariwalunet: residual blocks per level (default 2)")
         add("--attn-res", default=None,
-            help="ddpmpp: resolutions with self-attention, e.g. 16 (default res/2)")
+            help="ddpmpp, songunet, dhariwalunet: resolutions with self-attention, e.g. 16 (default res/2)")
         add("--dropout", type=float, default=None, help="dropout probability (default 0)")
         add("--adaptive-scale", action="store_true", default=None,
             help="ddpmpp: the embedding scales and shifts each block's normalised features (ADM's "
