@@ -15,7 +15,7 @@ from genzoo.checkpoints import load_official
 from genzoo.errors import UserError
 from genzoo.nets.edm2 import EDM2UNet, MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
 from tests.edm2_reference import TINY, official_state, precond_record, reference_precond, write_edm2_snapshot
-from tests.nvlabs_fakes import EasyDict, write_snapshot
+from tests.nvlabs_fakes import EasyDict, FakePersistent, write_snapshot
 
 N = 1 << 18  # samples per magnitude test
 
@@ -197,6 +197,21 @@ def test_snapshot_whose_code_differs_is_refused(tmp_path):
     record.state["_init_kwargs"]["magic"] = 1
     with pytest.raises(UserError, match="magic"):
         load_official("edm2", write_snapshot(tmp_path / "odd3.pkl", EasyDict(ema=record)))
+
+
+def test_stored_source_never_runs_and_unknown_encoders_are_refused(tmp_path):
+    cfg = dict(TINY)
+    state = official_state(cfg)
+    marker = tmp_path / "ran.txt"
+    record = precond_record(state, cfg)
+    record.module_src = f"open({str(marker)!r}, 'w').write('pwned')\n"
+    model = load_official("edm2", write_snapshot(tmp_path / "src.pkl", EasyDict(ema=record)))
+    assert not marker.exists() and model.encoder.latent is False  # no encoder entry: EDM2's default RGB
+    evil = FakePersistent("EvilEncoder", {}, module_src=f"open({str(marker)!r}, 'w')\n")
+    with pytest.raises(UserError, match="'encoder' is EvilEncoder, not one of StandardRGBEncoder"):
+        load_official("edm2", write_snapshot(tmp_path / "enc.pkl", EasyDict(ema=precond_record(state, cfg),
+                                                                            encoder=evil)))
+    assert not marker.exists()
 
 
 def test_presets_check_the_file(tmp_path):
