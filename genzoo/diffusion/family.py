@@ -264,7 +264,7 @@ class DiffusionFamily(Family):
         add("--p-std", type=float, default=None,
             help="EDM/EDM2 loss: standard deviation of ln σ during training (default 1.2; edm2 1.6)")
         add("--lr-ref", type=float, default=None,
-            help="α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) (EDM2 eq. 18); the same "
+            help="α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) of EDM2; the same "
                  f"setting as --lr (default {edm2.DEFAULT_LR_REF} for --arch edm2)")
         add("--decay-kimg", type=float, default=None,
             help="t_ref of that schedule in thousands of images; 0 = constant (default 0; --arch edm2 "
