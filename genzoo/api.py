@@ -84,6 +84,28 @@ def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Seq
     return torch.cat(images_out), (torch.cat(labels_out) if labels_out else None), nfe
 
 
+def posthoc_ema(run: str | Path, out: str | Path, std: float | None = None, sweep: str | None = None,
+                at_kimg: float | None = None) -> list[Path]:
+    """Post-hoc EMA (EDM2): the EMA of relative length ``std`` reconstructed from the run's stored
+    power-function EMA snapshots, written as a model directory ``out``; or with ``sweep`` ("LO:HI:N"),
+    one model per std under ``out/std-0.XXX``. ``at_kimg``: reconstruct at that point of training
+    (default: the newest snapshot). Returns the model directories."""
+    from genzoo.train.phema import parse_sweep, write_posthoc_models
+
+    if (std is None) == (sweep is None):
+        raise UserError("phema: give exactly one of --std S or --sweep LO:HI:N")
+    out = Path(out)
+    if sweep is not None:
+        stds = parse_sweep(sweep)
+        outs = [out / f"std-{s:.3f}" for s in stds]
+        if len(set(outs)) != len(outs):
+            raise UserError(f"--sweep {sweep}: two stds round to the same 3 decimals")
+    else:
+        stds, outs = [float(std)], [out]
+    images = None if at_kimg is None else int(round(at_kimg * 1000))
+    return write_posthoc_models(run, stds, outs, images)
+
+
 def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of one player (keys ``"<player>.<key>"``), with the prefix removed."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
