@@ -295,7 +295,11 @@ def write_posthoc_models(run_dir: str | Path, stds: Sequence[float], outs: Seque
     outs = [Path(o) for o in outs]
     for out in outs:
         _check_target(out)
-    config = read_json(resolve_model_dir(run_dir) / "config.json")
+    list_snapshots(run_dir)
+    try:
+        config = read_json(resolve_model_dir(run_dir) / "config.json")
+    except UserError as err:
+        raise UserError(f"RUN {run_dir}: no checkpoint to take the model's config from ({err})") from None
     states, info = reconstruct(run_dir, stds, images)
     written = []
     for std, state, out in zip(stds, states, outs):
