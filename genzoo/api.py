@@ -9,9 +9,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from genzoo.checkpoints import load_safetensors, load_state_into, read_json, resolve_model_dir
 from genzoo.errors import UserError
-from genzoo.family import get_family
+from genzoo.family import get_family, load_model
 from genzoo.seeds import StackedRandomGenerator, batches, parse_seeds
 
 
@@ -21,25 +20,7 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
     ones); its ``config`` attribute holds the saved ``config.json``.
     """
-    model_dir = resolve_model_dir(path)
-    config = read_json(model_dir / "config.json")
-    if "family" not in config:
-        raise UserError(f"{model_dir / 'config.json'}: no 'family' key; not a genzoo model")
-    family = get_family(config["family"])
-    model = family.build_model(config)
-    prefix = config.get("sampled_player", "net") + "."
-    state: dict[str, torch.Tensor] = {}
-    weights_file = model_dir / "ema.safetensors"
-    if ema and weights_file.is_file():
-        state = _with_prefix(load_safetensors(weights_file), prefix)
-    if not state:  # no EMA file, or its EMA covers other players only
-        weights_file = model_dir / "model.safetensors"
-        state = _with_prefix(load_safetensors(weights_file), prefix)
-    load_state_into(model, state, str(weights_file))
-    model.weights_file = weights_file
-    model.config = config
-    model.model_dir = model_dir
-    return model.to(device).eval()
+    return load_model(path, ema=ema, device=device)
 
 
 @torch.no_grad()
@@ -67,6 +48,16 @@ def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Seq
                             "--low-res base samples' labels); drop --class")
         class_labels = fixed
     labels_all = _labels_for_seeds(seeds, class_labels, num_classes)
+    guide = options.get("guide_model")
+    if guide is not None and not isinstance(guide, nn.Module):  # a path: the API loads it
+        if model.config["family"] != "diffusion":
+            raise UserError("--guide-model: autoguidance is for diffusion models, not "
+                            f"{model.config['family']}")
+        try:
+            guide = load(guide, device=device)
+        except UserError as err:
+            raise UserError(f"--guide-model: {err}") from None
+        options = dict(options, guide_model=guide)
     options = family.prepare_sampling(model, options)
     images_out, labels_out, nfe = [], [], 0
     for batch_seeds in batches(seeds, batch_size):
@@ -104,11 +95,6 @@ def posthoc_ema(run: str | Path, out: str | Path, std: float | None = None, swee
         stds, outs = [float(std)], [out]
     images = None if at_kimg is None else int(round(at_kimg * 1000))
     return write_posthoc_models(run, stds, outs, images)
-
-
-def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of one player (keys ``"<player>.<key>"``), with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None,

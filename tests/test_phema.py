@@ -115,7 +115,8 @@ def test_engine_snapshots_reconstruct_and_resume_exactly(tmp_path, toy_family):
     half = train(toy_config(tmp_path / "b", steps=4, **common), dataset=data)
     train(toy_config(tmp_path / "b", steps=6, resume=True, **common), dataset=data)
     names = sorted(p.name for p in (straight / "phema").iterdir())
-    assert names == sorted(f"snapshot-{s:06d}-std{d}.safetensors" for s in (2, 4, 6) for d in ("0.050", "0.100"))
+    expected = [f"snapshot-{s:06d}-std{d}.safetensors" for s in (2, 4, 6) for d in ("0.050", "0.100")]
+    assert names == sorted(expected)
     assert names == sorted(p.name for p in (half / "phema").iterdir())
     for name in names:
         a, b = load_file(str(straight / "phema" / name)), load_file(str(half / "phema" / name))

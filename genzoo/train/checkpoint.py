@@ -2,9 +2,10 @@
 
 Layout: ``config.json``; ``model.safetensors`` (the players, keys ``"<player>.<key>"``);
 ``ema.safetensors`` (the EMA players, same keys); ``phema.safetensors`` (the power-function EMAs of
-post-hoc EMA, keys ``"averages.p<i>.<player>.<key>"``, when tracked); ``objective.safetensors`` (other persistent state
-of the objective, when it has any); ``optimizer.pt`` (optimiser and grad-scaler states, readable with
-``torch.load(weights_only=True)``); ``state.json`` (step, images seen, data position, RNG states).
+post-hoc EMA, keys ``"averages.p<i>.<player>.<key>"``, when tracked); ``objective.safetensors`` (other
+persistent state of the objective, when it has any); ``optimizer.pt`` (optimiser and grad-scaler
+states, readable with ``torch.load(weights_only=True)``); ``state.json`` (step, images seen, data
+position, RNG states).
 """
 
 from __future__ import annotations

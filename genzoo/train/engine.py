@@ -310,7 +310,8 @@ class Trainer:
             self.phema.update(self.objective.players, p.images_seen, self.batch)
         p.step += 1
         kimg = self.config.get("phema_snapshot_kimg")
-        if self.phema is not None and kimg and images_before // (kimg * 1000) != p.images_seen // (kimg * 1000):
+        period = float(kimg or 0) * 1000
+        if self.phema is not None and period and images_before // period != p.images_seen // period:
             self._save_phema_snapshots()
         return logs
 

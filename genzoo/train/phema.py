@@ -106,7 +106,8 @@ def parse_stds(text: str | Sequence[float] | None) -> tuple[float, ...]:
     try:
         stds = tuple(float(s) for s in items)
     except ValueError:
-        raise UserError(f"--phema-stds {text!r}: expected comma-separated numbers, e.g. 0.050,0.100") from None
+        raise UserError(f"--phema-stds {text!r}: expected comma-separated numbers, e.g. 0.050,0.100") \
+            from None
     for s in stds:
         if not 0 < s < MAX_STD:
             raise UserError(f"--phema-stds: each std must lie in (0, {MAX_STD:.4f}), got {s:g}")
@@ -161,9 +162,11 @@ class PowerFunctionEMA(nn.Module):
         for i, std in enumerate(self.stds):
             averages = self.averages[f"p{i}"]
             state = {f"{name}.{k}": v.detach().contiguous().cpu().clone()
-                     for name, m in averages.items() for k, v in m.state_dict().items()}
+                     for name, m in averages.items()
+                     for k, v in m.state_dict().items()}
             params = [f"{name}.{k}" for name, m in averages.items() for k, _ in m.named_parameters()]
-            meta = {"step": str(step), "images": str(images), "std": repr(std), "parameters": json.dumps(params)}
+            meta = {"step": str(step), "images": str(images), "std": repr(std),
+                    "parameters": json.dumps(params)}
             path = folder / f"snapshot-{step:06d}-std{std:.3f}.safetensors"
             _save_atomic(state, meta, path)
             paths.append(path)
@@ -185,7 +188,7 @@ def _save_atomic(state: dict[str, torch.Tensor], meta: dict[str, str], path: Pat
         raise
 
 
-# ------------------------------------------------------------------------------------------------ reconstruction
+# -------------------------------------------------------------------------------------------- reconstruction
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -279,7 +282,8 @@ def _check_target(path: Path) -> None:
     if not path.exists():
         return
     config = path / "config.json"
-    if not path.is_dir() or not config.is_file() or "posthoc_ema" not in json.loads(config.read_text() or "{}"):
+    ours = path.is_dir() and config.is_file() and "posthoc_ema" in json.loads(config.read_text() or "{}")
+    if not ours:
         raise UserError(f"--out {path}: exists and is not a post-hoc EMA model; choose another --out")
 
 
