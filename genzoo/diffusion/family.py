@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from genzoo import nets
-from genzoo.diffusion import discrete
+from genzoo.diffusion import discrete, edm2
 from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
 from genzoo.diffusion.guidance import AutoGuidance, ClassifierFreeGuidance, parse_interval
@@ -28,7 +28,8 @@ from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 DEFAULT_ARCH = "ddpmpp"
 DEFAULT_LR = 1e-3  # EDM's CIFAR-10 setting
 DEFAULT_WARMUP_IMAGES = 10_000  # EDM ramps up over 10M images; short CPU runs cannot wait that long
-LOSS_FOR_PRECOND = {"vp": "vp", "ve": "ve", "iddpm": "edm", "edm": "edm"}
+LOSS_FOR_PRECOND = {"vp": "vp", "ve": "ve", "iddpm": "edm", "edm": "edm", "edm2": "edm2"}
+PRECOND_FOR_ARCH = {"edm2": "edm2"}  # an arch's own preconditioning; else edm
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -50,6 +51,7 @@ def _ddpmpp_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, An
 #: resolution, in_channels, out_channels, label_dim, augment_dim; an arch without an entry gets ``base``.
 ARCH_KWARGS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
     "ddpmpp": _ddpmpp_kwargs,
+    "edm2": edm2.edm2_network_kwargs,
 }
 
 
@@ -87,14 +89,17 @@ class DiffusionObjective(Objective):
 
     def __init__(self, denoiser: Denoiser, loss: DiffusionLoss, lr: float = DEFAULT_LR,
                  warmup_images: float = DEFAULT_WARMUP_IMAGES, label_dropout: float = 0.0,
-                 augment_pipe: AugmentPipe | None = None):
+                 augment_pipe: AugmentPipe | None = None, decay_images: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999)):
         super().__init__()
         self.players = nn.ModuleDict({"net": denoiser})
         self.loss_fn, self.lr, self.warmup_images = loss, float(lr), float(warmup_images)
+        self.decay_images, self.betas = float(decay_images), tuple(betas)
         self.label_dropout, self.augment_pipe = float(label_dropout), augment_pipe
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        spec = OptimizerSpec(lr=self.lr, betas=(0.9, 0.999), eps=1e-8, warmup_images=self.warmup_images)
+        spec = OptimizerSpec(lr=self.lr, betas=self.betas, eps=1e-8, warmup_images=self.warmup_images,
+                             decay_images=self.decay_images)
         return {"net": spec}
 
     def loss(self, player: str, batch: Batch, step: int) -> StepResult:
@@ -170,8 +175,10 @@ LOSSES.update(discrete.LOSSES)
 
 
 def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
-                    options: dict[str, Any], shape: tuple[int, ...]) -> tuple[torch.Tensor, int]:
-    """Images (float32, clamped to [-1, 1]) and NFE per image from any denoiser with the sample options."""
+                    options: dict[str, Any], shape: tuple[int, ...],
+                    clamp: bool = True) -> tuple[torch.Tensor, int]:
+    """Images (float32, clamped to [-1, 1] unless ``clamp`` is False, e.g. for latents) and NFE per image
+    from any denoiser with the sample options."""
     name = _opt(options, "sampler", "heun")
     if name not in SAMPLERS:
         raise UserError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
@@ -186,7 +193,9 @@ def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: to
     precision = _opt(options, "precision", "fp32")
     with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         images = SAMPLERS[name](net, latents, class_labels, rng.randn_like, options)
-    return images.to(torch.float32).clamp(-1, 1), main.nfe + (guide.nfe if guide is not None else 0)
+    images = images.to(torch.float32)
+    nfe = main.nfe + (guide.nfe if guide is not None else 0)
+    return (images.clamp(-1, 1) if clamp else images), nfe
 
 
 def guided_denoiser(denoiser: Any, guide: Any, class_labels: torch.Tensor | None, options: dict[str, Any],
@@ -224,7 +233,8 @@ def check_guide(denoiser: Any, guide: Any, flag: str = "--guide-model") -> Any:
 
 
 def _edm_loss_kwargs(config: dict[str, Any], denoiser: Denoiser) -> dict[str, Any]:
-    """σ_data from the denoiser; P_mean and P_std from --p-mean / --p-std when given (EDM: −1.2, 1.2)."""
+    """σ_data from the denoiser; P_mean and P_std from --p-mean / --p-std when given (EDM: −1.2, 1.2;
+    EDM2: filled in by :func:`edm2.resolve_training`)."""
     kwargs: dict[str, Any] = {"sigma_data": denoiser.sigma_data}
     for key, name in (("p_mean", "P_mean"), ("p_std", "P_std")):
         if config.get(key) is not None:
@@ -247,9 +257,15 @@ class DiffusionFamily(Family):
                  "for class-conditional data)")
         add("--uncond", action="store_true", default=None, help="ignore the data's class labels")
         add("--p-mean", type=float, default=None,
-            help="EDM loss: mean of ln σ during training (default −1.2, EDM Table 1)")
+            help="EDM/EDM2 loss: mean of ln σ during training (default −1.2, EDM Table 1; edm2 −0.8)")
         add("--p-std", type=float, default=None,
-            help="EDM loss: standard deviation of ln σ during training (default 1.2)")
+            help="EDM/EDM2 loss: standard deviation of ln σ during training (default 1.2; edm2 1.6)")
+        add("--lr-ref", type=float, default=None,
+            help="α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) (EDM2 eq. 18); the same "
+                 f"setting as --lr (default {edm2.DEFAULT_LR_REF} for --arch edm2)")
+        add("--decay-kimg", type=float, default=None,
+            help="t_ref of that schedule in thousands of images; 0 = constant (default 0; --arch edm2 "
+                 f"{edm2.DEFAULT_DECAY_KIMG:g}, EDM2's 35k batches of 2048)")
         add("--augment", type=float, default=None,
             help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
         add("--model-channels", type=int, default=None,
@@ -287,10 +303,14 @@ class DiffusionFamily(Family):
                  "less-trained model of the same kind: D = D_guide + w·(D − D_guide)")
         add("--guidance-interval", default=None, metavar="SIGMA_LO,SIGMA_HI",
             help="guide only for SIGMA_LO < σ <= SIGMA_HI; one network evaluation per step outside")
+        add("--vae", default=None,
+            help="latent EDM2 models: local folder of the Stable Diffusion VAE (diffusers AutoencoderKL) "
+                 "that decodes the samples")
         add("--precision", choices=["fp32", "bf16"], default=None, help="bf16 autocast while sampling")
 
     def build_objective(self, config: dict[str, Any], dataset: Any) -> DiffusionObjective:
-        precond = config.get("precond") or "edm"
+        arch = config.get("arch") or DEFAULT_ARCH
+        precond = config.get("precond") or PRECOND_FOR_ARCH.get(arch, "edm")
         if precond not in PRECONDITIONINGS:
             raise UserError(f"--precond: expected one of {', '.join(PRECONDITIONINGS)}, got {precond!r}")
         arch, net_config = network_config(config, dataset)
@@ -299,12 +319,18 @@ class DiffusionFamily(Family):
         label_dropout = (0.1 if label_dim else 0.0) if label_dropout is None else float(label_dropout)
         augment = float(config.get("augment") or 0.0)
         loss_name = config.get("loss") or LOSS_FOR_PRECOND[precond]
+        edm2.resolve_training(config, arch, precond, loss_name, DEFAULT_LR)
         config.update(arch=arch, net=net_config, precond=precond, loss=loss_name,
-                      label_dropout=label_dropout, augment=augment, lr=float(config.get("lr") or DEFAULT_LR))
+                      label_dropout=label_dropout, augment=augment)
+        if precond == "edm2" and not config.get("precond_kwargs"):
+            config["precond_kwargs"] = {"logvar_channels": edm2.LOGVAR_CHANNELS}
         denoiser = build_diffusion_model(config)
-        loss = build_loss(loss_name, **(_edm_loss_kwargs(config, denoiser) if loss_name == "edm" else {}))
-        return DiffusionObjective(denoiser, loss, lr=config["lr"], label_dropout=label_dropout,
-                                  augment_pipe=AugmentPipe(p=augment) if augment > 0 else None)
+        loss_kwargs = _edm_loss_kwargs(config, denoiser) if loss_name in ("edm", "edm2") else {}
+        return DiffusionObjective(denoiser, build_loss(loss_name, **loss_kwargs), lr=config["lr"],
+                                  label_dropout=label_dropout,
+                                  augment_pipe=AugmentPipe(p=augment) if augment > 0 else None,
+                                  decay_images=config["decay_kimg"] * 1000,
+                                  betas=edm2.ADAM_BETAS if arch == "edm2" else (0.9, 0.999))
 
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         return build_diffusion_model(config)
@@ -333,7 +359,11 @@ class DiffusionFamily(Family):
         net = getattr(model, "model", model)
         resolution = int(config.get("resolution") or net.resolution)
         channels = int(config.get("channels") or getattr(net, "in_channels", 3))
-        return sample_denoiser(model, rng, class_labels, options, (channels, resolution, resolution))
+        encoder = edm2.model_encoder(model, config)
+        edm2.prepare_encoder(encoder, options, rng.device)
+        shape = (channels, resolution, resolution)
+        images, nfe = sample_denoiser(model, rng, class_labels, options, shape, clamp=encoder is None)
+        return (edm2.decode(encoder, images) if encoder is not None else images), nfe
 
 
 FAMILY = DiffusionFamily()

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from genzoo.errors import UserError
+from genzoo.nets.edm2 import MPConv, MPFourier
 
 
 def _as_batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -29,19 +30,26 @@ def _as_batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tenso
 class Denoiser(nn.Module):
     """Base class: subclasses give ``scalings(σ) -> (c_skip, c_out, c_in, c_noise)``.
 
-    The wrapped network is ``self.model`` (its weights are saved as ``model.*``).
+    The wrapped network is ``self.model``; its weights are saved under the prefix ``network_attr``
+    (``model.*``; EDM2's ``unet.*`` as in the official pickles).
     """
 
     sigma_min: float = 0.0
     sigma_max: float = float("inf")
     sigma_data: float = 0.5
+    network_attr: str = "model"
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        setattr(self, self.network_attr, model)  # registered by nn.Module.__setattr__
         self.img_channels = int(getattr(model, "in_channels", 0)) or None
         self.label_dim = int(getattr(model, "label_dim", 0))
         self.resolution = getattr(model, "resolution", None)
+
+    @property
+    def model(self) -> nn.Module:
+        """The wrapped network."""
+        return self._modules[self.network_attr]
 
     def scalings(self, sigma: torch.Tensor) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -165,16 +173,51 @@ class EDMDenoiser(Denoiser):
         return c_skip, c_out, c_in, sigma.log() / 4
 
 
+class EDM2Denoiser(EDMDenoiser):
+    """EDM2's ``Precond`` (Karras et al. 2024): EDM's scalings with c_noise = ¼ ln σ around the
+    magnitude-preserving UNet (stored as ``unet``), plus the learned uncertainty u(σ) =
+    ``logvar_linear(logvar_fourier(c_noise))`` used by the training loss (EDM2 eq. 21).
+
+    ``use_fp16`` runs the network in float16 on CUDA as the official code does; elsewhere float32.
+    """
+
+    network_attr = "unet"
+
+    def __init__(self, model: nn.Module, sigma_data: float = 0.5, logvar_channels: int = 128,
+                 use_fp16: bool = False, sigma_min: float = 0.0, sigma_max: float = float("inf")):
+        super().__init__(model, sigma_data=sigma_data, sigma_min=sigma_min, sigma_max=sigma_max)
+        self.use_fp16 = bool(use_fp16)
+        self.logvar_fourier = MPFourier(logvar_channels)
+        self.logvar_linear = MPConv(logvar_channels, 1, [])
+
+    def logvar(self, c_noise: torch.Tensor) -> torch.Tensor:
+        """u(σ) as [N, 1, 1, 1] from c_noise = ¼ ln σ."""
+        return self.logvar_linear(self.logvar_fourier(c_noise.flatten())).reshape(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
+                return_logvar: bool = False, force_fp32: bool = False, **cond: Any):
+        """D(x; σ) (EDM eq. 7) in float32; with ``return_logvar`` the pair (D, u(σ))."""
+        x = x.to(torch.float32)
+        sigma = _as_batch_sigma(sigma, x)
+        c_skip, c_out, c_in, c_noise = self.scalings(sigma)
+        half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
+        x_in = (c_in * x).to(torch.float16 if half else torch.float32)
+        out = self.model(x_in, c_noise.flatten(), class_labels=class_labels, **cond).to(torch.float32)
+        denoised = c_skip * x + c_out * out
+        return (denoised, self.logvar(c_noise)) if return_logvar else denoised
+
+
 PRECONDITIONINGS: dict[str, type[Denoiser]] = {
     "vp": VPDenoiser,
     "ve": VEDenoiser,
     "iddpm": IDDPMDenoiser,
     "edm": EDMDenoiser,
+    "edm2": EDM2Denoiser,
 }
 
 
 def build_denoiser(precond: str, net: nn.Module, **kw: Any) -> Denoiser:
-    """Wrap ``net`` with the preconditioning named ``precond`` (``vp``, ``ve``, ``iddpm``, ``edm``)."""
+    """Wrap ``net`` with the preconditioning named ``precond`` (vp, ve, iddpm, edm, edm2)."""
     if precond not in PRECONDITIONINGS:
         raise UserError(f"--precond: expected one of {', '.join(PRECONDITIONINGS)}, got {precond!r}")
     return PRECONDITIONINGS[precond](net, **kw)

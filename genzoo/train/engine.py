@@ -41,7 +41,7 @@ from genzoo.train.config import other_differences, resolve_config, structural_di
 from genzoo.train.data import IndexedDataset, MicroBatchIndices, collate, mix_seed, to_batch
 from genzoo.train.ema import EMA, EMARule
 from genzoo.train.feedback import Feedback
-from genzoo.train.objective import Objective, OptimizerSpec
+from genzoo.train.objective import Objective, OptimizerSpec, learning_rate
 from genzoo.train.phema import PowerFunctionEMA, parse_stds
 
 # Separate seed streams, so e.g. the noise of step 5 never equals the dropout of step 5.
@@ -364,11 +364,9 @@ class Trainer:
             return logs
         p.nonfinite_streak = 0
         spec = self.specs[player]
-        lr = spec.lr
         warmup = (config["lr_warmup_kimg"] * 1000 if config.get("lr_warmup_kimg") is not None
                   else spec.warmup_images)
-        if warmup > 0:
-            lr = spec.lr * min(p.images_seen / max(warmup, 1e-8), 1.0)  # EDM: ramp-up on images seen so far
+        lr = learning_rate(spec.lr, p.images_seen, warmup, spec.decay_images)  # on images seen so far
         for group in opt.param_groups:
             group["lr"] = lr
         logs[f"lr/{player}"] = lr
