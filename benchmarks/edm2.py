@@ -66,10 +66,11 @@ def steps_for_nfe(budget: int, interval: tuple[float, float]) -> int:
     return steps
 
 
-def train_arms(out: Path, steps: int) -> None:
+def train_arms(out: Path, steps: int, arms: list[str]) -> None:
     from genzoo.train.engine import train
 
-    for name, flags in ARMS.items():
+    for name in arms:
+        flags = ARMS[name]
         run = out / "runs" / name
         print(f"training {name} for {steps} steps -> {run}", flush=True)
         train(dict(flags, out=str(run), steps=steps))
@@ -96,13 +97,14 @@ def sample_and_score(model: Any, options: dict[str, Any], path: Path, count: int
             "images_per_s": count / seconds}
 
 
-def configurations(out: Path, sweep: str, guide_step: int) -> list[tuple[str, str, Path, dict[str, Any]]]:
+def configurations(out: Path, sweep: str, guide_step: int,
+                   arms: list[str]) -> list[tuple[str, str, Path, dict[str, Any]]]:
     """(group, name, model directory, sample options) of every row."""
     from genzoo.api import posthoc_ema
     from genzoo.checkpoints import list_checkpoints
 
     rows = []
-    for arm in ARMS:
+    for arm in arms:
         run = out / "runs" / arm
         rows.append(("EMA", f"{arm}, engine EMA", run, {"steps": 12}))
         rows.append(("EMA", f"{arm}, engine EMA, CFG w={GUIDANCE:g}", run,
@@ -113,6 +115,8 @@ def configurations(out: Path, sweep: str, guide_step: int) -> list[tuple[str, st
             models = posthoc_ema(run, target, sweep=sweep)
         for model in models:
             rows.append(("post-hoc EMA", f"{arm}, σ_rel {model.name[4:]}", model, {"steps": 12}))
+    if "edm" not in arms:
+        return rows
     run = out / "runs" / "edm"
     guide = next((c for c in list_checkpoints(run) if int(c.name.split("-")[1]) >= guide_step), None)
     if guide is None:
@@ -176,10 +180,16 @@ def main() -> None:
     parser.add_argument("--guide-step", type=int, default=200,
                         help="checkpoint step of the autoguidance guide")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--arms", default=",".join(ARMS), help="arms to train and measure (default all)")
+    parser.add_argument("--no-train", action="store_true", help="measure the runs in OUT/runs as they are")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    train_arms(out, args.steps)
+    arms = [a for a in args.arms.split(",") if a]
+    if set(arms) - set(ARMS):
+        raise SystemExit(f"--arms: expected some of {', '.join(ARMS)}")
+    if not args.no_train:
+        train_arms(out, args.steps, arms)
 
     from genzoo.api import load
     from genzoo.demo import reference_stage
@@ -190,7 +200,7 @@ def main() -> None:
     cache = out / "results.json"
     done = {(r["group"], r["name"]): r for r in json.loads(cache.read_text())} if cache.is_file() else {}
     results = []
-    for group, name, model_dir, options in configurations(out, args.sweep, args.guide_step):
+    for group, name, model_dir, options in configurations(out, args.sweep, args.guide_step, arms):
         if (group, name) not in done:
             print(f"{group}: {name}", flush=True)
             model = load(model_dir)
