@@ -129,6 +129,14 @@ def test_engine_snapshots_reconstruct_and_resume_exactly(tmp_path, toy_family):
         assert torch.allclose(value, tracked[f"averages.p0.{key}"], rtol=0, atol=1e-6), key
     snaps = list_snapshots(straight)
     assert [(s.step, s.images) for s in snaps[::2]] == [(2, 16), (4, 32), (6, 48)]
+    # every 0.024 kimg besides the checkpoints: after steps 3 and 6 (24 and 48 images) as well
+    kimg = train(toy_config(tmp_path / "k", steps=6, checkpoint_every=4, phema_stds="0.05",
+                            phema_snapshot_kimg=0.024), dataset=data)
+    assert sorted(p.name[9:15] for p in (kimg / "phema").iterdir()) == ["000003", "000004", "000006"]
+    with pytest.raises(UserError, match="--phema-snapshot-kimg"):
+        train(toy_config(tmp_path / "z", phema_snapshot_kimg=0), dataset=data)
+    with pytest.raises(UserError, match="--phema-stds"):
+        train(toy_config(tmp_path / "z", phema_stds="0.05,0.5"), dataset=data)
     # off: no averages, no snapshots
     off = train(toy_config(tmp_path / "c", steps=2, phema_stds=""), dataset=data)
     assert not (off / "phema").exists()

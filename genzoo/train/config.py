@@ -169,6 +169,9 @@ def _check(config: Mapping[str, Any]) -> None:
             raise UserError(f"--{key.replace('_', '-')}: expected a positive integer, got {config[key]}")
     if config.get("batch_per_device") is not None and int(config["batch_per_device"]) < 1:
         raise UserError(f"--batch-per-device: expected a positive integer, got {config['batch_per_device']}")
+    kimg = config.get("phema_snapshot_kimg")
+    if kimg is not None and not float(kimg) > 0:
+        raise UserError(f"--phema-snapshot-kimg: expected a positive number of thousand images, got {kimg}")
     if config["precision"] not in PRECISIONS:
         raise UserError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {config['precision']!r}")
 
