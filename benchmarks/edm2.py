@@ -12,7 +12,7 @@ Both track the post-hoc EMA profiles (σ_rel 0.05, 0.10) and keep every checkpoi
 shapes feature network (FD against ``--ref-count`` data images, conditional accuracy) and the
 sampling speed (images/s over all samples, one thread):
 
-  * each arm with the engine's EMA and with post-hoc EMA lengths ``--sweep`` (Heun, 12 steps);
+  * each arm with the engine's EMA and with post-hoc EMA lengths ``--sweep`` (Heun, 12 steps, unguided);
   * on the edm arm at equal NFE (Heun, 6 steps = 22 evaluations guided): classifier-free guidance
     (w = 3, the demo's), autoguidance by the run's checkpoint at ``--guide-step`` (w = 2, 3), and
     both with the guidance interval (0.28, 5.42] (Kynkäänniemi et al. 2024, EDM2 ImageNet-512) at
@@ -107,8 +107,6 @@ def configurations(out: Path, sweep: str, guide_step: int,
     for arm in arms:
         run = out / "runs" / arm
         rows.append(("EMA", f"{arm}, engine EMA", run, {"steps": 12}))
-        rows.append(("EMA", f"{arm}, engine EMA, CFG w={GUIDANCE:g}", run,
-                     {"steps": 12, "guidance": GUIDANCE}))
         target = out / "phema" / arm
         models = sorted(target.glob("std-*")) if target.is_dir() else []
         if not models:
@@ -117,6 +115,11 @@ def configurations(out: Path, sweep: str, guide_step: int,
             rows.append(("post-hoc EMA", f"{arm}, σ_rel {model.name[4:]}", model, {"steps": 12}))
     if "edm" not in arms:
         return rows
+    if "edm2" in arms:  # the edm2 arm may have stopped earlier (--minutes): edm at equal images too
+        last = list_checkpoints(out / "runs" / "edm2")[-1]
+        same = out / "runs" / "edm" / last.name
+        if same.is_dir() and same != list_checkpoints(out / "runs" / "edm")[-1]:
+            rows.insert(0, ("EMA", f"edm at {last.name} (edm2's images), engine EMA", same, {"steps": 12}))
     run = out / "runs" / "edm"
     guide = next((c for c in list_checkpoints(run) if int(c.name.split("-")[1]) >= guide_step), None)
     if guide is None:
