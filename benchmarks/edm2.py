@@ -13,10 +13,10 @@ shapes feature network (FD against ``--ref-count`` data images, conditional accu
 sampling speed (images/s over all samples, one thread):
 
   * each arm with the engine's EMA and with post-hoc EMA lengths ``--sweep`` (Heun, 12 steps, unguided);
-  * on the edm arm at equal NFE (Heun, 6 steps = 22 evaluations guided): classifier-free guidance
-    (w = 3, the demo's), autoguidance by the run's checkpoint at ``--guide-step`` (w = 2, 3), and
-    both with the guidance interval (0.28, 5.42] (Kynkäänniemi et al. 2024, EDM2 ImageNet-512) at
-    the number of steps whose NFE is closest to 22 without exceeding it.
+  * on the edm arm at equal NFE (Heun, 6 and 12 steps = 22 and 46 evaluations guided, the demo's guided
+    configurations): classifier-free guidance (w = 3, the demo's), autoguidance by the run's checkpoint
+    at ``--guide-step`` (w = 2, and 3 at 6 steps), and both with the guidance interval (0.28, 5.42]
+    (Kynkäänniemi et al. 2024, EDM2 ImageNet-512) at the most steps whose NFE stays within the budget.
 
 Prints a markdown table (and writes ``OUT/table.md``, ``OUT/results.json`` and
 ``OUT/phema.png``: FD and accuracy against the EMA length). Run:
@@ -116,29 +116,34 @@ def configurations(out: Path, sweep: str, guide_step: int,
     if "edm" not in arms:
         return rows
     if "edm2" in arms:  # the edm2 arm may have stopped earlier (--minutes): edm at equal images too
-        last = list_checkpoints(out / "runs" / "edm2")[-1]
-        same = out / "runs" / "edm" / last.name
-        if same.is_dir() and same != list_checkpoints(out / "runs" / "edm")[-1]:
-            rows.insert(0, ("EMA", f"edm at {last.name} (edm2's images), engine EMA", same, {"steps": 12}))
+        step = lambda path: int(path.name.split("-")[1])  # noqa: E731
+        last = step(list_checkpoints(out / "runs" / "edm2")[-1])
+        edm = list_checkpoints(out / "runs" / "edm")
+        same = min(edm, key=lambda c: abs(step(c) - last))
+        if same != edm[-1]:
+            rows.insert(0, ("EMA", f"edm at {same.name} (≈ edm2's images), engine EMA", same, {"steps": 12}))
     run = out / "runs" / "edm"
     guide = next((c for c in list_checkpoints(run) if int(c.name.split("-")[1]) >= guide_step), None)
     if guide is None:
         raise SystemExit(f"{run}: no checkpoint at or after step {guide_step} to guide with")
-    steps = steps_for_nfe(heun_nfe(6, None, True), INTERVAL)
     interval = f"{INTERVAL[0]},{INTERVAL[1]}"
-    rows += [
-        ("guidance", f"edm, CFG w={GUIDANCE:g}, 6 steps", run, {"steps": 6, "guidance": GUIDANCE}),
-        ("guidance", f"edm, CFG w={GUIDANCE:g} in ({interval}], {steps} steps", run,
-         {"steps": steps, "guidance": GUIDANCE, "guidance_interval": interval}),
-    ]
-    for w in (2.0, 3.0):
+    for full, weights in ((6, (2.0, 3.0)), (12, (2.0,))):  # the demo's guided configurations: 6, 12 steps
+        steps = steps_for_nfe(heun_nfe(full, None, True), INTERVAL)
         rows += [
-            ("guidance", f"edm, autoguidance w={w:g} by {guide.name}, 6 steps", run,
-             {"steps": 6, "guidance": w, "guide_model": str(guide)}),
-            ("guidance", f"edm, autoguidance w={w:g} by {guide.name} in ({interval}], {steps} steps", run,
-             {"steps": steps, "guidance": w, "guide_model": str(guide), "guidance_interval": interval}),
+            ("guidance", f"edm, CFG w={GUIDANCE:g}, {full} steps", run,
+             {"steps": full, "guidance": GUIDANCE}),
+            ("guidance", f"edm, CFG w={GUIDANCE:g} in ({interval}], {steps} steps", run,
+             {"steps": steps, "guidance": GUIDANCE, "guidance_interval": interval}),
         ]
-    rows.append(("guidance", "edm, unguided, 11 steps (NFE 21)", run, {"steps": 11}))
+        for w in weights:
+            rows += [
+                ("guidance", f"edm, autoguidance w={w:g} by {guide.name}, {full} steps", run,
+                 {"steps": full, "guidance": w, "guide_model": str(guide)}),
+                ("guidance", f"edm, autoguidance w={w:g} by {guide.name} in ({interval}], {steps} steps", run,
+                 {"steps": steps, "guidance": w, "guide_model": str(guide), "guidance_interval": interval}),
+            ]
+        if full == 6:
+            rows.append(("guidance", "edm, unguided, 11 steps (NFE 21)", run, {"steps": 11}))
     return rows
 
 
