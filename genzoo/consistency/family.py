@@ -21,9 +21,8 @@ from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
 from genzoo.consistency.sampling import parse_ts, sample
-from genzoo.diffusion.guidance import ClassifierFreeGuidance
 from genzoo.errors import UserError
-from genzoo.family import Family, add_argument_once
+from genzoo.family import Family, add_argument_once, load_model
 from genzoo.seeds import StackedRandomGenerator
 
 DEFAULT_LR = 1e-4
@@ -44,12 +43,15 @@ def _model_kwargs(config: dict[str, Any]) -> dict[str, float]:
             "rho": get("rho", RHO)}
 
 
-def _load_teacher(path: str) -> nn.Module:
-    from genzoo.api import load
-
-    teacher = load(path)
+def _load_teacher(path: str, flag: str = "--teacher") -> nn.Module:
+    try:
+        teacher = load_model(path)
+    except UserError as err:
+        if flag == "--teacher":
+            raise
+        raise UserError(f"{flag}: {err}") from None
     if not hasattr(teacher, "sigma_min") or not callable(teacher):
-        raise UserError(f"--teacher {path}: expected a diffusion model (a denoiser), got a "
+        raise UserError(f"{flag} {path}: expected a diffusion model (a denoiser), got a "
                         f"{teacher.config.get('family')} model")
     return teacher
 
@@ -63,14 +65,24 @@ def _fresh_network(config: dict[str, Any], dataset: Any) -> tuple[str, dict[str,
 
 
 def _guided_teacher(teacher: nn.Module, config: dict[str, Any], path: str) -> nn.Module:
-    """The teacher with classifier-free guidance at ``--teacher-guidance`` w (unchanged for w = 1)."""
-    scale = config.get("teacher_guidance")
-    if scale is None or float(scale) == 1.0:
-        return teacher
-    if not int(getattr(teacher, "label_dim", 0) or 0):
+    """The teacher guided at ``--teacher-guidance`` w (unchanged for w = 1): autoguidance by
+    ``--teacher-guide-model`` when given, else classifier-free guidance; ``--teacher-guidance-interval``
+    limits it to an interval of σ. The same wrappers as ``genzoo sample --guidance``."""
+    from genzoo.diffusion.family import check_guide, guided_denoiser
+
+    guide_path = config.get("teacher_guide_model")
+    guide = None
+    if guide_path and float(config.get("teacher_guidance") or 1.0) != 1.0:
+        guide = check_guide(teacher, _load_teacher(guide_path, "--teacher-guide-model"),
+                            "--teacher-guide-model")
+    options = {"guidance": config.get("teacher_guidance"), "guide_model": guide_path,
+               "guidance_interval": config.get("teacher_guidance_interval")}
+    if guide is None and not int(getattr(teacher, "label_dim", 0) or 0) and \
+            float(options["guidance"] or 1.0) != 1.0:
         raise UserError(f"--teacher-guidance: the teacher {path} is not class-conditional; classifier-free "
-                        "guidance needs class labels")
-    return ClassifierFreeGuidance(teacher, float(scale))
+                        "guidance needs class labels (or give --teacher-guide-model for autoguidance)")
+    labels = torch.zeros(1) if int(getattr(teacher, "label_dim", 0) or 0) else None
+    return guided_denoiser(teacher, guide, labels, options, prefix="--teacher-")
 
 
 def _adversarial(config: dict[str, Any], dataset: Any) -> dict[str, Any]:
@@ -147,6 +159,12 @@ class ConsistencyFamily(Family):
             help="weight λ of an adversarial term on the student's estimates (default 0 = none): a BigGAN "
                  "projection discriminator, non-saturating loss with R1, adaptively weighted against the "
                  "consistency loss as in CTM (--d-ch, --d-lr, --r1-gamma set D)")
+        add("--teacher-guide-model", default=None,
+            help="CD: autoguidance of the teacher by this weaker denoiser of the same kind (a run, "
+                 "checkpoint or model directory) at --teacher-guidance w, instead of classifier-free "
+                 "guidance")
+        add("--teacher-guidance-interval", default=None, metavar="SIGMA_LO,SIGMA_HI",
+            help="CD: guide the teacher only for SIGMA_LO < σ <= SIGMA_HI")
         add("--teacher-guidance", type=float, default=None,
             help="CD: classifier-free guidance scale w of the teacher's ODE step (default 1 = none); the "
                  "student learns the guided teacher's trajectories (guided distillation)")

@@ -17,7 +17,7 @@ from genzoo import nets
 from genzoo.diffusion import discrete, edm2
 from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
-from genzoo.diffusion.guidance import ClassifierFreeGuidance
+from genzoo.diffusion.guidance import AutoGuidance, ClassifierFreeGuidance, parse_interval
 from genzoo.diffusion.losses import LOSSES, DiffusionLoss, build_loss, drop_labels
 from genzoo.diffusion.precond import DTYPES, PRECONDITIONINGS, Denoiser, build_denoiser
 from genzoo.errors import UserError
@@ -217,22 +217,54 @@ def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: to
     name = _opt(options, "sampler", "heun")
     if name not in SAMPLERS:
         raise UserError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
-    net = denoiser
     if not int(getattr(denoiser, "label_dim", 0) or 0):
         class_labels = None
-    guidance = float(_opt(options, "guidance", 1.0))
-    if guidance != 1.0:
-        if class_labels is None:
-            raise UserError("--guidance: classifier-free guidance needs a class-conditional model")
-        net = ClassifierFreeGuidance(denoiser, guidance)
+    main = S.NFECounter(denoiser, images=len(rng))  # counts what is evaluated, guided or not
+    guide = options.get("guide_model")
+    guide = S.NFECounter(check_guide(denoiser, guide), images=len(rng)) if guide is not None else None
+    net = guided_denoiser(main, guide, class_labels, options)
     net = discrete.with_classifier_guidance(net, denoiser, options, rng)  # --classifier PATH
-    counter = S.NFECounter(net)
     latents = rng.randn([len(rng), *shape])
     precision = _opt(options, "precision", "fp32")
     with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        images = SAMPLERS[name](counter, latents, class_labels, rng.randn_like, options)
+        images = SAMPLERS[name](net, latents, class_labels, rng.randn_like, options)
     images = images.to(torch.float32)
-    return (images.clamp(-1, 1) if clamp else images), counter.nfe
+    nfe = main.nfe + (guide.nfe if guide is not None else 0)
+    return (images.clamp(-1, 1) if clamp else images), nfe
+
+
+def guided_denoiser(denoiser: Any, guide: Any, class_labels: torch.Tensor | None, options: dict[str, Any],
+                    prefix: str = "--") -> Any:
+    """``denoiser`` under ``--guidance W``: autoguidance by ``guide`` (a denoiser, from ``--guide-model``)
+    when given, else classifier-free guidance; ``--guidance-interval LO,HI`` limits it to those σ."""
+    guidance = float(_opt(options, "guidance", 1.0))
+    interval = parse_interval(options.get("guidance_interval"), f"{prefix}guidance-interval")
+    if guidance == 1.0:
+        for key in ("guide_model", "guidance_interval"):
+            if options.get(key) is not None:
+                flag = prefix + key.replace("_", "-")
+                raise UserError(f"{flag}: needs {prefix}guidance W with W != 1 (1 = no guidance)")
+        return denoiser
+    if guide is not None:
+        return AutoGuidance(denoiser, guide, guidance, interval)
+    if class_labels is None:
+        raise UserError(f"{prefix}guidance: classifier-free guidance needs a class-conditional model; give "
+                        f"{prefix}guide-model PATH for autoguidance")
+    return ClassifierFreeGuidance(denoiser, guidance, interval=interval)
+
+
+def check_guide(denoiser: Any, guide: Any, flag: str = "--guide-model") -> Any:
+    """The guide model of autoguidance must be a denoiser for the same images and conditioning."""
+    if not hasattr(guide, "sigma_min") or not callable(guide):
+        family = (getattr(guide, "config", None) or {}).get("family")
+        raise UserError(f"{flag}: expected a diffusion model (a denoiser), got "
+                        f"{family or type(guide).__name__}")
+    for name in ("label_dim", "img_channels", "img_resolution", "resolution", "sigma_data"):
+        ours, theirs = getattr(denoiser, name, None), getattr(guide, name, None)
+        if ours is not None and theirs is not None and float(ours) != float(theirs):
+            raise UserError(f"{flag}: the guide's {name} is {theirs}, the model's {ours}; autoguidance "
+                            "needs a denoiser of the same kind (same data, resolution and conditioning)")
+    return guide
 
 
 def _edm_loss_kwargs(config: dict[str, Any], denoiser: Denoiser) -> dict[str, Any]:
@@ -301,7 +333,13 @@ class DiffusionFamily(Family):
         add("--schedule", choices=list(S.SCHEDULES), default=None, help="σ(t): linear (default), vp, ve")
         add("--scaling", choices=list(S.SCALINGS), default=None, help="s(t): none (default), vp")
         add("--eta", type=float, default=None, help="DDIM stochasticity η (default 0)")
-        add("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 1 = off)")
+        add("--guidance", type=float, default=None,
+            help="guidance scale w (default 1 = off): classifier-free, or autoguidance with --guide-model")
+        add("--guide-model", default=None,
+            help="autoguidance: the guiding denoiser (a run, checkpoint or model directory), a smaller or "
+                 "less-trained model of the same kind: D = D_guide + w·(D − D_guide)")
+        add("--guidance-interval", default=None, metavar="SIGMA_LO,SIGMA_HI",
+            help="guide only for SIGMA_LO < σ <= SIGMA_HI; one network evaluation per step outside")
         add("--vae", default=None,
             help="latent EDM2 models: local folder of the Stable Diffusion VAE (diffusers AutoencoderKL) "
                  "that decodes the samples")

@@ -1,9 +1,11 @@
 """Training checkpoints: ``OUT/checkpoint-{step:06d}/`` written atomically, found again for ``--resume``.
 
 Layout: ``config.json``; ``model.safetensors`` (the players, keys ``"<player>.<key>"``);
-``ema.safetensors`` (the EMA players, same keys); ``objective.safetensors`` (other persistent state
-of the objective, when it has any); ``optimizer.pt`` (optimiser and grad-scaler states, readable with
-``torch.load(weights_only=True)``); ``state.json`` (step, images seen, data position, RNG states).
+``ema.safetensors`` (the EMA players, same keys); ``phema.safetensors`` (the power-function EMAs of
+post-hoc EMA, keys ``"averages.p<i>.<player>.<key>"``, when tracked); ``objective.safetensors`` (other
+persistent state of the objective, when it has any); ``optimizer.pt`` (optimiser and grad-scaler
+states, readable with ``torch.load(weights_only=True)``); ``state.json`` (step, images seen, data
+position, RNG states).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class TrainingCheckpoint:
     objective: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     state: dict[str, Any] = field(default_factory=dict)
+    phema: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def write_optimizer(path: Path, optimizer_state: Mapping[str, Any]) -> None:
@@ -81,6 +84,7 @@ def read_checkpoint(path: Path) -> TrainingCheckpoint:
     ema = load_safetensors(path / "ema.safetensors") if (path / "ema.safetensors").exists() else {}
     objective = (load_safetensors(path / "objective.safetensors")
                  if (path / "objective.safetensors").exists() else {})
+    phema = load_safetensors(path / "phema.safetensors") if (path / "phema.safetensors").exists() else {}
     optimizer = load_torch_file(path / "optimizer.pt")
     if not isinstance(optimizer, dict):
         raise UserError(f"{path / 'optimizer.pt'}: expected a dict of optimiser states")
@@ -88,7 +92,7 @@ def read_checkpoint(path: Path) -> TrainingCheckpoint:
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
         raise UserError(f"{path / 'state.json'}: missing keys {', '.join(missing)}")
-    return TrainingCheckpoint(path, config, model, ema, objective, optimizer, state)
+    return TrainingCheckpoint(path, config, model, ema, objective, optimizer, state, phema)
 
 
 def find_resumable(run_dir: Path, say: Callable[[str], None]) -> TrainingCheckpoint | None:

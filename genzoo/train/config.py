@@ -47,6 +47,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="EDM EMA: half-life in thousands of images (EDM 500); takes precedence over --ema")
     add("--ema-rampup", type=float, default=0.05,
         help="EDM EMA ramp-up ratio: half-life <= images seen x this (default 0.05; 0 = off)")
+    add("--phema-stds", default="0.050,0.100",
+        help="post-hoc EMA: relative widths σ_rel of the power-function EMAs tracked and stored in "
+             "OUT/phema/ for `genzoo phema` (default 0.050,0.100, EDM2's; \"\" = off)")
+    add("--phema-snapshot-kimg", type=float,
+        help="post-hoc EMA: also store snapshots every this many thousand images (default: at every "
+             "checkpoint only)")
     add("--precision", choices=PRECISIONS, default="fp32",
         help="fp32, bf16 autocast (CPU and CUDA) or fp16 autocast with a grad scaler (CUDA)")
     add("--channels-last", action="store_true", help="channels_last memory format for networks and images")
@@ -163,6 +169,9 @@ def _check(config: Mapping[str, Any]) -> None:
             raise UserError(f"--{key.replace('_', '-')}: expected a positive integer, got {config[key]}")
     if config.get("batch_per_device") is not None and int(config["batch_per_device"]) < 1:
         raise UserError(f"--batch-per-device: expected a positive integer, got {config['batch_per_device']}")
+    kimg = config.get("phema_snapshot_kimg")
+    if kimg is not None and not float(kimg) > 0:
+        raise UserError(f"--phema-snapshot-kimg: expected a positive number of thousand images, got {kimg}")
     if config["precision"] not in PRECISIONS:
         raise UserError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {config['precision']!r}")
 
