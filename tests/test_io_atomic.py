@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from test_train_toy import ToyDataset, register, toy_config
 
 import genzoo
