@@ -91,7 +91,7 @@ def _good_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_a_killed_or_interrupted_sample_leaves_the_previous_output(tmp_path, driver, toy_run, sig):
     out = tmp_path / "good.npz"
     good = _good_file(out)
@@ -106,8 +106,9 @@ def test_a_killed_or_interrupted_sample_leaves_the_previous_output(tmp_path, dri
     assert out.read_bytes() == good  # the previous output is intact
     with np.load(out) as f:
         assert f["arr_0"].shape == (2, 8, 8, 3)
-    if sig == signal.SIGINT:
-        assert code == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    if sig != signal.SIGKILL:  # Ctrl-C: 130, SIGTERM: 143; one line, and the temporaries are gone
+        assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert temporaries(tmp_path, out.name) == []  # removed on the way out
     else:
         assert code == -signal.SIGKILL
