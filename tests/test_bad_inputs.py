@@ -299,6 +299,9 @@ CASES = {
                             "{root}/existing.npz", "--batch", "0"],
     "upsample-seed-negative": ["upsample", "--upsampler", "{root}/run", "--input", "{root}/ref8.npz", "--out",
                                "{root}/existing.npz", "--seed", "-1"],
+    "upsample-not-an-upsampler": ["upsample", "--upsampler", "{root}/run", "--input", "{root}/ref8.npz",
+                                  "--out", "{root}/existing.npz"],
+    "compare-run-without-metrics": ["compare", "{root}/run", "--out", "{root}/cmp"],
     "unknown-command": ["nosuch"],
 }
 

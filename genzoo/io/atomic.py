@@ -14,6 +14,7 @@ one by one after all were written, and no other file is touched.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ def _tmp_prefix(path: Path) -> str:
 
 def _remove_stale(path: Path) -> None:
     """Remove temporaries of ``path`` left by killed processes (their pid is no longer running)."""
-    for entry in path.parent.glob(f".{path.name}.*.tmp*"):
+    for entry in path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp*"):
         pid = entry.name[len(path.name) + 2:].split(".", 1)[0]
         if not pid.isdigit() or _alive(int(pid)):
             continue
