@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,26 @@ def posthoc_ema(run: str | Path, out: str | Path, std: float | None = None, swee
     return write_posthoc_models(run, stds, outs, images)
 
 
+def _is_class(value: Any, num_classes: int) -> bool:
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return integral and 0 <= int(value) < num_classes
+
+
 def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None,
                       num_classes: int) -> list[int] | None:
+    """One label per seed: given (one for all or one per seed, each in [0, num_classes)) or drawn."""
     if num_classes <= 0:
+        if class_labels is not None:
+            raise UserError("--class: this model is unconditional (no classes); drop --class")
         return None
+    if class_labels is not None:
+        given = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        bad = next((c for c in given if not _is_class(c, num_classes)), None)
+        if bad is not None:
+            raise UserError(f"--class {bad}: expected a class in [0, {num_classes - 1}] for this model")
+        if len(given) not in (1, len(seeds)):
+            raise UserError(f"--class: {len(given)} labels for {len(seeds)} seeds; give one for all or "
+                            "one per seed")
     if class_labels is None:
         # A class drawn from the seed alone, so it too is independent of batching.
         return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + (1 << 32))))
@@ -111,6 +128,4 @@ def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None
     class_labels = list(class_labels)
     if len(class_labels) == 1:
         return class_labels * len(seeds)
-    if len(class_labels) != len(seeds):
-        raise ValueError(f"{len(class_labels)} class labels for {len(seeds)} seeds")
     return class_labels

@@ -70,16 +70,37 @@ class Family:
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
     """``genzoo.load`` (see :func:`genzoo.api.load`), here for the layers below the API that are handed a
     path in a config (a teacher, a guide model)."""
-    from genzoo.checkpoints import load_safetensors, load_state_into, read_json, resolve_model_dir
+    from genzoo.checkpoints import model_dir_candidates
 
     if Path(path).suffix == ".pkl" and Path(path).is_file():
         return _load_snapshot(Path(path), ema, device)
-    model_dir = resolve_model_dir(path)
+    candidates = model_dir_candidates(path)
+    for i, model_dir in enumerate(candidates):
+        try:
+            model = _load_dir(model_dir, ema)
+            break
+        except UserError:
+            # a run's checkpoint pruned (or broken) while we read it: the next newest complete one
+            if i + 1 == len(candidates) or (model_dir / "config.json").is_file():
+                raise
+    return model.to(device).eval()
+
+
+def _load_dir(model_dir: Path, ema: bool) -> nn.Module:
+    from genzoo.checkpoints import load_safetensors, load_state_into, read_json
+
     config = read_json(model_dir / "config.json")
-    if "family" not in config:
+    if not isinstance(config, dict) or "family" not in config:
         raise UserError(f"{model_dir / 'config.json'}: no 'family' key; not a genzoo model")
+    if "net" in config and not isinstance(config["net"], dict):
+        raise UserError(f"{model_dir / 'config.json'}: 'net' must be a table of network settings, got "
+                        f"{type(config['net']).__name__}")
     family = get_family(config["family"])
-    model = family.build_model(config)
+    try:
+        model = family.build_model(config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise UserError(f"{model_dir / 'config.json'}: cannot build the {config['family']} model "
+                        f"({type(err).__name__}: {err})") from None
     prefix = config.get("sampled_player", "net") + "."
     state: dict[str, torch.Tensor] = {}
     weights_file = model_dir / "ema.safetensors"
@@ -88,11 +109,14 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
     if not state:  # no EMA file, or its EMA covers other players only
         weights_file = model_dir / "model.safetensors"
         state = _with_prefix(load_safetensors(weights_file), prefix)
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{weights_file}: weights hold NaN or Inf values (first: {bad}); the model is broken")
     load_state_into(model, state, str(weights_file))
     model.weights_file = weights_file
     model.config = config
     model.model_dir = model_dir
-    return model.to(device).eval()
+    return model
 
 
 def _load_snapshot(path: Path, ema: bool, device: str | torch.device) -> nn.Module:

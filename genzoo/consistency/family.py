@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from genzoo import nets
+from genzoo import validate as V
 from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
@@ -125,23 +126,25 @@ class ConsistencyFamily(Family):
             help="cd: distil a diffusion teacher; ct: consistency training; ict: improved CT (default cd "
                  "with --teacher, else ict)")
         add("--teacher", default=None, help="CD: the teacher, a diffusion run/checkpoint/model directory")
-        add("--num-scales", type=int, default=None,
+        add("--num-scales", type=V.positive_int, default=None,
             help=f"CD: points N of the Karras grid (default {DEFAULT_NUM_SCALES}; ImageNet-64 used 40)")
-        add("--s0", type=int, default=None, help="CT/iCT: initial discretisation s0 (CT 2, iCT 10)")
-        add("--s1", type=int, default=None, help="CT/iCT: final discretisation s1 (CT 150-200, iCT 1280)")
-        add("--mu0", type=float, default=None, help="CD/CT: target EMA μ0 (default 0.95)")
+        add("--s0", type=V.positive_int, default=None,
+            help="CT/iCT: initial discretisation s0 (CT 2, iCT 10)")
+        add("--s1", type=V.positive_int, default=None,
+            help="CT/iCT: final discretisation s1 (CT 150-200, iCT 1280)")
+        add("--mu0", type=V.probability, default=None, help="CD/CT: target EMA μ0 (default 0.95)")
         add("--distance", choices=DISTANCES, default=None,
             help="consistency distance (default l2; pseudo-huber for ict); lpips needs --lpips-weights")
         add("--lpips-weights", default=None,
             help="LPIPS weights file for --distance lpips (never downloaded)")
-        add("--sigma-min", type=float, default=None,
+        add("--sigma-min", type=V.positive_float, default=None,
             help=f"smallest noise level σ_min (default {SIGMA_MIN})")
-        add("--sigma-max", type=float, default=None,
+        add("--sigma-max", type=V.positive_float, default=None,
             help=f"largest noise level σ_max (default {SIGMA_MAX:g})")
-        add("--sigma-data", type=float, default=None,
+        add("--sigma-data", type=V.positive_float, default=None,
             help=f"data standard deviation σ_data (default {SIGMA_DATA}, or the teacher's)")
         add("--teacher-solver", choices=SOLVERS, default="heun", help="CD: ODE step of the teacher (heun)")
-        add("--teacher-steps", type=int, default=None,
+        add("--teacher-steps", type=V.positive_int, default=None,
             help="CD: teacher ODE steps per grid interval, on the ρ-spaced points between its ends (default "
                  "1, the paper's); a coarse --num-scales grid with K steps keeps the teacher's accuracy of "
                  "the K-times finer grid")
@@ -149,13 +152,13 @@ class ConsistencyFamily(Family):
             help="CD: step (default, the paper's: the EMA student one teacher ODE step nearer the data) or "
                  "trajectory (the end of the teacher's ODE trajectory through x_n, exact; trajectories are "
                  "solved from σ_max down the --num-scales grid into a pool, so no bootstrapping)")
-        add("--trajectory-pool", type=int, default=None,
+        add("--trajectory-pool", type=V.nonnegative_int, default=None,
             help=f"CD with --cd-targets trajectory: teacher trajectories kept (default "
                  f"{DEFAULT_TRAJECTORY_POOL})")
-        add("--trajectory-refresh", type=int, default=None,
+        add("--trajectory-refresh", type=V.nonnegative_int, default=None,
             help=f"CD with --cd-targets trajectory: trajectories replaced per training step (default "
                  f"{DEFAULT_TRAJECTORY_REFRESH}); each is reused about pool/refresh steps")
-        add("--gan-weight", type=float, default=None,
+        add("--gan-weight", type=V.nonnegative_float, default=None,
             help="weight λ of an adversarial term on the student's estimates (default 0 = none): a BigGAN "
                  "projection discriminator, non-saturating loss with R1, adaptively weighted against the "
                  "consistency loss as in CTM (--d-ch, --d-lr, --r1-gamma set D)")
@@ -165,12 +168,12 @@ class ConsistencyFamily(Family):
                  "guidance")
         add("--teacher-guidance-interval", default=None, metavar="SIGMA_LO,SIGMA_HI",
             help="CD: guide the teacher only for SIGMA_LO < σ <= SIGMA_HI")
-        add("--teacher-guidance", type=float, default=None,
+        add("--teacher-guidance", type=V.any_float, default=None,
             help="CD: classifier-free guidance scale w of the teacher's ODE step (default 1 = none); the "
                  "student learns the guided teacher's trajectories (guided distillation)")
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_argument_once(parser, "--steps", type=int, default=None,
+        add_argument_once(parser, "--steps", type=V.positive_int, default=None,
                           help="sampling steps (diffusion: solver steps; consistency: network evaluations, "
                                "default 1, or with --ts the grid size, default the model's N)")
         add_argument_once(parser, "--ts", default=None,

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from genzoo import nets
+from genzoo import validate as V
 from genzoo.diffusion import discrete, edm2
 from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
@@ -287,31 +288,32 @@ class DiffusionFamily(Family):
             help="preconditioning of EDM Table 1 (default edm)")
         add("--loss", choices=sorted(LOSSES), default=None,
             help="training loss (default: the preconditioning's; edm for iddpm)")
-        add("--label-dropout", type=float, default=None,
+        add("--label-dropout", type=V.probability, default=None,
             help="probability of training on the null label, for classifier-free guidance (default 0.1 "
                  "for class-conditional data)")
         add("--uncond", action="store_true", default=None, help="ignore the data's class labels")
-        add("--p-mean", type=float, default=None,
+        add("--p-mean", type=V.any_float, default=None,
             help="EDM/EDM2 loss: mean of ln σ during training (default −1.2, EDM Table 1; edm2 −0.8)")
-        add("--p-std", type=float, default=None,
+        add("--p-std", type=V.positive_float, default=None,
             help="EDM/EDM2 loss: standard deviation of ln σ during training (default 1.2; edm2 1.6)")
-        add("--lr-ref", type=float, default=None,
+        add("--lr-ref", type=V.positive_float, default=None,
             help="α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) of EDM2; the same "
                  f"setting as --lr (default {edm2.DEFAULT_LR_REF} for --arch edm2)")
-        add("--decay-kimg", type=float, default=None,
+        add("--decay-kimg", type=V.nonnegative_float, default=None,
             help="t_ref of that schedule in thousands of images; 0 = constant (default 0; --arch edm2 "
                  f"{edm2.DEFAULT_DECAY_KIMG:g}, EDM2's 35k batches of 2048)")
-        add("--augment", type=float, default=None,
+        add("--augment", type=V.probability, default=None,
             help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
-        add("--model-channels", type=int, default=None,
+        add("--model-channels", type=V.positive_int, default=None,
             help="ddpmpp, songunet, dhariwalunet: base channels (default 32 at ≤16 px, else 64)")
-        add("--channel-mult", default=None,
+        add("--channel-mult", type=V.int_list(1), default=None,
             help="ddpmpp, songunet, dhariwalunet: channel multipliers per level, e.g. 1,2,2")
-        add("--num-blocks", type=int, default=None,
+        add("--num-blocks", type=V.positive_int, default=None,
             help="ddpmpp, songunet, dhariwalunet: residual blocks per level (default 2)")
-        add("--attn-res", default=None,
+        add("--attn-res", type=V.int_list(1, allow_empty=True, words=("none",)), default=None,
             help="ddpmpp, songunet, dhariwalunet: resolutions with self-attention, e.g. 16 (default res/2)")
-        add("--dropout", type=float, default=None, help="dropout probability (default 0)")
+        add("--dropout", type=V.finite_float(0, 1, hi_open=True), default=None,
+            help="dropout probability (default 0)")
         add("--adaptive-scale", action="store_true", default=None,
             help="ddpmpp: the embedding scales and shifts each block's normalised features (ADM's "
                  "scale-shift norm) instead of adding a bias before the norm")
@@ -320,20 +322,20 @@ class DiffusionFamily(Family):
         group = parser.add_argument_group("diffusion sampling")
         add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
         add("--sampler", default=None, help=f"diffusion sampler: {', '.join(SAMPLERS)} (default heun = EDM)")
-        add("--steps", type=int, default=None, help="sampling steps (diffusion default 18)")
-        add("--churn", type=float, default=None, help="EDM S_churn (default 0 = deterministic)")
-        add("--s-min", type=float, default=None, help="EDM S_min (default 0)")
-        add("--s-max", type=float, default=None, help="EDM S_max (default inf)")
-        add("--s-noise", type=float, default=None, help="EDM S_noise (default 1)")
-        add("--sigma-min", type=float, default=None, help="lowest noise level (default 0.002)")
-        add("--sigma-max", type=float, default=None, help="highest noise level (default 80)")
-        add("--rho", type=float, default=None, help="ρ of the EDM time discretisation (default 7)")
+        add("--steps", type=V.positive_int, default=None, help="sampling steps (diffusion default 18)")
+        add("--churn", type=V.nonnegative_float, default=None, help="EDM S_churn (default 0 = deterministic)")
+        add("--s-min", type=V.nonnegative_float, default=None, help="EDM S_min (default 0)")
+        add("--s-max", type=V.finite_float(0, allow_inf=True), default=None, help="EDM S_max (default inf)")
+        add("--s-noise", type=V.positive_float, default=None, help="EDM S_noise (default 1)")
+        add("--sigma-min", type=V.positive_float, default=None, help="lowest noise level (default 0.002)")
+        add("--sigma-max", type=V.positive_float, default=None, help="highest noise level (default 80)")
+        add("--rho", type=V.positive_float, default=None, help="ρ of the EDM time discretisation (default 7)")
         add("--discretization", choices=list(S.DISCRETIZATIONS), default=None,
             help="time steps: edm (default), vp, ve, iddpm")
         add("--schedule", choices=list(S.SCHEDULES), default=None, help="σ(t): linear (default), vp, ve")
         add("--scaling", choices=list(S.SCALINGS), default=None, help="s(t): none (default), vp")
-        add("--eta", type=float, default=None, help="DDIM stochasticity η (default 0)")
-        add("--guidance", type=float, default=None,
+        add("--eta", type=V.nonnegative_float, default=None, help="DDIM stochasticity η (default 0)")
+        add("--guidance", type=V.any_float, default=None,
             help="guidance scale w (default 1 = off): classifier-free, or autoguidance with --guide-model")
         add("--guide-model", default=None,
             help="autoguidance: the guiding denoiser (a run, checkpoint or model directory), a smaller or "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable, Mapping
@@ -60,7 +61,7 @@ def save_checkpoint(path: Path, config: Mapping[str, Any], weights: Mapping[str,
     return save_model_dir(path, config, weights, extra_files={
         "optimizer.pt": lambda p: write_optimizer(p, optimizer_state),
         "state.json": lambda p: write_json_atomic(p, state),
-    })
+    }, owned=True)
 
 
 def _unshared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,6 +93,10 @@ def read_checkpoint(path: Path) -> TrainingCheckpoint:
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
         raise UserError(f"{path / 'state.json'}: missing keys {', '.join(missing)}")
+    for key in STATE_KEYS:
+        if not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0:
+            raise UserError(f"{path / 'state.json'}: {key!r} must be a non-negative integer, "
+                            f"got {state[key]!r}")
     return TrainingCheckpoint(path, config, model, ema, objective, optimizer, state, phema)
 
 
@@ -114,11 +119,20 @@ def find_resumable(run_dir: Path, say: Callable[[str], None]) -> TrainingCheckpo
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0 keeps all)."""
+    """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0 keeps all).
+
+    Each is first renamed to a hidden name (one atomic step), then deleted, so no half-deleted
+    ``checkpoint-N`` is ever visible; a kill between the two leaves a hidden folder that the next
+    ``--resume`` removes (:func:`remove_partial_checkpoints`)."""
     if keep <= 0:
         return
     for path in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path.with_name(f".{path.name}.pruned-{os.getpid()}")
+        try:
+            os.replace(path, doomed)
+        except OSError:
+            continue  # already gone (another reader or process)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_partial_checkpoints(run_dir: Path) -> list[Path]:

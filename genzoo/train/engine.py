@@ -152,7 +152,7 @@ class Trainer:
         self.progress = Progress()
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        self.feedback = Feedback(self.out, config, enabled=dist.is_main)
+        self.feedback = Feedback(self.out, config, enabled=dist.is_main, start_step=self.progress.step)
 
     # ------------------------------------------------------------------ setup
 
