@@ -37,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def sample_options(args: argparse.Namespace) -> dict:
+    """The family sampling options (keyword arguments of :func:`genzoo.api.sample`) among parsed flags."""
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if k
+        not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from genzoo.api import load, sample
     from genzoo.errors import UserError
@@ -45,12 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.grid:
         raise UserError("sample: give --out FILE.npz and/or --grid FILE.png")
     model = load(args.ckpt, ema=not args.raw, device=args.device)
-    options = {
-        k: v
-        for k, v in vars(args).items()
-        if k
-        not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}
-    }
+    options = sample_options(args)
     # once, before the clock starts: a search over sampling settings is not part of the sampling cost
     family = get_family(model.config["family"])
     options = family.prepare_sampling(model, options)
