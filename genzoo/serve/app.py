@@ -22,7 +22,14 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from genzoo.errors import UserError  # noqa: E402
-from genzoo.serve.controls import ControlSpec, sample_controls, sampleable_families, to_flags  # noqa: E402
+from genzoo.serve.controls import (  # noqa: E402
+    ControlSpec,
+    control_key,
+    control_keys,
+    sample_controls,
+    sampleable_families,  # noqa: E402
+    to_flags,
+)
 from genzoo.serve.discovery import ModelEntry, ReportEntry  # noqa: E402
 from genzoo.serve.requests import (  # noqa: E402
     IMAGE_OPERATIONS,
@@ -36,7 +43,8 @@ from genzoo.serve.requests import (  # noqa: E402
 COMPARE_SLOTS = 4
 EDIT_OPERATIONS = ("inpaint", "stroke", "colorize", "superres", "denoise", "interpolate")
 #: CSS: small images are shown enlarged with sharp pixels
-CSS = "img { image-rendering: pixelated; } .gz-cost { font-family: monospace; }"
+CSS = (".gz-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; } "
+       "canvas { image-rendering: pixelated; }")
 THEME_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts fetched
 #: gradio's progress tracker, found by the default of a handler's ``progress`` argument (it reports to
 #: the event it is called from, so one instance serves every request)
@@ -101,25 +109,25 @@ def _parse_classes(text: str | None) -> list[int] | None:
 
 
 class ControlPanel:
-    """The sample controls of every family, built from :func:`sample_controls`; only the group of the
-    selected model's family is visible."""
+    """The sample controls of every family (:func:`control_keys`), built from :func:`sample_controls`;
+    only the group of the selected model's family is visible."""
 
-    def __init__(self, families: Sequence[str], key: str) -> None:
-        self.specs = {family: sample_controls(family) for family in families}
+    def __init__(self, keys: Sequence[str], prefix: str) -> None:
+        self.specs = {key: sample_controls(key) for key in keys}
         self.groups: dict[str, gr.Column] = {}
         self.slots: list[tuple[str, ControlSpec]] = []
         self.components: list[gr.components.Component] = []
-        for family in families:
-            with gr.Column(visible=False, elem_id=f"{key}-{family}") as column:
-                specs = self.specs[family]
+        for key in keys:
+            with gr.Column(visible=False, elem_id=f"{prefix}-{key}") as column:
+                specs = self.specs[key]
                 for spec in [s for s in specs if s.primary]:
-                    self._add(family, spec, key)
+                    self._add(key, spec, prefix)
                 more = [s for s in specs if not s.primary]
                 if more:
-                    with gr.Accordion(f"more {family} options", open=False):
+                    with gr.Accordion(f"more {key} options", open=False):
                         for spec in more:
-                            self._add(family, spec, key)
-            self.groups[family] = column
+                            self._add(key, spec, prefix)
+            self.groups[key] = column
 
     def _add(self, family: str, spec: ControlSpec, key: str) -> None:
         self.slots.append((family, spec))
@@ -129,11 +137,18 @@ class ControlPanel:
         chosen = {spec.flag: value for (fam, spec), value in zip(self.slots, values) if fam == family}
         return to_flags(self.specs[family], chosen)
 
-    def show(self, family: str | None) -> list[Any]:
-        return [gr.update(visible=fam == family) for fam in self.groups]
+    def show(self, key: str | None) -> list[Any]:
+        return [gr.update(visible=k == key) for k in self.groups]
+
+
+def _output_image(label: str, elem_id: str, height: int) -> gr.Image:
+    """A result image: PNG (lossless, the pixels as computed), shown enlarged."""
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, elem_classes="gz-image",
+                    elem_id=elem_id, height=height)
 
 
 def _widget(spec: ControlSpec, elem_id: str) -> gr.components.Component:
+    """One control; empty means the family's default (the flag is not given), as on the command line."""
     info = spec.help or None
     if spec.kind == "flag":
         return gr.Checkbox(value=bool(spec.default), label=spec.label, info=info, elem_id=elem_id)
@@ -141,12 +156,10 @@ def _widget(spec: ControlSpec, elem_id: str) -> gr.components.Component:
         return gr.Dropdown(choices=[("default", ""), *[(c, c) for c in spec.choices or ()]],
                            value="" if spec.default is None else str(spec.default), label=spec.label,
                            info=info, elem_id=elem_id)
-    if spec.kind in ("int", "float"):
-        return gr.Number(value=spec.default, label=spec.label, info=info, precision=0 if spec.kind == "int"
-                         else None, elem_id=elem_id)
-    return gr.Textbox(value="" if spec.default is None else str(spec.default), label=spec.label, info=info,
-                      lines=2 if spec.kind == "lines" else 1, elem_id=elem_id,
-                      placeholder="one per line" if spec.kind == "lines" else "default")
+    placeholder = "default" if spec.default is None else f"default: {spec.default}"
+    return gr.Textbox("", label=spec.label, info=info, lines=2 if spec.kind == "lines" else 1,
+                      elem_id=elem_id, placeholder="one per line; " + placeholder if spec.kind == "lines"
+                      else placeholder)
 
 
 # ------------------------------------------------------------------------------------------------ app
@@ -177,7 +190,7 @@ class App:
         """Yields None while running, then the :class:`SampleResult` (or :class:`Cancelled`)."""
         try:
             entry = self.model(label)
-            flags = panel.flags(entry.family, values)
+            flags = panel.flags(control_key(entry.config), values)
             class_labels = _parse_classes(classes)
         except UserError as err:
             raise gr.Error(f"{what}: {err}", print_exception=False) from None
@@ -234,17 +247,17 @@ def build_app(models: Sequence[ModelEntry], reports: Sequence[ReportEntry] = (),
               device: str = "cpu") -> gr.Blocks:
     """The page for these models and reports."""
     app = App(models, reports, device)
-    families = [f for f in sampleable_families() if any(m.family == f for m in models)]
-    sample_labels = app.labels(families)
+    keys = [k for k in control_keys() if any(control_key(m.config) == k for m in models)]
+    sample_labels = app.labels(sampleable_families())
     edit_labels = app.labels(("consistency", "diffusion"))
 
     with gr.Blocks(title="genzoo", analytics_enabled=False) as blocks:
         gr.Markdown("# genzoo\nSample, compare and edit GANs, diffusion and consistency models. "
                     "Every result shows its cost and the `genzoo` command that reproduces it.")
         with gr.Tab("Sample", id="sample"):
-            _sample_tab(blocks, app, families, sample_labels)
+            _sample_tab(blocks, app, keys, sample_labels)
         with gr.Tab("Compare", id="compare"):
-            _compare_tab(blocks, app, families, sample_labels)
+            _compare_tab(blocks, app, keys, sample_labels)
         with gr.Tab("Edit", id="edit"):
             _edit_tab(app, edit_labels, sample_labels)
         with gr.Tab("Reports", id="reports"):
@@ -284,13 +297,12 @@ def _sample_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[s
                 run = gr.Button("Generate", variant="primary", elem_id="sample-run")
                 stop = gr.Button("Stop", elem_id="sample-stop")
         with gr.Column(scale=2):
-            grid = gr.Image(label="samples", type="numpy", format="png", interactive=False,
-                            elem_id="sample-grid", height=512)
+            grid = _output_image("samples", "sample-grid", 512)
             cost = gr.Markdown(elem_id="sample-cost", elem_classes="gz-cost")
 
     def on_model(label):
-        family = app.model(label).family if label else None
-        return [_model_info(app, label), gr.update(visible=_num_classes(app, label) > 0), *panel.show(family)]
+        key = control_key(app.model(label).config) if label else None
+        return [_model_info(app, label), gr.update(visible=_num_classes(app, label) > 0), *panel.show(key)]
 
     outs = [info, classes, *panel.groups.values()]
     model.change(on_model, model, outs)
@@ -326,13 +338,12 @@ def _compare_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[
                 model = gr.Dropdown([("(none)", ""), *[(lab, lab) for lab in labels]], value=default or "",
                                     label=f"model {i + 1}", elem_id=f"compare-model-{i}")
                 panel = ControlPanel(families, f"compare{i}")
-                grid = gr.Image(label=f"model {i + 1}", type="numpy", format="png", interactive=False,
-                                elem_id=f"compare-grid-{i}", height=320)
+                grid = _output_image(f"model {i + 1}", f"compare-grid-{i}", 320)
                 cost = gr.Markdown(elem_id=f"compare-cost-{i}", elem_classes="gz-cost")
             slots.append((model, panel, grid, cost))
 
             def on_model(label, panel=panel):
-                return panel.show(app.model(label).family if label else None)
+                return panel.show(control_key(app.model(label).config) if label else None)
 
             model.change(on_model, model, list(panel.groups.values()))
             blocks.load(on_model, model, list(panel.groups.values()))
@@ -395,7 +406,7 @@ def _edit_tab(app: App, labels: list[str], source_labels: list[str]) -> None:
                                "seeds, e.g. 0,1", elem_id="edit-seeds")
             classes = gr.Textbox("", label="class", info="class-conditional models (default: from the seed)",
                                  elem_id="edit-class")
-            steps = gr.Number(None, precision=0, label="steps", info="network evaluations (default: the "
+            steps = gr.Textbox("", label="steps", info="network evaluations (default: the "
                               "operation's)", elem_id="edit-steps")
             ts = gr.Textbox("", label="ts", info="consistency models: grid indices, e.g. 0,10,20",
                             elem_id="edit-ts")
@@ -416,10 +427,9 @@ def _edit_tab(app: App, labels: list[str], source_labels: list[str]) -> None:
                                                    color_mode="defaults"),
                                     transforms=(), elem_id="edit-editor")
             with gr.Row():
-                shown_input = gr.Image(label="input as the model sees it", type="numpy", format="png",
-                                       interactive=False, elem_id="edit-input", height=256)
-                result = gr.Image(label="result", type="numpy", format="png", interactive=False,
-                                  elem_id="edit-result", height=256)
+                shown_input = _output_image("input as the model sees it", "edit-input", 256)
+                result = _output_image("result", "edit-result", 256)
+                mask_shown = _output_image("mask (white: generated)", "edit-mask", 256)
             slider = gr.Slider(0, 1, value=0, step=1 / 7, label="interpolation α", visible=False,
                                elem_id="edit-alpha")
             frames = gr.State([])
@@ -455,20 +465,23 @@ def _edit_tab(app: App, labels: list[str], source_labels: list[str]) -> None:
             options["num"] = int(count) if count else None
         for item in app.edit(label, op, image, options, progress):
             if item is None:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                yield [gr.skip()] * 6
             elif item is Cancelled:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), "cancelled"
+                yield [gr.skip()] * 5 + ["cancelled"]
             else:
-                cost_text = f"**{len(item.results)} images · {item.seconds:.3f} s**\n\n`{item.command}`"
+                n = len(item.results)
+                cost_text = f"**{n} image{'s' if n > 1 else ''} · {item.seconds:.3f} s**\n\n`{item.command}`"
+                mask = None if item.mask is None else np.repeat(item.mask[..., None] * np.uint8(255), 3, -1)
                 if item.inputs is None:
                     n = len(item.results)
-                    yield (None, item.results[0], item.results,
+                    yield (None, item.results[0], mask, item.results,
                            gr.update(value=0, step=1 / max(n - 1, 1)), cost_text)
                 else:
-                    yield item.inputs[0], item.results[0], [], gr.skip(), cost_text
+                    yield item.inputs[0], item.results[0], mask, [], gr.skip(), cost_text
 
-    event = run.click(do_edit, [model, operation, editor, seeds, classes, steps, ts, factor, sigma, add_noise,
-                                num], [shown_input, result, frames, slider, cost], concurrency_limit=4)
+    inputs = [model, operation, editor, seeds, classes, steps, ts, factor, sigma, add_noise, num]
+    outputs = [shown_input, result, mask_shown, frames, slider, cost]
+    event = run.click(do_edit, inputs, outputs, concurrency_limit=4)
     stop.click(None, None, None, cancels=[event])
 
     def on_slide(alpha, images):

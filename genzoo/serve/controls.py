@@ -10,6 +10,7 @@ control a family does not take never appears for its models.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,11 @@ def sampleable_families() -> list[str]:
     return list(FLAG_SOURCES)
 
 
+def control_keys() -> list[str]:
+    """Every control set: the sampleable families, GigaGAN's apart."""
+    return [*FLAG_SOURCES, *(["gan-text"] if _gigagan_declaration() is not None else [])]
+
+
 def _kind(action: argparse.Action) -> str:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return "flag"
@@ -67,13 +73,10 @@ def _kind(action: argparse.Action) -> str:
     return "text"
 
 
-def sample_controls(family: str) -> list[ControlSpec]:
-    """The sample options of a model family, in declaration order, read from its argparse flags."""
-    if family not in FLAG_SOURCES:
-        raise UserError(f"family {family!r}: no sampling controls (sampleable: {', '.join(FLAG_SOURCES)})")
+def _read(declare: Callable[[argparse.ArgumentParser], None]) -> list[ControlSpec]:
+    """The flags a declaring function (``add_sample_arguments``) adds to an empty parser, as specs."""
     parser = argparse.ArgumentParser(add_help=False)
-    for source in FLAG_SOURCES[family]:
-        get_family(source).add_sample_arguments(parser)
+    declare(parser)
     specs = []
     for action in parser._actions:
         flag = next((s for s in action.option_strings if s.startswith("--")), None)
@@ -82,6 +85,52 @@ def sample_controls(family: str) -> list[ControlSpec]:
         choices = tuple(str(c) for c in action.choices) if action.choices is not None else None
         specs.append(ControlSpec(flag, action.dest, _kind(action), action.default, choices,
                                  (action.help or "").replace("%%", "%")))
+    return specs
+
+
+def _gigagan_declaration() -> Callable[[argparse.ArgumentParser], None] | None:
+    import importlib.util
+
+    if importlib.util.find_spec("genzoo.gan.gigagan") is None:
+        return None
+    from genzoo.gan import gigagan
+
+    return getattr(gigagan, "add_sample_arguments", None)
+
+
+def control_key(config: dict[str, Any]) -> str:
+    """Which control set a model gets: its family, or ``gan-text`` for a GigaGAN (the gan family hands
+    GigaGAN's sampling, and its flags, to :mod:`genzoo.gan.gigagan`)."""
+    family = str(config.get("family"))
+    if family == "gan" and str(config.get("arch") or "").startswith("gigagan"):
+        return "gan-text"
+    return family
+
+
+def sample_controls(key: str) -> list[ControlSpec]:
+    """The sample options of a model family (or :func:`control_key`), in declaration order, read from
+    the family's argparse flags.
+
+    The gan family declares GigaGAN's flags through :mod:`genzoo.gan.gigagan`: a GigaGAN gets that
+    module's declarations, a BigGAN the family's without those (a flag both declare, ``--truncation``,
+    stays with the family's own help text, which is how it is told apart).
+    """
+    family = "gan" if key == "gan-text" else key
+    if family not in FLAG_SOURCES:
+        raise UserError(f"family {key!r}: no sampling controls (sampleable: {', '.join(FLAG_SOURCES)})")
+
+    def declare(parser: argparse.ArgumentParser) -> None:
+        for source in FLAG_SOURCES[family]:
+            get_family(source).add_sample_arguments(parser)
+
+    specs = _read(declare)
+    gigagan = _gigagan_declaration() if family == "gan" else None
+    if gigagan is not None:
+        delegated = _read(gigagan)
+        if key == "gan-text":
+            return delegated
+        delegated_help = {(s.flag, s.help) for s in delegated}
+        specs = [s for s in specs if (s.flag, s.help) not in delegated_help]
     return specs
 
 

@@ -186,12 +186,13 @@ def run_sample(model: str | Path, seeds: str = "0-15", class_labels: Sequence[in
 @dataclass
 class EditResult:
     """One edit: the input as the CLI shows it (None for interpolate), the result images (uint8 HWC) and
-    the equivalent command line (input files named as in the request)."""
+    the equivalent command line (input files named as in the request); inpainting adds the mask (bool HW)."""
 
     inputs: list[np.ndarray] | None
     results: list[np.ndarray]
     seconds: float
     command: str
+    mask: np.ndarray | None = None
 
 
 def _save_png(array: np.ndarray, path: Path) -> str:
@@ -262,4 +263,5 @@ def run_edit(operation: str, model: str | Path, image: np.ndarray | None = None,
     shown = edit_argv(operation, model, out="edit-out",
                       images=["input.png"] if operation in IMAGE_OPERATIONS else (),
                       mask="mask.png" if operation == "inpaint" else None, **options)
-    return EditResult(inputs, results, seconds, command_line(shown))
+    return EditResult(inputs, results, seconds, command_line(shown),
+                      np.asarray(mask, dtype=bool) if operation == "inpaint" else None)
