@@ -54,6 +54,11 @@ PROGRESS = gr.Progress()
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+def _page_error(message: str) -> gr.Error:
+    """A one-line message in the page that stays until closed (no traceback anywhere)."""
+    return gr.Error(message, print_exception=False, duration=None)
+
+
 def _error_message(err: BaseException) -> str:
     if isinstance(err, UserError):
         return str(err)
@@ -94,7 +99,7 @@ def _in_worker(work: Callable[[Callable[[], bool], Callable[[int, int], None]], 
     if error is not None:
         if not isinstance(error, UserError):
             traceback.print_exception(error, file=sys.stderr)
-        raise gr.Error(f"{what}: {_error_message(error)}", print_exception=False)
+        raise _page_error(f"{what}: {_error_message(error)}")
     yield box["result"]
 
 
@@ -112,13 +117,13 @@ class ControlPanel:
     """The sample controls of every family (:func:`control_keys`), built from :func:`sample_controls`;
     only the group of the selected model's family is visible."""
 
-    def __init__(self, keys: Sequence[str], prefix: str) -> None:
+    def __init__(self, keys: Sequence[str], prefix: str, shown: str | None = None) -> None:
         self.specs = {key: sample_controls(key) for key in keys}
         self.groups: dict[str, gr.Column] = {}
         self.slots: list[tuple[str, ControlSpec]] = []
         self.components: list[gr.components.Component] = []
         for key in keys:
-            with gr.Column(visible=False, elem_id=f"{prefix}-{key}") as column:
+            with gr.Column(visible=key == shown, elem_id=f"{prefix}-{key}") as column:
                 specs = self.specs[key]
                 for spec in [s for s in specs if s.primary]:
                     self._add(key, spec, prefix)
@@ -193,7 +198,7 @@ class App:
             flags = panel.flags(control_key(entry.config), values)
             class_labels = _parse_classes(classes)
         except UserError as err:
-            raise gr.Error(f"{what}: {err}", print_exception=False) from None
+            raise _page_error(f"{what}: {err}") from None
 
         def work(should_stop, report):
             return run_sample(entry.path, seeds, class_labels, flags, int(batch) if batch else None,
@@ -207,7 +212,7 @@ class App:
             entry = self.model(label)
             image, mask = _editor_image(editor, operation)
         except UserError as err:
-            raise gr.Error(f"edit: {err}", print_exception=False) from None
+            raise _page_error(f"edit: {err}") from None
 
         def work(_should_stop, _report):
             return run_edit(operation, entry.path, image, mask, device=self.device, **options)
@@ -255,13 +260,13 @@ def build_app(models: Sequence[ModelEntry], reports: Sequence[ReportEntry] = (),
         gr.Markdown("# genzoo\nSample, compare and edit GANs, diffusion and consistency models. "
                     "Every result shows its cost and the `genzoo` command that reproduces it.")
         with gr.Tab("Sample", id="sample"):
-            _sample_tab(blocks, app, keys, sample_labels)
+            _sample_tab(app, keys, sample_labels)
         with gr.Tab("Compare", id="compare"):
-            _compare_tab(blocks, app, keys, sample_labels)
+            _compare_tab(app, keys, sample_labels)
         with gr.Tab("Edit", id="edit"):
             _edit_tab(app, edit_labels, sample_labels)
         with gr.Tab("Reports", id="reports"):
-            _reports_tab(blocks, app)
+            _reports_tab(app)
     return blocks
 
 
@@ -280,19 +285,21 @@ def _num_classes(app: App, label: str | None) -> int:
     return int(app.model(label).config.get("num_classes", 0) or 0) if label else 0
 
 
-def _sample_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[str]) -> None:
+def _sample_tab(app: App, families: list[str], labels: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(labels, value=labels[0] if labels else None, label="model",
                                 elem_id="sample-model")
-            info = gr.Markdown(elem_id="sample-info")
+            first = labels[0] if labels else None
+            info = gr.Markdown(_model_info(app, first), elem_id="sample-info")
             seeds = gr.Textbox("0-15", label="seeds", info="e.g. 0-15,100: one image per seed",
                                elem_id="sample-seeds")
-            classes = gr.Textbox("", label="class", info="one class for all, one per seed, or empty: "
+            classes = gr.Textbox("", label="class", visible=_num_classes(app, first) > 0,
+                                 info="one class for all, one per seed, or empty: "
                                  "drawn from the seed", elem_id="sample-class")
             batch = gr.Number(8, precision=0, label="batch", info="images per batch (the images do not "
                               "depend on it)", elem_id="sample-batch")
-            panel = ControlPanel(families, "sample")
+            panel = ControlPanel(families, "sample", control_key(app.model(first).config) if first else None)
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="sample-run")
                 stop = gr.Button("Stop", elem_id="sample-stop")
@@ -305,7 +312,7 @@ def _sample_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[s
         return [_model_info(app, label), gr.update(visible=_num_classes(app, label) > 0), *panel.show(key)]
 
     outs = [info, classes, *panel.groups.values()]
-    model.change(on_model, model, outs)
+    model.change(on_model, model, outs, queue=False, show_progress="hidden")
 
     def generate(label, seeds_text, class_text, batch_size, *values, progress=PROGRESS):
         for item in app.sample(label, seeds_text, class_text, batch_size, panel, values, progress):
@@ -319,10 +326,9 @@ def _sample_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[s
     event = run.click(generate, [model, seeds, classes, batch, *panel.components], [grid, cost],
                       concurrency_limit=4)
     stop.click(None, None, None, cancels=[event])
-    blocks.load(on_model, model, outs)
 
 
-def _compare_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[str]) -> None:
+def _compare_tab(app: App, families: list[str], labels: list[str]) -> None:
     gr.Markdown("Two to four models on the same seeds and classes, each with its own settings; the cost "
                 "of each request is shown under its images.")
     with gr.Row():
@@ -337,7 +343,8 @@ def _compare_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[
                 default = labels[i] if i < min(3, len(labels)) else None
                 model = gr.Dropdown([("(none)", ""), *[(lab, lab) for lab in labels]], value=default or "",
                                     label=f"model {i + 1}", elem_id=f"compare-model-{i}")
-                panel = ControlPanel(families, f"compare{i}")
+                panel = ControlPanel(families, f"compare{i}",
+                                     control_key(app.model(default).config) if default else None)
                 grid = _output_image(f"model {i + 1}", f"compare-grid-{i}", 320)
                 cost = gr.Markdown(elem_id=f"compare-cost-{i}", elem_classes="gz-cost")
             slots.append((model, panel, grid, cost))
@@ -345,8 +352,8 @@ def _compare_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[
             def on_model(label, panel=panel):
                 return panel.show(control_key(app.model(label).config) if label else None)
 
-            model.change(on_model, model, list(panel.groups.values()))
-            blocks.load(on_model, model, list(panel.groups.values()))
+            model.change(on_model, model, list(panel.groups.values()), queue=False,
+                         show_progress="hidden")
     with gr.Row():
         run = gr.Button("Compare", variant="primary", elem_id="compare-run")
         stop = gr.Button("Stop", elem_id="compare-stop")
@@ -361,7 +368,7 @@ def _compare_tab(blocks: gr.Blocks, app: App, families: list[str], labels: list[
             if label:
                 chosen.append((i, label, controls))
         if not 2 <= len(chosen) <= COMPARE_SLOTS:
-            raise gr.Error(f"compare: pick two to four models, got {len(chosen)}", print_exception=False)
+            raise _page_error(f"compare: pick two to four models, got {len(chosen)}")
         outputs: list[Any] = [gr.skip()] * (2 * COMPARE_SLOTS)
         for i in range(COMPARE_SLOTS):
             if i not in [c[0] for c in chosen]:
@@ -411,8 +418,9 @@ def _edit_tab(app: App, labels: list[str], source_labels: list[str]) -> None:
             ts = gr.Textbox("", label="ts", info="consistency models: grid indices, e.g. 0,10,20",
                             elem_id="edit-ts")
             factor = gr.Number(2, precision=0, label="factor", visible=False, elem_id="edit-factor")
-            sigma = gr.Number(None, label="sigma", visible=False, info="stroke: start noise (default 20); "
-                              "denoise: the noise level", elem_id="edit-sigma")
+            sigma = gr.Textbox("", label="sigma", visible=False, placeholder="stroke: default 20",
+                               info="stroke: the noise level to start from; denoise: the noise level",
+                               elem_id="edit-sigma")
             add_noise = gr.Checkbox(True, label="add that noise first", visible=False,
                                     elem_id="edit-add-noise")
             num = gr.Number(8, precision=0, label="images along the path", visible=False, elem_id="edit-num")
@@ -440,7 +448,8 @@ def _edit_tab(app: App, labels: list[str], source_labels: list[str]) -> None:
                 gr.update(visible=op == "denoise"), gr.update(visible=op == "interpolate"),
                 gr.update(visible=op == "interpolate"), gr.update(visible=op != "interpolate")]
 
-    operation.change(on_operation, operation, [factor, sigma, add_noise, num, slider, editor])
+    operation.change(on_operation, operation, [factor, sigma, add_noise, num, slider, editor], queue=False,
+                     show_progress="hidden")
 
     def use_sample(label, seed, progress=PROGRESS):
         for item in app.sample(label, str(int(seed or 0)), "", 1, _NO_PANEL, (), progress, what="sample"):
@@ -453,8 +462,9 @@ def _edit_tab(app: App, labels: list[str], source_labels: list[str]) -> None:
 
     def do_edit(label, op, image, seed_text, class_text, n_steps, ts_text, fac, sig, noise, count,
                 progress=PROGRESS):
-        options = dict(seeds=seed_text or None, class_label=(_parse_classes(class_text) or [None])[0],
-                       steps=int(n_steps) if n_steps else None, ts=ts_text or None)
+        # text as typed: the CLI's parser checks it (``genzoo edit``'s messages)
+        options = dict(seeds=seed_text or None, class_label=class_text or None, steps=n_steps or None,
+                       ts=ts_text or None)
         if op == "superres":
             options["factor"] = int(fac) if fac else None
         if op in ("stroke", "denoise"):
@@ -473,7 +483,6 @@ def _edit_tab(app: App, labels: list[str], source_labels: list[str]) -> None:
                 cost_text = f"**{n} image{'s' if n > 1 else ''} · {item.seconds:.3f} s**\n\n`{item.command}`"
                 mask = None if item.mask is None else np.repeat(item.mask[..., None] * np.uint8(255), 3, -1)
                 if item.inputs is None:
-                    n = len(item.results)
                     yield (None, item.results[0], mask, item.results,
                            gr.update(value=0, step=1 / max(n - 1, 1)), cost_text)
                 else:
@@ -489,7 +498,7 @@ def _edit_tab(app: App, labels: list[str], source_labels: list[str]) -> None:
             return gr.skip()
         return images[int(round(float(alpha) * (len(images) - 1)))]
 
-    slider.change(on_slide, [slider, frames], result)
+    slider.change(on_slide, [slider, frames], result, queue=False, show_progress="hidden")
 
 
 class _NoPanel:
@@ -503,30 +512,35 @@ class _NoPanel:
 _NO_PANEL: Any = _NoPanel()
 
 
-def _reports_tab(blocks: gr.Blocks, app: App) -> None:
+def _reports_tab(app: App) -> None:
     names = list(app.reports)
     if not names:
         gr.Markdown("No `genzoo compare` or `genzoo demo` reports (report.html, table.md) under the folders "
                     "given.")
         return
     report = gr.Dropdown(names, value=names[0], label="report", elem_id="report-pick")
-    table = gr.Markdown(elem_id="report-table")
-    page = gr.HTML(elem_id="report-page")
+    first_table, first_page = _report_view(app, names[0])
+    table = gr.Markdown(first_table, elem_id="report-table")
+    page = gr.HTML(first_page, elem_id="report-page")
 
     def show(name):
-        entry = app.reports.get(name)
-        if entry is None:
-            raise gr.Error(f"{name}: no such report", print_exception=False)
-        text = entry.table.read_text() if entry.table is not None else ""
-        html = ""
-        if entry.html is not None:
-            src = f"/gradio_api/file={entry.html}"
-            html = (f'<p><a href="{src}" target="_blank">open {entry.html.name} in a new tab</a></p>'
-                    f'<iframe src="{src}" style="width:100%;height:900px;border:1px solid #ccc"></iframe>')
-        return text, html
+        if name not in app.reports:
+            raise _page_error(f"{name}: no such report")
+        return _report_view(app, name)
 
-    report.change(show, report, [table, page])
-    blocks.load(show, report, [table, page])
+    report.change(show, report, [table, page], queue=False)
+
+
+def _report_view(app: App, name: str) -> tuple[str, str]:
+    """(Markdown table, HTML embedding the report page) of a report."""
+    entry = app.reports[name]
+    text = entry.table.read_text() if entry.table is not None else ""
+    html = ""
+    if entry.html is not None:
+        src = f"/gradio_api/file={entry.html}"
+        html = (f'<p><a href="{src}" target="_blank">open {entry.html.name} in a new tab</a></p>'
+                f'<iframe src="{src}" style="width:100%;height:900px;border:1px solid #ccc"></iframe>')
+    return text, html
 
 
 def launch(blocks: gr.Blocks, reports: Sequence[ReportEntry], host: str = "127.0.0.1", port: int = 7860,
