@@ -218,6 +218,38 @@ def test_editor_value_gives_the_background_and_the_painted_mask():
         _editor_image({"background": None, "layers": [], "composite": None}, "inpaint")
 
 
+def test_closing_a_request_stops_its_worker_and_requests_do_not_share_results(runs):
+    pytest.importorskip("gradio")
+    import threading
+
+    from genzoo.serve.app import _in_worker
+    from genzoo.serve.requests import ModelCache
+
+    stopped = threading.Event()
+
+    def work(should_stop, report):
+        while not should_stop():
+            report(0, 1)
+            time.sleep(0.01)
+        stopped.set()
+
+    running = _in_worker(work, lambda *a, **k: None, "sample")
+    assert next(running) is None  # still running: the page can cancel
+    running.close()  # what gradio does on Stop
+    assert stopped.wait(10)
+    # two requests at once on one cache: each gets exactly what it gets alone
+    cache, results = ModelCache(), {}
+    alone = {name: run_sample(runs[name], "0-3", [1]).images for name in ("edm", "biggan")}
+    threads = [threading.Thread(target=lambda n=name: results.__setitem__(n, run_sample(
+        runs[n], "0-3", [1], batch=1, cache=cache).images)) for name in ("edm", "biggan", "edm")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, images in results.items():
+        np.testing.assert_array_equal(images, alone[name])
+
+
 def test_serve_needs_models(tmp_path):
     pytest.importorskip("gradio")
     from genzoo.serve import serve

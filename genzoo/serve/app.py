@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
+# gradio summarises its event log with pandas after every event by default (for its monitoring page,
+# which the app does not use): seconds per click on a busy CPU
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000000")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -84,11 +87,12 @@ def _in_worker(work: Callable[[Callable[[], bool], Callable[[int, int], None]], 
     thread.start()
     try:
         while thread.is_alive():
-            thread.join(0.2)
+            thread.join(1.0)
             while not updates.empty():
                 done, total = updates.get()
                 progress((done, total), desc=f"{what}: {done}/{total} images", unit="images")
-            yield None
+            if thread.is_alive():
+                yield None  # a point where Stop can close this generator
     finally:
         stop.set()
     error = box.get("error")
@@ -549,6 +553,7 @@ def launch(blocks: gr.Blocks, reports: Sequence[ReportEntry], host: str = "127.0
     blocks.queue(default_concurrency_limit=4)
     return blocks.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                          prevent_thread_lock=not block, show_error=False, quiet=not block,
-                         allowed_paths=[str(r.folder) for r in reports], footer_links=[],
+                         allowed_paths=[str(r.folder) for r in reports], footer_links=[], run_history=False,
+                         enable_monitoring=False,
                          theme=gr.themes.Default(font=THEME_FONTS, font_mono=["ui-monospace", "monospace"]),
                          css=CSS, ssr_mode=False, mcp_server=False, pwa=False)
