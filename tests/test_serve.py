@@ -322,7 +322,7 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
             # Sample: each model with its own controls; the grid is `genzoo sample`'s
             for name, (key, values) in SETTINGS.items():
                 _choose(page, "sample-model", labels[name])
-                expect(page.locator(f"#sample-{key}")).to_be_visible(timeout=30_000)
+                expect(page.locator(f"#sample-{key}")).to_be_visible(timeout=60_000)
                 for other in {"diffusion", "consistency", "gan"} - {key}:
                     expect(page.locator(f"#sample-{other}")).to_be_hidden()
                 page.fill("#sample-seeds textarea, #sample-seeds input", "0-3")
@@ -335,12 +335,12 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
                         page.fill(f"#{widget} textarea, #{widget} input", str(value))
                 page.click("#sample-run")
                 argv = sample_argv(runs[name], "0-3", [5], to_flags(sample_controls(key), values), batch=8)
-                expect(page.locator("#sample-cost")).to_contain_text(command_line(argv), timeout=30_000)
+                expect(page.locator("#sample-cost")).to_contain_text(command_line(argv), timeout=60_000)
                 expected = _cli_grid(tmp_path, argv[:-2])
                 np.testing.assert_array_equal(_shown_image(page, base, "#sample-grid"), expected)
                 assert "images/s" in page.inner_text("#sample-cost")
-                if name == "edm":
-                    page.screenshot(path=str(shots / "sample.png"))
+                if name == "biggan":
+                    page.screenshot(path=str(shots / "sample.png"), full_page=True)
             # Compare: the three models on the same seeds and class, each at its family defaults
             page.get_by_role("tab", name="Compare").click()
             page.fill("#compare-seeds textarea, #compare-seeds input", "0-3")
@@ -348,7 +348,7 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
             page.click("#compare-run")
             for i, name in enumerate(["biggan", "cd", "edm"]):  # the dropdowns' default order
                 argv = sample_argv(runs[name], "0-3", [2], batch=8)
-                expect(page.locator(f"#compare-cost-{i}")).to_contain_text(command_line(argv), timeout=30_000)
+                expect(page.locator(f"#compare-cost-{i}")).to_contain_text(command_line(argv), timeout=60_000)
                 expected = _cli_grid(tmp_path, argv[:-2])
                 np.testing.assert_array_equal(_shown_image(page, base, f"#compare-grid-{i}"), expected)
             page.screenshot(path=str(shots / "compare.png"), full_page=True)
@@ -358,7 +358,7 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
             _choose(page, "edit-source", labels["cd"])
             page.click("#edit-pick")
             canvas = page.locator("#edit-editor canvas").first
-            expect(page.locator("#edit-editor")).to_contain_text("1000%", timeout=30_000)  # image loaded
+            expect(page.locator("#edit-editor")).to_contain_text("1000%", timeout=60_000)  # image loaded
             box = canvas.bounding_box()
             cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
             page.mouse.move(cx - 40, cy - 20)
@@ -370,7 +370,7 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
             page.fill("#edit-seeds textarea, #edit-seeds input", "7")
             page.fill("#edit-class textarea, #edit-class input", "3")
             page.click("#edit-run")
-            expect(page.locator("#edit-cost")).to_contain_text("genzoo edit inpaint", timeout=30_000)
+            expect(page.locator("#edit-cost")).to_contain_text("genzoo edit inpaint", timeout=60_000)
             mask = _shown_image(page, base, "#edit-mask")[..., 0] > 127
             assert 5 <= mask.sum() <= 200  # the painted stroke, not nothing, not everything
             source = tmp_path / "source.npz"
@@ -387,7 +387,7 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
             page.fill("#edit-steps textarea, #edit-steps input", "two")
             page.click("#edit-run")
             expect(page.get_by_text("inpaint: argument --steps: invalid int value: 'two'")).to_be_visible(
-                timeout=30_000)
+                timeout=60_000)
             # Reports
             page.get_by_role("tab", name="Reports").click()
             expect(page.locator("#report-table")).to_contain_text("edm-heun-2")

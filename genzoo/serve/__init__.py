@@ -57,4 +57,8 @@ def serve(paths: Sequence[str | Path], host: str = "127.0.0.1", port: int = 7860
 
     print(f"genzoo serve: {len(models)} models, {len(reports)} reports; http://{host}:{port}",
           file=sys.stderr, flush=True)
-    return launch(build_app(models, reports, device), reports, host, port, block=block)
+    blocks = build_app(models, reports, device)
+    try:
+        return launch(blocks, reports, host, port, block=block)
+    except OSError as err:  # the port is taken, or the address is not this machine's
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({err})") from None
