@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -308,6 +309,7 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
     report = runs["edm"].parent.parent / "report"
     report.mkdir(exist_ok=True)
     (report / "table.md").write_text("| model | FD |\n|---|---|\n| edm-heun-2 | 12.5 |\n")
+    (report / "report.html").write_text("<h1>genzoo report</h1>")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     start = time.monotonic()
@@ -391,6 +393,10 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
             # Reports
             page.get_by_role("tab", name="Reports").click()
             expect(page.locator("#report-table")).to_contain_text("edm-heun-2")
+            expect(page.frame_locator("#report-page iframe").locator("h1")).to_have_text("genzoo report")
+            # only the report folders are served as files, not the models
+            with pytest.raises(urllib.error.HTTPError, match="403"):
+                urllib.request.urlopen(f"{base}/gradio_api/file={runs['edm'] / 'config.json'}")
         finally:
             browser.close()
     print(f"browser test: {time.monotonic() - start:.1f} s after training")
