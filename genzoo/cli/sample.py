@@ -40,6 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def sample_options(args: argparse.Namespace) -> dict:
+    """The family sampling options (keyword arguments of :func:`genzoo.api.sample`) among parsed flags."""
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if k
+        not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from genzoo.api import load, sample
     from genzoo.errors import UserError
@@ -57,12 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if lo is not None and hi is not None and lo >= hi:
         raise UserError(f"--sigma-min {lo:g} --sigma-max {hi:g}: expected --sigma-min below --sigma-max")
     model = load(args.ckpt, ema=not args.raw, device=args.device)
-    options = {
-        k: v
-        for k, v in vars(args).items()
-        if k
-        not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command"}
-    }
+    options = sample_options(args)
     # once, before the clock starts: a search over sampling settings is not part of the sampling cost
     family = get_family(model.config["family"])
     options = family.prepare_sampling(model, options)

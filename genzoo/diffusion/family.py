@@ -321,7 +321,8 @@ class DiffusionFamily(Family):
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("diffusion sampling")
         add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--sampler", default=None, help=f"diffusion sampler: {', '.join(SAMPLERS)} (default heun = EDM)")
+        add("--sampler", choices=list(SAMPLERS), default=None,
+            help=f"diffusion sampler: {', '.join(SAMPLERS)} (default heun = EDM)")
         add("--steps", type=V.positive_int, default=None, help="sampling steps (diffusion default 18)")
         add("--churn", type=V.nonnegative_float, default=None, help="EDM S_churn (default 0 = deterministic)")
         add("--s-min", type=V.nonnegative_float, default=None, help="EDM S_min (default 0)")
