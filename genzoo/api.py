@@ -18,7 +18,8 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     """Open a run directory (its latest checkpoint), a checkpoint or a converted model directory.
 
     Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
-    ones); its ``config`` attribute holds the saved ``config.json``.
+    ones); its ``config`` attribute holds the saved ``config.json``. An official network-snapshot
+    ``.pkl`` (EDM, EDM2) is imported on the fly, as ``genzoo convert`` would, without running its code.
     """
     return load_model(path, ema=ema, device=device)
 

@@ -72,6 +72,8 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
     path in a config (a teacher, a guide model)."""
     from genzoo.checkpoints import load_safetensors, load_state_into, read_json, resolve_model_dir
 
+    if Path(path).suffix == ".pkl" and Path(path).is_file():
+        return _load_snapshot(Path(path), ema, device)
     model_dir = resolve_model_dir(path)
     config = read_json(model_dir / "config.json")
     if "family" not in config:
@@ -96,6 +98,22 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
 def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of one player (keys ``"<player>.<key>"``), with the prefix removed."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _load_snapshot(path: Path, ema: bool, device: str | torch.device) -> nn.Module:
+    """An official network snapshot as a genzoo model (its config is what ``genzoo convert`` writes)."""
+    from genzoo.checkpoints import source_for_pickle
+
+    if not ema:
+        raise UserError(f"--raw: {path} is a network snapshot, which holds only the EMA weights")
+    source, snapshot = source_for_pickle(path)
+    model = source.load(snapshot)
+    config, _ = source.to_genzoo(model, {})
+    config["converted_from"] = {"source": source.name, "preset": None, "file": str(path), "flags": {}}
+    model.config = config
+    model.model_dir = None
+    model.weights_file = path
+    return model.to(device).eval()
 
 
 def family_names() -> list[str]:

@@ -113,8 +113,8 @@ def module_dict(children: dict[str, Any]) -> torch.nn.ModuleDict:
     return container
 
 
-def write_snapshot(path: Path, data: dict[str, Any]) -> Path:
-    """``pickle.dump(data, f)`` as the official training loops do."""
+def write_snapshot(path: Path, data: dict[str, Any], protocol: int | None = None) -> Path:
+    """``pickle.dump(data, f)`` as the official training loops do (default protocol unless given)."""
     with official_globals(), open(path, "wb") as handle:
-        pickle.dump(data, handle)
+        pickle.dump(data, handle, protocol=protocol)
     return path

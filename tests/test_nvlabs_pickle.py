@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import pickle
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -48,7 +49,8 @@ def _snapshot():
     loss = FakePersistent("EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5))
     data = dict(ema=precond, loss_fn=loss, augment_pipe=None,
                 dataset_kwargs=EasyDict(class_name="training.dataset.ImageFolderDataset", resolution=8,
-                                        max_size=np.int64(50000), mean=np.float32(0.5)))
+                                        max_size=np.int64(50000), mean=np.float32(0.5),
+                                        order=np.arange(6, dtype=np.int32).reshape(2, 3)))
     expected = {
         "model.count": torch.tensor([3]),
         "model.enc.8x8_block0.extra": view,
@@ -59,9 +61,10 @@ def _snapshot():
     return data, expected
 
 
-def test_reads_records_tensors_and_plain_data(tmp_path):
+@pytest.mark.parametrize("protocol", [None, 2])  # the default (4 or 5), and 2: sets and bytes as calls
+def test_reads_records_tensors_and_plain_data(tmp_path, protocol):
     data, expected = _snapshot()
-    out = read_nvlabs_pickle(write_snapshot(tmp_path / "net.pkl", data))
+    out = read_nvlabs_pickle(write_snapshot(tmp_path / "net.pkl", data, protocol))
     ema = out["ema"]
     assert isinstance(ema, PersistentRecord) and ema.class_name == "EDMPrecond" and ema.version == 6
     assert ema.init_kwargs["channel_mult"] == [1, 2] and ema.init_kwargs["model_type"] == "SongUNet"
@@ -83,6 +86,12 @@ def test_reads_records_tensors_and_plain_data(tmp_path):
     kwargs = out["dataset_kwargs"]
     assert type(kwargs) is dict and kwargs["resolution"] == 8
     assert kwargs["max_size"] == 50000 and isinstance(kwargs["mean"], np.float32)
+    assert np.array_equal(kwargs["order"], np.arange(6, dtype=np.int32).reshape(2, 3))
+
+
+def test_numpy_object_arrays_are_refused(tmp_path):
+    data = dict(ema=persistent_module("Net"), extra=np.array([1, "a"], dtype=object))
+    _one_line_error(write_snapshot(tmp_path / "obj.pkl", data), "numpy object")
 
 
 def test_views_of_one_storage_and_dtype_globals(tmp_path):
@@ -199,3 +208,28 @@ def test_files_that_are_not_snapshots(tmp_path):
     listed = tmp_path / "list.pkl"
     listed.write_bytes(pickle.dumps([1, 2]))
     _one_line_error(listed, "expected a network snapshot")
+
+
+class _TensorRecord:
+    """A tensor record as torch writes it, with a chosen (size, stride, offset) over a 4-element storage."""
+
+    def __init__(self, size, stride, offset):
+        self.args = size, stride, offset
+
+    def __reduce__(self):
+        size, stride, offset = self.args
+        return (torch._utils._rebuild_tensor_v2,
+                (torch.ones(4)._typed_storage(), offset, size, stride, False, OrderedDict()))
+
+
+@pytest.mark.parametrize("size, stride, offset", [((100,), (1,), 0), ((2,), (1,), 3), ((2,), (-1,), 1),
+                                                  ((2,), (1,), -1), ((2, 2), (1,), 0)])
+def test_tensor_views_outside_their_storage_are_refused(tmp_path, size, stride, offset):
+    data = dict(ema=persistent_module("Net"), extra=_TensorRecord(size, stride, offset))
+    _one_line_error(write_snapshot(tmp_path / "view.pkl", data), "tensor")
+
+
+def test_a_view_ending_at_the_storage_end_is_read(tmp_path):
+    data = dict(ema=persistent_module("Net"), extra=_TensorRecord((2,), (1,), 2))
+    out = read_nvlabs_pickle(write_snapshot(tmp_path / "view.pkl", data))
+    assert torch.equal(out["extra"], torch.ones(2))

@@ -5,7 +5,9 @@ A genzoo model directory holds ``config.json`` (plain data: family, network name
 ``optimizer.pt`` and ``state.json``. A run directory holds ``checkpoint-NNNNNN/`` directories.
 
 Official formats are read by source modules in this package (``load_official``), never by
-unpickling code: ``torch.load(weights_only=True)`` or safetensors only.
+unpickling code: ``torch.load(weights_only=True)``, safetensors, or, for NVlabs network-snapshot
+pickles (EDM, EDM2), the restricted reader :mod:`genzoo.checkpoints.nvlabs_pickle` (a source sets
+``read`` and ``accepts``; :func:`source_for_pickle` picks the source of a ``.pkl``).
 """
 
 from __future__ import annotations
@@ -200,6 +202,11 @@ class OfficialSource:
     ) = None
     #: optional: guess a preset from a state dict (for error hints)
     guess_preset: Callable[[Mapping[str, torch.Tensor]], str | None] | None = None
+    #: optional: read a file into what ``load`` takes (default: :func:`read_state_dict`), e.g. a
+    #: restricted reader of network-snapshot pickles
+    read: Callable[[Path], Any] | None = None
+    #: optional: whether this source loads what ``read`` returned (to pick a source for a ``.pkl``)
+    accepts: Callable[[Any], bool] | None = None
 
 
 _SOURCES: dict[str, OfficialSource] = {}
@@ -258,10 +265,34 @@ def load_official(
     src = get_source(source)
     resolved = resolve_flags(src, preset, flags)
     if isinstance(path_or_state_dict, (str, Path)):
-        state = read_state_dict(path_or_state_dict)
+        path = Path(path_or_state_dict)
+        state = src.read(path) if src.read is not None else read_state_dict(path)
     else:
-        state = dict(path_or_state_dict)
-    return src.load(state, **resolved)
+        path, state = None, dict(path_or_state_dict)
+    module = src.load(state, **resolved)
+    module.official_path = path  # lets a converter find companion files (BigGAN-PyTorch's D.pth)
+    return module
+
+
+def source_for_pickle(path: str | Path) -> tuple[OfficialSource, Any]:
+    """The official source that loads a network-snapshot ``.pkl`` (EDM, EDM2), and what it read from it.
+
+    The file is read once by the restricted reader (no code runs); each source that reads pickles is
+    asked whether it ``accepts`` the contents.
+    """
+    from genzoo.checkpoints.nvlabs_pickle import read_nvlabs_pickle
+
+    path = Path(path)
+    snapshot = read_nvlabs_pickle(path)
+    for name in source_names():
+        source = _SOURCES[name]
+        if source.accepts is not None and source.accepts(snapshot):
+            return source, snapshot
+    ema = snapshot.get("ema")
+    found = getattr(ema, "class_name", type(ema).__name__)
+    raise UserError(f"{path}: a network snapshot whose 'ema' is {found}, which no genzoo importer knows "
+                    f"(sources reading pickles: "
+                    f"{', '.join(n for n in source_names() if _SOURCES[n].accepts is not None) or 'none'})")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

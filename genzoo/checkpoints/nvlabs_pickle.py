@@ -19,7 +19,8 @@ naming it, before anything is called):
   ``torch.storage._load_from_bytes``, which is read by ``torch.load(weights_only=True)``;
   ``torch`` dtypes (``torch.float16``, ...);
 - ``collections.OrderedDict``; ``dnnlib.util.EasyDict`` (read as a plain dict);
-  ``copyreg._reconstructor`` only for the allowed classes;
+  ``copyreg._reconstructor`` only for the allowed classes; ``builtins.set`` / ``frozenset`` and
+  ``_codecs.encode(str, 'latin1')``, with which pickle protocols 0-2 write sets and bytes;
 - ``torch.nn`` containers (``ModuleList``, ``ModuleDict``, ``Sequential``, ``ParameterList``,
   ``ParameterDict``) -> :class:`ModuleRecord`;
 - numpy scalars and arrays of numeric dtypes (``numpy.dtype``, ``numpy.core.multiarray.scalar`` /
@@ -28,6 +29,7 @@ naming it, before anything is called):
 
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
 import io
 import pickle
@@ -155,8 +157,15 @@ def _check_storage(storage: Any) -> torch.storage.TypedStorage:
 def _rebuild_tensor(storage: Any, storage_offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
     """A tensor viewing ``storage`` (torch._utils._rebuild_tensor's arguments); ``set_`` checks bounds."""
     storage = _check_storage(storage)
-    if not (isinstance(storage_offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)):
-        raise _refuse("a tensor's offset, size or stride is not an int / tuple")
+    if not (isinstance(storage_offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
+            and len(size) == len(stride) and all(isinstance(v, int) and v >= 0 for v in (*size, *stride))):
+        raise _refuse("a tensor's offset, size or stride is not a non-negative int / tuple of them")
+    # set_ would grow the storage to fit (exposing uninitialised memory): the view must lie inside it
+    last = sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    extent = 0 if 0 in size else storage_offset + 1 + last
+    available = storage._size()  # the element count (the public size() warns of TypedStorage's deprecation)
+    if storage_offset < 0 or extent > available:
+        raise _refuse(f"a tensor of size {list(size)} reaches element {extent} of a storage of {available}")
     tensor = torch.empty((0,), dtype=storage.dtype)
     return tensor.set_(storage._untyped_storage, storage_offset, torch.Size(size), stride)
 
@@ -253,6 +262,13 @@ def _numpy_dtype(*args: Any) -> np.dtype:
     return dtype
 
 
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode(text, 'latin1')``: how pickle protocols 0-2 write a ``bytes`` object."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _refuse("_codecs.encode called with something other than (str, 'latin1')")
+    return text.encode("latin1")
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -264,6 +280,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("dnnlib.util", "EasyDict"): _EasyDict,
     ("dnnlib", "EasyDict"): _EasyDict,
     ("copyreg", "_reconstructor"): _copyreg_reconstructor,
+    ("builtins", "set"): set,  # protocols < 4 write sets and frozensets as these calls
+    ("builtins", "frozenset"): frozenset,
+    ("_codecs", "encode"): _latin1_bytes,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _numpy_dtype,
     **{(f"numpy.{core}.multiarray", "_reconstruct"): _numpy_reconstruct for core in ("core", "_core")},
@@ -275,6 +294,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        # protocols < 3 name Python 2 modules (__builtin__, copy_reg); map them as pickle itself does
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):

@@ -1,4 +1,4 @@
-"""``--arch edm2`` in the diffusion family: EDM2's network, loss and learning-rate schedule defaults, and
+"""``--arch edm2`` in the diffusion family: EDM2's loss and learning-rate schedule defaults, and
 decoding the samples of models that carry an EDM2 encoder (latent models decode with a local VAE).
 
 The defaults follow the official ``edm2-img64-*`` presets (pixel space, the space genzoo trains in):
@@ -20,26 +20,6 @@ DEFAULT_DECAY_KIMG = 35_000 * 2048 / 1000
 DEFAULT_P_MEAN, DEFAULT_P_STD = -0.8, 1.6
 ADAM_BETAS = (0.9, 0.99)
 LOGVAR_CHANNELS = 128
-
-
-def edm2_network_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """EDM2 UNet kwargs from the shared network flags (``--model-channels``, ``--channel-mult``,
-    ``--num-blocks``, ``--attn-res``, ``--dropout``); small-image defaults as ddpmpp's."""
-    if base.get("augment_dim"):
-        raise UserError("--augment: the EDM2 UNet has no augmentation input; train it with --augment 0")
-    if config.get("adaptive_scale"):
-        raise UserError("--adaptive-scale: a ddpmpp option; the EDM2 UNet always scales by its embedding")
-    res = int(base["resolution"])
-    mult = config.get("channel_mult") or ("1,2" if res <= 8 else "1,2,2" if res <= 32 else "1,2,3,4")
-    attn = config.get("attn_res")
-    return dict(img_resolution=res, img_channels=int(base.get("in_channels", 3)),
-                label_dim=int(base.get("label_dim") or 0),
-                model_channels=int(config.get("model_channels") or (32 if res <= 16 else 64)),
-                channel_mult=[int(m) for m in str(mult).split(",")],
-                num_blocks=int(config.get("num_blocks") or 2),
-                attn_resolutions=([int(r) for r in str(attn).split(",") if r] if attn is not None
-                                  else [max(res // 2, 1)]),
-                dropout=float(config.get("dropout") or 0.0))
 
 
 def resolve_training(config: dict[str, Any], arch: str, precond: str, loss: str, default_lr: float) -> None:

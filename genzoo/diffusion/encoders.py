@@ -76,9 +76,10 @@ class StabilityVAEEncoder(StandardRGBEncoder):
         self._vae: Any = None
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "raw_mean": self.raw_mean, "raw_std": self.raw_std,
-                "final_mean": _json(self.final_mean), "final_std": _json(self.final_std),
-                "batch_size": self.batch_size, "vae_name": self.vae_name}
+        config = {"name": self.name, "raw_mean": self.raw_mean, "raw_std": self.raw_std,
+                  "final_mean": _json(self.final_mean), "final_std": _json(self.final_std),
+                  "batch_size": self.batch_size, "vae_name": self.vae_name}
+        return config | ({"vae_path": self.vae_path} if self.vae_path else {})
 
     def init(self, device: torch.device | str, vae_path: str | Path | None = None) -> None:
         """Load the VAE from ``vae_path`` (or the one given at construction) onto ``device``, once."""
@@ -142,7 +143,7 @@ def load_vae(path: str | Path | None) -> Any:
     except ImportError:
         raise UserError(f"--vae {folder}: needs the diffusers package (pip install 'genzoo[edm2]')") from None
     try:
-        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError) as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"--vae {folder}: cannot load an AutoencoderKL ({first_line})") from None

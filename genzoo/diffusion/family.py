@@ -19,7 +19,7 @@ from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
 from genzoo.diffusion.guidance import AutoGuidance, ClassifierFreeGuidance, parse_interval
 from genzoo.diffusion.losses import LOSSES, DiffusionLoss, build_loss, drop_labels
-from genzoo.diffusion.precond import PRECONDITIONINGS, Denoiser, build_denoiser
+from genzoo.diffusion.precond import DTYPES, PRECONDITIONINGS, Denoiser, build_denoiser
 from genzoo.errors import UserError
 from genzoo.family import Family, add_argument_once
 from genzoo.seeds import StackedRandomGenerator
@@ -47,11 +47,36 @@ def _ddpmpp_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, An
                 **({"adaptive_scale": True} if config.get("adaptive_scale") else {}))
 
 
+def _edm_net_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """EDM's SongUNet / DhariwalUNet (official argument names) from the same flags as ddpmpp."""
+    if config.get("adaptive_scale"):
+        raise UserError(f"--adaptive-scale: only for --arch ddpmpp ({config.get('arch')} fixes it)")
+    flags = _ddpmpp_kwargs(config, base)
+    shared = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+    return dict(img_resolution=base["resolution"], in_channels=base["in_channels"],
+                out_channels=base["out_channels"], label_dim=base["label_dim"],
+                augment_dim=base["augment_dim"], **{k: flags[k] for k in shared})
+
+
+def _edm2_net_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """EDM2's UNet (official argument names) from the same flags as ddpmpp; it has no augmentation input."""
+    if base.get("augment_dim"):
+        raise UserError("--augment: the EDM2 UNet has no augmentation input; train it with --augment 0")
+    if config.get("adaptive_scale"):
+        raise UserError("--adaptive-scale: only for --arch ddpmpp (the EDM2 UNet scales by its embedding)")
+    flags = _ddpmpp_kwargs(config, base)
+    shared = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+    return dict(img_resolution=base["resolution"], img_channels=base["in_channels"],
+                label_dim=base["label_dim"], **{k: flags[k] for k in shared})
+
+
 #: arch name -> function(config, base kwargs) -> the network's constructor kwargs. ``base`` holds
 #: resolution, in_channels, out_channels, label_dim, augment_dim; an arch without an entry gets ``base``.
 ARCH_KWARGS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
     "ddpmpp": _ddpmpp_kwargs,
-    "edm2": edm2.edm2_network_kwargs,
+    "songunet": _edm_net_kwargs,
+    "dhariwalunet": _edm_net_kwargs,
+    "edm2": _edm2_net_kwargs,
 }
 
 
@@ -76,7 +101,17 @@ def build_diffusion_model(config: dict[str, Any]) -> Denoiser:
     network = nets.build(config["arch"], **config["net"])
     if precond == "iddpm" and config.get("discrete"):  # ADM/iDDPM: iDDPM precond on the own schedule
         return discrete.discrete_denoiser(network, config["discrete"])
-    return build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
+    denoiser = build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
+    for name in ("sigma_min", "sigma_max"):  # an imported model's range, as its own code computed it
+        if config.get(name) is not None:
+            setattr(denoiser, name, float(config[name]))
+    denoiser.fp16_on_cuda = bool(config.get("fp16_on_cuda", False))
+    if config.get("net_dtype"):
+        if config["net_dtype"] not in DTYPES:
+            raise UserError(f"config.json: net_dtype must be one of {', '.join(DTYPES)}, got "
+                            f"{config['net_dtype']!r}")
+        denoiser.net_dtype = DTYPES[config["net_dtype"]]
+    return denoiser
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -261,7 +296,7 @@ class DiffusionFamily(Family):
         add("--p-std", type=float, default=None,
             help="EDM/EDM2 loss: standard deviation of ln σ during training (default 1.2; edm2 1.6)")
         add("--lr-ref", type=float, default=None,
-            help="α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) (EDM2 eq. 18); the same "
+            help="α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) of EDM2; the same "
                  f"setting as --lr (default {edm2.DEFAULT_LR_REF} for --arch edm2)")
         add("--decay-kimg", type=float, default=None,
             help="t_ref of that schedule in thousands of images; 0 = constant (default 0; --arch edm2 "
@@ -269,11 +304,13 @@ class DiffusionFamily(Family):
         add("--augment", type=float, default=None,
             help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
         add("--model-channels", type=int, default=None,
-            help="ddpmpp: base channels (default 32 at ≤16 px, else 64)")
-        add("--channel-mult", default=None, help="ddpmpp: channel multipliers per level, e.g. 1,2,2")
-        add("--num-blocks", type=int, default=None, help="ddpmpp: residual blocks per level (default 2)")
+            help="ddpmpp, songunet, dhariwalunet: base channels (default 32 at ≤16 px, else 64)")
+        add("--channel-mult", default=None,
+            help="ddpmpp, songunet, dhariwalunet: channel multipliers per level, e.g. 1,2,2")
+        add("--num-blocks", type=int, default=None,
+            help="ddpmpp, songunet, dhariwalunet: residual blocks per level (default 2)")
         add("--attn-res", default=None,
-            help="ddpmpp: resolutions with self-attention, e.g. 16 (default res/2)")
+            help="ddpmpp, songunet, dhariwalunet: resolutions with self-attention, e.g. 16 (default res/2)")
         add("--dropout", type=float, default=None, help="dropout probability (default 0)")
         add("--adaptive-scale", action="store_true", default=None,
             help="ddpmpp: the embedding scales and shifts each block's normalised features (ADM's "
@@ -351,6 +388,12 @@ class DiffusionFamily(Family):
             raise UserError(f"--low-res {path}: {len(labels)} labels, but seed {max(seeds)} asks for image "
                             f"{max(seeds)}")
         return [int(labels[s]) for s in seeds]
+
+    def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        """Options left unset take the model's ``sampling_defaults`` (an imported model's published
+        settings, e.g. EDM's 40 Heun steps at 64 px)."""
+        defaults = (getattr(model, "config", None) or {}).get("sampling_defaults") or {}
+        return {**options, **{k: v for k, v in defaults.items() if options.get(k) is None}}
 
     @torch.no_grad()
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,

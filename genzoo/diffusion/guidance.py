@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from genzoo.errors import UserError
+from genzoo.nets.labels import label_indices
 
 Tensor = torch.Tensor
 
@@ -103,7 +104,10 @@ class ClassifierFreeGuidance(_IntervalGuidance):
     def both(self, x, sigma, class_labels, cond):
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1)
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
-        null = torch.full_like(class_labels, self.null_label)
+        if class_labels.is_floating_point() and class_labels.ndim == 2:  # one-hot rows: ∅ is the zero row
+            null = torch.zeros_like(class_labels)
+        else:
+            null = torch.full_like(class_labels, self.null_label)
         out = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([class_labels, null]),
                             **{k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in cond.items()})
         cond_out, uncond_out = out.chunk(2)
@@ -144,7 +148,8 @@ class ClassifierGuidance(_Wrapper):
             sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
             logits = self.classifier(xg, sig)
             logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-            picked = logp.gather(1, class_labels.reshape(-1, 1).to(torch.int64)).sum()
+            index = label_indices(class_labels, logp.shape[1])  # indices or one-hot rows
+            picked = logp.gather(1, index.reshape(-1, 1)).sum()
             return torch.autograd.grad(picked, xg)[0].to(x.dtype)
 
     def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None,

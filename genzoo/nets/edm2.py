@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.labels import one_hot_labels
 
 Tensor = torch.Tensor
 
@@ -171,28 +172,18 @@ class Block(nn.Module):
         return self.attn_proj(y.transpose(2, 3).reshape(n, c, h, w))
 
 
-def one_hot_labels(class_labels: Tensor | None, label_dim: int, device: torch.device) -> Tensor:
-    """EDM2's label input, float [N, label_dim]: one-hot (or any float) rows pass through; integer labels
-    become one-hot, with the null label (``label_dim``) and −1 as the all-zero row that the official
-    ``Precond`` uses for "no label"; None is one zero row."""
-    if class_labels is None:
-        return torch.zeros([1, label_dim], device=device)
-    if class_labels.is_floating_point():
-        return class_labels.to(torch.float32).reshape(-1, label_dim)
-    labels = class_labels.reshape(-1).to(device, torch.int64)
-    labels = torch.where((labels < 0) | (labels >= label_dim), label_dim, labels)
-    return F.one_hot(labels, label_dim + 1)[:, :label_dim].to(torch.float32)
-
-
 @register("edm2")
 class EDM2UNet(nn.Module):
     """EDM2's UNet: ``forward(x, noise_labels, class_labels=None) -> F(x)``.
 
     ``noise_labels`` is c_noise (¼ ln σ); ``class_labels`` one-hot float [N, label_dim] or integer [N]
-    (see :func:`one_hot_labels`). Channel widths are ``model_channels × channel_mult`` per level; the noise
+    (:func:`genzoo.nets.labels.one_hot_labels`: the null index ``label_dim``, −1 and None are the zero row,
+    the official "no label"). Channel widths are ``model_channels × channel_mult`` per level; the noise
     embedding has ``model_channels × channel_mult_noise`` channels (default: the first level's) and the
     block embedding ``model_channels × channel_mult_emb`` (default: the widest level's).
     """
+
+    label_input = "one_hot"  # the label form genzoo's Denoiser hands this network
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0,
                  model_channels: int = 192, channel_mult: Sequence[int] = (1, 2, 3, 4),
@@ -255,7 +246,7 @@ class EDM2UNet(nn.Module):
         """mp_silu(mp_sum(noise embedding, label embedding of √label_dim·y, label_balance))."""
         emb = self.emb_noise(self.emb_fourier(noise_labels))
         if self.emb_label is not None:
-            labels = one_hot_labels(class_labels, self.label_dim, emb.device)
+            labels = one_hot_labels(class_labels, self.label_dim, emb.shape[0], emb.device)
             emb = mp_sum(emb, self.emb_label(labels * math.sqrt(labels.shape[1])), t=self.label_balance)
         return mp_silu(emb)
 

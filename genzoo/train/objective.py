@@ -44,8 +44,8 @@ class OptimizerSpec:
 
 def learning_rate(lr: float, images_seen: float, warmup_images: float = 0.0,
                   decay_images: float = 0.0) -> float:
-    """α_ref/√max(t/t_ref, 1) (EDM2 eq. 18, t and t_ref in images), times the linear ramp-up
-    min(t/warmup, 1) of EDM and EDM2; t is the number of images seen before this update."""
+    """α_ref/√max(t/t_ref, 1) (EDM2's inverse square-root decay; t and t_ref in images), times the linear
+    ramp-up min(t/warmup, 1) of EDM and EDM2; t is the number of images seen before this update."""
     if decay_images > 0:
         lr = lr / math.sqrt(max(images_seen / decay_images, 1.0))
     if warmup_images > 0:
