@@ -174,7 +174,7 @@ def table(results: list[dict[str, Any]]) -> str:
              "|---|---|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['group']} | {r['name']} | {r['nfe']} | {r['fd']:.2f} | {r['accuracy']:.3f} | "
-                     f"{r['images_per_s']:.0f} |")
+                     f"{r['images_per_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
