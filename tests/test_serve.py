@@ -388,8 +388,8 @@ def test_browser_samples_compares_and_inpaints_as_the_cli(runs, tmp_path):
             # Bad input: a message in the page, no traceback
             page.fill("#edit-steps textarea, #edit-steps input", "two")
             page.click("#edit-run")
-            expect(page.get_by_text("inpaint: argument --steps: expected an integer >= 1, got 'two'")).to_be_visible(
-                timeout=60_000)
+            message = "inpaint: argument --steps: expected an integer >= 1, got 'two'"
+            expect(page.get_by_text(message)).to_be_visible(timeout=60_000)
             # Reports
             page.get_by_role("tab", name="Reports").click()
             expect(page.locator("#report-table")).to_contain_text("edm-heun-2")
