@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from closed_forms import heun_nfe
 
 from genzoo.checkpoints import save_model_dir
 from genzoo.cli import main
@@ -81,16 +82,6 @@ def test_interval_guides_only_inside_and_per_item(mixtures):
         assert not torch.equal(want_guided[~inside], plain[~inside])  # guidance does change those items
 
 
-def _heun_nfe_closed_form(num_steps, lo, hi, cost_inside):
-    """Heun evaluates σ_0..σ_{N−1} and the corrections at σ_1..σ_{N−1} (EDM eq. 5 grid, float64)."""
-    i = torch.arange(num_steps, dtype=torch.float64)
-    rho, smin, smax = 7.0, 0.002, 80.0
-    sig = (smax ** (1 / rho) + i / (num_steps - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-    evaluated = torch.cat([sig, sig[1:]])
-    inside = (evaluated > lo) & (evaluated <= hi)
-    return int(len(evaluated) + (cost_inside - 1) * int(inside.sum()))
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny class-conditional denoiser and a differently initialised 'guide', saved as model dirs."""
@@ -135,7 +126,7 @@ def test_sampling_with_a_guide_model_nfe_and_the_interval(models):
                 _, _, nfe = sample(model, seeds, labels, steps=6, sampler=sampler, guidance=2.0,
                                    guide_model=guide, guidance_interval=f"{lo},{hi}")
                 if sampler == "heun":
-                    assert nfe == _heun_nfe_closed_form(6, lo, hi, 2)
+                    assert nfe == heun_nfe(6, lo, hi, 2)
                 else:
                     grid = S.noise_levels(model, "edm", 6)[:-1]
                     assert nfe == 6 + int(((grid > lo) & (grid <= hi)).sum()), sampler

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from closed_forms import heun_nfe
 
 from genzoo.demo import DONE_FILE, GUIDANCE, plan_demo, run_demo
 from genzoo.errors import UserError
@@ -185,8 +186,9 @@ def test_records_match_their_samples_and_costs(demo):
         assert record["num_samples"] == SAMPLES and 0 <= record["accuracy"] <= 1
         assert record["fd"] >= 0 and record["images_per_s"] > 0
         steps = stage.options.get("steps")
-        if stage.run == "edm":  # Heun: 2N - 1 evaluations; CFG evaluates each on two labels
-            assert record["nfe"] == (2 * steps - 1) * (2 if stage.options.get("guidance") else 1)
+        if stage.run == "edm":  # Heun: 2N - 1 evaluations; CFG evaluates each (in its interval) twice
+            lo, hi = map(float, stage.options.get("guidance_interval", "0,inf").split(","))
+            assert record["nfe"] == heun_nfe(steps, lo, hi, 2 if stage.options.get("guidance") else 1)
         elif stage.run == "cd":
             assert record["nfe"] == steps
         else:
