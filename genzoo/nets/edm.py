@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.attention import attend_channels
 from genzoo.nets.labels import one_hot_labels
 from genzoo.nets.unet import positional_embedding
 
@@ -129,9 +130,8 @@ def attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     q, k, v = qkv.reshape(n, num_heads, c // num_heads, 3, h * w).unbind(3)  # each [N, heads, d, L]
     dtype = qkv.dtype
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    q, k, v = (t.transpose(-1, -2).to(work) for t in (q, k, v))
-    a = F.scaled_dot_product_attention(q, k, v)  # [N, heads, L, d]
-    return a.transpose(-1, -2).reshape(n, c, h, w).to(dtype)
+    a = attend_channels(q.to(work), k.to(work), v.to(work))  # [N, heads, d, L]
+    return a.reshape(n, c, h, w).to(dtype)
 
 
 class UNetBlock(nn.Module):

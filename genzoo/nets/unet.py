@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.attention import attend_channels
 
 
 def positional_embedding(positions: torch.Tensor, channels: int, max_positions: int = 10000,
@@ -87,8 +88,8 @@ class ResBlock(nn.Module):
             n, c, h, w = x.shape
             qkv = self.qkv(self.norm2(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
             q, k, v = qkv.unbind(1)
-            a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-            x = (x + self.proj(a.transpose(-1, -2).reshape(n, c, h, w))) * math.sqrt(0.5)
+            a = attend_channels(q, k, v)
+            x = (x + self.proj(a.reshape(n, c, h, w))) * math.sqrt(0.5)
         return x
 
 
