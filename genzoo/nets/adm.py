@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genzoo.errors import UserError
 from genzoo.nets import register
-from genzoo.nets.attention import attend_channels
+from genzoo.nets.fused import attend_channels, norm_silu
 
 #: channel multipliers the public scripts pick from the image size when ``channel_mult`` is empty
 DEFAULT_CHANNEL_MULT = {
@@ -94,18 +94,6 @@ class GroupNorm32(nn.GroupNorm):
         if x.dtype == torch.float16:
             return super().forward(x.float()).type(x.dtype)
         return F.group_norm(x, 32, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
-
-
-def norm_silu(norm: nn.Module, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None
-              ) -> torch.Tensor:
-    """SiLU(norm(x)), or SiLU(norm(x)·(1 + scale) + shift) (ADM §3 adaptive group normalisation), with the
-    scale-shift as one ``addcmul`` and the SiLU in place on the fresh normalised tensor (autograd keeps
-    what it needs: neither group_norm's nor addcmul's backward reads their output)."""
-    h = norm(x)
-    if scale_shift is not None:
-        scale, shift = scale_shift
-        h = torch.addcmul(shift, h, scale + 1)
-    return F.silu(h, inplace=True)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

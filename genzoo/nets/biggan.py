@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from genzoo.errors import UserError
 from genzoo.nets import register
-from genzoo.nets.attention import attend_channels
+from genzoo.nets.fused import attend_channels
 
 # ----------------------------------------------------------------------------- spectral norm
 

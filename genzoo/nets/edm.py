@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
-from genzoo.nets.attention import attend_channels
+from genzoo.nets.fused import attend_channels, norm_silu
 from genzoo.nets.labels import one_hot_labels
 from genzoo.nets.unet import positional_embedding
 
@@ -172,13 +172,12 @@ class UNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         orig = x
-        x = self.conv0(F.silu(self.norm0(x)))
+        x = self.conv0(norm_silu(self.norm0, x))
         params = self.affine(emb)[:, :, None, None].to(x.dtype)
         if self.adaptive_scale:
-            scale, shift = params.chunk(2, dim=1)
-            x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            x = norm_silu(self.norm1, x, params.chunk(2, dim=1))
         else:
-            x = F.silu(self.norm1(x + params))
+            x = norm_silu(self.norm1, x + params)
         x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
         if self.num_heads:
@@ -428,4 +427,4 @@ class DhariwalUNet(nn.Module):
             if x.shape[1] != block.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x, emb)
-        return self.out_conv(F.silu(self.out_norm(x)))
+        return self.out_conv(norm_silu(self.out_norm, x))

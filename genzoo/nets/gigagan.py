@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
-from genzoo.nets.attention import token_major
+from genzoo.nets.fused import token_major
 from genzoo.nets.text import TextEmbedding, build_text_encoder
 
 ACT_GAIN = math.sqrt(2.0)

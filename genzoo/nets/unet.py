@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
-from genzoo.nets.attention import attend_channels
+from genzoo.nets.fused import attend_channels, norm_silu
 
 
 def positional_embedding(positions: torch.Tensor, channels: int, max_positions: int = 10000,
@@ -75,13 +75,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         orig = self._resample(x)
-        x = self.conv0(self._resample(F.silu(self.norm0(x))))
+        x = self.conv0(self._resample(norm_silu(self.norm0, x)))
         params = self.affine(emb)[:, :, None, None].to(x.dtype)
         if self.adaptive_scale:
-            scale, shift = params.chunk(2, dim=1)
-            x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            x = norm_silu(self.norm1, x, params.chunk(2, dim=1))
         else:
-            x = F.silu(self.norm1(x + params))
+            x = norm_silu(self.norm1, x + params)
         x = self.conv1(self.dropout(x))
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * math.sqrt(0.5)
         if self.num_heads:
@@ -167,4 +166,4 @@ class DDPMppUNet(nn.Module):
             if block.resample != "up":
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.profiler import profile
 
-from genzoo.nets.attention import attend_channels
 from genzoo.nets.biggan import SelfAttention
+from genzoo.nets.fused import attend_channels
 
 
 def explicit(q, k, v, scale, mask=None):
