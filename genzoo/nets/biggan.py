@@ -280,7 +280,9 @@ def _embed_classes(
                 f"class vectors: expected [N, {shared.num_embeddings}], got {tuple(class_labels.shape)}"
             )
         return class_labels.to(shared.weight.dtype) @ shared.weight
-    if class_labels.numel() and (
+    # checked where it costs no host-device synchronisation (CPU tensors, as labels arrive from the CLI
+    # and the API); on an accelerator the check would stall every training step on two .item() reads
+    if class_labels.device.type == "cpu" and class_labels.numel() and (
         int(class_labels.min()) < 0 or int(class_labels.max()) >= shared.num_embeddings
     ):
         raise UserError(
