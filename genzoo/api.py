@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from genzoo.checkpoints import load_safetensors, load_state_into, read_json, resolve_model_dir
 from genzoo.errors import UserError
-from genzoo.family import get_family
+from genzoo.family import get_family, load_model
 from genzoo.seeds import StackedRandomGenerator, batches, parse_seeds
 
 
@@ -22,43 +22,7 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     ones); its ``config`` attribute holds the saved ``config.json``. An official network-snapshot
     ``.pkl`` (EDM, EDM2) is imported on the fly, as ``genzoo convert`` would, without running its code.
     """
-    if Path(path).suffix == ".pkl" and Path(path).is_file():
-        return _load_snapshot(Path(path), ema, device)
-    model_dir = resolve_model_dir(path)
-    config = read_json(model_dir / "config.json")
-    if "family" not in config:
-        raise UserError(f"{model_dir / 'config.json'}: no 'family' key; not a genzoo model")
-    family = get_family(config["family"])
-    model = family.build_model(config)
-    prefix = config.get("sampled_player", "net") + "."
-    state: dict[str, torch.Tensor] = {}
-    weights_file = model_dir / "ema.safetensors"
-    if ema and weights_file.is_file():
-        state = _with_prefix(load_safetensors(weights_file), prefix)
-    if not state:  # no EMA file, or its EMA covers other players only
-        weights_file = model_dir / "model.safetensors"
-        state = _with_prefix(load_safetensors(weights_file), prefix)
-    load_state_into(model, state, str(weights_file))
-    model.weights_file = weights_file
-    model.config = config
-    model.model_dir = model_dir
-    return model.to(device).eval()
-
-
-def _load_snapshot(path: Path, ema: bool, device: str | torch.device) -> nn.Module:
-    """An official network snapshot as a genzoo model (its config is what ``genzoo convert`` writes)."""
-    from genzoo.checkpoints import source_for_pickle
-
-    if not ema:
-        raise UserError(f"--raw: {path} is a network snapshot, which holds only the EMA weights")
-    source, snapshot = source_for_pickle(path)
-    model = source.load(snapshot)
-    config, _ = source.to_genzoo(model, {})
-    config["converted_from"] = {"source": source.name, "preset": None, "file": str(path), "flags": {}}
-    model.config = config
-    model.model_dir = None
-    model.weights_file = path
-    return model.to(device).eval()
+    return load_model(path, ema=ema, device=device)
 
 
 @torch.no_grad()
@@ -86,6 +50,16 @@ def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Seq
                             "--low-res base samples' labels); drop --class")
         class_labels = fixed
     labels_all = _labels_for_seeds(seeds, class_labels, num_classes)
+    guide = options.get("guide_model")
+    if guide is not None and not isinstance(guide, nn.Module):  # a path: the API loads it
+        if model.config["family"] != "diffusion":
+            raise UserError("--guide-model: autoguidance is for diffusion models, not "
+                            f"{model.config['family']}")
+        try:
+            guide = load(guide, device=device)
+        except UserError as err:
+            raise UserError(f"--guide-model: {err}") from None
+        options = dict(options, guide_model=guide)
     options = family.prepare_sampling(model, options)
     images_out, labels_out, nfe = [], [], 0
     for batch_seeds in batches(seeds, batch_size):
@@ -103,15 +77,48 @@ def sample(model: nn.Module, seeds: str | Sequence[int], class_labels: int | Seq
     return torch.cat(images_out), (torch.cat(labels_out) if labels_out else None), nfe
 
 
-def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of one player (keys ``"<player>.<key>"``), with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def posthoc_ema(run: str | Path, out: str | Path, std: float | None = None, sweep: str | None = None,
+                at_kimg: float | None = None) -> list[Path]:
+    """Post-hoc EMA (EDM2): the EMA of relative length ``std`` reconstructed from the run's stored
+    power-function EMA snapshots, written as a model directory ``out``; or with ``sweep`` ("LO:HI:N"),
+    one model per std under ``out/std-0.XXX``. ``at_kimg``: reconstruct at that point of training
+    (default: the newest snapshot). Returns the model directories."""
+    from genzoo.train.phema import parse_sweep, write_posthoc_models
+
+    if (std is None) == (sweep is None):
+        raise UserError("phema: give exactly one of --std S or --sweep LO:HI:N")
+    out = Path(out)
+    if sweep is not None:
+        stds = parse_sweep(sweep)
+        outs = [out / f"std-{s:.3f}" for s in stds]
+        if len(set(outs)) != len(outs):
+            raise UserError(f"--sweep {sweep}: two stds round to the same 3 decimals")
+    else:
+        stds, outs = [float(std)], [out]
+    images = None if at_kimg is None else int(round(at_kimg * 1000))
+    return write_posthoc_models(run, stds, outs, images)
+
+
+def _is_class(value: Any, num_classes: int) -> bool:
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return integral and 0 <= int(value) < num_classes
 
 
 def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None,
                       num_classes: int) -> list[int] | None:
+    """One label per seed: given (one for all or one per seed, each in [0, num_classes)) or drawn."""
     if num_classes <= 0:
+        if class_labels is not None:
+            raise UserError("--class: this model is unconditional (no classes); drop --class")
         return None
+    if class_labels is not None:
+        given = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        bad = next((c for c in given if not _is_class(c, num_classes)), None)
+        if bad is not None:
+            raise UserError(f"--class {bad}: expected a class in [0, {num_classes - 1}] for this model")
+        if len(given) not in (1, len(seeds)):
+            raise UserError(f"--class: {len(given)} labels for {len(seeds)} seeds; give one for all or "
+                            "one per seed")
     if class_labels is None:
         # A class drawn from the seed alone, so it too is independent of batching.
         return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + (1 << 32))))
@@ -121,6 +128,4 @@ def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None
     class_labels = list(class_labels)
     if len(class_labels) == 1:
         return class_labels * len(seeds)
-    if len(class_labels) != len(seeds):
-        raise ValueError(f"{len(class_labels)} class labels for {len(seeds)} seeds")
     return class_labels

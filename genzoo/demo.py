@@ -532,4 +532,5 @@ def _run(out_dir: str | Path, minutes: float, resolution: int, num_samples: int 
     if log is not None:
         log(table.rstrip("\n"))
         log(f"report: {Path(shown) / 'report.html'}")
+        log(f"explore the models: genzoo serve {shlex.quote(shown)}")
     return DemoResult(out, report, table, records)

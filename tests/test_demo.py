@@ -99,9 +99,16 @@ def test_report_structure(demo):
     assert {"quality_vs_nfe.png", "quality_vs_speed.png"} <= set(page.images)
     for src in page.images:
         assert (out / src).is_file(), src
-    # the final lines printed are the table and the report's path
-    assert printed[-1] == f"report: {out / 'report.html'}"
-    assert printed[-2] == result.table.rstrip("\n") == (out / "table.md").read_text().rstrip("\n")
+    # the final lines printed are the table, the report's path and the command serving the models
+    assert printed[-1] == f"explore the models: genzoo serve {out}"
+    assert printed[-2] == f"report: {out / 'report.html'}"
+    assert printed[-3] == result.table.rstrip("\n") == (out / "table.md").read_text().rstrip("\n")
+    # ... and that command finds every trained model and the report
+    from genzoo.serve.discovery import discover_models, discover_reports
+
+    found = {entry.path.name: entry.family for entry in discover_models([out])}
+    assert found == {stage.name: stage.family for stage in plan.train}
+    assert [r.html for r in discover_reports([out])] == [out / "report.html"]
     # a command to reproduce each configuration, naming its sample flags
     commands = "\n".join(page.pres)
     for stage in plan.evals:

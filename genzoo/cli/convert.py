@@ -61,6 +61,7 @@ def parse_flag_pairs(items: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from genzoo.checkpoints import get_source, load_official, resolve_flags, save_model_dir
     from genzoo.errors import UserError
+    from genzoo.io import check_output_folder
 
     source = get_source(args.source)
     if args.list_presets:
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             f"--from {source.name}: this source can be loaded with genzoo.checkpoints.load_official "
             "but not converted"
         )
+    check_output_folder(args.out_dir, "OUT_DIR")  # before the (slow) load: never into another folder
     flags = parse_flag_pairs(args.flags or [])
     module = load_official(source.name, args.input, preset=args.preset, **flags)
     config, weights = source.to_genzoo(module, resolve_flags(source, args.preset, flags))

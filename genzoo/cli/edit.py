@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from genzoo import validate as V
+from genzoo.seeds import seeds_text
+
 ORDER = 35
 
 
@@ -31,10 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="input image file (repeat for several); must match the model's resolution",
             )
         p.add_argument("--out", required=True, help="output directory")
-        p.add_argument("--seeds", default=None, help="one seed per image (default 0, 1, ...)")
+        p.add_argument("--seeds", default=None, type=seeds_text,
+            help="one seed per image (default 0, 1, ...)")
         p.add_argument(
             "--steps",
-            type=int,
+            type=V.positive_int,
             default=None,
             help="network evaluations (consistency default 10 for inpaint/colorize/superres, 1 for "
             "stroke/denoise; diffusion default 32); with --ts the grid size",
@@ -43,11 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--class",
             dest="class_label",
-            type=int,
+            type=V.nonnegative_int,
             default=None,
             help="class label for a class-conditional model (default: drawn from the seed)",
         )
-        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        p.add_argument("--device", type=V.device, default="cpu", help="torch device (default cpu)")
         p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
         p.set_defaults(func=run)
         return p
@@ -60,16 +64,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = common("superres", "upsample by patch averaging: each factor x factor patch keeps its input mean")
     p.add_argument(
         "--factor",
-        type=int,
+        type=V.positive_int,
         required=True,
         help="upsampling factor; inputs at the model's resolution are first averaged down by it",
     )
     p = common("stroke", "stroke-guided generation (SDEdit): noise a painting to --sigma and denoise it")
-    p.add_argument("--sigma", type=float, default=20.0, help="noise level to start from (default 20)")
+    p.add_argument("--sigma", type=V.positive_float, default=20.0,
+        help="noise level to start from (default 20)")
     p = common("interpolate", "spherical interpolation between the noise of two seeds", images=False)
-    p.add_argument("--num", type=int, default=8, help="images along the path, ends included (default 8)")
+    p.add_argument("--num", type=V.int_range(2), default=8,
+        help="images along the path, ends included (default 8)")
     p = common("denoise", "remove Gaussian noise of standard deviation --sigma (images in [-1, 1] units)")
-    p.add_argument("--sigma", type=float, required=True, help="noise standard deviation of the inputs")
+    p.add_argument("--sigma", type=V.nonnegative_float, required=True,
+        help="noise standard deviation of the inputs")
     p.add_argument("--add-noise", action="store_true", help="add that noise first (to try the model out)")
 
 
@@ -95,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
     from genzoo.api import _labels_for_seeds, load
     from genzoo.consistency.sampling import parse_ts
     from genzoo.errors import UserError
-    from genzoo.io import save_grid, save_image
+    from genzoo.io import atomic_folder, save_grid, save_image
     from genzoo.seeds import StackedRandomGenerator, parse_seeds
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; expected a folder for the edited images")
     model = load(args.ckpt, ema=not args.raw, device=args.device)
     if not hasattr(model, "sigma_min"):
         raise UserError(
@@ -112,14 +122,13 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps
     if ts is not None and steps is None:
         steps = int(config.get("num_scales") or 40)
-    out = Path(args.out)
+    if op == "superres" and resolution % args.factor:
+        raise UserError(f"--factor {args.factor}: must divide the model's resolution {resolution}")
 
     if op == "interpolate":
         seeds = parse_seeds(args.seeds or "0,1")
         if len(seeds) != 2:
             raise UserError(f"--seeds: interpolate needs exactly two seeds, got {args.seeds!r}")
-        if args.num < 2:
-            raise UserError(f"--num: expected at least 2 images, got {args.num}")
         labels = _labels(config, [seeds[0]] * args.num, args.class_label, args.device, _labels_for_seeds)
         alphas = [i / (args.num - 1) for i in range(args.num)]
         results = edit.interpolate(
@@ -160,10 +169,11 @@ def run(args: argparse.Namespace) -> int:
             rng = StackedRandomGenerator(args.device, seeds)
             results = edit.denoise(model, noisy, args.sigma, rng, steps, labels)
 
-    for i, image in enumerate(results):
-        save_image(image.clamp(-1, 1), out / f"{op}-{i:03d}.png")
-    grid = results if inputs is None else torch.cat([inputs.clamp(-1, 1), results.clamp(-1, 1)])
-    save_grid(grid, out / "grid.png", nrow=len(results))
+    with atomic_folder(out, merge=True) as tmp:  # the images appear together, after all were made
+        for i, image in enumerate(results):
+            save_image(image.clamp(-1, 1), tmp / f"{op}-{i:03d}.png")
+        grid = results if inputs is None else torch.cat([inputs.clamp(-1, 1), results.clamp(-1, 1)])
+        save_grid(grid, tmp / "grid.png", nrow=len(results))
     print(f"{op}: {len(results)} images -> {out}/{op}-*.png, grid {out / 'grid.png'}")
     return 0
 

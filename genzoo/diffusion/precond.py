@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from genzoo.errors import UserError
+from genzoo.nets.edm2 import MPConv, MPFourier
 from genzoo.nets.labels import label_indices, one_hot_labels
 
 #: names accepted for a network's dtype (EDM's ``use_fp16`` is ``"float16"`` on CUDA)
@@ -33,7 +34,8 @@ def _as_batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tenso
 class Denoiser(nn.Module):
     """Base class: subclasses give ``scalings(σ) -> (c_skip, c_out, c_in, c_noise)``.
 
-    The wrapped network is ``self.model`` (its weights are saved as ``model.*``). Class labels may be
+    The wrapped network is ``self.model``; its weights are saved under the prefix ``network_attr``
+    (``model.*``; EDM2's ``unet.*`` as in the official pickles). Class labels may be
     int indices ``[B]`` or EDM's one-hot rows ``[B, label_dim]``: they are converted to the form the
     network takes (its ``label_input`` attribute: ``"one_hot"`` or, by default, ``"index"``).
 
@@ -45,15 +47,21 @@ class Denoiser(nn.Module):
     sigma_min: float = 0.0
     sigma_max: float = float("inf")
     sigma_data: float = 0.5
+    network_attr: str = "model"
     net_dtype: torch.dtype | None = None
     fp16_on_cuda: bool = False
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        setattr(self, self.network_attr, model)  # registered by nn.Module.__setattr__
         self.img_channels = int(getattr(model, "in_channels", 0)) or None
         self.label_dim = int(getattr(model, "label_dim", 0))
         self.resolution = getattr(model, "resolution", None)
+
+    @property
+    def model(self) -> nn.Module:
+        """The wrapped network."""
+        return self._modules[self.network_attr]
 
     def scalings(self, sigma: torch.Tensor) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -81,6 +89,12 @@ class Denoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
                 **cond: Any) -> torch.Tensor:
         """D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise) (EDM eq. 7), computed in float32."""
+        return self.denoised_and_c_noise(x, sigma, class_labels, **cond)[0]
+
+    def denoised_and_c_noise(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                             class_labels: torch.Tensor | None = None,
+                             **cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D(x; σ), c_noise): :meth:`forward` and the noise label it fed the network."""
         x = x.to(torch.float32)
         sigma = _as_batch_sigma(sigma, x)
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
@@ -90,7 +104,7 @@ class Denoiser(nn.Module):
         out = out.to(torch.float32)
         if out.ndim > 1 and out.shape[1] > x.shape[1]:
             out = out[:, :x.shape[1]]  # learned-variance networks: the first channels are the prediction
-        return c_skip * x + c_out * out
+        return c_skip * x + c_out * out, c_noise
 
 
 class VPDenoiser(Denoiser):
@@ -204,16 +218,46 @@ class EDMDenoiser(Denoiser):
         return c_skip, c_out, c_in, sigma.log() / 4
 
 
+class EDM2Denoiser(EDMDenoiser):
+    """EDM2's ``Precond`` (Karras et al. 2024): EDM's scalings with c_noise = ¼ ln σ around the
+    magnitude-preserving UNet (stored as ``unet``), plus the learned uncertainty u(σ) =
+    ``logvar_linear(logvar_fourier(c_noise))`` used by the training loss (EDM2 eq. 21).
+
+    ``use_fp16`` runs the network in float16 on CUDA as the official code does (``fp16_on_cuda``);
+    elsewhere float32.
+    """
+
+    network_attr = "unet"
+
+    def __init__(self, model: nn.Module, sigma_data: float = 0.5, logvar_channels: int = 128,
+                 use_fp16: bool = False, sigma_min: float = 0.0, sigma_max: float = float("inf")):
+        super().__init__(model, sigma_data=sigma_data, sigma_min=sigma_min, sigma_max=sigma_max)
+        self.fp16_on_cuda = bool(use_fp16)
+        self.logvar_fourier = MPFourier(logvar_channels)
+        self.logvar_linear = MPConv(logvar_channels, 1, [])
+
+    def logvar(self, c_noise: torch.Tensor) -> torch.Tensor:
+        """u(σ) as [N, 1, 1, 1] from c_noise = ¼ ln σ."""
+        return self.logvar_linear(self.logvar_fourier(c_noise.flatten())).reshape(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
+                return_logvar: bool = False, **cond: Any):
+        """D(x; σ) (EDM eq. 7) in float32; with ``return_logvar`` the pair (D, u(σ))."""
+        denoised, c_noise = self.denoised_and_c_noise(x, sigma, class_labels, **cond)
+        return (denoised, self.logvar(c_noise)) if return_logvar else denoised
+
+
 PRECONDITIONINGS: dict[str, type[Denoiser]] = {
     "vp": VPDenoiser,
     "ve": VEDenoiser,
     "iddpm": IDDPMDenoiser,
     "edm": EDMDenoiser,
+    "edm2": EDM2Denoiser,
 }
 
 
 def build_denoiser(precond: str, net: nn.Module, **kw: Any) -> Denoiser:
-    """Wrap ``net`` with the preconditioning named ``precond`` (``vp``, ``ve``, ``iddpm``, ``edm``)."""
+    """Wrap ``net`` with the preconditioning named ``precond`` (vp, ve, iddpm, edm, edm2)."""
     if precond not in PRECONDITIONINGS:
         raise UserError(f"--precond: expected one of {', '.join(PRECONDITIONINGS)}, got {precond!r}")
     return PRECONDITIONINGS[precond](net, **kw)
