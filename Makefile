@@ -14,8 +14,13 @@ install: $(VENV)/bin/python
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e . 
 
+# The browser test of `genzoo serve` uses Debian's chromium: installed here when running as root,
+# best effort (the test is skipped without it).
 install-dev: install
 	$(PIP) install -q -e ".[dev]"
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+		echo "note: chromium not installed; the browser test of genzoo serve will be skipped"
 
 demo: install
 	$(VENV)/bin/genzoo demo $(DEMO_ARGS)

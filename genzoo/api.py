@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import statistics
 import sys
 import time
@@ -12,9 +13,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from genzoo.checkpoints import load_safetensors, load_state_into, read_json, resolve_model_dir
 from genzoo.errors import UserError
-from genzoo.family import get_family
+from genzoo.family import get_family, load_model
 from genzoo.seeds import StackedRandomGenerator, batches, parse_seeds
 
 
@@ -22,27 +22,10 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     """Open a run directory (its latest checkpoint), a checkpoint or a converted model directory.
 
     Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
-    ones); its ``config`` attribute holds the saved ``config.json``.
+    ones); its ``config`` attribute holds the saved ``config.json``. An official network-snapshot
+    ``.pkl`` (EDM, EDM2) is imported on the fly, as ``genzoo convert`` would, without running its code.
     """
-    model_dir = resolve_model_dir(path)
-    config = read_json(model_dir / "config.json")
-    if "family" not in config:
-        raise UserError(f"{model_dir / 'config.json'}: no 'family' key; not a genzoo model")
-    family = get_family(config["family"])
-    model = family.build_model(config)
-    prefix = config.get("sampled_player", "net") + "."
-    state: dict[str, torch.Tensor] = {}
-    weights_file = model_dir / "ema.safetensors"
-    if ema and weights_file.is_file():
-        state = _with_prefix(load_safetensors(weights_file), prefix)
-    if not state:  # no EMA file, or its EMA covers other players only
-        weights_file = model_dir / "model.safetensors"
-        state = _with_prefix(load_safetensors(weights_file), prefix)
-    load_state_into(model, state, str(weights_file))
-    model.weights_file = weights_file
-    model.config = config
-    model.model_dir = model_dir
-    return model.to(device).eval()
+    return load_model(path, ema=ema, device=device)
 
 
 class SampleBatch(NamedTuple):
@@ -81,6 +64,16 @@ def iter_samples(model: nn.Module, seeds: str | Sequence[int],
                             "--low-res base samples' labels); drop --class")
         class_labels = fixed
     labels_all = _labels_for_seeds(seeds, class_labels, num_classes)
+    guide = options.get("guide_model")
+    if guide is not None and not isinstance(guide, nn.Module):  # a path: the API loads it
+        if model.config["family"] != "diffusion":
+            raise UserError("--guide-model: autoguidance is for diffusion models, not "
+                            f"{model.config['family']}")
+        try:
+            guide = load(guide, device=device)
+        except UserError as err:
+            raise UserError(f"--guide-model: {err}") from None
+        options = dict(options, guide_model=guide)
     options = family.prepare_sampling(model, options)
 
     def make(positions: list[int]) -> SampleBatch:
@@ -136,61 +129,73 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
     rank 0 writes, and writes the cost beside the samples (:func:`genzoo.metrics.cost.sample_cost_path`):
     NFE, images/s, median latency per batch, peak memory, FLOPs per image (``torch.utils.flop_counter``),
     parameters × NFE and the settings. Returns that cost (rank 0; the other ranks get the counts only)."""
-    from genzoo.io import open_sample_writer, save_grid
-    from genzoo.metrics.cost import count_flops, parameter_count, peak_memory, write_sample_cost
+    from genzoo.io import PngFolderWriter, check_output_file, open_sample_writer, save_grid
+    from genzoo.metrics.cost import (
+        cost_json,
+        count_flops,
+        parameter_count,
+        peak_memory,
+        sample_cost_path,
+        write_sample_cost,
+    )
     from genzoo.progress import progress
     from genzoo.train.distributed import Distributed
 
-    if out is not None and Path(out).suffix != ".npz" and Path(out).exists() and not Path(out).is_dir():
+    if out is not None and Path(out).suffix == ".npz":
+        check_output_file(out)
+    elif out is not None and Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"--out {out}: exists and is not a directory (give FILE.npz or a folder for PNGs)")
     group = Distributed.current()
     seed_list = parse_seeds(seeds)
-    writer = open_sample_writer(out) if out is not None and group.is_main else None
     kept: list[torch.Tensor] = []
     nfe, latencies = 0, []
     flops = _flops_per_image(model, seed_list[0], class_labels, device, options, count_flops) \
         if group.is_main else None
+    writer = open_sample_writer(out) if out is not None and group.is_main else None
     bar = progress(len(seed_list), "sample", main_process=group.is_main)
     device_type = torch.device(device).type if device is not None else next(model.parameters()).device.type
-    memory_context = peak_memory(device if device is not None else next(model.parameters()).device)
-    memory = memory_context.__enter__()
     start = time.perf_counter()
     try:
-        for batch in iter_samples(model, seed_list, class_labels, batch_size, device, **options):
-            if batch is not None:
-                latencies.append(batch.seconds)
-                if writer is not None:
-                    writer.write(batch.images, batch.labels, batch.prompts, seeds=batch.seeds)
-                if grid is not None and sum(len(k) for k in kept) < grid_max:
-                    kept.append(batch.images[:grid_max - sum(len(k) for k in kept)])
-                nfe = batch.nfe
-                bar.update(len(batch.seeds))
+        with peak_memory(device if device is not None else next(model.parameters()).device) as memory:
+            for batch in iter_samples(model, seed_list, class_labels, batch_size, device, **options):
+                if batch is not None:
+                    latencies.append(batch.seconds)
+                    if writer is not None:
+                        writer.write(batch.images, batch.labels, batch.prompts, seeds=batch.seeds)
+                    if grid is not None and sum(len(k) for k in kept) < grid_max:
+                        kept.append(batch.images[:grid_max - sum(len(k) for k in kept)])
+                    nfe = batch.nfe
+                    bar.update(len(batch.seeds))
+        seconds = time.perf_counter() - start
+        bar.close()
+        cost = {"num_images": len(seed_list), "nfe": nfe, "seconds": round(seconds, 4),
+                "images_per_s": len(seed_list) / seconds if seconds > 0 else None}
+        if not group.is_main:
+            return cost
+        params = parameter_count(model)
+        cost.update({
+            "latency_s": statistics.median(latencies) if latencies else None, "batch_size": batch_size,
+            "peak_memory_mb": memory["peak_memory_mb"], "device": device_type, "processes": group.world,
+            "flops_per_image": flops, "parameters": params, "params_x_nfe": params * nfe,
+            "sampler": {k: v for k, v in options.items()
+                        if isinstance(v, (int, float, str, bool, type(None)))},
+            "model": str(getattr(model, "model_dir", "")), "family": model.config.get("family"),
+        })
+        if grid is not None and kept:
+            save_grid(torch.cat(kept), grid)
+        if writer is not None:  # the samples (and a PNG folder's cost.json) appear only when all were made
+            if isinstance(writer, PngFolderWriter):
+                writer.close(extra={sample_cost_path(out).name: cost_json(cost)})
+            else:
+                writer.close()
+                write_sample_cost(out, cost)
+            cost["cost_file"] = str(sample_cost_path(out))
     except BaseException:
         if writer is not None:
             writer.__exit__(*sys.exc_info())
         raise
     finally:
         bar.close()
-        memory_context.__exit__(None, None, None)
-    seconds = time.perf_counter() - start
-    if writer is not None:
-        writer.close()
-    if grid is not None and kept:
-        save_grid(torch.cat(kept), grid)
-    cost = {"num_images": len(seed_list), "nfe": nfe, "seconds": round(seconds, 4),
-            "images_per_s": len(seed_list) / seconds if seconds > 0 else None}
-    if not group.is_main:
-        return cost
-    params = parameter_count(model)
-    cost.update({
-        "latency_s": statistics.median(latencies) if latencies else None, "batch_size": batch_size,
-        "peak_memory_mb": memory["peak_memory_mb"], "device": device_type, "processes": group.world,
-        "flops_per_image": flops, "parameters": params, "params_x_nfe": params * nfe,
-        "sampler": {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, type(None)))},
-        "model": str(getattr(model, "model_dir", "")), "family": model.config.get("family"),
-    })
-    if out is not None:
-        cost["cost_file"] = str(write_sample_cost(out, cost))
     return cost
 
 
@@ -208,15 +213,48 @@ def _flops_per_image(model: nn.Module, seed: int, class_labels: Any, device: Any
                                                  options)) or None
 
 
-def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of one player (keys ``"<player>.<key>"``), with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def posthoc_ema(run: str | Path, out: str | Path, std: float | None = None, sweep: str | None = None,
+                at_kimg: float | None = None) -> list[Path]:
+    """Post-hoc EMA (EDM2): the EMA of relative length ``std`` reconstructed from the run's stored
+    power-function EMA snapshots, written as a model directory ``out``; or with ``sweep`` ("LO:HI:N"),
+    one model per std under ``out/std-0.XXX``. ``at_kimg``: reconstruct at that point of training
+    (default: the newest snapshot). Returns the model directories."""
+    from genzoo.train.phema import parse_sweep, write_posthoc_models
+
+    if (std is None) == (sweep is None):
+        raise UserError("phema: give exactly one of --std S or --sweep LO:HI:N")
+    out = Path(out)
+    if sweep is not None:
+        stds = parse_sweep(sweep)
+        outs = [out / f"std-{s:.3f}" for s in stds]
+        if len(set(outs)) != len(outs):
+            raise UserError(f"--sweep {sweep}: two stds round to the same 3 decimals")
+    else:
+        stds, outs = [float(std)], [out]
+    images = None if at_kimg is None else int(round(at_kimg * 1000))
+    return write_posthoc_models(run, stds, outs, images)
+
+
+def _is_class(value: Any, num_classes: int) -> bool:
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return integral and 0 <= int(value) < num_classes
 
 
 def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None,
                       num_classes: int) -> list[int] | None:
+    """One label per seed: given (one for all or one per seed, each in [0, num_classes)) or drawn."""
     if num_classes <= 0:
+        if class_labels is not None:
+            raise UserError("--class: this model is unconditional (no classes); drop --class")
         return None
+    if class_labels is not None:
+        given = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        bad = next((c for c in given if not _is_class(c, num_classes)), None)
+        if bad is not None:
+            raise UserError(f"--class {bad}: expected a class in [0, {num_classes - 1}] for this model")
+        if len(given) not in (1, len(seeds)):
+            raise UserError(f"--class: {len(given)} labels for {len(seeds)} seeds; give one for all or "
+                            "one per seed")
     if class_labels is None:
         # A class drawn from the seed alone, so it too is independent of batching.
         return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + (1 << 32))))
@@ -226,6 +264,4 @@ def _labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None
     class_labels = list(class_labels)
     if len(class_labels) == 1:
         return class_labels * len(seeds)
-    if len(class_labels) != len(seeds):
-        raise ValueError(f"{len(class_labels)} class labels for {len(seeds)} seeds")
     return class_labels

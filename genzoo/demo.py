@@ -51,6 +51,9 @@ DONE_FILE = "demo-done.json"
 SAMPLE_BATCH = 128
 #: classifier-free guidance scale of the guided EDM configurations and of the CD teacher
 GUIDANCE = 3.0
+#: σ interval of the interval-guided row (Kynkäänniemi et al. 2024); at equal NFE it halved FD against
+#: guiding every step on shapes (docs/edm2-training.md)
+GUIDANCE_INTERVAL = "0.28,5.42"
 #: resolutions every network of the demo has defaults for
 RESOLUTIONS = (16, 32)
 
@@ -172,6 +175,10 @@ def plan_demo(out_dir: str | Path, minutes: float = DEFAULT_MINUTES, resolution:
     guided = {"sampler": "heun", "guidance": GUIDANCE}
     evals += [EvalStage(f"edm-heun-{n}-cfg{GUIDANCE:g}", "edm", dict(guided, steps=n),
                         f"Heun, {n} steps, CFG w={GUIDANCE:g}") for n in steps[-2:]]
+    n = steps[-1] + steps[-1] // 2  # about the NFE of the last guided row: unguided steps cost one evaluation
+    evals += [EvalStage(f"edm-heun-{n}-cfg{GUIDANCE:g}-interval", "edm",
+                        dict(guided, steps=n, guidance_interval=GUIDANCE_INTERVAL),
+                        f"Heun, {n} steps, CFG w={GUIDANCE:g} for σ in ({GUIDANCE_INTERVAL})")]
     evals += [EvalStage("cd-1step", "cd", {"steps": 1}, "one step"),
               EvalStage("cd-2step", "cd", {"steps": 2}, "two steps")]
     evals += [EvalStage("biggan", "biggan", {}, "one pass"),
@@ -532,4 +539,5 @@ def _run(out_dir: str | Path, minutes: float, resolution: int, num_samples: int 
     if log is not None:
         log(table.rstrip("\n"))
         log(f"report: {Path(shown) / 'report.html'}")
+        log(f"explore the models: genzoo serve {shlex.quote(shown)}")
     return DemoResult(out, report, table, records)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,6 +65,79 @@ class Family:
         ``options`` holds the sample flags (``sampler``, ``steps``, ``truncation``, ...) as parsed.
         """
         raise NotImplementedError
+
+
+def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+    """``genzoo.load`` (see :func:`genzoo.api.load`), here for the layers below the API that are handed a
+    path in a config (a teacher, a guide model)."""
+    from genzoo.checkpoints import model_dir_candidates
+
+    if Path(path).suffix == ".pkl" and Path(path).is_file():
+        return _load_snapshot(Path(path), ema, device)
+    candidates = model_dir_candidates(path)
+    for i, model_dir in enumerate(candidates):
+        try:
+            model = _load_dir(model_dir, ema)
+            break
+        except UserError:
+            # a run's checkpoint pruned (or broken) while we read it: the next newest complete one
+            if i + 1 == len(candidates) or (model_dir / "config.json").is_file():
+                raise
+    return model.to(device).eval()
+
+
+def _load_dir(model_dir: Path, ema: bool) -> nn.Module:
+    from genzoo.checkpoints import load_safetensors, load_state_into, read_json
+
+    config = read_json(model_dir / "config.json")
+    if not isinstance(config, dict) or "family" not in config:
+        raise UserError(f"{model_dir / 'config.json'}: no 'family' key; not a genzoo model")
+    if "net" in config and not isinstance(config["net"], dict):
+        raise UserError(f"{model_dir / 'config.json'}: 'net' must be a table of network settings, got "
+                        f"{type(config['net']).__name__}")
+    family = get_family(config["family"])
+    try:
+        model = family.build_model(config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise UserError(f"{model_dir / 'config.json'}: cannot build the {config['family']} model "
+                        f"({type(err).__name__}: {err})") from None
+    prefix = config.get("sampled_player", "net") + "."
+    state: dict[str, torch.Tensor] = {}
+    weights_file = model_dir / "ema.safetensors"
+    if ema and weights_file.is_file():
+        state = _with_prefix(load_safetensors(weights_file), prefix)
+    if not state:  # no EMA file, or its EMA covers other players only
+        weights_file = model_dir / "model.safetensors"
+        state = _with_prefix(load_safetensors(weights_file), prefix)
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{weights_file}: weights hold NaN or Inf values (first: {bad}); the model is broken")
+    load_state_into(model, state, str(weights_file))
+    model.weights_file = weights_file
+    model.config = config
+    model.model_dir = model_dir
+    return model
+
+
+def _load_snapshot(path: Path, ema: bool, device: str | torch.device) -> nn.Module:
+    """An official network snapshot as a genzoo model (its config is what ``genzoo convert`` writes)."""
+    from genzoo.checkpoints import source_for_pickle
+
+    if not ema:
+        raise UserError(f"--raw: {path} is a network snapshot, which holds only the EMA weights")
+    source, snapshot = source_for_pickle(path)
+    model = source.load(snapshot)
+    config, _ = source.to_genzoo(model, {})
+    config["converted_from"] = {"source": source.name, "preset": None, "file": str(path), "flags": {}}
+    model.config = config
+    model.model_dir = None
+    model.weights_file = path
+    return model.to(device).eval()
+
+
+def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of one player (keys ``"<player>.<key>"``), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def family_names() -> list[str]:

@@ -39,6 +39,17 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
     return seeds
 
 
+def seeds_text(text: str) -> str:
+    """argparse ``type=``: check a seed list at parse time (one line naming the problem); keep the text."""
+    import argparse
+
+    try:
+        parse_seeds(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--seeds: ")) from None
+    return text
+
+
 class StackedRandomGenerator:
     """One ``torch.Generator`` per seed; every draw is made per seed and stacked along dim 0.
 

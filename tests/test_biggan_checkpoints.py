@@ -1,6 +1,7 @@
 """Released BigGAN layouts: tiny state dicts in each layout, built here with random values, must load
 and match an independent re-implementation of the public code's forward written in this file."""
 
+import json
 import math
 
 import pytest
@@ -328,14 +329,17 @@ def bp_attention(sd, p, x):
     return sd[p + "gamma"] * o + x
 
 
-def bp_reference_g(sd, z, y):
+def bp_reference_g(sd, z, y, bn_eps=1e-5, out_bn_eps=1e-5):
+    """G.forward of BigGAN-PyTorch: ccbn layers use --BN_eps; the output layer's ``layers.bn`` is built
+    without it (its default 1e-5)."""
+
     def conv(p, x, pad):
         return F.conv2d(x, bp_weight(sd, p), sd[p + "bias"], padding=pad)
 
     def ccbn(p, x, cond):
         gain = 1 + cond @ bp_weight(sd, p + "gain.").t()
         bias = cond @ bp_weight(sd, p + "bias.").t()
-        out = F.batch_norm(x, sd[p + "stored_mean"], sd[p + "stored_var"], None, None, False, 0.1, 1e-5)
+        out = F.batch_norm(x, sd[p + "stored_mean"], sd[p + "stored_var"], None, None, False, 0.1, bn_eps)
         return out * gain[:, :, None, None] + bias[:, :, None, None]
 
     zs = torch.split(z, 2, 1)
@@ -358,22 +362,26 @@ def bp_reference_g(sd, z, y):
         sd["output_layer.0.bias"],
         False,
         0.1,
-        1e-5,
+        out_bn_eps,
     )
     return torch.tanh(conv("output_layer.2.", F.relu(h), 1))
 
 
-def bp_reference_d(sd, x, y):
+def bp_reference_d(sd, x, y, skip_after_relu=False):
+    """D.forward of BigGAN-PyTorch: DBlock pre-activates with an out-of-place F.relu, so the skip sees the
+    block input (``skip_after_relu`` is the in-place variant genzoo used to compute, for contrast)."""
+
     def conv(p, t, pad):
         return F.conv2d(t, bp_weight(sd, p), sd[p + "bias"], padding=pad)
 
     h = x
     for i in range(len(D_IN)):
         p = f"blocks.{i}.0."
+        inp = h
         if i > 0:
-            h = F.relu(h)  # the in-place ReLU of the released runs: the skip sees it too
+            h = F.relu(h)
         inner = conv(p + "conv2.", F.relu(conv(p + "conv1.", h, 1)), 1)
-        skip = h
+        skip = h if skip_after_relu else inp
         if i > 0:
             skip = conv(p + "conv_sc.", skip, 0) if p + "conv_sc.weight" in sd else skip
             skip = F.avg_pool2d(skip, 2) if D_DOWN[i] else skip
@@ -408,8 +416,27 @@ def test_biggan_pytorch_discriminator_layout_loads_and_matches_the_reference():
     y = torch.tensor([1, 3])
     with torch.no_grad():
         ours, ref = D(x, y), bp_reference_d(sd, x, y)
+        inplace = bp_reference_d(sd, x, y, skip_after_relu=True)
     assert ours.shape == (2, 1)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert ((inplace - ref).abs().max() / ref.abs().max()).item() > 1e-2  # the skip path matters
+
+
+def test_biggan_pytorch_output_bn_ignores_bn_eps():
+    sd = bp_state_g()
+    sd["output_layer.0.stored_var"] = torch.full_like(sd["output_layer.0.stored_var"], 1e-3)  # eps matters
+    flags = dict(BP_FLAGS, BN_eps=1e-4)
+    G = load_official("biggan-pytorch", sd, **flags)
+    assert G.net.out_bn.eps == 1e-5 and G.net.blocks[0][0].bn1.eps == 1e-4
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = G.shared(torch.tensor([0, 2, 4]))
+        ours = G(z, y)
+        ref = bp_reference_g(sd, z, y, bn_eps=1e-4, out_bn_eps=1e-5)
+        wrong = bp_reference_g(sd, z, y, bn_eps=1e-4, out_bn_eps=1e-4)
+    # the small variance amplifies float32 rounding ~30×: a tolerance 10× below the eps effect
+    torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-4)
+    assert (wrong - ref).abs().max() > 1e-2
 
 
 def test_biggan_pytorch_g_converts_to_a_genzoo_model_and_d_does_not(tmp_path):
@@ -425,6 +452,7 @@ def test_biggan_pytorch_g_converts_to_a_genzoo_model_and_d_does_not(tmp_path):
     z = torch.randn(2, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(z, torch.tensor([1, 2])), G(z, G.shared(torch.tensor([1, 2]))))
+    assert "D.linear.weight" not in weights["model"]  # no D given or beside it
     D = load_official("biggan-pytorch", bp_state_d(), **BP_FLAGS)
     with pytest.raises(UserError, match="discriminator"):
         get_source("biggan-pytorch").to_genzoo(D, BP_FLAGS)
@@ -498,3 +526,37 @@ def test_biggan_hf_256_preset_has_the_released_parameter_count():
     with torch.device("meta"):
         G = BigGANDeepGenerator(**hf_net_config(HF_PRESETS["biggan-deep-256"]))
     assert round(sum(p.numel() for p in G.parameters()) / 1e6, 1) == 55.9  # the port's README: 55.9M
+
+
+@pytest.mark.parametrize("how", ["beside", "flag"])
+def test_biggan_pytorch_convert_writes_d_as_well_as_g(tmp_path, how, capsys):
+    from safetensors.torch import load_file
+
+    from genzoo.cli import main
+    from genzoo.nets.biggan import BigGANDiscriminator
+
+    run = tmp_path / "weights"
+    run.mkdir()
+    torch.save(bp_state_g(), run / "G_ema.pth")
+    d_path = run / "D.pth" if how == "beside" else tmp_path / "elsewhere_D.pth"
+    sd_d = bp_state_d()
+    torch.save(sd_d, d_path)
+    flags = [x for key, value in BP_FLAGS.items() for x in (f"--{key}", str(value))]
+    if how == "flag":
+        flags += ["--D_pth", str(d_path)]
+    convert = ["convert", "--from", "biggan-pytorch", str(run / "G_ema.pth")]
+    assert main([*convert, str(tmp_path / "m"), *flags]) == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert config["d_arch"] == "biggan-d" and any(k.startswith("G.") for k in state)
+    D = BigGANDiscriminator(**config["d_net"])
+    D.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("D.")})
+    D.eval()  # spectral norm with the stored vectors, no power iteration
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([1, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(D(x, y).view(-1, 1), bp_reference_d(sd_d, x, y), rtol=1e-4, atol=1e-4)
+    torch.save(bp_state_g(), tmp_path / "not_d.pth")
+    bad = [*flags[: len(flags) - (2 if how == "flag" else 0)], "--D_pth", str(tmp_path / "not_d.pth")]
+    assert main([*convert, str(tmp_path / "n"), *bad]) == 2
+    assert "not_d.pth: not a BigGAN-PyTorch discriminator" in capsys.readouterr().err

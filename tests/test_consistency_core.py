@@ -171,4 +171,5 @@ def test_search_middle_step_scores_two_step_schedules_on_a_held_out_metric():
     assert 1 <= best <= 10 and value == min(seen.values()) and len(seen) < 10
     images, _ = sample(f, StackedRandomGenerator("cpu", list(range(12))).randn_like, (12, 3, 8, 8), steps=12,
                        ts=[0, best, 11])
-    assert metric(images) == pytest.approx(value, rel=1e-6)
+    # float32 networks run at another batch size: allow ~1000 float32 ulps of the metric
+    assert metric(images) == pytest.approx(value, rel=1000 * torch.finfo(torch.float32).eps)

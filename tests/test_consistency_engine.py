@@ -196,3 +196,13 @@ def test_cli_flags_of_trajectory_targets():
     assert [config[k] for k in keys] == ["trajectory", 64, 2]
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv[:-6], "--cd-targets", "exact"])
+
+
+def test_post_hoc_ema_for_a_consistency_student(runs, tmp_path):
+    from genzoo.api import load, posthoc_ema, sample
+
+    (model_dir,) = posthoc_ema(runs / "cd", tmp_path / "m", std=0.08)
+    model = load(model_dir)
+    assert model.config["posthoc_ema"]["std"] == 0.08 and model.config["family"] == "consistency"
+    images, _, nfe = sample(model, "0-1")
+    assert images.shape == (2, 3, 8, 8) and nfe == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from closed_forms import heun_nfe
 
 from genzoo.demo import DONE_FILE, GUIDANCE, plan_demo, run_demo
 from genzoo.errors import UserError
@@ -99,9 +100,16 @@ def test_report_structure(demo):
     assert {"quality_vs_nfe.png", "quality_vs_speed.png"} <= set(page.images)
     for src in page.images:
         assert (out / src).is_file(), src
-    # the final lines printed are the table and the report's path
-    assert printed[-1] == f"report: {out / 'report.html'}"
-    assert printed[-2] == result.table.rstrip("\n") == (out / "table.md").read_text().rstrip("\n")
+    # the final lines printed are the table, the report's path and the command serving the models
+    assert printed[-1] == f"explore the models: genzoo serve {out}"
+    assert printed[-2] == f"report: {out / 'report.html'}"
+    assert printed[-3] == result.table.rstrip("\n") == (out / "table.md").read_text().rstrip("\n")
+    # ... and that command finds every trained model and the report
+    from genzoo.serve.discovery import discover_models, discover_reports
+
+    found = {entry.path.name: entry.family for entry in discover_models([out])}
+    assert found == {stage.name: stage.family for stage in plan.train}
+    assert [r.html for r in discover_reports([out])] == [out / "report.html"]
     # a command to reproduce each configuration, naming its sample flags
     commands = "\n".join(page.pres)
     for stage in plan.evals:
@@ -178,8 +186,9 @@ def test_records_match_their_samples_and_costs(demo):
         assert record["num_samples"] == SAMPLES and 0 <= record["accuracy"] <= 1
         assert record["fd"] >= 0 and record["images_per_s"] > 0
         steps = stage.options.get("steps")
-        if stage.run == "edm":  # Heun: 2N - 1 evaluations; CFG evaluates each on two labels
-            assert record["nfe"] == (2 * steps - 1) * (2 if stage.options.get("guidance") else 1)
+        if stage.run == "edm":  # Heun: 2N - 1 evaluations; CFG evaluates each (in its interval) twice
+            lo, hi = map(float, stage.options.get("guidance_interval", "0,inf").split(","))
+            assert record["nfe"] == heun_nfe(steps, lo, hi, 2 if stage.options.get("guidance") else 1)
         elif stage.run == "cd":
             assert record["nfe"] == steps
         else:

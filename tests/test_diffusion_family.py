@@ -116,6 +116,37 @@ def test_objective_trains_and_the_model_rebuilds(precond):
     assert type(model) is type(obj.players["net"])
 
 
+@pytest.mark.parametrize("arch", ["songunet", "dhariwalunet"])
+def test_edm_networks_train_rebuild_and_take_both_label_forms(arch):
+    config, obj = objective(arch=arch, precond="edm", augment=0.5)
+    assert config["net"]["img_resolution"] == 8 and config["net"]["augment_dim"] == 9
+    batch = Batch(images=torch.rand(4, 3, 8, 8) * 2 - 1, labels=torch.tensor([0, 1, -1, 3]),
+                  rng=StackedRandomGenerator("cpu", range(4)))
+    result = obj.loss("net", batch, 0)
+    result.loss.backward()
+    assert torch.isfinite(result.loss) and all(p.grad is not None for p in obj.players["net"].parameters())
+    model = randomize(FAMILY.build_model(config)).eval()
+    labels = torch.tensor([0, 3, 4])  # 4 = the null label: EDM's zero row
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        by_index = model(x, torch.tensor([0.1, 1.0, 10.0]), labels)
+        rows = torch.nn.functional.one_hot(labels, 5)[:, :4].float()
+        assert torch.equal(model(x, torch.tensor([0.1, 1.0, 10.0]), rows), by_index)
+    with pytest.raises(UserError, match="--adaptive-scale"):
+        objective(arch=arch, adaptive_scale=True)
+
+
+def test_ddpmpp_denoiser_takes_one_hot_rows_too():
+    config, _ = objective()
+    model = randomize(FAMILY.build_model(config)).eval()
+    labels = torch.tensor([2, 4, 0])
+    rows = torch.nn.functional.one_hot(labels, 5)[:, :4].float()  # index 4 (null) -> the zero row
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x, 2.0, rows), model(x, 2.0, labels))
+        assert not torch.equal(model(x, 2.0, labels), model(x, 2.0, torch.tensor([1, 4, 0])))
+
+
 def test_uncond_flag_and_bad_precond():
     config, obj = objective(uncond=True)
     assert config["net"]["label_dim"] == 0 and config["label_dropout"] == 0.0
@@ -145,7 +176,8 @@ def test_sample_defaults_seeds_and_options(tmp_path):
     for name in EDM_SAMPLERS:
         out, nfe = FAMILY.sample(model, StackedRandomGenerator("cpu", [1]), labels[:1],
                                  {"sampler": name, "steps": 3, "guidance": 2.0})
-        assert out.shape == (1, 3, 8, 8) and torch.isfinite(out).all() and nfe in (3, 5)
+        # classifier-free guidance evaluates every step on two labels: 2 x (3 or 5) evaluations
+        assert out.shape == (1, 3, 8, 8) and torch.isfinite(out).all() and nfe in (6, 10)
     out, nfe = FAMILY.sample(model, StackedRandomGenerator("cpu", [1]), labels[:1],
                              {"steps": 3, "discretization": "vp", "schedule": "vp", "scaling": "vp"})
     assert nfe == 5 and torch.isfinite(out).all()

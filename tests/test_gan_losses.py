@@ -11,15 +11,16 @@ from genzoo.seeds import StackedRandomGenerator
 
 
 def test_hinge_and_ns_losses_match_closed_forms():
-    real = torch.tensor([2.0, 0.5, -1.0])
-    fake = torch.tensor([-2.0, 0.0, 1.5])
+    real = torch.tensor([2.0, 0.5, -1.0], dtype=torch.float64)  # float64: closed forms to 1e-12
+    fake = torch.tensor([-2.0, 0.0, 1.5], dtype=torch.float64)
     # hinge D: mean(relu(1 - real)) + mean(relu(1 + fake)) = (0 + .5 + 2)/3 + (0 + 1 + 2.5)/3
-    assert losses.d_loss("hinge", real, fake).item() == pytest.approx(2.5 / 3 + 3.5 / 3)
-    assert losses.g_loss("hinge", fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3)
+    assert losses.d_loss("hinge", real, fake).item() == pytest.approx(2.5 / 3 + 3.5 / 3, rel=1e-12)
+    assert losses.g_loss("hinge", fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3, rel=1e-12)
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
     expect_d = sum(sp(-r) for r in real.tolist()) / 3 + sum(sp(f) for f in fake.tolist()) / 3
-    assert losses.d_loss("ns", real, fake).item() == pytest.approx(expect_d, rel=1e-6)
-    assert losses.g_loss("ns", fake).item() == pytest.approx(sum(sp(-f) for f in fake.tolist()) / 3, rel=1e-6)
+    assert losses.d_loss("ns", real, fake).item() == pytest.approx(expect_d, rel=1e-12)
+    expect_g = sum(sp(-f) for f in fake.tolist()) / 3
+    assert losses.g_loss("ns", fake).item() == pytest.approx(expect_g, rel=1e-12)
     with pytest.raises(UserError, match="--loss"):
         losses.d_loss("wasserstein", real, fake)
 
@@ -54,8 +55,8 @@ def test_orthogonal_regularisation_value_and_gradient_match_autograd_of_the_form
 
 
 def test_orthogonal_rows_have_no_penalty():
-    q, _ = torch.linalg.qr(torch.randn(8, 8))
-    w = (q[:5] * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])[:, None]).requires_grad_(
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))  # float64: exact to ~1e-15
+    w = (q[:5] * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)[:, None]).requires_grad_(
         True
     )  # orthogonal, any norms
     assert losses.orthogonal_regularization([w], 1.0).item() == pytest.approx(0.0, abs=1e-9)

@@ -92,3 +92,19 @@ def test_family_flags_and_errors():
         parse_betas("0.5")
     with pytest.raises(UserError, match="--arch"):
         family.build_model({"arch": "stylegan9", "net": {}})
+
+
+def test_post_hoc_ema_for_the_generator(run_dir, tmp_path):
+    """The engine tracks post-hoc EMA for GANs too (the EMA players: G); the reconstruction samples."""
+    from genzoo.api import load, posthoc_ema, sample
+    from genzoo.train.phema import list_snapshots
+
+    snaps = list_snapshots(run_dir / "biggan")
+    assert [(s.step, s.std) for s in snaps] == [(4, 0.05), (4, 0.1)]
+    assert all(p.startswith("G.") for s in snaps for p in s.parameters)
+    (model_dir,) = posthoc_ema(run_dir / "biggan", tmp_path / "g", std=0.1)
+    tracked = load_safetensors(snaps[1].path)
+    rebuilt = load_safetensors(model_dir / "model.safetensors")
+    assert all(torch.allclose(rebuilt[k], tracked[k], rtol=0, atol=1e-6) for k in tracked)
+    images, _, _ = sample(load(model_dir), "0-1", class_labels=3)
+    assert images.shape == (2, 3, 16, 16)

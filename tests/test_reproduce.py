@@ -50,7 +50,9 @@ def stand_ins(tmp_path_factory):
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_runs_its_protocol_on_a_stand_in(name, stand_ins, tmp_path, capsys):
     preset = PRESETS[name]
-    argv = ["reproduce", name, "--ckpt", str(stand_ins / preset.family), "--ref", "shapes:16?count=6",
+    resolution = json.loads((stand_ins / preset.family / "config.json").read_text())["resolution"]
+    argv = ["reproduce", name, "--ckpt", str(stand_ins / preset.family),
+            "--ref", f"shapes:{resolution}?count=6",
             "--num", "2", "--features", "shapes", "--out", str(tmp_path / "out"), "--quiet", "--batch", "2"]
     if preset.needs_classifier:
         assert main(argv) == 2

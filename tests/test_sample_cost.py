@@ -126,10 +126,10 @@ def test_eval_blocks_equal_separate_evaluations_of_each_block(tmp_path, capsys):
     assert result["fd_block_std"] == pytest.approx(np.sqrt(((values - values.mean()) ** 2).sum() / 2))
     with NpzWriter(tmp_path / "s.npz") as out:
         out.write(images, labels)
-    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", "shapes:8?count=20", "--features",
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", "shapes:4?count=20", "--features",
                  "shapes", "--metrics", "fid", "--ref-count", "20", "--blocks", "2", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "over 2 blocks of 11" in printed and "minimum" in printed
     assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", "shapes", "--features", "shapes",
                  "--metrics", "fid", "--blocks", "0"]) == 2
-    assert "--blocks: expected a positive number" in capsys.readouterr().err
+    assert "--blocks: expected an integer >= 1, got '0'" in capsys.readouterr().err

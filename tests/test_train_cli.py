@@ -49,7 +49,7 @@ def test_flags_alone_and_ema_default(tmp_path):
     (["--steps", "1", "--config", "missing.toml"], "--config missing.toml: no such file"),
     (["--batch", "2"], "--steps N or --minutes M"),
     (["--steps", "1", "--device", "cuda:0"], "--device cuda:0: CUDA is not available"),
-    (["--steps", "1", "--batch", "0"], "--batch: expected a positive integer"),
+    (["--steps", "1", "--batch", "0"], "argument --batch: expected an integer >= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
     assert main(base_args(tmp_path / "r") + extra) == 2

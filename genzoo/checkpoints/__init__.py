@@ -5,18 +5,17 @@ A genzoo model directory holds ``config.json`` (plain data: family, network name
 ``optimizer.pt`` and ``state.json``. A run directory holds ``checkpoint-NNNNNN/`` directories.
 
 Official formats are read by source modules in this package (``load_official``), never by
-unpickling code: ``torch.load(weights_only=True)`` or safetensors only.
+unpickling code: ``torch.load(weights_only=True)``, safetensors, or, for NVlabs network-snapshot
+pickles (EDM, EDM2), the restricted reader :mod:`genzoo.checkpoints.nvlabs_pickle` (a source sets
+``read`` and ``accepts``; :func:`source_for_pickle` picks the source of a ``.pkl``).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import pkgutil
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +45,11 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON through a uniquely named temporary renamed into place (see :mod:`genzoo.io.atomic`)."""
+    from genzoo.io.atomic import atomic_output
+
+    with atomic_output(path, "file") as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -82,14 +82,16 @@ def save_model_dir(
     config: Mapping[str, Any],
     weights: Mapping[str, Mapping[str, torch.Tensor]],
     extra_files: Mapping[str, Callable[[Path], None]] | None = None,
+    flag: str = "OUT_DIR",
+    owned: bool = False,
 ) -> Path:
     """Write a model directory atomically: ``config.json`` and one safetensors file per entry of
     ``weights`` (e.g. ``{"model": state_dict, "ema": state_dict}``), plus ``extra_files`` written by
-    callbacks given the target path. The directory appears complete or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    callbacks given the target path. The directory appears complete or not at all; an existing folder
+    genzoo did not write is refused (``owned``: the caller owns the parent, e.g. a run's checkpoints)."""
+    from genzoo.io.atomic import atomic_folder
+
+    with atomic_folder(path, flag, owned=owned) as tmp:
         write_json_atomic(tmp / "config.json", config)
         for name, state in weights.items():
             save_file(
@@ -97,54 +99,46 @@ def save_model_dir(
             )
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
-        _fsync_dir(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _fsync_dir(path: Path) -> None:
-    for file in path.iterdir():
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
+    return Path(path)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoint directories of a run, oldest first (temporary ones are hidden dot-dirs)."""
     run_dir = Path(run_dir)
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:
+        return []
     found = [
         (int(m.group(1)), p)
-        for p in run_dir.iterdir()
-        if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))
+        for p in entries
+        if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()
     ]
     return [p for _, p in sorted(found)]
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory from a run directory (its latest checkpoint), a checkpoint or a converted model."""
+def model_dir_candidates(path: str | Path) -> list[Path]:
+    """Model directories ``path`` names, best first: the directory itself (a checkpoint or converted
+    model), or a run's complete checkpoints newest first (one being pruned or written is skipped)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"--ckpt {path}: no such run, checkpoint or model directory")
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return path
-    checkpoints = list_checkpoints(path)
-    if checkpoints:
-        return checkpoints[-1]
+        return [path]
+    found = [p for p in reversed(list_checkpoints(path))
+             if (p / "config.json").is_file() and (p / "model.safetensors").is_file()]
+    if found:
+        return found
     raise UserError(
-        f"--ckpt {path}: expected a genzoo run directory (with checkpoint-NNNNNN/) or a model "
+        f"--ckpt {path}: expected a genzoo run directory (with a complete checkpoint-NNNNNN/) or a model "
         "directory (config.json + model.safetensors)"
     )
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory from a run directory (its latest complete checkpoint), a checkpoint or a
+    converted model."""
+    return model_dir_candidates(path)[0]
 
 
 def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -200,6 +194,11 @@ class OfficialSource:
     ) = None
     #: optional: guess a preset from a state dict (for error hints)
     guess_preset: Callable[[Mapping[str, torch.Tensor]], str | None] | None = None
+    #: optional: read a file into what ``load`` takes (default: :func:`read_state_dict`), e.g. a
+    #: restricted reader of network-snapshot pickles
+    read: Callable[[Path], Any] | None = None
+    #: optional: whether this source loads what ``read`` returned (to pick a source for a ``.pkl``)
+    accepts: Callable[[Any], bool] | None = None
 
 
 _SOURCES: dict[str, OfficialSource] = {}
@@ -258,10 +257,34 @@ def load_official(
     src = get_source(source)
     resolved = resolve_flags(src, preset, flags)
     if isinstance(path_or_state_dict, (str, Path)):
-        state = read_state_dict(path_or_state_dict)
+        path = Path(path_or_state_dict)
+        state = src.read(path) if src.read is not None else read_state_dict(path)
     else:
-        state = dict(path_or_state_dict)
-    return src.load(state, **resolved)
+        path, state = None, dict(path_or_state_dict)
+    module = src.load(state, **resolved)
+    module.official_path = path  # lets a converter find companion files (BigGAN-PyTorch's D.pth)
+    return module
+
+
+def source_for_pickle(path: str | Path) -> tuple[OfficialSource, Any]:
+    """The official source that loads a network-snapshot ``.pkl`` (EDM, EDM2), and what it read from it.
+
+    The file is read once by the restricted reader (no code runs); each source that reads pickles is
+    asked whether it ``accepts`` the contents.
+    """
+    from genzoo.checkpoints.nvlabs_pickle import read_nvlabs_pickle
+
+    path = Path(path)
+    snapshot = read_nvlabs_pickle(path)
+    for name in source_names():
+        source = _SOURCES[name]
+        if source.accepts is not None and source.accepts(snapshot):
+            return source, snapshot
+    ema = snapshot.get("ema")
+    found = getattr(ema, "class_name", type(ema).__name__)
+    raise UserError(f"{path}: a network snapshot whose 'ema' is {found}, which no genzoo importer knows "
+                    f"(sources reading pickles: "
+                    f"{', '.join(n for n in source_names() if _SOURCES[n].accepts is not None) or 'none'})")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

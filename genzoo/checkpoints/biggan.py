@@ -19,13 +19,14 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genzoo.checkpoints import OfficialSource, load_state_into, register_source
+from genzoo.checkpoints import OfficialSource, load_state_into, read_state_dict, register_source
 from genzoo.errors import UserError
 from genzoo.nets.biggan import (
     D_CHANNEL_MULTS,
@@ -291,8 +292,7 @@ def bp_net_configs(flags: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
         num_classes=int(f["n_classes"]),
         attn_res=_attn(f["D_attn"]),
         sn_eps=float(f["SN_eps"]),
-        skip_after_relu=str(f["D_nl"]) in ("inplace_relu", "ir"),
-    )
+    )  # D_nl (relu / inplace_relu) changes no value: the official DBlock's pre-activation is out of place
     # BigGAN-PyTorch attaches D attention after every block whose table resolution is listed
     resolution = int(f["resolution"])
     if resolution == 32:
@@ -366,19 +366,48 @@ class BigGANPyTorchD(nn.Module):
 
 
 def _load_bp(state: Mapping[str, torch.Tensor], **flags: Any) -> nn.Module:
+    flags = dict(flags)
+    d_path = flags.pop("D_pth", None)
     g_config, d_config = bp_net_configs(flags)
     resolved = {**BP_DEFAULTS, **coerce_flags("biggan-pytorch", flags, BP_DEFAULTS)}
     if "embed.weight" in state:  # the discriminator
-        net = BigGANDiscriminator(**d_config)
-        load_state_into(net, bp_to_genzoo_state(state, d_config["sn_eps"]), "biggan-pytorch D checkpoint")
-        return BigGANPyTorchD(net, resolved, d_config).eval()
+        if d_path:
+            raise UserError("biggan-pytorch: --D_pth goes with G.pth / G_ema.pth, not with D.pth itself")
+        return _load_bp_d(state, resolved, d_config, "biggan-pytorch D checkpoint")
     if "shared.weight" not in state:
         raise UserError(
             "biggan-pytorch: expected G.pth / G_ema.pth (with shared.weight) or D.pth (with embed.weight)"
         )
     net = BigGANGenerator(**g_config)
     load_state_into(net, bp_to_genzoo_state(state, g_config["sn_eps"]), "biggan-pytorch G checkpoint")
-    return BigGANPyTorchG(net, resolved, g_config).eval()
+    G = BigGANPyTorchG(net, resolved, g_config).eval()
+    if d_path:
+        G.discriminator = _read_bp_d(Path(d_path), resolved, d_config)
+    return G
+
+
+def _load_bp_d(state: Mapping[str, torch.Tensor], resolved: dict[str, Any], d_config: dict[str, Any],
+               source: str) -> BigGANPyTorchD:
+    net = BigGANDiscriminator(**d_config)
+    load_state_into(net, bp_to_genzoo_state(state, d_config["sn_eps"]), source)
+    return BigGANPyTorchD(net, resolved, d_config).eval()
+
+
+def _read_bp_d(path: Path, resolved: dict[str, Any], d_config: dict[str, Any]) -> BigGANPyTorchD:
+    state = read_state_dict(path)
+    if "embed.weight" not in state:
+        raise UserError(f"--D_pth {path}: not a BigGAN-PyTorch discriminator (no embed.weight)")
+    return _load_bp_d(state, resolved, d_config, f"--D_pth {path}")
+
+
+def companion_discriminator(g_path: Path) -> Path | None:
+    """The discriminator saved beside a generator (BigGAN-PyTorch writes ``G.pth``, ``G_ema.pth`` and
+    ``D.pth`` into one folder; ``G_ema_best0.pth`` goes with ``D_best0.pth``), if it is there."""
+    name = g_path.name
+    if not (name.startswith("G") and name.endswith(".pth")):
+        return None
+    candidate = g_path.with_name("D" + (name[len("G_ema"):] if name.startswith("G_ema") else name[1:]))
+    return candidate if candidate.is_file() else None
 
 
 # ----------------------------------------------------------------------------- convert
@@ -387,11 +416,13 @@ def _load_bp(state: Mapping[str, torch.Tensor], **flags: Any) -> nn.Module:
 def to_genzoo(
     module: nn.Module, flags: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
-    """A genzoo ``gan`` model directory (generator only) for a loaded BigGAN module."""
+    """A genzoo ``gan`` model directory for a loaded BigGAN module: the generator (``G.*``) and, for
+    BigGAN-PyTorch, its discriminator (``D.*``, built from ``config["d_net"]``) when ``--D_pth`` names it
+    or a ``D.pth`` lies beside the converted ``G.pth`` / ``G_ema.pth``."""
     if isinstance(module, BigGANPyTorchD):
         raise UserError(
-            "convert: D.pth is a discriminator; convert G.pth or G_ema.pth (a genzoo model directory "
-            "holds the generator), or use load_official for D"
+            "convert: D.pth is a discriminator; convert G.pth or G_ema.pth, which takes the D.pth beside "
+            "it (or --D_pth PATH) into the model directory too"
         )
     arch = "biggan-deep" if isinstance(module.net, BigGANDeepGenerator) else "biggan"
     net = module.net
@@ -406,6 +437,17 @@ def to_genzoo(
         "source": module.official_source,
     }
     state = {f"G.{k}": v.detach().float() for k, v in net.state_dict().items()}
+    discriminator = getattr(module, "discriminator", None)
+    official_path = getattr(module, "official_path", None)
+    if discriminator is None and isinstance(module, BigGANPyTorchG) and official_path is not None:
+        d_path = companion_discriminator(Path(official_path))
+        if d_path is not None:
+            discriminator = _read_bp_d(d_path, module.official_flags,
+                                       bp_net_configs(module.official_flags)[1])
+    if discriminator is not None:
+        config["d_arch"] = "biggan-d"
+        config["d_net"] = discriminator.net_config
+        state.update({f"D.{k}": v.detach().float() for k, v in discriminator.net.state_dict().items()})
     return config, {"model": state}
 
 

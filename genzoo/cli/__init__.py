@@ -1,23 +1,49 @@
 """The ``genzoo`` command: a thin layer over the Python API.
 
 Each module in this package adds one sub-command with ``register(subparsers)`` and sets
-``func`` to a function of the parsed arguments. User errors (:class:`~genzoo.errors.UserError`)
-print one line and exit with code 2; nothing else is caught.
+``func`` to a function of the parsed arguments. :func:`main` is the one place errors meet the user:
+a bad flag or value (argparse, :class:`~genzoo.errors.UserError`) prints one line and exits with
+code 2; Ctrl-C exits with 130 and SIGTERM with 143, one line each, after every temporary output is
+removed; any other exception is a bug in genzoo and shows its traceback. ``GENZOO_DEBUG=1`` shows the
+traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
 
 from genzoo.errors import UserError
 
 
+class CommandLineError(SystemExit):
+    """A parse error: a SystemExit(2) (as argparse raises) that :func:`main` prints as one line."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(2)
+        self.prog, self.message = prog, message
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so ``finally`` blocks remove temporaries before exiting."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block); sub-parsers inherit the class."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        raise CommandLineError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="genzoo",
         description="Train, sample, edit and measure GANs, diffusion and consistency models side by side.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -46,21 +72,47 @@ def _add_quiet(subparsers: argparse._SubParsersAction, names: Sequence[str] = QU
                                  help="no progress bars (also off when stderr is not a terminal)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    from genzoo.progress import set_quiet
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
-    set_quiet(getattr(args, "quiet", False))
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = os.environ.get("GENZOO_DEBUG", "") not in ("", "0")
+    command = "genzoo"
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+        restore = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        result = args.func(args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        command = f"genzoo {args.command}"
+        from genzoo.progress import set_quiet
+
+        set_quiet(getattr(args, "quiet", False))
+        return int(args.func(args) or 0)
+    except CommandLineError as err:
+        print(f"{err.prog}: error: {_one_line(err.message)}", file=sys.stderr)
+        return 2
     except UserError as err:
-        print(f"genzoo {args.command}: error: {err}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"{command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"genzoo {args.command}: interrupted", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"{command}: interrupted; outputs left as they were", file=sys.stderr)
         return 130
-    return int(result or 0)
+    except Terminated:
+        print(f"{command}: terminated (SIGTERM); outputs left as they were", file=sys.stderr)
+        return 143
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)

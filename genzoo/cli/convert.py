@@ -1,8 +1,9 @@
 """``genzoo convert``: an official released checkpoint -> a genzoo model directory.
 
 ``genzoo convert --from SOURCE [--preset NAME] IN OUT_DIR [--flag value ...]`` loads ``IN`` with the
-source's importer (``genzoo.checkpoints.load_official``; weights-only, never unpickling code), with the
-preset's flags overridden by the trailing ``--flag value`` pairs (the source's own flag names), and writes
+source's importer (``genzoo.checkpoints.load_official``; weights-only or a restricted unpickler, never
+running a file's code), with the preset's flags overridden by the trailing ``--flag value`` pairs (the
+source's own flag names), and writes
 ``OUT_DIR/config.json`` + ``model.safetensors``, which ``genzoo sample`` and ``genzoo.load`` open.
 """
 
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
         help="convert an official released checkpoint into a genzoo model directory",
-        description="Convert an official checkpoint (guided-diffusion, improved-diffusion, ...) into a "
+        description="Convert an official checkpoint (guided-diffusion, improved-diffusion, edm, ...) into a "
         "genzoo model directory. Flags after OUT_DIR are the source's own config flags, e.g. "
         "--num_channels 192 --learn_sigma True; they override the preset's.",
     )
@@ -27,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--preset", default=None, help="released configuration (see --list-presets)")
     parser.add_argument("--list-presets", action="store_true", help="print the source's presets and exit")
-    parser.add_argument("input", nargs="?", help="the official checkpoint (.pt/.pth/.bin/.safetensors)")
+    parser.add_argument("input", nargs="?",
+                        help="the official checkpoint (.pt/.pth/.bin/.safetensors; an edm .pkl snapshot)")
     parser.add_argument("out_dir", nargs="?", help="the genzoo model directory to write")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="--flag value pairs of the source's config")
     parser.set_defaults(func=run)
@@ -59,6 +61,8 @@ def parse_flag_pairs(items: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from genzoo.checkpoints import get_source, load_official, resolve_flags, save_model_dir
     from genzoo.errors import UserError
+    from genzoo.io import check_output_folder
+    from genzoo.progress import progress
 
     source = get_source(args.source)
     if args.list_presets:
@@ -72,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
             f"--from {source.name}: this source can be loaded with genzoo.checkpoints.load_official "
             "but not converted"
         )
-    from genzoo.progress import progress
-
+    check_output_folder(args.out_dir, "OUT_DIR")  # before the (slow) load: never into another folder
     flags = parse_flag_pairs(args.flags or [])
     print(f"genzoo convert: {args.input} ({source.name}) -> {args.out_dir} on cpu")
     bar = progress(3, "convert", unit="stage")

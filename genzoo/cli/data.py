@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from genzoo import validate as V
+
 ORDER = 10
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="dataset spec: shapes[:RES], digits[:RES], folder:PATH, zip:PATH, "
                                      "npz:PATH, cifar10:PATH, mnist:PATH (see docs/data.md)")
-    parser.add_argument("--resolution", type=int,
+    parser.add_argument("--resolution", type=V.int_range(4),
                         help="resize (ADM centre-crop semantics) to this many pixels")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images (and count them) "
                                                                 "instead of stopping at the first")
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                description="Print what a dataset spec holds; --grid saves its first images.")
     _add_common(info)
     info.add_argument("--grid", help="write a PNG grid of the first images here")
-    info.add_argument("--grid-count", type=int, default=64, help="images in the grid (default 64)")
+    info.add_argument("--grid-count", type=V.positive_int, default=64, help="images in the grid (default 64)")
     info.set_defaults(func=run_info)
     export = commands.add_parser("export", help="write a dataset as an EDM .zip or an ADM .npz",
                                  description="Convert any dataset spec to an EDM/StyleGAN zip (OUT.zip) or "
@@ -33,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(export)
     export.add_argument("out",
                         help="output file: .zip (EDM layout, PNG + dataset.json) or .npz (arr_0, arr_1)")
-    export.add_argument("--max-items", type=int, help="export only the first N items")
-    export.add_argument("--batch", type=int, default=256, help="images decoded per batch (default 256)")
-    export.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: in-process)")
+    export.add_argument("--max-items", type=V.positive_int, help="export only the first N items")
+    export.add_argument("--batch", type=V.positive_int, default=256,
+        help="images decoded per batch (default 256)")
+    export.add_argument("--workers", type=V.nonnegative_int, default=0,
+        help="decoding processes (default 0: in-process)")
     export.set_defaults(func=run_export)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -63,15 +67,14 @@ def run_info(args: argparse.Namespace) -> int:
     import torch
 
     from genzoo.data import load_dataset
-    from genzoo.errors import UserError
-    from genzoo.io import save_grid
+    from genzoo.io import check_image_name, save_grid
 
+    if args.grid:
+        check_image_name(args.grid)
     dataset = load_dataset(args.spec, args.resolution, skip_bad=args.skip_bad)
     print(f"spec:       {args.spec}")
     print("\n".join(describe(dataset)))
     if args.grid:
-        if args.grid_count < 1:
-            raise UserError(f"--grid-count: expected a positive number, got {args.grid_count}")
         count = min(args.grid_count, len(dataset))
         images = torch.stack([dataset[i][0] for i in range(count)])
         scale = max(1, 64 // dataset.resolution)
@@ -82,12 +85,9 @@ def run_info(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from genzoo.data import load_dataset
     from genzoo.data.export import export_dataset
-    from genzoo.errors import UserError
+    from genzoo.io import check_output_file
 
-    for flag, value, minimum in (("--max-items", args.max_items, 1), ("--batch", args.batch, 1),
-                                 ("--workers", args.workers, 0)):
-        if value is not None and value < minimum:
-            raise UserError(f"{flag}: expected an integer >= {minimum}, got {value}")
+    check_output_file(args.out, "OUT")
     dataset = load_dataset(args.spec, args.resolution, skip_bad=args.skip_bad)
     total = len(dataset) if args.max_items is None else min(args.max_items, len(dataset))
     tty = sys.stderr.isatty()

@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from genzoo import validate as V
+from genzoo.seeds import seeds_text
+
 ORDER = 35
 
 
@@ -31,10 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="input image file (repeat for several); must match the model's resolution",
             )
         p.add_argument("--out", required=True, help="output directory")
-        p.add_argument("--seeds", default=None, help="one seed per image (default 0, 1, ...)")
+        p.add_argument("--seeds", default=None, type=seeds_text,
+            help="one seed per image (default 0, 1, ...)")
         p.add_argument(
             "--steps",
-            type=int,
+            type=V.positive_int,
             default=None,
             help="network evaluations (consistency default 10 for inpaint/colorize/superres, 1 for "
             "stroke/denoise; diffusion default 32); with --ts the grid size",
@@ -43,12 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--class",
             dest="class_label",
-            type=int,
+            type=V.nonnegative_int,
             default=None,
             help="class label for a class-conditional model (default: drawn from the seed)",
         )
-        p.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
-        p.add_argument("--batch", type=int, default=64,
+        p.add_argument("--device", type=V.device_or_auto, default="auto",
+                       help="torch device (default auto: CUDA when available)")
+        p.add_argument("--batch", type=V.positive_int, default=64,
                        help="images per batch (default 64); under torchrun the batches are shared")
         p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
         p.set_defaults(func=run)
@@ -62,16 +67,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = common("superres", "upsample by patch averaging: each factor x factor patch keeps its input mean")
     p.add_argument(
         "--factor",
-        type=int,
+        type=V.positive_int,
         required=True,
         help="upsampling factor; inputs at the model's resolution are first averaged down by it",
     )
     p = common("stroke", "stroke-guided generation (SDEdit): noise a painting to --sigma and denoise it")
-    p.add_argument("--sigma", type=float, default=20.0, help="noise level to start from (default 20)")
+    p.add_argument("--sigma", type=V.positive_float, default=20.0,
+        help="noise level to start from (default 20)")
     p = common("interpolate", "spherical interpolation between the noise of two seeds", images=False)
-    p.add_argument("--num", type=int, default=8, help="images along the path, ends included (default 8)")
+    p.add_argument("--num", type=V.int_range(2), default=8,
+        help="images along the path, ends included (default 8)")
     p = common("denoise", "remove Gaussian noise of standard deviation --sigma (images in [-1, 1] units)")
-    p.add_argument("--sigma", type=float, required=True, help="noise standard deviation of the inputs")
+    p.add_argument("--sigma", type=V.nonnegative_float, required=True,
+        help="noise standard deviation of the inputs")
     p.add_argument("--add-noise", action="store_true", help="add that noise first (to try the model out)")
 
 
@@ -97,11 +105,14 @@ def run(args: argparse.Namespace) -> int:
     from genzoo.api import _labels_for_seeds, load
     from genzoo.consistency.sampling import parse_ts
     from genzoo.errors import UserError
-    from genzoo.io import save_grid, save_image
+    from genzoo.io import atomic_folder, save_grid, save_image
     from genzoo.progress import progress
     from genzoo.seeds import batches, parse_seeds
     from genzoo.train.distributed import map_in_order, process_group
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; expected a folder for the edited images")
     with process_group(args.device) as (device, group):
         model = load(args.ckpt, ema=not args.raw, device=device)
         if not hasattr(model, "sigma_min"):
@@ -116,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         steps = args.steps
         if ts is not None and steps is None:
             steps = int(config.get("num_scales") or 40)
-        out = Path(args.out)
+        resolution = int(config.get("resolution") or model.resolution)
+        if op == "superres" and resolution % args.factor:
+            raise UserError(f"--factor {args.factor}: must divide the model's resolution {resolution}")
         if group.is_main:
             print(f"genzoo edit {op}: {args.ckpt} on {device}, {group.world} process(es)")
 
@@ -124,8 +137,6 @@ def run(args: argparse.Namespace) -> int:
             seeds = parse_seeds(args.seeds or "0,1")
             if len(seeds) != 2:
                 raise UserError(f"--seeds: interpolate needs exactly two seeds, got {args.seeds!r}")
-            if args.num < 2:
-                raise UserError(f"--num: expected at least 2 images, got {args.num}")
             labels = _labels(config, [seeds[0]] * args.num, args.class_label, device, _labels_for_seeds)
             alphas = [i / (args.num - 1) for i in range(args.num)]
             results = edit.interpolate(
@@ -167,10 +178,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not group.is_main:
         return 0
-    for i, image in enumerate(results):
-        save_image(image.clamp(-1, 1), out / f"{op}-{i:03d}.png")
-    grid = results if inputs is None else torch.cat([inputs.clamp(-1, 1), results.clamp(-1, 1)])
-    save_grid(grid, out / "grid.png", nrow=len(results))
+    with atomic_folder(out, merge=True) as tmp:  # the images appear together, after all were made
+        for i, image in enumerate(results):
+            save_image(image.clamp(-1, 1), tmp / f"{op}-{i:03d}.png")
+        grid = results if inputs is None else torch.cat([inputs.clamp(-1, 1), results.clamp(-1, 1)])
+        save_grid(grid, tmp / "grid.png", nrow=len(results))
     print(f"{op}: {len(results)} images -> {out}/{op}-*.png, grid {out / 'grid.png'}")
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from genzoo import validate as V
+
 ORDER = 40
 
 
@@ -30,25 +32,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--classifier", help="shapes classifier (.safetensors); default: the one shipped")
     parser.add_argument("--out",
                         help="metrics.json to write or update (default: metrics.json next to --samples)")
-    parser.add_argument("--num-samples", type=int, help="use only the first N samples")
-    parser.add_argument("--ref-count", type=int, default=10_000,
+    parser.add_argument("--num-samples", type=V.positive_int, help="use only the first N samples")
+    parser.add_argument("--ref-count", type=V.positive_int, default=10_000,
                         help="reference images from a dataset spec (default 10000)")
-    parser.add_argument("--pr-count", type=int, default=10_000,
+    parser.add_argument("--pr-count", type=V.positive_int, default=10_000,
                         help="images per side kept for precision/recall and KID (default 10000)")
     parser.add_argument("--save-ref", help="also write the reference statistics (ADM layout) here")
     parser.add_argument("--model", help="model name to record in metrics.json")
     parser.add_argument("--family", help="model family to record in metrics.json")
-    parser.add_argument("--nfe", type=float, help="network evaluations per image to record")
-    parser.add_argument("--batch", type=int, default=64, help="images per feature batch (default 64)")
-    parser.add_argument("--blocks", type=int, default=1,
+    parser.add_argument("--nfe", type=V.positive_float, help="network evaluations per image to record")
+    parser.add_argument("--batch", type=V.positive_int, default=64,
+                        help="images per feature batch (default 64)")
+    parser.add_argument("--blocks", type=V.positive_int, default=1,
                         help="also report each metric's mean, std and minimum over K disjoint blocks of "
                              "consecutive samples (seeds); default 1 (off)")
-    parser.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
+    parser.add_argument("--device", type=V.device_or_auto, default="auto",
+                        help="torch device (default auto: CUDA when available)")
+    parser.add_argument("--resize", action="store_true",
+                        help="compare samples and reference images of different resolutions (each resized to "
+                             "the feature network's input); without it a mismatch is an error")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from genzoo.errors import UserError
+    from genzoo.io import check_output_file
     from genzoo.metrics import evaluate
     from genzoo.metrics.record import attach_sample_cost, metric_label, write_metrics
     from genzoo.train.distributed import process_group
@@ -56,6 +64,14 @@ def run(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     if not Path(args.samples).exists():
         raise UserError(f"--samples {args.samples}: no such file or folder")
+    out = Path(args.out) if args.out else Path(args.samples).with_name("metrics.json")
+    for flag, path in (("--out", out), ("--save-ref", args.save_ref)):
+        if path is not None:  # refused before any work: a metrics run can take hours
+            check_output_file(path, flag)
+            if not Path(path).parent.is_dir():
+                raise UserError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
+    if args.save_ref is not None and not str(args.save_ref).endswith(".npz"):
+        raise UserError(f"--save-ref {args.save_ref}: expected a file name ending in .npz")
     with process_group(args.device) as (device, group):
         if group.is_main:
             print(f"genzoo eval: {args.samples} against {args.ref} on {device}, {group.world} process(es), "
@@ -63,13 +79,12 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(args.samples, args.ref, metrics=metrics, features=args.features,
                           inception=args.inception, classifier=args.classifier, num_samples=args.num_samples,
                           ref_count=args.ref_count, pr_count=args.pr_count, batch_size=args.batch,
-                          device=device, save_ref=args.save_ref, blocks=args.blocks)
+                          device=device, save_ref=args.save_ref, blocks=args.blocks, resize=args.resize)
     if not group.is_main:
         return 0
     for key in ("model", "family", "nfe"):
         if getattr(args, key) is not None:
             result[key] = getattr(args, key)
-    out = Path(args.out) if args.out else Path(args.samples).with_name("metrics.json")
     attach_sample_cost(result, args.samples, out)
     write_metrics(out, result)
     print(format_result_table(result, metric_label))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from genzoo import validate as V
+
 ORDER = 45
 
 
@@ -17,15 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--list", action="store_true", help="list the presets: files, numbers, sources")
     parser.add_argument("--ckpt", help="the converted model directory (see the preset's convert line)")
     parser.add_argument("--ref", help="reference batch (.npz with mu/sigma, or images) or image folder")
-    parser.add_argument("--num", type=int, help="number of samples (default: the protocol's, 50000)")
+    parser.add_argument("--num", type=V.positive_int,
+                        help="number of samples (default: the protocol's, 50000)")
     parser.add_argument("--classifier", help="converted classifier directory (classifier-guided presets)")
     parser.add_argument("--out", help="output folder (default reproduce-PRESET)")
     parser.add_argument("--inception", help="FID Inception weights (default $GENZOO_INCEPTION)")
     parser.add_argument("--features", choices=("inception", "shapes"), default="inception",
                         help="feature network (default inception, the protocols' own)")
-    parser.add_argument("--blocks", type=int, default=1, help="error bar over K disjoint seed blocks")
-    parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
+    parser.add_argument("--blocks", type=V.positive_int, default=1,
+                        help="error bar over K disjoint seed blocks")
+    parser.add_argument("--batch", type=V.positive_int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--device", type=V.device_or_auto, default="auto",
+                        help="torch device (default auto: CUDA when available)")
     parser.set_defaults(func=run)
 
 

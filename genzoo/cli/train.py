@@ -9,10 +9,12 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from genzoo.cli import OneLineParser
+
 ORDER = 20
 
 
-class _TrainParser(argparse.ArgumentParser):
+class _TrainParser(OneLineParser):
     """Remembers its argument strings, so ``run`` can tell flags given from defaults."""
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None):

@@ -12,6 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
+from genzoo import validate as V
+
 ORDER = 35
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -42,11 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=V.nonnegative_int,
         help="draw z and noise per image from seeds SEED+i (default: z = 0, no noise: deterministic)",
     )
-    parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
+    parser.add_argument("--batch", type=V.positive_int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--device", type=V.device_or_auto, default="auto",
+                        help="torch device (default auto: CUDA when available)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
     parser.set_defaults(func=run)
 
@@ -75,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from genzoo.api import load
     from genzoo.errors import UserError
     from genzoo.gan.gigagan import upsample
-    from genzoo.io import NpzWriter, save_grid, save_image
+    from genzoo.io import NpzWriter, check_output_file, save_grid, save_image
 
-    out = Path(args.out)
+    out = check_output_file(args.out)
     if out.suffix.lower() != ".npz" and out.suffix.lower() not in IMAGE_SUFFIXES:
         raise UserError(f"--out {out}: expected a .npz file or an image file ({', '.join(IMAGE_SUFFIXES)})")
     images, labels = read_input(Path(args.input))
@@ -91,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
     result = upsample(model, images, prompts=args.prompt, seeds=seeds, batch_size=args.batch)
     seconds = time.perf_counter() - start
     if out.suffix.lower() == ".npz":
-        writer = NpzWriter(out)
-        writer.write(result, labels)
-        writer.close()
+        with NpzWriter(out) as writer:
+            writer.write(result, labels)
     elif len(result) == 1:
         save_image(result[0], out)
     else:

@@ -17,13 +17,13 @@ import torch
 import torch.nn as nn
 
 from genzoo import nets
+from genzoo import validate as V
 from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
 from genzoo.consistency.sampling import parse_ts, sample
-from genzoo.diffusion.guidance import ClassifierFreeGuidance
 from genzoo.errors import UserError
-from genzoo.family import Family, add_argument_once
+from genzoo.family import Family, add_argument_once, load_model
 from genzoo.seeds import StackedRandomGenerator
 
 DEFAULT_LR = 1e-4
@@ -44,12 +44,15 @@ def _model_kwargs(config: dict[str, Any]) -> dict[str, float]:
             "rho": get("rho", RHO)}
 
 
-def _load_teacher(path: str) -> nn.Module:
-    from genzoo.api import load
-
-    teacher = load(path)
+def _load_teacher(path: str, flag: str = "--teacher") -> nn.Module:
+    try:
+        teacher = load_model(path)
+    except UserError as err:
+        if flag == "--teacher":
+            raise
+        raise UserError(f"{flag}: {err}") from None
     if not hasattr(teacher, "sigma_min") or not callable(teacher):
-        raise UserError(f"--teacher {path}: expected a diffusion model (a denoiser), got a "
+        raise UserError(f"{flag} {path}: expected a diffusion model (a denoiser), got a "
                         f"{teacher.config.get('family')} model")
     return teacher
 
@@ -63,14 +66,24 @@ def _fresh_network(config: dict[str, Any], dataset: Any) -> tuple[str, dict[str,
 
 
 def _guided_teacher(teacher: nn.Module, config: dict[str, Any], path: str) -> nn.Module:
-    """The teacher with classifier-free guidance at ``--teacher-guidance`` w (unchanged for w = 1)."""
-    scale = config.get("teacher_guidance")
-    if scale is None or float(scale) == 1.0:
-        return teacher
-    if not int(getattr(teacher, "label_dim", 0) or 0):
+    """The teacher guided at ``--teacher-guidance`` w (unchanged for w = 1): autoguidance by
+    ``--teacher-guide-model`` when given, else classifier-free guidance; ``--teacher-guidance-interval``
+    limits it to an interval of σ. The same wrappers as ``genzoo sample --guidance``."""
+    from genzoo.diffusion.family import check_guide, guided_denoiser
+
+    guide_path = config.get("teacher_guide_model")
+    guide = None
+    if guide_path and float(config.get("teacher_guidance") or 1.0) != 1.0:
+        guide = check_guide(teacher, _load_teacher(guide_path, "--teacher-guide-model"),
+                            "--teacher-guide-model")
+    options = {"guidance": config.get("teacher_guidance"), "guide_model": guide_path,
+               "guidance_interval": config.get("teacher_guidance_interval")}
+    if guide is None and not int(getattr(teacher, "label_dim", 0) or 0) and \
+            float(options["guidance"] or 1.0) != 1.0:
         raise UserError(f"--teacher-guidance: the teacher {path} is not class-conditional; classifier-free "
-                        "guidance needs class labels")
-    return ClassifierFreeGuidance(teacher, float(scale))
+                        "guidance needs class labels (or give --teacher-guide-model for autoguidance)")
+    labels = torch.zeros(1) if int(getattr(teacher, "label_dim", 0) or 0) else None
+    return guided_denoiser(teacher, guide, labels, options, prefix="--teacher-")
 
 
 def _adversarial(config: dict[str, Any], dataset: Any) -> dict[str, Any]:
@@ -113,23 +126,25 @@ class ConsistencyFamily(Family):
             help="cd: distil a diffusion teacher; ct: consistency training; ict: improved CT (default cd "
                  "with --teacher, else ict)")
         add("--teacher", default=None, help="CD: the teacher, a diffusion run/checkpoint/model directory")
-        add("--num-scales", type=int, default=None,
+        add("--num-scales", type=V.positive_int, default=None,
             help=f"CD: points N of the Karras grid (default {DEFAULT_NUM_SCALES}; ImageNet-64 used 40)")
-        add("--s0", type=int, default=None, help="CT/iCT: initial discretisation s0 (CT 2, iCT 10)")
-        add("--s1", type=int, default=None, help="CT/iCT: final discretisation s1 (CT 150-200, iCT 1280)")
-        add("--mu0", type=float, default=None, help="CD/CT: target EMA μ0 (default 0.95)")
+        add("--s0", type=V.positive_int, default=None,
+            help="CT/iCT: initial discretisation s0 (CT 2, iCT 10)")
+        add("--s1", type=V.positive_int, default=None,
+            help="CT/iCT: final discretisation s1 (CT 150-200, iCT 1280)")
+        add("--mu0", type=V.probability, default=None, help="CD/CT: target EMA μ0 (default 0.95)")
         add("--distance", choices=DISTANCES, default=None,
             help="consistency distance (default l2; pseudo-huber for ict); lpips needs --lpips-weights")
         add("--lpips-weights", default=None,
             help="LPIPS weights file for --distance lpips (never downloaded)")
-        add("--sigma-min", type=float, default=None,
+        add("--sigma-min", type=V.positive_float, default=None,
             help=f"smallest noise level σ_min (default {SIGMA_MIN})")
-        add("--sigma-max", type=float, default=None,
+        add("--sigma-max", type=V.positive_float, default=None,
             help=f"largest noise level σ_max (default {SIGMA_MAX:g})")
-        add("--sigma-data", type=float, default=None,
+        add("--sigma-data", type=V.positive_float, default=None,
             help=f"data standard deviation σ_data (default {SIGMA_DATA}, or the teacher's)")
         add("--teacher-solver", choices=SOLVERS, default="heun", help="CD: ODE step of the teacher (heun)")
-        add("--teacher-steps", type=int, default=None,
+        add("--teacher-steps", type=V.positive_int, default=None,
             help="CD: teacher ODE steps per grid interval, on the ρ-spaced points between its ends (default "
                  "1, the paper's); a coarse --num-scales grid with K steps keeps the teacher's accuracy of "
                  "the K-times finer grid")
@@ -137,22 +152,28 @@ class ConsistencyFamily(Family):
             help="CD: step (default, the paper's: the EMA student one teacher ODE step nearer the data) or "
                  "trajectory (the end of the teacher's ODE trajectory through x_n, exact; trajectories are "
                  "solved from σ_max down the --num-scales grid into a pool, so no bootstrapping)")
-        add("--trajectory-pool", type=int, default=None,
+        add("--trajectory-pool", type=V.nonnegative_int, default=None,
             help=f"CD with --cd-targets trajectory: teacher trajectories kept (default "
                  f"{DEFAULT_TRAJECTORY_POOL})")
-        add("--trajectory-refresh", type=int, default=None,
+        add("--trajectory-refresh", type=V.nonnegative_int, default=None,
             help=f"CD with --cd-targets trajectory: trajectories replaced per training step (default "
                  f"{DEFAULT_TRAJECTORY_REFRESH}); each is reused about pool/refresh steps")
-        add("--gan-weight", type=float, default=None,
+        add("--gan-weight", type=V.nonnegative_float, default=None,
             help="weight λ of an adversarial term on the student's estimates (default 0 = none): a BigGAN "
                  "projection discriminator, non-saturating loss with R1, adaptively weighted against the "
                  "consistency loss as in CTM (--d-ch, --d-lr, --r1-gamma set D)")
-        add("--teacher-guidance", type=float, default=None,
+        add("--teacher-guide-model", default=None,
+            help="CD: autoguidance of the teacher by this weaker denoiser of the same kind (a run, "
+                 "checkpoint or model directory) at --teacher-guidance w, instead of classifier-free "
+                 "guidance")
+        add("--teacher-guidance-interval", default=None, metavar="SIGMA_LO,SIGMA_HI",
+            help="CD: guide the teacher only for SIGMA_LO < σ <= SIGMA_HI")
+        add("--teacher-guidance", type=V.any_float, default=None,
             help="CD: classifier-free guidance scale w of the teacher's ODE step (default 1 = none); the "
                  "student learns the guided teacher's trajectories (guided distillation)")
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_argument_once(parser, "--steps", type=int, default=None,
+        add_argument_once(parser, "--steps", type=V.positive_int, default=None,
                           help="sampling steps (diffusion: solver steps; consistency: network evaluations, "
                                "default 1, or with --ts the grid size, default the model's N)")
         add_argument_once(parser, "--ts", default=None,

@@ -277,6 +277,8 @@ def load_digits(spec: Spec, resolution: int | None, skip_bad: bool) -> ArrayData
             raise UserError(f"dataset spec {spec.text!r} says {res} px but --resolution is {resolution}")
         resolution = res
     resolution = resolution or 32
+    if resolution < 4:
+        raise UserError(f"dataset spec {spec.text!r}: resolution must be at least 4, got {resolution}")
     pixels, target = _sklearn_digits()
     small = np.round(pixels.reshape(-1, 8, 8) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
     images = np.stack([resize_array(im, resolution) for im in small])

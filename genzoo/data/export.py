@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 
 from genzoo.data.base import ImageDataset
 from genzoo.errors import UserError
-from genzoo.io import NpzWriter
+from genzoo.io import NpzWriter, atomic_output, check_output_file
 
 
 def iterate_batches(dataset: ImageDataset, batch_size: int = 256, limit: int | None = None,
@@ -52,27 +51,30 @@ def _png_bytes(image_chw: torch.Tensor) -> bytes:
 
 def export_dataset(dataset: ImageDataset, out: str | Path, *, batch_size: int = 256, limit: int | None = None,
                    workers: int = 0, on_progress: Callable[[int], None] | None = None) -> int:
-    """Write ``dataset`` (its first ``limit`` items) to ``out`` (.zip or .npz); returns the item count."""
-    out = Path(out)
+    """Write ``dataset`` (its first ``limit`` items) to ``out`` (.zip or .npz); returns the item count.
+
+    The file appears whole or not at all; a dataset that ``genzoo data info`` would refuse to read back
+    (no images, labels outside [0, classes)) is refused before anything is written."""
+    out = check_output_file(out, "OUT")
     suffix = out.suffix.lower()
     if suffix not in (".zip", ".npz"):
-        raise UserError(f"{out}: expected an output name ending in .zip (EDM layout) or .npz (ADM layout)")
+        raise UserError(f"OUT {out}: expected an output name ending in .zip (EDM) or .npz (ADM)")
+    if (len(dataset) if limit is None else min(limit, len(dataset))) == 0:
+        raise UserError(f"OUT {out}: the dataset holds no images; nothing to export")
     labeled = dataset.num_classes > 0
-    batches = iterate_batches(dataset, batch_size, limit, workers)
+    batches = _checked_labels(iterate_batches(dataset, batch_size, limit, workers), dataset.num_classes)
     if suffix == ".npz":
         count = 0
-        with NpzWriter(out) as writer:
+        with NpzWriter(out, "OUT") as writer:
             for _, images, labels in batches:
                 writer.write(images.numpy().transpose(0, 2, 3, 1), labels.numpy() if labeled else None)
                 count += len(images)
                 if on_progress:
                     on_progress(count)
         return count
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     labels_json, captions_json = [], []
     captions = dataset.captions
-    try:
+    with atomic_output(out, "OUT") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for indices, images, labels in batches:
                 for index, image, label in zip(indices.tolist(), images, labels.tolist()):
@@ -89,7 +91,17 @@ def export_dataset(dataset: ImageDataset, out: str | Path, *, batch_size: int = 
             if captions is not None:
                 meta["captions"] = captions_json
             archive.writestr("dataset.json", json.dumps(meta))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return len(labels_json)
+
+
+def _checked_labels(batches: Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]], num_classes: int
+                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Stop with a UserError at an item whose label is outside [0, num_classes) (labeled data only)."""
+    for indices, images, labels in batches:
+        if num_classes > 0:
+            bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+            if len(bad):
+                i = int(bad[0, 0])
+                raise UserError(f"item {int(indices[i])}: label {int(labels[i])} is outside "
+                                f"[0, {num_classes}); nothing was exported")
+        yield indices, images, labels

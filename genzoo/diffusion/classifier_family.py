@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo import nets
+from genzoo import validate as V
 from genzoo.diffusion.discrete import DiscreteDiffusion, discrete_from_config
 from genzoo.errors import UserError
 from genzoo.family import Family, add_argument_once
@@ -98,8 +99,10 @@ class ClassifierFamily(Family):
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("classifier family (ADM noise-aware classifier) and ADM processes")
         add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--classifier-width", type=int, default=None, help="classifier base channels (default 128)")
-        add("--classifier-depth", type=int, default=None, help="classifier res blocks per level (default 2)")
+        add("--classifier-width", type=V.positive_int, default=None,
+            help="classifier base channels (default 128)")
+        add("--classifier-depth", type=V.positive_int, default=None,
+            help="classifier res blocks per level (default 2)")
         add(
             "--classifier-attention-resolutions",
             default=None,
@@ -113,7 +116,7 @@ class ClassifierFamily(Family):
         )
         add(
             "--diffusion-steps",
-            type=int,
+            type=V.positive_int,
             default=None,
             help="discrete process steps T (--family classifier; --arch adm --precond iddpm); default 1000",
         )
@@ -132,7 +135,8 @@ class ClassifierFamily(Family):
             default=None,
             help="noise-aware classifier model directory for classifier guidance (any diffusion sampler)",
         )
-        add("--classifier-scale", type=float, default=None, help="classifier guidance scale s (default 1)")
+        add("--classifier-scale", type=V.any_float, default=None,
+            help="classifier guidance scale s (default 1)")
         add(
             "--respacing",
             default=None,

@@ -14,12 +14,13 @@ import torch
 import torch.nn as nn
 
 from genzoo import nets
-from genzoo.diffusion import discrete
+from genzoo import validate as V
+from genzoo.diffusion import discrete, edm2
 from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
-from genzoo.diffusion.guidance import ClassifierFreeGuidance
+from genzoo.diffusion.guidance import AutoGuidance, ClassifierFreeGuidance, parse_interval
 from genzoo.diffusion.losses import LOSSES, DiffusionLoss, build_loss, drop_labels
-from genzoo.diffusion.precond import PRECONDITIONINGS, Denoiser, build_denoiser
+from genzoo.diffusion.precond import DTYPES, PRECONDITIONINGS, Denoiser, build_denoiser
 from genzoo.errors import UserError
 from genzoo.family import Family, add_argument_once
 from genzoo.seeds import StackedRandomGenerator
@@ -28,7 +29,8 @@ from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 DEFAULT_ARCH = "ddpmpp"
 DEFAULT_LR = 1e-3  # EDM's CIFAR-10 setting
 DEFAULT_WARMUP_IMAGES = 10_000  # EDM ramps up over 10M images; short CPU runs cannot wait that long
-LOSS_FOR_PRECOND = {"vp": "vp", "ve": "ve", "iddpm": "edm", "edm": "edm"}
+LOSS_FOR_PRECOND = {"vp": "vp", "ve": "ve", "iddpm": "edm", "edm": "edm", "edm2": "edm2"}
+PRECOND_FOR_ARCH = {"edm2": "edm2"}  # an arch's own preconditioning; else edm
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -46,10 +48,36 @@ def _ddpmpp_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, An
                 **({"adaptive_scale": True} if config.get("adaptive_scale") else {}))
 
 
+def _edm_net_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """EDM's SongUNet / DhariwalUNet (official argument names) from the same flags as ddpmpp."""
+    if config.get("adaptive_scale"):
+        raise UserError(f"--adaptive-scale: only for --arch ddpmpp ({config.get('arch')} fixes it)")
+    flags = _ddpmpp_kwargs(config, base)
+    shared = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+    return dict(img_resolution=base["resolution"], in_channels=base["in_channels"],
+                out_channels=base["out_channels"], label_dim=base["label_dim"],
+                augment_dim=base["augment_dim"], **{k: flags[k] for k in shared})
+
+
+def _edm2_net_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """EDM2's UNet (official argument names) from the same flags as ddpmpp; it has no augmentation input."""
+    if base.get("augment_dim"):
+        raise UserError("--augment: the EDM2 UNet has no augmentation input; train it with --augment 0")
+    if config.get("adaptive_scale"):
+        raise UserError("--adaptive-scale: only for --arch ddpmpp (the EDM2 UNet scales by its embedding)")
+    flags = _ddpmpp_kwargs(config, base)
+    shared = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+    return dict(img_resolution=base["resolution"], img_channels=base["in_channels"],
+                label_dim=base["label_dim"], **{k: flags[k] for k in shared})
+
+
 #: arch name -> function(config, base kwargs) -> the network's constructor kwargs. ``base`` holds
 #: resolution, in_channels, out_channels, label_dim, augment_dim; an arch without an entry gets ``base``.
 ARCH_KWARGS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
     "ddpmpp": _ddpmpp_kwargs,
+    "songunet": _edm_net_kwargs,
+    "dhariwalunet": _edm_net_kwargs,
+    "edm2": _edm2_net_kwargs,
 }
 
 
@@ -74,7 +102,17 @@ def build_diffusion_model(config: dict[str, Any]) -> Denoiser:
     network = nets.build(config["arch"], **config["net"])
     if precond == "iddpm" and config.get("discrete"):  # ADM/iDDPM: iDDPM precond on the own schedule
         return discrete.discrete_denoiser(network, config["discrete"])
-    return build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
+    denoiser = build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
+    for name in ("sigma_min", "sigma_max"):  # an imported model's range, as its own code computed it
+        if config.get(name) is not None:
+            setattr(denoiser, name, float(config[name]))
+    denoiser.fp16_on_cuda = bool(config.get("fp16_on_cuda", False))
+    if config.get("net_dtype"):
+        if config["net_dtype"] not in DTYPES:
+            raise UserError(f"config.json: net_dtype must be one of {', '.join(DTYPES)}, got "
+                            f"{config['net_dtype']!r}")
+        denoiser.net_dtype = DTYPES[config["net_dtype"]]
+    return denoiser
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -87,14 +125,17 @@ class DiffusionObjective(Objective):
 
     def __init__(self, denoiser: Denoiser, loss: DiffusionLoss, lr: float = DEFAULT_LR,
                  warmup_images: float = DEFAULT_WARMUP_IMAGES, label_dropout: float = 0.0,
-                 augment_pipe: AugmentPipe | None = None):
+                 augment_pipe: AugmentPipe | None = None, decay_images: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999)):
         super().__init__()
         self.players = nn.ModuleDict({"net": denoiser})
         self.loss_fn, self.lr, self.warmup_images = loss, float(lr), float(warmup_images)
+        self.decay_images, self.betas = float(decay_images), tuple(betas)
         self.label_dropout, self.augment_pipe = float(label_dropout), augment_pipe
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        spec = OptimizerSpec(lr=self.lr, betas=(0.9, 0.999), eps=1e-8, warmup_images=self.warmup_images)
+        spec = OptimizerSpec(lr=self.lr, betas=self.betas, eps=1e-8, warmup_images=self.warmup_images,
+                             decay_images=self.decay_images)
         return {"net": spec}
 
     def loss(self, player: str, batch: Batch, step: int) -> StepResult:
@@ -170,30 +211,66 @@ LOSSES.update(discrete.LOSSES)
 
 
 def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
-                    options: dict[str, Any], shape: tuple[int, ...]) -> tuple[torch.Tensor, int]:
-    """Images (float32, clamped to [-1, 1]) and NFE per image from any denoiser with the sample options."""
+                    options: dict[str, Any], shape: tuple[int, ...],
+                    clamp: bool = True) -> tuple[torch.Tensor, int]:
+    """Images (float32, clamped to [-1, 1] unless ``clamp`` is False, e.g. for latents) and NFE per image
+    from any denoiser with the sample options."""
     name = _opt(options, "sampler", "heun")
     if name not in SAMPLERS:
         raise UserError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
-    net = denoiser
     if not int(getattr(denoiser, "label_dim", 0) or 0):
         class_labels = None
-    guidance = float(_opt(options, "guidance", 1.0))
-    if guidance != 1.0:
-        if class_labels is None:
-            raise UserError("--guidance: classifier-free guidance needs a class-conditional model")
-        net = ClassifierFreeGuidance(denoiser, guidance)
+    main = S.NFECounter(denoiser, images=len(rng))  # counts what is evaluated, guided or not
+    guide = options.get("guide_model")
+    guide = S.NFECounter(check_guide(denoiser, guide), images=len(rng)) if guide is not None else None
+    net = guided_denoiser(main, guide, class_labels, options)
     net = discrete.with_classifier_guidance(net, denoiser, options, rng)  # --classifier PATH
-    counter = S.NFECounter(net)
     latents = rng.randn([len(rng), *shape])
     precision = _opt(options, "precision", "fp32")
     with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        images = SAMPLERS[name](counter, latents, class_labels, rng.randn_like, options)
-    return images.to(torch.float32).clamp(-1, 1), counter.nfe
+        images = SAMPLERS[name](net, latents, class_labels, rng.randn_like, options)
+    images = images.to(torch.float32)
+    nfe = main.nfe + (guide.nfe if guide is not None else 0)
+    return (images.clamp(-1, 1) if clamp else images), nfe
+
+
+def guided_denoiser(denoiser: Any, guide: Any, class_labels: torch.Tensor | None, options: dict[str, Any],
+                    prefix: str = "--") -> Any:
+    """``denoiser`` under ``--guidance W``: autoguidance by ``guide`` (a denoiser, from ``--guide-model``)
+    when given, else classifier-free guidance; ``--guidance-interval LO,HI`` limits it to those σ."""
+    guidance = float(_opt(options, "guidance", 1.0))
+    interval = parse_interval(options.get("guidance_interval"), f"{prefix}guidance-interval")
+    if guidance == 1.0:
+        for key in ("guide_model", "guidance_interval"):
+            if options.get(key) is not None:
+                flag = prefix + key.replace("_", "-")
+                raise UserError(f"{flag}: needs {prefix}guidance W with W != 1 (1 = no guidance)")
+        return denoiser
+    if guide is not None:
+        return AutoGuidance(denoiser, guide, guidance, interval)
+    if class_labels is None:
+        raise UserError(f"{prefix}guidance: classifier-free guidance needs a class-conditional model; give "
+                        f"{prefix}guide-model PATH for autoguidance")
+    return ClassifierFreeGuidance(denoiser, guidance, interval=interval)
+
+
+def check_guide(denoiser: Any, guide: Any, flag: str = "--guide-model") -> Any:
+    """The guide model of autoguidance must be a denoiser for the same images and conditioning."""
+    if not hasattr(guide, "sigma_min") or not callable(guide):
+        family = (getattr(guide, "config", None) or {}).get("family")
+        raise UserError(f"{flag}: expected a diffusion model (a denoiser), got "
+                        f"{family or type(guide).__name__}")
+    for name in ("label_dim", "img_channels", "img_resolution", "resolution", "sigma_data"):
+        ours, theirs = getattr(denoiser, name, None), getattr(guide, name, None)
+        if ours is not None and theirs is not None and float(ours) != float(theirs):
+            raise UserError(f"{flag}: the guide's {name} is {theirs}, the model's {ours}; autoguidance "
+                            "needs a denoiser of the same kind (same data, resolution and conditioning)")
+    return guide
 
 
 def _edm_loss_kwargs(config: dict[str, Any], denoiser: Denoiser) -> dict[str, Any]:
-    """σ_data from the denoiser; P_mean and P_std from --p-mean / --p-std when given (EDM: −1.2, 1.2)."""
+    """σ_data from the denoiser; P_mean and P_std from --p-mean / --p-std when given (EDM: −1.2, 1.2;
+    EDM2: filled in by :func:`edm2.resolve_training`)."""
     kwargs: dict[str, Any] = {"sigma_data": denoiser.sigma_data}
     for key, name in (("p_mean", "P_mean"), ("p_std", "P_std")):
         if config.get(key) is not None:
@@ -211,23 +288,32 @@ class DiffusionFamily(Family):
             help="preconditioning of EDM Table 1 (default edm)")
         add("--loss", choices=sorted(LOSSES), default=None,
             help="training loss (default: the preconditioning's; edm for iddpm)")
-        add("--label-dropout", type=float, default=None,
+        add("--label-dropout", type=V.probability, default=None,
             help="probability of training on the null label, for classifier-free guidance (default 0.1 "
                  "for class-conditional data)")
         add("--uncond", action="store_true", default=None, help="ignore the data's class labels")
-        add("--p-mean", type=float, default=None,
-            help="EDM loss: mean of ln σ during training (default −1.2, EDM Table 1)")
-        add("--p-std", type=float, default=None,
-            help="EDM loss: standard deviation of ln σ during training (default 1.2)")
-        add("--augment", type=float, default=None,
+        add("--p-mean", type=V.any_float, default=None,
+            help="EDM/EDM2 loss: mean of ln σ during training (default −1.2, EDM Table 1; edm2 −0.8)")
+        add("--p-std", type=V.positive_float, default=None,
+            help="EDM/EDM2 loss: standard deviation of ln σ during training (default 1.2; edm2 1.6)")
+        add("--lr-ref", type=V.positive_float, default=None,
+            help="α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) of EDM2; the same "
+                 f"setting as --lr (default {edm2.DEFAULT_LR_REF} for --arch edm2)")
+        add("--decay-kimg", type=V.nonnegative_float, default=None,
+            help="t_ref of that schedule in thousands of images; 0 = constant (default 0; --arch edm2 "
+                 f"{edm2.DEFAULT_DECAY_KIMG:g}, EDM2's 35k batches of 2048)")
+        add("--augment", type=V.probability, default=None,
             help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
-        add("--model-channels", type=int, default=None,
-            help="ddpmpp: base channels (default 32 at ≤16 px, else 64)")
-        add("--channel-mult", default=None, help="ddpmpp: channel multipliers per level, e.g. 1,2,2")
-        add("--num-blocks", type=int, default=None, help="ddpmpp: residual blocks per level (default 2)")
-        add("--attn-res", default=None,
-            help="ddpmpp: resolutions with self-attention, e.g. 16 (default res/2)")
-        add("--dropout", type=float, default=None, help="dropout probability (default 0)")
+        add("--model-channels", type=V.positive_int, default=None,
+            help="ddpmpp, songunet, dhariwalunet: base channels (default 32 at ≤16 px, else 64)")
+        add("--channel-mult", type=V.int_list(1), default=None,
+            help="ddpmpp, songunet, dhariwalunet: channel multipliers per level, e.g. 1,2,2")
+        add("--num-blocks", type=V.positive_int, default=None,
+            help="ddpmpp, songunet, dhariwalunet: residual blocks per level (default 2)")
+        add("--attn-res", type=V.int_list(1, allow_empty=True, words=("none",)), default=None,
+            help="ddpmpp, songunet, dhariwalunet: resolutions with self-attention, e.g. 16 (default res/2)")
+        add("--dropout", type=V.finite_float(0, 1, hi_open=True), default=None,
+            help="dropout probability (default 0)")
         add("--adaptive-scale", action="store_true", default=None,
             help="ddpmpp: the embedding scales and shifts each block's normalised features (ADM's "
                  "scale-shift norm) instead of adding a bias before the norm")
@@ -235,25 +321,36 @@ class DiffusionFamily(Family):
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("diffusion sampling")
         add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--sampler", default=None, help=f"diffusion sampler: {', '.join(SAMPLERS)} (default heun = EDM)")
-        add("--steps", type=int, default=None, help="sampling steps (diffusion default 18)")
-        add("--churn", type=float, default=None, help="EDM S_churn (default 0 = deterministic)")
-        add("--s-min", type=float, default=None, help="EDM S_min (default 0)")
-        add("--s-max", type=float, default=None, help="EDM S_max (default inf)")
-        add("--s-noise", type=float, default=None, help="EDM S_noise (default 1)")
-        add("--sigma-min", type=float, default=None, help="lowest noise level (default 0.002)")
-        add("--sigma-max", type=float, default=None, help="highest noise level (default 80)")
-        add("--rho", type=float, default=None, help="ρ of the EDM time discretisation (default 7)")
+        add("--sampler", choices=list(SAMPLERS), default=None,
+            help=f"diffusion sampler: {', '.join(SAMPLERS)} (default heun = EDM)")
+        add("--steps", type=V.positive_int, default=None, help="sampling steps (diffusion default 18)")
+        add("--churn", type=V.nonnegative_float, default=None, help="EDM S_churn (default 0 = deterministic)")
+        add("--s-min", type=V.nonnegative_float, default=None, help="EDM S_min (default 0)")
+        add("--s-max", type=V.finite_float(0, allow_inf=True), default=None, help="EDM S_max (default inf)")
+        add("--s-noise", type=V.positive_float, default=None, help="EDM S_noise (default 1)")
+        add("--sigma-min", type=V.positive_float, default=None, help="lowest noise level (default 0.002)")
+        add("--sigma-max", type=V.positive_float, default=None, help="highest noise level (default 80)")
+        add("--rho", type=V.positive_float, default=None, help="ρ of the EDM time discretisation (default 7)")
         add("--discretization", choices=list(S.DISCRETIZATIONS), default=None,
             help="time steps: edm (default), vp, ve, iddpm")
         add("--schedule", choices=list(S.SCHEDULES), default=None, help="σ(t): linear (default), vp, ve")
         add("--scaling", choices=list(S.SCALINGS), default=None, help="s(t): none (default), vp")
-        add("--eta", type=float, default=None, help="DDIM stochasticity η (default 0)")
-        add("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 1 = off)")
+        add("--eta", type=V.nonnegative_float, default=None, help="DDIM stochasticity η (default 0)")
+        add("--guidance", type=V.any_float, default=None,
+            help="guidance scale w (default 1 = off): classifier-free, or autoguidance with --guide-model")
+        add("--guide-model", default=None,
+            help="autoguidance: the guiding denoiser (a run, checkpoint or model directory), a smaller or "
+                 "less-trained model of the same kind: D = D_guide + w·(D − D_guide)")
+        add("--guidance-interval", default=None, metavar="SIGMA_LO,SIGMA_HI",
+            help="guide only for SIGMA_LO < σ <= SIGMA_HI; one network evaluation per step outside")
+        add("--vae", default=None,
+            help="latent EDM2 models: local folder of the Stable Diffusion VAE (diffusers AutoencoderKL) "
+                 "that decodes the samples")
         add("--precision", choices=["fp32", "bf16"], default=None, help="bf16 autocast while sampling")
 
     def build_objective(self, config: dict[str, Any], dataset: Any) -> DiffusionObjective:
-        precond = config.get("precond") or "edm"
+        arch = config.get("arch") or DEFAULT_ARCH
+        precond = config.get("precond") or PRECOND_FOR_ARCH.get(arch, "edm")
         if precond not in PRECONDITIONINGS:
             raise UserError(f"--precond: expected one of {', '.join(PRECONDITIONINGS)}, got {precond!r}")
         arch, net_config = network_config(config, dataset)
@@ -262,12 +359,18 @@ class DiffusionFamily(Family):
         label_dropout = (0.1 if label_dim else 0.0) if label_dropout is None else float(label_dropout)
         augment = float(config.get("augment") or 0.0)
         loss_name = config.get("loss") or LOSS_FOR_PRECOND[precond]
+        edm2.resolve_training(config, arch, precond, loss_name, DEFAULT_LR)
         config.update(arch=arch, net=net_config, precond=precond, loss=loss_name,
-                      label_dropout=label_dropout, augment=augment, lr=float(config.get("lr") or DEFAULT_LR))
+                      label_dropout=label_dropout, augment=augment)
+        if precond == "edm2" and not config.get("precond_kwargs"):
+            config["precond_kwargs"] = {"logvar_channels": edm2.LOGVAR_CHANNELS}
         denoiser = build_diffusion_model(config)
-        loss = build_loss(loss_name, **(_edm_loss_kwargs(config, denoiser) if loss_name == "edm" else {}))
-        return DiffusionObjective(denoiser, loss, lr=config["lr"], label_dropout=label_dropout,
-                                  augment_pipe=AugmentPipe(p=augment) if augment > 0 else None)
+        loss_kwargs = _edm_loss_kwargs(config, denoiser) if loss_name in ("edm", "edm2") else {}
+        return DiffusionObjective(denoiser, build_loss(loss_name, **loss_kwargs), lr=config["lr"],
+                                  label_dropout=label_dropout,
+                                  augment_pipe=AugmentPipe(p=augment) if augment > 0 else None,
+                                  decay_images=config["decay_kimg"] * 1000,
+                                  betas=edm2.ADAM_BETAS if arch == "edm2" else (0.9, 0.999))
 
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         return build_diffusion_model(config)
@@ -289,6 +392,12 @@ class DiffusionFamily(Family):
                             f"{max(seeds)}")
         return [int(labels[s]) for s in seeds]
 
+    def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        """Options left unset take the model's ``sampling_defaults`` (an imported model's published
+        settings, e.g. EDM's 40 Heun steps at 64 px)."""
+        defaults = (getattr(model, "config", None) or {}).get("sampling_defaults") or {}
+        return {**options, **{k: v for k, v in defaults.items() if options.get(k) is None}}
+
     @torch.no_grad()
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
                options: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -296,7 +405,11 @@ class DiffusionFamily(Family):
         net = getattr(model, "model", model)
         resolution = int(config.get("resolution") or net.resolution)
         channels = int(config.get("channels") or getattr(net, "in_channels", 3))
-        return sample_denoiser(model, rng, class_labels, options, (channels, resolution, resolution))
+        encoder = edm2.model_encoder(model, config)
+        edm2.prepare_encoder(encoder, options, rng.device)
+        shape = (channels, resolution, resolution)
+        images, nfe = sample_denoiser(model, rng, class_labels, options, shape, clamp=encoder is None)
+        return (edm2.decode(encoder, images) if encoder is not None else images), nfe
 
 
 FAMILY = DiffusionFamily()

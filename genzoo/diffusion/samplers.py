@@ -30,14 +30,19 @@ SCALINGS = ("none", "vp")
 
 
 class NFECounter:
-    """A denoiser that counts its calls (``nfe``); every other attribute is the wrapped denoiser's."""
+    """A denoiser that counts its evaluations (``nfe``); every other attribute is the wrapped denoiser's.
 
-    def __init__(self, net: Any):
+    Without ``images`` each call counts 1; with ``images`` (the batch being sampled) a call counts the
+    rows it evaluates per image, so a classifier-free guided call on the doubled batch counts 2.
+    """
+
+    def __init__(self, net: Any, images: int | None = None):
         self.net = net
+        self.images = images
         self.nfe = 0
 
     def __call__(self, x: torch.Tensor, sigma: Any, class_labels: torch.Tensor | None = None, **cond: Any):
-        self.nfe += 1
+        self.nfe += max(1, x.shape[0] // self.images) if self.images else 1
         return self.net(x, sigma, class_labels, **cond)
 
     def __getattr__(self, name: str) -> Any:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from genzoo import nets
+from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.family import Family, add_argument_once
 from genzoo.gan.augment import parse_policy
@@ -107,15 +108,15 @@ class GANFamily(Family):
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("gan family (BigGAN)")
         add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--d-steps", type=int, default=None, help="D updates per G update (BigGAN: 2)")
-        add("--g-lr", type=float, default=None, help="generator learning rate (BigGAN: 1e-4)")
-        add("--d-lr", type=float, default=None, help="discriminator learning rate (BigGAN: 4e-4)")
-        add("--betas", default=None, help="Adam betas for G and D (BigGAN: 0,0.999)")
-        add("--adam-eps", type=float, default=None, help="Adam epsilon (BigGAN: 1e-6)")
+        add("--d-steps", type=V.positive_int, default=None, help="D updates per G update (BigGAN: 2)")
+        add("--g-lr", type=V.positive_float, default=None, help="generator learning rate (BigGAN: 1e-4)")
+        add("--d-lr", type=V.positive_float, default=None, help="discriminator learning rate (BigGAN: 4e-4)")
+        add("--betas", type=V.float_list(0, 1), default=None, help="Adam betas for G and D (BigGAN: 0,0.999)")
+        add("--adam-eps", type=V.positive_float, default=None, help="Adam epsilon (BigGAN: 1e-6)")
         add("--loss", choices=LOSSES, default=None, help="GAN loss: hinge (BigGAN) or ns (non-saturating)")
         add(
             "--ortho-reg",
-            type=float,
+            type=V.nonnegative_float,
             default=None,
             help="β of BigGAN's orthogonal regularisation β‖WᵀW⊙(1−I)‖² on G (paper: 1e-4; default 0)",
         )
@@ -124,13 +125,18 @@ class GANFamily(Family):
             default=None,
             help="DiffAugment policy for small datasets, e.g. color,translation,cutout",
         )
-        add("--r1-gamma", type=float, default=None, help="R1 penalty weight γ on real images (default 0)")
-        add("--g-ch", type=int, default=None, help="generator channel width ch (BigGAN 128 px: 96)")
-        add("--d-ch", type=int, default=None, help="discriminator channel width ch")
-        add("--z-dim", type=int, default=None, help="latent size (BigGAN: 120 hierarchical, -deep: 128)")
-        add("--shared-dim", type=int, default=None, help="shared class-embedding size (BigGAN: 128)")
+        add("--r1-gamma", type=V.nonnegative_float, default=None,
+            help="R1 penalty weight γ on real images (default 0)")
+        add("--g-ch", type=V.positive_int, default=None,
+            help="generator channel width ch (BigGAN 128 px: 96)")
+        add("--d-ch", type=V.positive_int, default=None, help="discriminator channel width ch")
+        add("--z-dim", type=V.positive_int, default=None,
+            help="latent size (BigGAN: 120 hierarchical, -deep: 128)")
+        add("--shared-dim", type=V.positive_int, default=None,
+            help="shared class-embedding size (BigGAN: 128)")
         add(
             "--attn-res",
+            type=V.int_list(1, allow_empty=True, words=("none",)),
             default=None,
             help="self-attention resolutions in G and D, e.g. 64 or 16,32 "
             "(default: 64, or res/2 below 128 px); 'none' for none",
@@ -143,14 +149,14 @@ class GANFamily(Family):
         add_argument_once(
             parser,
             "--truncation",
-            type=float,
+            type=V.positive_float,
             default=None,
             help="GAN truncation ψ: latents drawn from N(0, 1) truncated to ±ψ (BigGAN)",
         )
         add_argument_once(
             parser,
             "--standing-stats",
-            type=int,
+            type=V.nonnegative_int,
             default=0,
             metavar="BATCHES",
             help="BigGAN: recompute batch-norm statistics over this many batches of 64 samples",

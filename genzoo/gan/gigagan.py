@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo import nets
+from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.family import add_argument_once
 from genzoo.gan.latents import slerp
@@ -328,22 +329,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "genzoo[text]) or clip (frozen open_clip text tower from --text-weights)",
     )
     add("--text-weights", help="local open_clip weights file for --text-encoder clip")
-    add("--text-dim", type=int, default=128, help="width of GigaGAN's learned text layers (default 128)")
-    add("--text-depth", type=int, default=2, help="learned attention layers over the text (default 2)")
-    add("--kernels", type=int, default=4, help="GigaGAN: kernels per adaptive-kernel bank (default 4)")
-    add("--w-dim", type=int, default=128, help="GigaGAN: style size (default 128)")
+    add("--text-dim", type=V.positive_int, default=128,
+        help="width of GigaGAN's learned text layers (default 128)")
+    add("--text-depth", type=V.positive_int, default=2,
+        help="learned attention layers over the text (default 2)")
+    add("--kernels", type=V.positive_int, default=4,
+        help="GigaGAN: kernels per adaptive-kernel bank (default 4)")
+    add("--w-dim", type=V.positive_int, default=128, help="GigaGAN: style size (default 128)")
     add(
         "--match-weight",
-        type=float,
+        type=V.nonnegative_float,
         default=1.0,
         help="GigaGAN: weight of the matching-aware loss (real image + wrong caption = fake; default 1)",
     )
-    add("--r1-interval", type=int, default=4, help="GigaGAN: lazy R1 every N steps (default 4)")
-    add("--upsample-scale", type=int, default=4, help="gigagan-upsampler: scale factor (default 4)")
+    add("--r1-interval", type=V.positive_int, default=4, help="GigaGAN: lazy R1 every N steps (default 4)")
+    add("--upsample-scale", type=V.positive_int, default=4,
+        help="gigagan-upsampler: scale factor (default 4)")
     add("--upsampler-text", action="store_true", help="gigagan-upsampler: condition on the captions too")
     add(
         "--l1-weight",
-        type=float,
+        type=V.nonnegative_float,
         default=10.0,
         help="gigagan-upsampler: L1 reconstruction weight (default 10)",
     )
@@ -359,14 +364,16 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--prompt-fine", help="GigaGAN prompt mixing: this prompt drives the fine layers (>= --mix-layer)")
     add(
-        "--style-seed", type=int, help="GigaGAN style mixing: fine layers (>= --mix-layer) take this seed's w"
+        "--style-seed", type=V.nonnegative_int,
+            help="GigaGAN style mixing: fine layers (>= --mix-layer) take this seed's w"
     )
     add(
-        "--mix-layer", type=int, help="GigaGAN: first style layer of the fine part (default: half the layers)"
+        "--mix-layer", type=V.nonnegative_int,
+            help="GigaGAN: first style layer of the fine part (default: half the layers)"
     )
     add(
         "--truncation",
-        type=float,
+        type=V.positive_float,
         help="truncation psi (GigaGAN: in w-space, toward the prompt's mean style)",
     )
 

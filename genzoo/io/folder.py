@@ -7,36 +7,27 @@ Class labels, when the samples have them, go to ``DIR/dataset.json`` in EDM's da
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from genzoo.errors import UserError
+from genzoo.io.atomic import atomic_folder
 from genzoo.io.images import _as_nhwc_uint8
 
 
-def _replace_from_temporary(path: Path, write) -> None:
-    """Write ``path`` through a uniquely named temporary beside it, renamed into place on success."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class PngFolderWriter:
-    """Write each image as ``DIR/{seed:06d}.png`` as it arrives (same interface as ``NpzWriter``)."""
+    """Write each image as ``DIR/{seed:06d}.png`` as it arrives (same interface as ``NpzWriter``).
 
-    def __init__(self, path: str | Path):
+    The files go into a hidden temporary folder beside ``DIR`` that replaces ``DIR`` when the writer
+    closes after success (:func:`genzoo.io.atomic.atomic_folder`: ``DIR`` must be new, empty or written by
+    genzoo); a failed or interrupted run leaves ``DIR`` as it was."""
+
+    def __init__(self, path: str | Path, flag: str = "--out"):
         self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--out {self.path}: exists and is not a directory")
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._output = atomic_folder(self.path, flag)
         self._labels: list[list] = []
         self.count = 0
 
@@ -49,17 +40,28 @@ class PngFolderWriter:
             labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         for i, (image, seed) in enumerate(zip(batch, seeds)):
             name = f"{int(seed):06d}.png"
-            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-            _replace_from_temporary(self.path / name, lambda tmp, pil=pil: pil.save(tmp, format="PNG"))
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(self._output.tmp / name,
+                                                                                   format="PNG")
             if labels is not None:
                 self._labels.append([name, int(labels[i])])
         self.count += len(batch)
 
-    def close(self) -> Path:
-        if self._labels:
-            text = json.dumps({"labels": self._labels})
-            _replace_from_temporary(self.path / "dataset.json", lambda tmp: tmp.write_text(text))
+    def close(self, extra: Mapping[str, str] | None = None) -> Path:
+        """Write ``dataset.json`` (and ``extra``: file name -> text) and put the folder in place."""
+        try:
+            if self._labels:
+                (self._output.tmp / "dataset.json").write_text(json.dumps({"labels": self._labels}))
+            for name, text in (extra or {}).items():
+                (self._output.tmp / name).write_text(text)
+            self._output.commit()
+        except BaseException:
+            self._output.discard()
+            raise
         return self.path
+
+    def discard(self) -> None:
+        """Drop what was written; the folder keeps what it held before."""
+        self._output.discard()
 
     def __enter__(self) -> PngFolderWriter:
         return self
@@ -67,6 +69,8 @@ class PngFolderWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        else:
+            self.discard()
 
 
 def open_sample_writer(path: str | Path):

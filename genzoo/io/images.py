@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from genzoo.errors import UserError
+from genzoo.io.atomic import atomic_output, check_output_file
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -55,12 +56,22 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | Path, scale: int = 
     if isinstance(image, torch.Tensor):
         image = _as_nhwc_uint8(image[None])[0]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_image_name(path, "image")
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     if scale != 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    pil.save(path)
+    with atomic_output(path, "image") as tmp:
+        pil.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
     return path
+
+
+def check_image_name(path: str | Path, flag: str = "--grid") -> Path:
+    """Refuse an output image name whose suffix is not an image format PIL writes (before any work)."""
+    path = Path(path)
+    formats = Image.registered_extensions()
+    if path.suffix.lower() not in formats or formats[path.suffix.lower()] not in Image.SAVE:
+        raise UserError(f"{flag} {path}: expected an image file name ending in .png (or .jpg, .webp, ...)")
+    return check_output_file(path, flag)
 
 
 def load_image(path: str | Path, channels: int = 3) -> np.ndarray:

@@ -1,13 +1,15 @@
 """ADM's sample-file layout: ``.npz`` with ``arr_0`` uint8 NHWC images and ``arr_1`` int64 labels.
 
 :class:`NpzWriter` streams images to disk batch by batch, so no more than one batch is held in
-memory; the file is written to a temporary name and renamed into place when closed.
+memory; the file is written to a uniquely named temporary beside it and renamed into place when
+closed after success (:mod:`genzoo.io.atomic`), so a failed or interrupted writer leaves what was there.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from genzoo.errors import UserError
+from genzoo.io.atomic import atomic_output
 from genzoo.io.images import _as_nhwc_uint8
 
 
@@ -44,13 +47,15 @@ class NpzWriter:
     copied into the zip with its header when the writer closes.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, flag: str = "--out"):
         self.path = Path(path)
         if self.path.suffix != ".npz":
-            raise UserError(f"--out {self.path}: expected a file name ending in .npz")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_images = self.path.with_name(self.path.name + ".images.tmp")
-        self._images = open(self._tmp_images, "wb")
+            raise UserError(f"{flag} {self.path}: expected a file name ending in .npz")
+        self._output = atomic_output(self.path, flag)
+        fd, name = tempfile.mkstemp(prefix=self._output.tmp.name[:-len(".tmp.npz")] + ".",
+                                    suffix=".tmp-images", dir=self.path.parent)
+        self._tmp_images = Path(name)
+        self._images = os.fdopen(fd, "wb")
         self._labels: list[np.ndarray] = []
         self._prompts: list[str] = []
         self._shape: tuple[int, int, int] | None = None
@@ -76,16 +81,24 @@ class NpzWriter:
         self.count += len(batch)
 
     def close(self) -> Path:
+        """Finish the file and rename it into place."""
         self._images.close()
-        tmp_zip = self.path.with_name(self.path.name + ".tmp")
         try:
             self._check_counts()
-            self._write_zip(tmp_zip)
-            os.replace(tmp_zip, self.path)
+            self._write_zip(self._output.tmp)
+            self._output.commit()
+        except BaseException:
+            self._output.discard()
+            raise
         finally:
-            tmp_zip.unlink(missing_ok=True)
             self._tmp_images.unlink(missing_ok=True)
         return self.path
+
+    def discard(self) -> None:
+        """Drop what was written; the target keeps what it held before."""
+        self._images.close()
+        self._tmp_images.unlink(missing_ok=True)
+        self._output.discard()
 
     def _check_counts(self) -> None:
         labels = sum(len(batch) for batch in self._labels)
@@ -116,8 +129,7 @@ class NpzWriter:
         if exc_type is None:
             self.close()
         else:
-            self._images.close()
-            self._tmp_images.unlink(missing_ok=True)
+            self.discard()
 
 
 def read_npz_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -321,29 +321,35 @@ def compare(
 ) -> dict[str, Any]:
     """Write ``table.md``, ``table.csv``, ``quality_vs_nfe.png``, ``quality_vs_speed.png``,
     ``grids/*.png`` and ``index.html`` into ``out_dir``; returns their paths."""
+    from genzoo.io.atomic import atomic_folder
+
+    final = Path(out_dir)
     records = load_records(targets)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables = write_tables(records, out_dir)
     key = quality_key(records, quality)
-    plots = [
-        p
-        for p in (
-            plot_quality_vs_cost(records, key, "nfe", out_dir / "quality_vs_nfe.png"),
-            plot_quality_vs_cost(records, key, "images_per_s", out_dir / "quality_vs_speed.png"),
-            plot_quality_vs_cost(records, key, "flops_per_image", out_dir / "quality_vs_flops.png"),
-        )
-        if p is not None
-    ]
-    grids = collect_grids(records, out_dir)
-    page = write_html(records, out_dir, plots, grids, tables, embed=embed, title=title)
+    with atomic_folder(final, merge=True) as out_dir:  # written into a temporary, then moved in
+        tables = write_tables(records, out_dir)
+        plots = [
+            p
+            for p in (
+                plot_quality_vs_cost(records, key, "nfe", out_dir / "quality_vs_nfe.png"),
+                plot_quality_vs_cost(records, key, "images_per_s", out_dir / "quality_vs_speed.png"),
+                plot_quality_vs_cost(records, key, "flops_per_image", out_dir / "quality_vs_flops.png"),
+            )
+            if p is not None
+        ]
+        grids = collect_grids(records, out_dir)
+        page = write_html(records, out_dir, plots, grids, tables, embed=embed, title=title)
+
+    def moved(path: Path) -> Path:
+        return final / path.relative_to(out_dir)
+
     return {
         "skipped": skipped_from_plots(records, key),
-        "html": page,
-        "markdown": tables[0],
-        "csv": tables[1],
-        "plots": plots,
-        "grids": list(grids.values()),
+        "html": moved(page),
+        "markdown": moved(tables[0]),
+        "csv": moved(tables[1]),
+        "plots": [moved(p) for p in plots],
+        "grids": [moved(p) for p in grids.values()],
         "records": records,
         "quality": key,
     }

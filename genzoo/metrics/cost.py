@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import resource
 import statistics
 import time
@@ -175,15 +174,17 @@ def sample_cost_path(samples: str | Path) -> Path:
     return samples / "cost.json"
 
 
+def cost_json(cost: dict[str, Any]) -> str:
+    """The text of a cost file."""
+    return json.dumps(cost, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_sample_cost(samples: str | Path, cost: dict[str, Any]) -> Path:
+    from genzoo.io.atomic import atomic_text
+
     path = sample_cost_path(samples)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(cost, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_text(path) as handle:
+        handle.write(cost_json(cost))
     return path
 
 

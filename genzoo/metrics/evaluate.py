@@ -8,6 +8,7 @@ features of at most ``pr_count`` images are kept.
 from __future__ import annotations
 
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,9 +167,11 @@ def _rebatch(batches: Iterable[np.ndarray | LazyBatch], size: int) -> Iterator[n
 
 
 def _sample_batches(samples: Any, limit: int | None
-                    ) -> tuple[Iterable[np.ndarray | LazyBatch], np.ndarray | None, str, int]:
-    """(uint8 NHWC batches, labels or None, description, count) from a path (``.npz`` or an image
-    folder), an array or a tensor."""
+                    ) -> tuple[Iterable[np.ndarray | LazyBatch], np.ndarray | None, str, int,
+                               tuple[int, ...]]:
+    """(uint8 NHWC batches, labels or None, description, count, image shape HWC) from a path (``.npz`` or
+    an image folder), an array or a tensor; refuses fewer than two images or a channel count other than 1
+    or 3 before any work."""
     if isinstance(samples, (str, Path)):
         from genzoo.metrics.reference import npz_image_count, npz_labels
 
@@ -180,14 +183,20 @@ def _sample_batches(samples: Any, limit: int | None
             count = len(dataset) if limit is None else min(len(dataset), limit)
             labels = getattr(dataset, "labels", None)
             labels = labels[:count] if labels is not None else None
-            return iter_dataset_batches(dataset, 256, count), labels, str(path), count
+            shape = (dataset.resolution, dataset.resolution, dataset.num_channels)
+            _check_sample_shape(str(path), count, shape)
+            return iter_dataset_batches(dataset, 256, count), labels, str(path), count, shape
         if not path.is_file():
             raise UserError(f"--samples {path}: no such file or folder")
         labels = npz_labels(path)
-        count = npz_image_count(path)[0]
+        try:
+            count, shape = npz_image_count(path)
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            raise UserError(f"--samples {path}: not an ADM sample file with arr_0 ({err})") from None
         count = count if limit is None else min(count, limit)
+        _check_sample_shape(str(path), count, shape)
         labels = labels[:limit] if labels is not None else None
-        return iter_npz_images(path, limit=limit), labels, str(path), count
+        return iter_npz_images(path, limit=limit), labels, str(path), count, shape
     if isinstance(samples, torch.Tensor):
         from genzoo.io import to_uint8
 
@@ -196,7 +205,24 @@ def _sample_batches(samples: Any, limit: int | None
     if samples.dtype != np.uint8 or samples.ndim != 4:
         raise UserError(f"samples: expected uint8 [N, H, W, C] images, got {samples.dtype} {samples.shape}")
     samples = samples[:limit]
-    return [samples], None, f"{len(samples)} images in memory", len(samples)
+    _check_sample_shape("samples", len(samples), samples.shape[1:])
+    return [samples], None, f"{len(samples)} images in memory", len(samples), tuple(samples.shape[1:])
+
+
+def _check_sample_shape(name: str, count: int, shape: tuple[int, ...]) -> None:
+    if len(shape) != 3 or shape[-1] not in (1, 3):
+        raise UserError(f"--samples {name}: images of shape {tuple(shape)}; expected [H, W, C], C 1 or 3")
+    if count < 2:
+        raise UserError(f"--samples {name}: holds {count} image(s); the metrics need at least 2")
+
+
+def _check_resolution(samples_shape: tuple[int, ...], ref_resolution: int | None, ref: Any,
+                      resize: bool) -> None:
+    """Refuse samples and reference at different resolutions unless the caller asked for resizing."""
+    if resize or ref_resolution is None or samples_shape[0] == ref_resolution:
+        return
+    raise UserError(f"--ref {ref}: reference images are {ref_resolution} px, the samples "
+                    f"{samples_shape[0]} px; pass --resize (resize=True) to compare them resized anyway")
 
 
 def reference_from_dataset(spec: str, extractor: nn.Module, features: str, count: int = 10_000,
@@ -225,7 +251,7 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
              classifier: str | Path | None = None, labels: Sequence[int] | np.ndarray | None = None,
              num_samples: int | None = None, ref_count: int = 10_000, pr_count: int = 10_000,
              batch_size: int = 64, device: str | torch.device = "cpu", save_ref: str | Path | None = None,
-             extractor: nn.Module | None = None, blocks: int = 1) -> dict[str, Any]:
+             extractor: nn.Module | None = None, blocks: int = 1, resize: bool = False) -> dict[str, Any]:
     """Quality metrics of ``samples`` against ``ref``.
 
     ``samples``: an ADM ``.npz`` (``arr_0`` uint8 NHWC, labels in ``arr_1``), a uint8 NHWC array, or
@@ -238,7 +264,8 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
 
     Returns a dict with ``features``, ``num_samples``, ``num_ref`` and, per metric: ``fd`` (FID
     for Inception features), ``sfid``, ``is``/``is_std``, ``precision``/``recall``,
-    ``kid``/``kid_std``, ``accuracy``.
+    ``kid``/``kid_std``, ``accuracy``. Samples and reference images of different resolutions are
+    refused unless ``resize`` (the feature network then resizes both to its input size).
 
     ``blocks`` K > 1 also measures each metric on K disjoint blocks of consecutive samples (seed blocks;
     the remainder of N/K is left out) and adds ``<metric>_blocks`` (the K values), ``_mean``,
@@ -255,10 +282,12 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
                         "use --features inception")
     if blocks < 1:
         raise UserError(f"--blocks: expected a positive number of blocks, got {blocks}")
+    batches, file_labels, description, count, shape = _sample_batches(samples, num_samples)
+    if {"fid", "sfid", "pr", "kid"} & set(metrics) or save_ref:
+        _check_resolution(shape, _reference_resolution(ref), ref, resize)
     extractor = extractor or get_extractor(features, inception, classifier, device)
     if "is" in metrics and getattr(extractor, "fc", True) is None:
         raise UserError("--metrics is: this Inception weights file has no classifier head (fc); IS needs one")
-    batches, file_labels, description, count = _sample_batches(samples, num_samples)
     if labels is None:
         labels = file_labels
     from_file = isinstance(samples, (str, Path)) and Path(samples).is_file()
@@ -333,6 +362,23 @@ def _block_metrics(fake: FeatureSummary, ref: Reference | None, real: FeatureSum
         out[f"{key}_block_std"] = float(np.std(values, ddof=1))
         out[f"{key}_min"] = float(np.min(values))
     return out
+
+
+def _reference_resolution(ref: Any) -> int | None:
+    """The reference images' resolution where it is known without computing anything."""
+    if isinstance(ref, Reference):
+        return None if ref.images is None else int(ref.images.shape[1])
+    path = Path(str(ref))
+    if path.is_file():
+        from genzoo.metrics.reference import npz_image_count
+
+        try:
+            return int(npz_image_count(path)[1][0])
+        except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile):
+            return None  # statistics only (or unreadable: reported when it is read)
+    from genzoo.data import load_dataset
+
+    return int(load_dataset(str(ref)).resolution)
 
 
 def frechet_metric(ref: str | Path | Reference, features: str = "inception",

@@ -79,10 +79,10 @@ def write_metrics(path: str | Path, record: Mapping[str, Any], merge: bool = Tru
     data.update({k: v for k, v in record.items() if not k.startswith("_")})
     data["schema"] = SCHEMA
     data = validate_record(data, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from genzoo.io.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -42,10 +42,10 @@ def save_reference(path: str | Path, ref: Reference) -> Path:
         entries["arr_0"] = ref.images
     if ref.features != "inception":
         entries["features"] = np.array(ref.features)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **entries)
-    tmp.replace(path)
+    from genzoo.io.atomic import atomic_output
+
+    with atomic_output(path, "--save-ref") as tmp:
+        np.savez(tmp, **entries)
     return path
 
 

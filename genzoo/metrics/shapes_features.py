@@ -119,10 +119,11 @@ def train_shapes_classifier(out: str | Path = BUNDLED_CLASSIFIER, count: int = 2
         accuracy = classifier_accuracy(model, *_render(val, range(val_count)))
         report[f"val_accuracy_{res}px"] = round(accuracy, 4)
     log("validation: " + ", ".join(f"{k} {v}" for k, v in report.items() if k.startswith("val_")))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out),
-              metadata={"genzoo": "shapes_classifier", "report": json.dumps(report)})
+    from genzoo.io.atomic import atomic_output
+
+    with atomic_output(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"genzoo": "shapes_classifier", "report": json.dumps(report)})
     return report
 
 

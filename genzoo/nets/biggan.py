@@ -24,6 +24,11 @@ from genzoo.nets import register
 # ----------------------------------------------------------------------------- spectral norm
 
 
+#: the generator's output BatchNorm epsilon: BigGAN-PyTorch's ``layers.bn`` default (``--BN_eps`` does
+#: not reach that layer)
+OUTPUT_BN_EPS = 1e-5
+
+
 class SpectralNorm:
     """Mixin: the layer's ``weight`` divided by its top singular value σ (Miyato et al. 2018, eq. 8).
 
@@ -425,7 +430,8 @@ class BigGANGenerator(_GeneratorBase):
                 layers.append(SelfAttention(mults[i + 1] * ch, sn_eps))
             blocks.append(nn.ModuleList(layers))
         self.blocks = nn.ModuleList(blocks)
-        self.out_bn = StatBatchNorm(mults[-1] * ch, 0, eps=bn_eps)
+        # BigGAN-PyTorch builds the output BN without --BN_eps: it always uses its default 1e-5
+        self.out_bn = StatBatchNorm(mults[-1] * ch, 0, eps=OUTPUT_BN_EPS)
         self.out_conv = SNConv2d(mults[-1] * ch, channels, 3, sn_eps=sn_eps)
         orthogonal_init(self)
 
@@ -456,8 +462,8 @@ class BigGANGenerator(_GeneratorBase):
 class DBlock(nn.Module):
     """BigGAN residual down-block (Fig. 15c): [ReLU]-conv3-ReLU-conv3-avgpool, skip 1×1 conv + avgpool.
 
-    ``skip_after_relu`` feeds the pre-activated input to the skip as well: what BigGAN-PyTorch's released
-    runs compute with an in-place ReLU (``--D_nl inplace_relu``).
+    The pre-activation is out of place: the skip sees the block's input before the ReLU, as in
+    BigGAN-PyTorch's ``DBlock.forward`` (an out-of-place ``F.relu`` whatever ``--D_nl`` is).
     """
 
     def __init__(
@@ -467,10 +473,9 @@ class DBlock(nn.Module):
         preactivation: bool,
         downsample: bool,
         sn_eps: float = 1e-12,
-        skip_after_relu: bool = False,
     ):
         super().__init__()
-        self.preactivation, self.downsample, self.skip_after_relu = preactivation, downsample, skip_after_relu
+        self.preactivation, self.downsample = preactivation, downsample
         self.conv1 = SNConv2d(in_ch, out_ch, 3, sn_eps=sn_eps)
         self.conv2 = SNConv2d(out_ch, out_ch, 3, sn_eps=sn_eps)
         self.conv_sc = SNConv2d(in_ch, out_ch, 1, sn_eps=sn_eps) if (in_ch != out_ch or downsample) else None
@@ -484,11 +489,10 @@ class DBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(x) if self.preactivation else x
-        skip_in = h if self.skip_after_relu else x
         h = self.conv2(F.relu(self.conv1(h)))
         if self.downsample:
             h = F.avg_pool2d(h, 2)
-        return h + self.shortcut(skip_in)
+        return h + self.shortcut(x)
 
 
 class _ProjectionHead(nn.Module):
@@ -523,7 +527,6 @@ class BigGANDiscriminator(_ProjectionHead):
         channel_mults: Sequence[int] | None = None,
         downsample: Sequence[bool] | None = None,
         sn_eps: float = 1e-12,
-        skip_after_relu: bool = False,
         attn_blocks: Sequence[int] | None = None,
     ):
         super().__init__()
@@ -539,7 +542,6 @@ class BigGANDiscriminator(_ProjectionHead):
                     preactivation=i > 0,
                     downsample=down,
                     sn_eps=sn_eps,
-                    skip_after_relu=skip_after_relu,
                 )
             ]
             if (i in attn_blocks) if attn_blocks is not None else (res in attn_res and res not in attended):

@@ -19,10 +19,13 @@ import torch.nn.functional as F
 from genzoo.nets import register
 
 
-def positional_embedding(positions: torch.Tensor, channels: int, max_positions: int = 10000) -> torch.Tensor:
-    """[cos | sin](p·ω_i) with ω_i = (1/max_positions)^(i/(C/2−1)) (sinusoidal embedding, endpoint form)."""
+def positional_embedding(positions: torch.Tensor, channels: int, max_positions: int = 10000,
+                         endpoint: bool = True) -> torch.Tensor:
+    """[cos | sin](p·ω_i) with ω_i = (1/max_positions)^(i/(C/2−1)) (sinusoidal embedding, endpoint form as in
+    EDM's DDPM++), or ω_i = (1/max_positions)^(i/(C/2)) with ``endpoint=False`` (DDPM/ADM, EDM's ADM)."""
     half = channels // 2
-    freqs = torch.arange(half, dtype=torch.float32, device=positions.device) / max(half - 1, 1)
+    freqs = torch.arange(half, dtype=torch.float32, device=positions.device)
+    freqs = freqs / (max(half - 1, 1) if endpoint else half)
     freqs = (1 / max_positions) ** freqs
     angles = positions.to(torch.float32)[:, None] * freqs[None]
     return torch.cat([angles.cos(), angles.sin()], dim=1)

@@ -1,15 +1,18 @@
 """Training checkpoints: ``OUT/checkpoint-{step:06d}/`` written atomically, found again for ``--resume``.
 
 Layout: ``config.json``; ``model.safetensors`` (the players, keys ``"<player>.<key>"``);
-``ema.safetensors`` (the EMA players, same keys); ``objective.safetensors`` (other persistent state
-of the objective, when it has any); ``optimizer.pt`` (optimiser and grad-scaler states, readable with
-``torch.load(weights_only=True)``); ``state.json`` (step, images seen, data position, RNG states).
+``ema.safetensors`` (the EMA players, same keys); ``phema.safetensors`` (the power-function EMAs of
+post-hoc EMA, keys ``"averages.p<i>.<player>.<key>"``, when tracked); ``objective.safetensors`` (other
+persistent state of the objective, when it has any); ``optimizer.pt`` (optimiser and grad-scaler
+states, readable with ``torch.load(weights_only=True)``); ``state.json`` (step, images seen, data
+position, RNG states).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable, Mapping
@@ -44,6 +47,7 @@ class TrainingCheckpoint:
     objective: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     state: dict[str, Any] = field(default_factory=dict)
+    phema: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def write_optimizer(path: Path, optimizer_state: Mapping[str, Any]) -> None:
@@ -57,7 +61,7 @@ def save_checkpoint(path: Path, config: Mapping[str, Any], weights: Mapping[str,
     return save_model_dir(path, config, weights, extra_files={
         "optimizer.pt": lambda p: write_optimizer(p, optimizer_state),
         "state.json": lambda p: write_json_atomic(p, state),
-    })
+    }, owned=True)
 
 
 def _unshared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -81,6 +85,7 @@ def read_checkpoint(path: Path) -> TrainingCheckpoint:
     ema = load_safetensors(path / "ema.safetensors") if (path / "ema.safetensors").exists() else {}
     objective = (load_safetensors(path / "objective.safetensors")
                  if (path / "objective.safetensors").exists() else {})
+    phema = load_safetensors(path / "phema.safetensors") if (path / "phema.safetensors").exists() else {}
     optimizer = load_torch_file(path / "optimizer.pt")
     if not isinstance(optimizer, dict):
         raise UserError(f"{path / 'optimizer.pt'}: expected a dict of optimiser states")
@@ -88,7 +93,11 @@ def read_checkpoint(path: Path) -> TrainingCheckpoint:
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
         raise UserError(f"{path / 'state.json'}: missing keys {', '.join(missing)}")
-    return TrainingCheckpoint(path, config, model, ema, objective, optimizer, state)
+    for key in STATE_KEYS:
+        if not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0:
+            raise UserError(f"{path / 'state.json'}: {key!r} must be a non-negative integer, "
+                            f"got {state[key]!r}")
+    return TrainingCheckpoint(path, config, model, ema, objective, optimizer, state, phema)
 
 
 def find_resumable(run_dir: Path, say: Callable[[str], None]) -> TrainingCheckpoint | None:
@@ -110,11 +119,20 @@ def find_resumable(run_dir: Path, say: Callable[[str], None]) -> TrainingCheckpo
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0 keeps all)."""
+    """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0 keeps all).
+
+    Each is first renamed to a hidden name (one atomic step), then deleted, so no half-deleted
+    ``checkpoint-N`` is ever visible; a kill between the two leaves a hidden folder that the next
+    ``--resume`` removes (:func:`remove_partial_checkpoints`)."""
     if keep <= 0:
         return
     for path in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path.with_name(f".{path.name}.pruned-{os.getpid()}")
+        try:
+            os.replace(path, doomed)
+        except OSError:
+            continue  # already gone (another reader or process)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_partial_checkpoints(run_dir: Path) -> list[Path]:

@@ -13,8 +13,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.family import family_names, get_family
+from genzoo.seeds import seeds_text
 
 #: keys whose change makes a checkpoint unusable (the networks would not fit, or sample differently)
 STRUCTURAL_KEYS = ("family", "arch", "net", "resolution", "channels", "num_classes", "sampled_player")
@@ -32,37 +34,51 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data", help="dataset spec, e.g. shapes or shapes:32 (see genzoo.data)")
     add("--arch", help="network name from the registry (genzoo.nets.names()); default: the family's")
     add("--out", help="run directory: config.json, metrics.jsonl, checkpoint-NNNNNN/, samples/")
-    add("--steps", type=int, help="train until this many steps (counting steps before a --resume)")
-    add("--minutes", type=float,
+    add("--steps", type=V.positive_int, help="train until this many steps (counting steps before a --resume)")
+    add("--minutes", type=V.positive_float,
         help="wall-clock budget of this invocation; a checkpoint is saved at the end")
-    add("--batch", type=int, default=64, help="global batch size per update (default 64)")
-    add("--batch-per-device", type=int,
+    add("--batch", type=V.positive_int, default=64, help="global batch size per update (default 64)")
+    add("--batch-per-device", type=V.positive_int,
         help="micro-batch per process; gradient accumulation makes up --batch (default: --batch / processes)")
-    add("--lr", type=float, help="learning rate (default: the family's)")
-    add("--lr-warmup-kimg", type=float,
+    add("--lr", type=V.positive_float, help="learning rate (default: the family's)")
+    add("--lr-warmup-kimg", type=V.nonnegative_float,
         help="linear learning-rate ramp-up over this many thousand images (default: the family's; EDM 10000)")
-    add("--ema", type=float, help="constant EMA decay per step, e.g. 0.9999 (BigGAN)")
-    add("--ema-start", type=int, default=0, help="with --ema: the EMA copies the weights before this step")
-    add("--ema-halflife-kimg", type=float,
+    add("--ema", type=V.finite_float(0, 1, hi_open=True),
+        help="constant EMA decay per step, e.g. 0.9999 (BigGAN)")
+    add("--ema-start", type=V.nonnegative_int, default=0,
+        help="with --ema: the EMA copies the weights before this step")
+    add("--ema-halflife-kimg", type=V.nonnegative_float,
         help="EDM EMA: half-life in thousands of images (EDM 500); takes precedence over --ema")
-    add("--ema-rampup", type=float, default=0.05,
+    add("--ema-rampup", type=V.nonnegative_float, default=0.05,
         help="EDM EMA ramp-up ratio: half-life <= images seen x this (default 0.05; 0 = off)")
+    add("--phema-stds", default="0.050,0.100",
+        help="post-hoc EMA: relative widths σ_rel of the power-function EMAs tracked and stored in "
+             "OUT/phema/ for `genzoo phema` (default 0.050,0.100, EDM2's; \"\" = off)")
+    add("--phema-snapshot-kimg", type=V.positive_float,
+        help="post-hoc EMA: also store snapshots every this many thousand images (default: at every "
+             "checkpoint only)")
     add("--precision", choices=PRECISIONS, default="fp32",
         help="fp32, bf16 autocast (CPU and CUDA) or fp16 autocast with a grad scaler (CUDA)")
     add("--channels-last", action="store_true", help="channels_last memory format for networks and images")
-    add("--grad-clip", type=float, help="clip each player's gradient norm to this value")
-    add("--max-nonfinite", type=int, default=10,
+    add("--grad-clip", type=V.positive_float, help="clip each player's gradient norm to this value")
+    add("--max-nonfinite", type=V.positive_int, default=10,
         help="stop after this many consecutive non-finite losses (default 10)")
-    add("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
-    add("--keep-last", type=int, default=3, help="checkpoints to keep (default 3; 0 keeps all)")
-    add("--sample-every", type=int, default=1000, help="steps between sample grids (default 1000; 0 = never)")
-    add("--sample-seeds", default="0-15", help="seeds of the sample grids (default 0-15)")
+    add("--checkpoint-every", type=V.positive_int, default=1000,
+        help="steps between checkpoints (default 1000)")
+    add("--keep-last", type=V.nonnegative_int, default=3, help="checkpoints to keep (default 3; 0 keeps all)")
+    add("--sample-every", type=V.nonnegative_int, default=1000,
+        help="steps between sample grids (default 1000; 0 = never)")
+    add("--sample-seeds", default="0-15", type=seeds_text, help="seeds of the sample grids (default 0-15)")
     add("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
-    add("--seed", type=int, default=0, help="random seed of initialisation, data order and noise (default 0)")
-    add("--resolution", type=int, help="image resolution to load the data at (default: the data's own)")
+    add("--seed", type=V.nonnegative_int, default=0,
+        help="random seed of initialisation, data order and noise (default 0)")
+    add("--resolution", type=V.positive_int,
+        help="image resolution to load the data at (default: the data's own)")
     add("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    add("--workers", type=int, help="data-loader worker processes (default: 0 on CPU, 4 on CUDA)")
-    add("--log-every", type=int, default=10, help="steps between lines of metrics.jsonl (default 10)")
+    add("--workers", type=V.nonnegative_int,
+        help="data-loader worker processes (default: 0 on CPU, 4 on CUDA)")
+    add("--log-every", type=V.positive_int, default=10,
+        help="steps between lines of metrics.jsonl (default 10)")
     add("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
         help="write TensorBoard events to OUT/tensorboard when tensorboard is installed (default on)")
 
@@ -74,11 +90,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         get_family(name).add_train_arguments(parser)
 
 
-def default_config() -> dict[str, Any]:
-    """Every train flag with its default value."""
+def _train_actions() -> list[argparse.Action]:
     parser = argparse.ArgumentParser(add_help=False)
     add_train_arguments(parser)
-    return {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    return list(parser._actions)
+
+
+def default_config() -> dict[str, Any]:
+    """Every train flag with its default value."""
+    return {a.dest: a.default for a in _train_actions() if a.dest != "help"}
 
 
 def load_config_file(path: str | Path, valid_keys: Iterable[str]) -> dict[str, Any]:
@@ -144,6 +164,7 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if config.get("config"):
         merged.update(load_config_file(config["config"], valid))
     merged.update(config)
+    merged = V.check_config(merged, _train_actions())  # values from files and the API: the flags' checks
     _check(merged)
     return merged
 
@@ -163,6 +184,16 @@ def _check(config: Mapping[str, Any]) -> None:
             raise UserError(f"--{key.replace('_', '-')}: expected a positive integer, got {config[key]}")
     if config.get("batch_per_device") is not None and int(config["batch_per_device"]) < 1:
         raise UserError(f"--batch-per-device: expected a positive integer, got {config['batch_per_device']}")
+    kimg = config.get("phema_snapshot_kimg")
+    if kimg is not None and not float(kimg) > 0:
+        raise UserError(f"--phema-snapshot-kimg: expected a positive number of thousand images, got {kimg}")
+    if config.get("net") is not None and not isinstance(config["net"], dict):
+        raise UserError(f"net: expected a table of network settings, got {type(config['net']).__name__}")
+    for action in _train_actions():
+        value = config.get(action.dest)
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise UserError(f"{action.option_strings[-1]}: expected one of "
+                            f"{', '.join(map(str, action.choices))}, got {value!r}")
     if config["precision"] not in PRECISIONS:
         raise UserError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {config['precision']!r}")
 

@@ -41,7 +41,8 @@ from genzoo.train.config import other_differences, resolve_config, structural_di
 from genzoo.train.data import IndexedDataset, MicroBatchIndices, collate, mix_seed, to_batch
 from genzoo.train.ema import EMA, EMARule
 from genzoo.train.feedback import Feedback
-from genzoo.train.objective import Objective, OptimizerSpec
+from genzoo.train.objective import Objective, OptimizerSpec, learning_rate
+from genzoo.train.phema import PowerFunctionEMA, parse_stds
 
 # Separate seed streams, so e.g. the noise of step 5 never equals the dropout of step 5.
 _STREAM_INIT, _STREAM_MICRO, _STREAM_SAMPLE = 1, 2, 3
@@ -145,10 +146,13 @@ class Trainer:
         if rule.halflife_kimg is not None:
             config["ema_halflife_kimg"] = rule.halflife_kimg  # config.json shows the rule in use
         self.ema = EMA({n: self.objective.players[n] for n in self.objective.ema_players}, rule).to(device)
+        stds = parse_stds(config.get("phema_stds")) if self.objective.ema_players else ()
+        self.phema = PowerFunctionEMA({n: self.objective.players[n] for n in self.objective.ema_players},
+                                      stds).to(device) if stds else None
         self.progress = Progress()
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        self.feedback = Feedback(self.out, config, enabled=dist.is_main)
+        self.feedback = Feedback(self.out, config, enabled=dist.is_main, start_step=self.progress.step)
 
     # ------------------------------------------------------------------ setup
 
@@ -187,6 +191,13 @@ class Trainer:
         load_state_into(self.objective.players, ckpt.model, str(ckpt.path / "model.safetensors"))
         if self.ema.players:
             load_state_into(self.ema.players, ckpt.ema, str(ckpt.path / "ema.safetensors"))
+        if self.phema is not None:
+            if ckpt.phema:
+                load_state_into(self.phema, ckpt.phema, str(ckpt.path / "phema.safetensors"))
+            else:
+                self.phema.reset(self.objective.players)
+                self.say(f"--resume: {ckpt.path.name} has no post-hoc EMA averages; they start from its "
+                         "weights")
         other = _objective_state(self.objective)
         if other or ckpt.objective:
             wrapper = _StateView(other)
@@ -295,8 +306,18 @@ class Trainer:
         p.images_seen += self.batch
         if self.ema.players:
             logs["ema_beta"] = self.ema.update(self.objective.players, p.step, images_before, self.batch)
+        if self.phema is not None:
+            self.phema.update(self.objective.players, p.images_seen, self.batch)
         p.step += 1
+        kimg = self.config.get("phema_snapshot_kimg")
+        period = float(kimg or 0) * 1000
+        if self.phema is not None and period and images_before // period != p.images_seen // period:
+            self._save_phema_snapshots()
         return logs
+
+    def _save_phema_snapshots(self) -> None:
+        if self.dist.is_main and self.phema is not None:
+            self.phema.write_snapshots(self.out, self.progress.step, self.progress.images_seen)
 
     def _update(self, player: str, update: int, loader) -> dict[str, float]:
         """Gradient of one global batch for ``player`` (accumulated, averaged over ranks), then its step."""
@@ -343,11 +364,9 @@ class Trainer:
             return logs
         p.nonfinite_streak = 0
         spec = self.specs[player]
-        lr = spec.lr
         warmup = (config["lr_warmup_kimg"] * 1000 if config.get("lr_warmup_kimg") is not None
                   else spec.warmup_images)
-        if warmup > 0:
-            lr = spec.lr * min(p.images_seen / max(warmup, 1e-8), 1.0)  # EDM: ramp-up on images seen so far
+        lr = learning_rate(spec.lr, p.images_seen, warmup, spec.decay_images)  # on images seen so far
         for group in opt.param_groups:
             group["lr"] = lr
         logs[f"lr/{player}"] = lr
@@ -382,7 +401,8 @@ class Trainer:
         path = self.out / f"checkpoint-{p.step:06d}"
         if self.dist.is_main:
             weights = {"model": self.objective.players.state_dict(), "ema": self.ema.players.state_dict(),
-                       "objective": _objective_state(self.objective)}
+                       "objective": _objective_state(self.objective),
+                       "phema": self.phema.state_dict() if self.phema is not None else {}}
             optimizer_state = {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                                "scalers": {n: s.state_dict() for n, s in self.scalers.items()}}
             state = {"step": p.step, "images_seen": p.images_seen, "data_position": p.data_position,
@@ -393,6 +413,7 @@ class Trainer:
             except OSError as err:
                 raise UserError(f"{path}: cannot write the checkpoint ({err}); the previous checkpoint "
                                 f"{p.last_checkpoint or '(none)'} is intact") from None
+            self._save_phema_snapshots()  # after the checkpoint: a resume rewrites it identically
             prune_checkpoints(self.out, int(self.config["keep_last"]))
             self.feedback.note(f"saved {path.name}")
         p.last_checkpoint = str(path)

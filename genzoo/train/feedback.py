@@ -23,7 +23,7 @@ def _tensorboard_writer(log_dir: Path) -> Any:
 class Feedback:
     """Averages the logged numbers over ``log_every`` steps and writes them; rank 0 only."""
 
-    def __init__(self, out: Path, config: dict[str, Any], enabled: bool = True):
+    def __init__(self, out: Path, config: dict[str, Any], enabled: bool = True, start_step: int = 0):
         self.out, self.enabled = out, enabled
         self.log_every = int(config["log_every"])
         self.sums: dict[str, float] = {}
@@ -32,6 +32,7 @@ class Feedback:
         self.metrics = None
         self.tb = None
         if enabled:
+            truncate_metrics(out / "metrics.jsonl", start_step)
             self.metrics = open(out / "metrics.jsonl", "a")
             if config.get("tensorboard"):
                 self.tb = _tensorboard_writer(out / "tensorboard")
@@ -87,3 +88,26 @@ class Feedback:
             self.metrics.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (the checkpoint a run resumes from), so a
+    resumed run does not log the steps after it twice; a line cut short by a kill is dropped too."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            ok = isinstance(entry, dict) and int(entry.get("step", step + 1)) <= step
+        except (ValueError, TypeError):
+            ok = False
+        if ok:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        from genzoo.io.atomic import atomic_output
+
+        with atomic_output(path, "metrics.jsonl") as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept))

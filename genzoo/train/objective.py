@@ -8,6 +8,7 @@ logging and resuming.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,18 @@ class OptimizerSpec:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_images: float = 0.0  # linear learning-rate ramp-up over this many images (EDM: 10M)
+    decay_images: float = 0.0  # inverse square-root decay after this many images (EDM2's t_ref); 0 = none
+
+
+def learning_rate(lr: float, images_seen: float, warmup_images: float = 0.0,
+                  decay_images: float = 0.0) -> float:
+    """α_ref/√max(t/t_ref, 1) (EDM2's inverse square-root decay; t and t_ref in images), times the linear
+    ramp-up min(t/warmup, 1) of EDM and EDM2; t is the number of images seen before this update."""
+    if decay_images > 0:
+        lr = lr / math.sqrt(max(images_seen / decay_images, 1.0))
+    if warmup_images > 0:
+        lr = lr * min(images_seen / warmup_images, 1.0)
+    return lr
 
 
 @dataclass
