@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -177,13 +177,15 @@ def _name(record: PersistentRecord | ModuleRecord) -> str:
 # ----------------------------------------------------------------------------- loading
 
 
-def _coerce(flags: Mapping[str, Any]) -> dict[str, Any]:
+def coerce_flags(flags: Mapping[str, Any], types: Mapping[str, Callable[[Any], Any]],
+                 what: str) -> dict[str, Any]:
+    """``flags`` converted by ``types`` (name -> converter); an unknown name or a bad value is a one-line
+    error naming the flag and ``what`` takes it (e.g. "EDM checkpoints")."""
     out = {}
     for name, value in flags.items():
-        if name not in _FLAG_TYPES:
-            raise UserError(f"--{name}: not a flag of EDM checkpoints "
-                            f"(valid: {', '.join(sorted(_FLAG_TYPES))})")
-        kind = _FLAG_TYPES[name]
+        if name not in types:
+            raise UserError(f"--{name}: not a flag of {what} (valid: {', '.join(sorted(types))})")
+        kind = types[name]
         try:
             out[name] = kind(value) if value is not None else None
         except (TypeError, ValueError):
@@ -201,7 +203,7 @@ def load_edm(snapshot: Mapping[str, Any], **flags: Any) -> Denoiser:
     """
     if isinstance(snapshot, (str, bytes)) or not isinstance(snapshot, Mapping):
         raise UserError("edm: expected a network snapshot read by genzoo.checkpoints.nvlabs_pickle")
-    flags = _coerce(flags)
+    flags = coerce_flags(flags, _FLAG_TYPES, "EDM checkpoints")
     key = flags.pop("key", None) or "ema"
     what = f"EDM snapshot {key!r}"
     record = snapshot_record(snapshot, key, what)

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from genzoo.checkpoints import OfficialSource, load_state_into, register_source
 from genzoo.checkpoints.edm import _kwargs as _record_kwargs
-from genzoo.checkpoints.edm import _plain
+from genzoo.checkpoints.edm import _plain, coerce_flags
 from genzoo.checkpoints.nvlabs_pickle import (
     ModuleRecord,
     PersistentRecord,
@@ -176,19 +176,6 @@ def check_module_tree(record: PersistentRecord, module: nn.Module, what: str) ->
                         f"{', '.join(sorted(modules)[:5])}")
 
 
-def _coerce(flags: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for name, value in flags.items():
-        if name not in _FLAG_TYPES:
-            raise UserError(f"--{name}: not a flag of EDM2 checkpoints "
-                            f"(valid: {', '.join(sorted(_FLAG_TYPES))})")
-        try:
-            out[name] = _FLAG_TYPES[name](value) if value is not None else None
-        except (TypeError, ValueError):
-            raise UserError(f"--{name}: expected a {_FLAG_TYPES[name].__name__}, got {value!r}") from None
-    return out
-
-
 def build_encoder_from_record(record: Any, vae: str | None, what: str) -> StandardRGBEncoder:
     """genzoo's encoder for the snapshot's ``encoder`` entry (None: EDM2's default, StandardRGBEncoder)."""
     if record is None:
@@ -235,7 +222,7 @@ def load_edm2(snapshot: Mapping[str, Any], **flags: Any) -> EDM2Denoiser:
     """
     if isinstance(snapshot, (str, bytes)) or not isinstance(snapshot, Mapping):
         raise UserError("edm2: expected a network snapshot read by genzoo.checkpoints.nvlabs_pickle")
-    flags = _coerce(flags)
+    flags = coerce_flags(flags, _FLAG_TYPES, "EDM2 checkpoints")
     key = flags.pop("key", None) or "ema"
     what = f"EDM2 snapshot {key!r}"
     if key not in snapshot:

@@ -94,7 +94,32 @@ def _foreign_entries(folder: Path) -> list[str]:
     return [name for name in entries if name not in owned]
 
 
-class AtomicFile:
+class _Temporary:
+    """A temporary (``tmp``) that a ``with`` block commits on success and discards on any exception."""
+
+    tmp: Path
+
+    def commit(self) -> Path:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()
+                raise
+        else:
+            self.discard()
+
+
+class AtomicFile(_Temporary):
     """A hidden temporary file beside ``path`` (same suffix, so writers that look at it still work);
     :meth:`commit` renames it into place, :meth:`discard` removes it. A context manager doing one or the
     other."""
@@ -117,21 +142,8 @@ class AtomicFile:
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> Path:
-        return self.tmp
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:
-                self.discard()
-                raise
-        else:
-            self.discard()
-
-
-class AtomicFolder:
+class AtomicFolder(_Temporary):
     """A hidden temporary folder beside ``path``; on :meth:`commit` it replaces ``path`` (which must be
     absent, empty, or a folder genzoo wrote: see :func:`check_output_folder`) in one rename.
 
@@ -192,19 +204,6 @@ class AtomicFolder:
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:
-                self.discard()
-                raise
-        else:
-            self.discard()
 
 
 def atomic_output(path: str | Path, flag: str = "--out") -> AtomicFile:
