@@ -156,6 +156,14 @@ def device(text: str) -> str:
 device.__name__ = "device"
 
 
+def device_or_auto(text: str) -> str:
+    """``auto`` (CUDA when available, ``cuda:LOCAL_RANK`` under torchrun; else cpu) or a :func:`device`."""
+    return text if text == "auto" else device(text)
+
+
+device_or_auto.__name__ = "device"
+
+
 def check_value(flag: str, value: Any, checker: Any) -> Any:
     """Check a value from a config file or an API keyword with a checker of this module; UserError
     naming ``flag`` when it fails. None passes (an unset option)."""

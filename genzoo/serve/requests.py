@@ -154,7 +154,10 @@ def run_sample(model: str | Path, seeds: str = "0-15", class_labels: Sequence[in
         raise UserError(f"--seeds: {err}") from None
     if total > 1024:
         raise UserError(f"--seeds: at most 1024 images per request in the app, got {total}")
+    from genzoo.train.distributed import pick_device
+
     cache = cache or ModelCache()
+    args.device = str(pick_device(args.device))  # the CLI's default is auto
     net, lock = cache.get(args.ckpt, ema=not args.raw, device=args.device)
     family = get_family(net.config["family"])
     done = 0
