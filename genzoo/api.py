@@ -64,17 +64,7 @@ def iter_samples(model: nn.Module, seeds: str | Sequence[int],
                             "--low-res base samples' labels); drop --class")
         class_labels = fixed
     labels_all = _labels_for_seeds(seeds, class_labels, num_classes)
-    guide = options.get("guide_model")
-    if guide is not None and not isinstance(guide, nn.Module):  # a path: the API loads it
-        if model.config["family"] != "diffusion":
-            raise UserError("--guide-model: autoguidance is for diffusion models, not "
-                            f"{model.config['family']}")
-        try:
-            guide = load(guide, device=device)
-        except UserError as err:
-            raise UserError(f"--guide-model: {err}") from None
-        options = dict(options, guide_model=guide)
-    options = family.prepare_sampling(model, options)
+    options = family.prepare_sampling(model, _with_guide_model(model, options, device))
 
     def make(positions: list[int]) -> SampleBatch:
         start = time.perf_counter()
@@ -147,6 +137,8 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
         raise UserError(f"--out {out}: exists and is not a directory (give FILE.npz or a folder for PNGs)")
     group = Distributed.current()
     seed_list = parse_seeds(seeds)
+    settings = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    options = _with_guide_model(model, options, device)  # loaded once, for the FLOP count and the run
     kept: list[torch.Tensor] = []
     nfe, latencies = 0, []
     flops = _flops_per_image(model, seed_list[0], class_labels, device, options, count_flops) \
@@ -177,8 +169,7 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
             "latency_s": statistics.median(latencies) if latencies else None, "batch_size": batch_size,
             "peak_memory_mb": memory["peak_memory_mb"], "device": device_type, "processes": group.world,
             "flops_per_image": flops, "parameters": params, "params_x_nfe": params * nfe,
-            "sampler": {k: v for k, v in options.items()
-                        if isinstance(v, (int, float, str, bool, type(None)))},
+            "sampler": settings,
             "model": str(getattr(model, "model_dir", "")), "family": model.config.get("family"),
         })
         if grid is not None and kept:
@@ -197,6 +188,20 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
     finally:
         bar.close()
     return cost
+
+
+def _with_guide_model(model: nn.Module, options: dict[str, Any], device: Any) -> dict[str, Any]:
+    """``options`` with ``guide_model`` loaded when it is a path."""
+    guide = options.get("guide_model")
+    if guide is None or isinstance(guide, nn.Module):
+        return options
+    if model.config["family"] != "diffusion":
+        raise UserError(f"--guide-model: autoguidance is for diffusion models, not {model.config['family']}")
+    try:
+        guide = load(guide, device=device)
+    except UserError as err:
+        raise UserError(f"--guide-model: {err}") from None
+    return dict(options, guide_model=guide)
 
 
 def _flops_per_image(model: nn.Module, seed: int, class_labels: Any, device: Any, options: dict[str, Any],

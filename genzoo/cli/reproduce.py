@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num", type=V.positive_int,
                         help="number of samples (default: the protocol's, 50000)")
     parser.add_argument("--classifier", help="converted classifier directory (classifier-guided presets)")
+    parser.add_argument("--guide-model", help="converted guiding model directory (EDM2's guided presets)")
+    parser.add_argument("--vae", help="local diffusers AutoencoderKL folder for latent presets (unless "
+                                      "recorded at conversion)")
     parser.add_argument("--out", help="output folder (default reproduce-PRESET)")
     parser.add_argument("--inception", help="FID Inception weights (default $GENZOO_INCEPTION)")
     parser.add_argument("--features", choices=("inception", "shapes"), default="inception",
@@ -50,10 +53,22 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--classifier: {preset.name} is classifier-guided; convert "
                         f"{preset.needs_classifier} with genzoo convert --from guided-diffusion and pass "
                         "its directory")
+    if preset.needs_guide and not args.guide_model:
+        raise UserError(f"--guide-model: {preset.name} is guided by {preset.needs_guide}; convert it with "
+                        "genzoo convert --from edm2 and pass its directory")
+    for flag, value in (("--guide-model", args.guide_model), ("--classifier", args.classifier)):
+        needed = preset.needs_guide if flag == "--guide-model" else preset.needs_classifier
+        if value and not needed:
+            raise UserError(f"{flag}: {preset.name} takes no {flag[2:]} "
+                            f"(its protocol: {' '.join(preset.flags)})")
+    if args.vae and not preset.latent:
+        raise UserError(f"--vae: {preset.name} is a pixel-space protocol and takes no VAE")
     if args.num is not None and args.num < 2:
         raise UserError(f"--num: expected at least 2 samples, got {args.num}")
     out = Path(args.out or f"reproduce-{preset.name}")
     flags = list(preset.flags) + (["--classifier", args.classifier] if preset.needs_classifier else [])
+    flags += (["--guide-model", args.guide_model] if preset.needs_guide else [])
+    flags += (["--vae", args.vae] if args.vae else [])
     num = args.num or preset.num
     sample_args = ["sample", "--ckpt", args.ckpt, "--seeds", f"0-{num - 1}", "--batch", str(args.batch),
                    "--device", args.device, "--out", str(out / "samples.npz"), *flags]
@@ -70,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from genzoo.cli import main
     from genzoo.metrics.record import read_metrics, write_metrics
 
-    family = load(args.ckpt, device="cpu").config.get("family")
-    if family != preset.family:
-        raise UserError(f"--ckpt {args.ckpt}: is a {family} model; {preset.name} needs a {preset.family} "
-                        f"model ({preset.convert})")
+    _check_kind(load(args.ckpt, device="cpu").config, preset, args.ckpt)
     for argv in (sample_args, eval_args):
         code = main(argv)
         if code:
@@ -90,3 +102,26 @@ def run(args: argparse.Namespace) -> int:
                  else f"no published number for exactly this protocol ({preset.source})")
     print(f"{preset.name}: measured {args.features} FD {measured:.3f} on {num} samples{spread}; {published}")
     return 0
+
+
+def _check_kind(config: dict, preset, path: str) -> None:
+    """The model directory must hold what the protocol was published for: the family, the released format
+    (``source`` in config.json, written by ``genzoo convert``), class conditioning and pixel vs latent."""
+    from genzoo.errors import UserError
+
+    family, source = config.get("family"), config.get("source")
+    where = f"--ckpt {path}: "
+    if family != preset.family:
+        raise UserError(f"{where}is a {family} model; {preset.name} needs a {preset.family} model "
+                        f"({preset.convert})")
+    if source != preset.source_format:
+        raise UserError(f"{where}was converted from {source or 'nothing (a genzoo-trained model)'}; "
+                        f"{preset.name} needs one converted from {preset.source_format} ({preset.convert})")
+    classes = int(config.get("num_classes") or 0)
+    if bool(classes) != preset.conditional:
+        raise UserError(f"{where}has {classes} classes; {preset.name} needs "
+                        f"{'a class-conditional' if preset.conditional else 'an unconditional'} model")
+    latent = (config.get("encoder") or {}).get("name") == "stability_vae"
+    if latent != preset.latent:
+        raise UserError(f"{where}is a {'latent' if latent else 'pixel-space'} model; {preset.name} needs a "
+                        f"{'latent' if preset.latent else 'pixel-space'} one")

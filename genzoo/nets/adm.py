@@ -444,6 +444,7 @@ class ADMUNet(_ADMEncoder):
         self.out_channels = int(out_channels or (2 * in_channels if learn_sigma else in_channels))
         self.learn_sigma = bool(learn_sigma)
         self.label_dim = int(num_classes) if class_cond else 0
+        self.takes_null_label = bool(null_label) and bool(self.label_dim)  # index label_dim: CFG's null
         self.use_fp16 = bool(use_fp16)
         self._build_encoder(
             image_size,

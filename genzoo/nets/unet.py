@@ -107,6 +107,7 @@ class DDPMppUNet(nn.Module):
         noise_ch, emb_ch = model_channels, 4 * model_channels
         self.noise_channels = noise_ch
         self.label_embed = nn.Embedding(self.label_dim + 1, noise_ch) if self.label_dim else None
+        self.takes_null_label = bool(self.label_dim)  # index label_dim: the dropped label of CFG training
         self.augment_embed = nn.Linear(self.augment_dim, noise_ch, bias=False) if self.augment_dim else None
         self.map0, self.map1 = nn.Linear(noise_ch, emb_ch), nn.Linear(emb_ch, emb_ch)
 
