@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genzoo.errors import UserError
 from genzoo.nets import register
+from genzoo.nets.fused import attend_channels, norm_silu
 
 #: channel multipliers the public scripts pick from the image size when ``channel_mult`` is empty
 DEFAULT_CHANNEL_MULT = {
@@ -79,13 +80,20 @@ def parse_attention_resolutions(
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups computed in float32 and cast back to the input dtype."""
+    """GroupNorm with 32 groups, statistics accumulated in float32 whatever the input dtype.
+
+    float32 and bfloat16 inputs go to ``F.group_norm`` as they are (its kernels accumulate bfloat16 in
+    float32), sparing the two full-tensor casts of the public code's ``x.float() ... .type(x.dtype)``;
+    float16 activations (``convert_to_fp16``) keep that explicit float32 round trip.
+    """
 
     def __init__(self, channels: int):
         super().__init__(32, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        if x.dtype == torch.float16:
+            return super().forward(x.float()).type(x.dtype)
+        return F.group_norm(x, 32, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -192,20 +200,17 @@ class ResBlock(nn.Module):
         return self._forward(x, emb)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = norm_silu(self.in_layers[0], x)
         if self.updown:
-            h = self.h_upd(self.in_layers[:-1](x))
-            x = self.x_upd(x)
-            h = self.in_layers[-1](h)
-        else:
-            h = self.in_layers(x)
+            h, x = self.h_upd(h), self.x_upd(x)
+        h = self.in_layers[2](h)
         emb_out = self.emb_layers(emb).type(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
+            h = norm_silu(self.out_layers[0], h, emb_out.chunk(2, dim=1))
         else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+            h = norm_silu(self.out_layers[0], h + emb_out)
+        h = self.out_layers[3](self.out_layers[2](h))
+        return self.skip_connection(x).add_(h) if isinstance(self.skip_connection, nn.Conv2d) else x + h
 
 
 def qkv_attention(qkv: torch.Tensor, num_heads: int, new_order: bool) -> torch.Tensor:
@@ -220,10 +225,8 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, new_order: bool) -> torch.T
         q, k, v = qkv.reshape(n, 3, num_heads, d, length).unbind(1)
     else:
         q, k, v = qkv.reshape(n, num_heads, 3, d, length).unbind(2)
-    out = F.scaled_dot_product_attention(
-        q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), scale=1.0 / math.sqrt(d)
-    )
-    return out.transpose(-1, -2).reshape(n, num_heads * d, length)
+    out = attend_channels(q, k, v, scale=1.0 / math.sqrt(d))
+    return out.reshape(n, num_heads * d, length)
 
 
 def _heads(channels: int, num_heads: int, num_head_channels: int) -> int:
@@ -526,7 +529,7 @@ class ADMUNet(_ADMEncoder):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h.type(x.dtype))
+        return self.out[2](norm_silu(self.out[0], h.type(x.dtype)))
 
 
 @register("adm-sr")

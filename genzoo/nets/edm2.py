@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.fused import attend_channels
 from genzoo.nets.labels import one_hot_labels
 
 Tensor = torch.Tensor
@@ -168,8 +169,8 @@ class Block(nn.Module):
         n, c, h, w = x.shape
         qkv = self.attn_qkv(x).reshape(n, self.num_heads, -1, 3, h * w)
         q, k, v = normalize(qkv, dim=2).unbind(3)  # each [n, heads, d, hw]
-        y = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
-        return self.attn_proj(y.transpose(2, 3).reshape(n, c, h, w))
+        y = attend_channels(q, k, v)  # contiguous tokens, so the fused kernel runs
+        return self.attn_proj(y.reshape(n, c, h, w))
 
 
 @register("edm2")

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.fused import attend_channels, norm_silu
 
 
 def positional_embedding(positions: torch.Tensor, channels: int, max_positions: int = 10000,
@@ -74,21 +75,20 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         orig = self._resample(x)
-        x = self.conv0(self._resample(F.silu(self.norm0(x))))
+        x = self.conv0(self._resample(norm_silu(self.norm0, x)))
         params = self.affine(emb)[:, :, None, None].to(x.dtype)
         if self.adaptive_scale:
-            scale, shift = params.chunk(2, dim=1)
-            x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            x = norm_silu(self.norm1, x, params.chunk(2, dim=1))
         else:
-            x = F.silu(self.norm1(x + params))
+            x = norm_silu(self.norm1, x + params)
         x = self.conv1(self.dropout(x))
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * math.sqrt(0.5)
         if self.num_heads:
             n, c, h, w = x.shape
             qkv = self.qkv(self.norm2(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
             q, k, v = qkv.unbind(1)
-            a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-            x = (x + self.proj(a.transpose(-1, -2).reshape(n, c, h, w))) * math.sqrt(0.5)
+            a = attend_channels(q, k, v)
+            x = (x + self.proj(a.reshape(n, c, h, w))) * math.sqrt(0.5)
         return x
 
 
@@ -166,4 +166,4 @@ class DDPMppUNet(nn.Module):
             if block.resample != "up":
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))
