@@ -65,8 +65,14 @@ def interleaved_runs(steps: dict[str, Step], repeats: int, sync: Callable[[], No
 
 
 def interleaved(steps: dict[str, Step], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Median wall seconds per call of each step (see ``interleaved_runs``)."""
-    return {k: statistics.median(v[0]) for k, v in interleaved_runs(steps, repeats, sync).items()}
+    """Median seconds per call of each step (see ``interleaved_runs``): process-CPU seconds when the work
+    runs on the CPU (robust to other processes' load), wall seconds on an accelerator."""
+    clock = 1 if sync is cpu_sync else 0
+    return {k: statistics.median(v[clock]) for k, v in interleaved_runs(steps, repeats, sync).items()}
+
+
+def cpu_sync() -> None:
+    """Nothing to wait for on the CPU."""
 
 
 def ratio_line(label: str, batch: int, runs: tuple[list[float], list[float]],
@@ -168,7 +174,8 @@ def make_call(net: torch.nn.Module, kind: str, batch: int, res: int, device: tor
 
 
 def section_nets(args: argparse.Namespace, device: torch.device, sync, pk: dict[str, float]) -> None:
-    print(f"\n## networks (batch {args.batch}, {torch.get_num_threads()} threads, medians of {args.repeats})")
+    print(f"\n## networks (batch {args.batch}, {torch.get_num_threads()} threads, medians of {args.repeats}; "
+          f"on the CPU images per CPU-second)")
     print(f"{'network':22s} {'params':>8s} {'GFLOP/img f':>11s} {'f+b':>7s} | "
           f"{'fwd fp32':>8s} {'fwd bf16':>8s} {'f+b fp32':>8s} {'f+b bf16':>8s} img/s | "
           f"{'% peak f+b fp32':>15s} {'bf16':>6s}")
@@ -231,7 +238,7 @@ def section_sampling(args: argparse.Namespace, device: torch.device, sync) -> No
         runs |= {f"EDM DDPM++ Heun 6 steps {prec}": heun, f"consistency 1 step {prec}": one_step,
                  f"BigGAN G {prec}": biggan}
     sec = interleaved(runs, args.repeats, sync)
-    print(f"\n## sampling at the demo setting (16 px, batch {n})")
+    print(f"\n## sampling at the demo setting (16 px, batch {n}; on the CPU images per CPU-second)")
     for k, v in sec.items():
         print(f"{k:34s} {n / v:9.1f} img/s")
 
@@ -381,12 +388,13 @@ def main() -> None:
     args.batch = args.batch or (4 if args.quick else 16)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else cpu_sync
     sections = set(args.sections.split(","))
     print(f"# genzoo networks benchmark: torch {torch.__version__}, {device}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     pk = peak(device, 1024 if args.quick else 2048, sync, args.repeats)
-    print(f"peak matmul: fp32 {pk['fp32']:.3f} TFLOP/s, bf16 {pk['bf16']:.3f} TFLOP/s")
+    print(f"peak matmul: fp32 {pk['fp32']:.3f} TFLOP/s, bf16 {pk['bf16']:.3f} TFLOP/s"
+          + (" (per CPU-second: images/s on the CPU are per CPU-second too)" if sync is cpu_sync else ""))
     if "nets" in sections:
         section_nets(args, device, sync, pk)
     if "sampling" in sections:
