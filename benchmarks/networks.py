@@ -1,7 +1,8 @@
 """Network throughput against the machine's own peak, and the ADM UNet against the official code.
 
     python benchmarks/networks.py [--quick] [--threads 1] [--device cpu|cuda] [--repeats 5]
-        [--official /tmp/gd] [--before main] [--profile] [--sections peak,nets,sampling,official,demo]
+        [--official /tmp/gd] [--before main] [--profile] [--compile]
+        [--sections peak,nets,sampling,official,demo]
 
 Sections (each prints a table):
   peak      fp32 and bf16 matrix-multiply TFLOP/s of this machine, measured in the same run;
@@ -45,19 +46,44 @@ Step = Callable[[], None]
 # ------------------------------------------------------------------------------------------ timing
 
 
-def interleaved(steps: dict[str, Step], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Median seconds per call of each step, the steps run in turn ``repeats`` times after one warm-up."""
+def interleaved_runs(steps: dict[str, Step], repeats: int, sync: Callable[[], None]
+                     ) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall and process-CPU seconds of each call of each step, the steps run in turn ``repeats`` times after
+    one warm-up. With a fixed thread count, CPU seconds barely move with other processes' load."""
     for step in steps.values():
         step()
     sync()
-    times: dict[str, list[float]] = {k: [] for k in steps}
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             step()
             sync()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[name][0].append(time.perf_counter() - wall)
+            times[name][1].append(time.process_time() - cpu)
+    return times
+
+
+def interleaved(steps: dict[str, Step], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+    """Median seconds per call of each step (see ``interleaved_runs``): process-CPU seconds when the work
+    runs on the CPU (robust to other processes' load), wall seconds on an accelerator."""
+    clock = 1 if sync is cpu_sync else 0
+    return {k: statistics.median(v[clock]) for k, v in interleaved_runs(steps, repeats, sync).items()}
+
+
+def cpu_sync() -> None:
+    """Nothing to wait for on the CPU."""
+
+
+def ratio_line(label: str, batch: int, runs: tuple[list[float], list[float]],
+               base: tuple[list[float], list[float]]) -> str:
+    """img/s (wall, CPU) and the speed-up over ``base``: median of the per-round ratios [min-max]."""
+    out = f"{label:34s}"
+    for i, unit in ((0, "img/s"), (1, "img/cpu-s")):
+        ratios = [b / a for a, b in zip(runs[i], base[i])]
+        out += (f" {batch / statistics.median(runs[i]):7.2f} {unit} x{statistics.median(ratios):.2f} "
+                f"[{min(ratios):.2f}-{max(ratios):.2f}] |")
+    return out.rstrip(" |")
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -148,7 +174,8 @@ def make_call(net: torch.nn.Module, kind: str, batch: int, res: int, device: tor
 
 
 def section_nets(args: argparse.Namespace, device: torch.device, sync, pk: dict[str, float]) -> None:
-    print(f"\n## networks (batch {args.batch}, {torch.get_num_threads()} threads, medians of {args.repeats})")
+    print(f"\n## networks (batch {args.batch}, {torch.get_num_threads()} threads, medians of {args.repeats}; "
+          f"on the CPU images per CPU-second)")
     print(f"{'network':22s} {'params':>8s} {'GFLOP/img f':>11s} {'f+b':>7s} | "
           f"{'fwd fp32':>8s} {'fwd bf16':>8s} {'f+b fp32':>8s} {'f+b bf16':>8s} img/s | "
           f"{'% peak f+b fp32':>15s} {'bf16':>6s}")
@@ -211,7 +238,7 @@ def section_sampling(args: argparse.Namespace, device: torch.device, sync) -> No
         runs |= {f"EDM DDPM++ Heun 6 steps {prec}": heun, f"consistency 1 step {prec}": one_step,
                  f"BigGAN G {prec}": biggan}
     sec = interleaved(runs, args.repeats, sync)
-    print(f"\n## sampling at the demo setting (16 px, batch {n})")
+    print(f"\n## sampling at the demo setting (16 px, batch {n}; on the CPU images per CPU-second)")
     for k, v in sec.items():
         print(f"{k:34s} {n / v:9.1f} img/s")
 
@@ -256,13 +283,28 @@ def section_official(args: argparse.Namespace, device: torch.device, sync) -> No
         "genzoo bf16": (ours, x),
         "genzoo bf16 channels_last": (ours_cl, x_cl),
     }
-    for pass_, make in (("forward+backward", train_step), ("forward", forward_step)):
+    print("speed-up against official fp32: median of per-round ratios [min-max], wall clock | CPU time")
+    passes = [("forward+backward", train_step, cases), ("forward", forward_step, cases)]
+    for pass_, make, chosen in passes:
         steps = {k: make(net, (lambda net=net, xx=xx: net(xx, t)), device, "bf16" in k)
-                 for k, (net, xx) in cases.items()}
-        sec = interleaved(steps, args.repeats, sync)
-        for k, v in sec.items():
-            print(f"{pass_:17s} {k:27s} {args.official_batch / v:8.2f} img/s  "
-                  f"x{sec['official fp32'] / v:.2f} official fp32")
+                 for k, (net, xx) in chosen.items()}
+        runs = interleaved_runs(steps, args.repeats, sync)
+        for k, v in runs.items():
+            print(ratio_line(f"{pass_} {k}", args.official_batch, v, runs["official fp32"]), flush=True)
+        if args.compile and pass_ == "forward" and chosen is cases:  # after the rest: it takes minutes
+            from genzoo.nets.compiled import compile_for_inference
+            compiled = nets.build("adm", **cfg).to(device).to(memory_format=torch.channels_last)
+            compiled.load_state_dict(official.state_dict())
+            compile_for_inference(compiled, device)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                got = compiled(x_cl, t)
+            seconds = time.perf_counter() - start
+            print(f"compiled (inductor, frozen weights, channels_last) in {seconds:.0f} s; "
+                  f"max |Δ| {(got - ref).abs().max().item():.1e}", flush=True)
+            chosen = {k: cases[k] for k in ("official fp32", "genzoo fp32 channels_last")}
+            passes.append(("forward", forward_step, chosen | {"genzoo fp32 compiled channels_last":
+                                                              (compiled, x_cl)}))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         for k in ("genzoo fp32 channels_last", "genzoo bf16 channels_last"):
@@ -338,18 +380,21 @@ def main() -> None:
     parser.add_argument("--official-batch", type=int, default=16)
     parser.add_argument("--before", metavar="REV", help="git revision for the demo lane's before")
     parser.add_argument("--profile", action="store_true", help="profile table of the ADM steps")
+    parser.add_argument("--compile", action="store_true",
+                        help="official section: also genzoo's ADM forward compiled (frozen weights)")
     parser.add_argument("--sections", default="peak,nets,sampling,official,demo")
     args = parser.parse_args()
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.batch = args.batch or (4 if args.quick else 16)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else cpu_sync
     sections = set(args.sections.split(","))
     print(f"# genzoo networks benchmark: torch {torch.__version__}, {device}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     pk = peak(device, 1024 if args.quick else 2048, sync, args.repeats)
-    print(f"peak matmul: fp32 {pk['fp32']:.3f} TFLOP/s, bf16 {pk['bf16']:.3f} TFLOP/s")
+    print(f"peak matmul: fp32 {pk['fp32']:.3f} TFLOP/s, bf16 {pk['bf16']:.3f} TFLOP/s"
+          + (" (per CPU-second: images/s on the CPU are per CPU-second too)" if sync is cpu_sync else ""))
     if "nets" in sections:
         section_nets(args, device, sync, pk)
     if "sampling" in sections:

@@ -18,14 +18,22 @@ from genzoo.family import get_family, load_model
 from genzoo.seeds import StackedRandomGenerator, batches, parse_seeds
 
 
-def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
+         compile: bool = False) -> nn.Module:
     """Open a run directory (its latest checkpoint), a checkpoint or a converted model directory.
 
     Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
     ones); its ``config`` attribute holds the saved ``config.json``. An official network-snapshot
     ``.pkl`` (EDM, EDM2) is imported on the fly, as ``genzoo convert`` would, without running its code.
+    ``compile=True`` compiles it for inference (``genzoo.nets.compiled``; minutes on the first batch,
+    a warning and eager execution where no compiler is available).
     """
-    return load_model(path, ema=ema, device=device)
+    model = load_model(path, ema=ema, device=device)
+    if compile:
+        from genzoo.nets.compiled import compile_for_inference
+
+        compile_for_inference(model, device)
+    return model
 
 
 class SampleBatch(NamedTuple):

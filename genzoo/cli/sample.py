@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", type=V.device_or_auto, default="auto",
                         help="torch device (default auto: CUDA when available)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model for sampling (pays for long runs; docs/performance.md)")
     for name in family_names():
         get_family(name).add_sample_arguments(parser)
     parser.set_defaults(func=run)
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if lo is not None and hi is not None and lo >= hi:
         raise UserError(f"--sigma-min {lo:g} --sigma-max {hi:g}: expected --sigma-min below --sigma-max")
     with process_group(args.device) as (device, group):
-        model = load(args.ckpt, ema=not args.raw, device=device)
+        model = load(args.ckpt, ema=not args.raw, device=device, compile=args.compile)
         options = sample_options(args)
         # once, before the clock starts: a search over sampling settings is not part of the sampling cost
         options = get_family(model.config["family"]).prepare_sampling(model, options)

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genzoo.errors import UserError
 from genzoo.nets import register
-from genzoo.nets.fused import attend_channels, norm_silu
+from genzoo.nets.fused import attend_channels, attend_packed_tokens, norm_silu, upsample_nearest2x
 
 #: channel multipliers the public scripts pick from the image size when ``channel_mult`` is empty
 DEFAULT_CHANNEL_MULT = {
@@ -127,7 +127,7 @@ class Upsample(nn.Module):
             raise ValueError("Upsample without a conv keeps the channel count")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = upsample_nearest2x(x)
         return self.conv(x) if hasattr(self, "conv") else x
 
 
@@ -272,14 +272,14 @@ class AttentionBlock(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, *spatial = x.shape
-        if self.conv2d:
-            qkv = self.qkv(self.norm(x)).reshape(n, 3 * c, -1)
-            h = qkv_attention(qkv, self.num_heads, self.new_order).reshape(n, c, *spatial)
-            return x + self.proj_out(h)
-        x = x.reshape(n, c, -1)
-        h = qkv_attention(self.qkv(self.norm(x)), self.num_heads, self.new_order)
-        return (x + self.proj_out(h)).reshape(n, c, *spatial)
+        """x + proj_out(attention(qkv(norm(x)))), computed over tokens: the 1×1 convolutions as linear
+        layers on [N, L, C], so q, k and v reach the fused kernel without a copy each."""
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [N, L, C]; a view for channels_last maps
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
+        d = x.shape[1] // self.num_heads
+        h = attend_packed_tokens(qkv, self.num_heads, self.new_order, scale=1.0 / math.sqrt(d))
+        h = F.linear(h, self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return x + h.transpose(1, 2).reshape(x.shape)
 
 
 class AttentionPool2d(nn.Module):

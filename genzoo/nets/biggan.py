@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from genzoo.errors import UserError
 from genzoo.nets import register
-from genzoo.nets.fused import attend_channels
+from genzoo.nets.fused import attend_channels, upsample_nearest2x
 
 # ----------------------------------------------------------------------------- spectral norm
 
@@ -250,7 +250,7 @@ class SelfAttention(nn.Module):
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2, mode="nearest")
+    return upsample_nearest2x(x)
 
 
 def _latent_condition(

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
-from genzoo.nets.fused import attend_channels
+from genzoo.nets.fused import attend_channels, upsample_nearest2x
 from genzoo.nets.labels import one_hot_labels
 
 Tensor = torch.Tensor
@@ -51,7 +51,7 @@ def resample(x: Tensor, f: Sequence[float] = (1, 1), mode: str = "keep") -> Tens
     if len(f) % 2:
         raise ValueError(f"resample filter: expected an even number of taps, got {list(f)}")
     if list(f) == [1, 1]:
-        return F.avg_pool2d(x, 2) if mode == "down" else F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.avg_pool2d(x, 2) if mode == "down" else upsample_nearest2x(x)
     taps = torch.as_tensor(f, dtype=torch.float32)
     taps = taps / taps.sum()
     kernel = torch.outer(taps, taps).to(x.device, x.dtype)[None, None].tile([x.shape[1], 1, 1, 1])

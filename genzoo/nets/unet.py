@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
-from genzoo.nets.fused import attend_channels, norm_silu
+from genzoo.nets.fused import attend_channels, norm_silu, upsample_nearest2x
 
 
 def positional_embedding(positions: torch.Tensor, channels: int, max_positions: int = 10000,
@@ -70,7 +70,7 @@ class ResBlock(nn.Module):
         if self.resample == "down":
             return F.avg_pool2d(x, 2)
         if self.resample == "up":
-            return F.interpolate(x, scale_factor=2, mode="nearest")
+            return upsample_nearest2x(x)
         return x
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
