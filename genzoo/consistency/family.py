@@ -1,9 +1,9 @@
-"""The consistency family: `genzoo train --family consistency --mode {cd,ct,ict}` and its sampling.
+"""The consistency family: `genzoo train --family consistency --mode {cd,ct,ict,ect}` and its sampling.
 
 config.json keys of a consistency model: ``arch``, ``net`` (the network), ``sigma_min``, ``sigma_max``,
 ``sigma_data``, ``rho``, ``time_scale`` (c_noise = time_scale·ln σ), ``num_scales`` (the grid size
 ``--ts`` indexes by default), and the training settings ``mode``, ``teacher``, ``s0``, ``s1``, ``mu0``,
-``distance``.
+``distance``, ``init`` and ``ect_stages``/``ect_q`` (ECT).
 """
 
 from __future__ import annotations
@@ -116,6 +116,20 @@ def _trajectory_targets(config: dict[str, Any], mode: str) -> dict[str, Any]:
                 trajectory_refresh=int(config["trajectory_refresh"]))
 
 
+def _ect_options(config: dict[str, Any], mode: str) -> dict[str, Any]:
+    """``--ect-stages``/``--ect-q`` (resolved into ``config`` for resuming); none outside ECT."""
+    if mode != "ect":
+        for key in ("ect_stages", "ect_q"):
+            if config.get(key) is not None:
+                raise UserError(f"--{key.replace('_', '-')}: only --mode ect has a Δt curriculum")
+        return {}
+    from genzoo.consistency.schedules import ECT_Q, ECT_STAGES
+
+    config["ect_stages"] = int(config.get("ect_stages") or ECT_STAGES)
+    config["ect_q"] = float(config.get("ect_q") or ECT_Q)
+    return {"ect_stages": config["ect_stages"], "ect_q": config["ect_q"]}
+
+
 class ConsistencyFamily(Family):
     name = "consistency"
 
@@ -123,8 +137,16 @@ class ConsistencyFamily(Family):
         group = parser.add_argument_group("consistency family (CD, CT, iCT)")
         add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
         add("--mode", choices=MODES, default=None,
-            help="cd: distil a diffusion teacher; ct: consistency training; ict: improved CT (default cd "
-                 "with --teacher, else ict)")
+            help="cd: distil a diffusion teacher; ct: consistency training; ict: improved CT; ect: easy "
+                 "consistency tuning of a diffusion model (--init or --teacher) (default cd with --teacher, "
+                 "else ict)")
+        add("--init", default=None,
+            help="ECT: the diffusion model (run, checkpoint or model directory) the student starts from "
+                 "(default --teacher)")
+        add("--ect-stages", type=int, default=None,
+            help="ECT: stages of the shrinking-Δt curriculum over the run (default 8; stage 0 is diffusion "
+                 "training, each later stage divides Δt by --ect-q)")
+        add("--ect-q", type=float, default=None, help="ECT: Δt shrink factor per stage (default 2)")
         add("--teacher", default=None, help="CD: the teacher, a diffusion run/checkpoint/model directory")
         add("--num-scales", type=V.positive_int, default=None,
             help=f"CD: points N of the Karras grid (default {DEFAULT_NUM_SCALES}; ImageNet-64 used 40)")
@@ -198,7 +220,16 @@ class ConsistencyFamily(Family):
         mode = config.get("mode") or ("cd" if teacher_path else "ict")
         if mode == "cd" and not teacher_path:
             raise UserError("--mode cd: give the teacher diffusion model with --teacher RUN")
-        teacher = _load_teacher(teacher_path) if mode == "cd" else None
+        if config.get("init") and mode != "ect":
+            raise UserError(f"--init: only --mode ect starts from a diffusion model (--mode {mode} does not)")
+        if mode == "ect":
+            teacher_path = config.get("init") or teacher_path
+            if not teacher_path:
+                raise UserError("--mode ect: give the diffusion model to tune with --init RUN (or --teacher)")
+            flag = "--init" if config.get("init") else "--teacher"
+            teacher = _load_teacher(teacher_path, flag)
+        else:
+            teacher = _load_teacher(teacher_path) if mode == "cd" else None
         resolution = int(getattr(dataset, "resolution", 0) or 0)
         if teacher is not None:
             tcfg = teacher.config
@@ -211,7 +242,7 @@ class ConsistencyFamily(Family):
             network = copy.deepcopy(teacher.model)  # the student starts from the teacher (CM, Sec. 5)
             if config.get("sigma_data") is None:
                 config["sigma_data"] = float(getattr(teacher, "sigma_data", SIGMA_DATA))
-            teacher = _guided_teacher(teacher, config, teacher_path)
+            teacher = _guided_teacher(teacher, config, teacher_path) if mode == "cd" else None
         else:
             arch, net_config = _fresh_network(config, dataset)
             network = nets.build(arch, **net_config)
@@ -221,7 +252,7 @@ class ConsistencyFamily(Family):
                 config[key] = value
         student = ConsistencyModel(network, **_model_kwargs(config))
         steps = int(config.get("steps") or 0)
-        if mode in ("ct", "ict") and steps <= 0:
+        if mode in ("ct", "ict", "ect") and steps <= 0:
             raise UserError(f"--mode {mode}: give --steps N (N(k) is a function of the total steps)")
         objective = ConsistencyObjective(
             student, mode, teacher, num_scales=int(config.get("num_scales") or DEFAULT_NUM_SCALES),
@@ -230,6 +261,7 @@ class ConsistencyFamily(Family):
             lr=float(config.get("lr") or DEFAULT_LR), lpips_weights=config.get("lpips_weights"),
             teacher_steps=int(config.get("teacher_steps") or 1), seed=int(config.get("seed") or 0),
             image_shape=(int(getattr(dataset, "num_channels", 3)), resolution, resolution),
+            **_ect_options(config, mode),
             **_trajectory_targets(config, mode), **_adversarial(config, dataset))
         config.update(num_scales=objective.scales_at(steps), s0=objective.s0, s1=objective.s1,
                       mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr,
