@@ -44,6 +44,7 @@ DEFAULTS = {
     "ortho_reg": 0.0,
     "diffaugment": "",
     "r1_gamma": 0.0,
+    "r2_gamma": 0.0,
     "g_ch": 64,
     "d_ch": 64,
     "z_dim": 128,
@@ -113,7 +114,9 @@ class GANFamily(Family):
         add("--d-lr", type=V.positive_float, default=None, help="discriminator learning rate (BigGAN: 4e-4)")
         add("--betas", type=V.float_list(0, 1), default=None, help="Adam betas for G and D (BigGAN: 0,0.999)")
         add("--adam-eps", type=V.positive_float, default=None, help="Adam epsilon (BigGAN: 1e-6)")
-        add("--loss", choices=LOSSES, default=None, help="GAN loss: hinge (BigGAN) or ns (non-saturating)")
+        add("--loss", choices=LOSSES, default=None,
+            help="GAN loss: hinge (BigGAN), ns (non-saturating) or rpgan (R3GAN's relativistic pairing "
+                 "loss; pair it with --r1-gamma and --r2-gamma)")
         add(
             "--ortho-reg",
             type=V.nonnegative_float,
@@ -127,6 +130,8 @@ class GANFamily(Family):
         )
         add("--r1-gamma", type=V.nonnegative_float, default=None,
             help="R1 penalty weight γ on real images (default 0)")
+        add("--r2-gamma", type=V.nonnegative_float, default=None,
+            help="R2 penalty weight γ on generated images (default 0; R3GAN uses γ for both R1 and R2)")
         add("--g-ch", type=V.positive_int, default=None,
             help="generator channel width ch (BigGAN 128 px: 96)")
         add("--d-ch", type=V.positive_int, default=None, help="discriminator channel width ch")
@@ -228,6 +233,7 @@ class GANFamily(Family):
             ortho_reg=float(config["ortho_reg"]),
             diffaugment=config["diffaugment"],
             r1_gamma=float(config["r1_gamma"]),
+            r2_gamma=float(config["r2_gamma"]),
             ortho_parameters=G.ortho_parameters,
         )
 

@@ -431,6 +431,8 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
     loss = _get(config, "loss")
     if loss != "ns":
         raise UserError(f"--loss {loss}: GigaGAN trains with the non-saturating loss (ns)")
+    if float(config.get("r2_gamma") or 0.0) > 0:
+        raise UserError("--r2-gamma: GigaGAN's D takes R1 only (R2 goes with --loss rpgan, BigGAN/R3GAN)")
     for key in DEFAULTS:  # resolved values are saved in config.json
         config[key] = _get(config, key)
     if config.get("ema") is None and config.get("ema_halflife_kimg") is None:

@@ -14,7 +14,14 @@ import torch
 import torch.nn as nn
 
 from genzoo.gan.augment import diff_augment, parse_policy
-from genzoo.gan.losses import check_loss_name, d_loss, g_loss, orthogonal_regularization, r1_penalty
+from genzoo.gan.losses import (
+    check_loss_name,
+    d_loss,
+    g_loss,
+    orthogonal_regularization,
+    r1_penalty,
+    r2_penalty,
+)
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
 
@@ -51,6 +58,7 @@ class GANObjective(Objective):
         ortho_reg: float = 0.0,
         diffaugment: str = "",
         r1_gamma: float = 0.0,
+        r2_gamma: float = 0.0,
         ortho_parameters: Callable[[], Iterable[torch.Tensor]] | None = None,
     ):
         super().__init__()
@@ -66,7 +74,7 @@ class GANObjective(Objective):
         )
         self.ortho_reg = float(ortho_reg)
         self.policy = parse_policy(diffaugment)
-        self.r1_gamma = float(r1_gamma)
+        self.r1_gamma, self.r2_gamma = float(r1_gamma), float(r2_gamma)
         self._ortho_parameters = ortho_parameters or (lambda: (p for p in G.parameters() if p.ndim >= 2))
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
@@ -101,8 +109,11 @@ class GANObjective(Objective):
             real = self._augment(batch.images)
             if self.r1_gamma > 0:
                 real = real.detach().requires_grad_(True)
+            fake = self._augment(fake)
+            if self.r2_gamma > 0:
+                fake = fake.detach().requires_grad_(True)
             real_logits = D(real, labels)
-            fake_logits = D(self._augment(fake), labels)
+            fake_logits = D(fake, labels)
             loss = d_loss(self.loss_name, real_logits, fake_logits)
             logs = {
                 "D/loss": float(loss.detach()),
@@ -113,12 +124,20 @@ class GANObjective(Objective):
                 penalty = r1_penalty(real_logits, real)
                 loss = loss + 0.5 * self.r1_gamma * penalty
                 logs["D/r1"] = float(penalty.detach())
+            if self.r2_gamma > 0:
+                penalty = r2_penalty(fake_logits, fake)
+                loss = loss + 0.5 * self.r2_gamma * penalty
+                logs["D/r2"] = float(penalty.detach())
             return StepResult(loss, logs)
         if player == "G":
             fake = G(z, labels)
             with frozen(D):
                 fake_logits = D(self._augment(fake), labels)
-            loss = g_loss(self.loss_name, fake_logits)
+                real_logits = None
+                if self.loss_name == "rpgan":  # paired with the batch's real images
+                    with torch.no_grad():
+                        real_logits = D(self._augment(batch.images), labels)
+            loss = g_loss(self.loss_name, fake_logits, real_logits)
             logs = {"G/loss": float(loss.detach())}
             if self.ortho_reg > 0:
                 reg = orthogonal_regularization(self._ortho_parameters(), self.ortho_reg).to(loss.device)
