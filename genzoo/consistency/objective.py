@@ -11,6 +11,9 @@ improved training (iCT).
   t ~ lognormal(P_mean, P_std), r = t − Δt with Δt shrinking in stages (stage 0: r = 0, diffusion
   training); no EMA target (θ⁻ = stopgrad θ, same dropout mask); target x where r ≤ σ_min; loss
   d(f_θ(x+tz, t), f_θ⁻(x+rz, r)) / (t − r) with the pseudo-Huber (or L2) distance d.
+- sCM (Lu & Song 2024): TrigFlow student (:mod:`genzoo.consistency.trigflow`), continuous-time loss from the
+  JVP tangent, tangent normalisation and warm-up, adaptive weighting; dx_t/dt from data (training) or from
+  the teacher's PF-ODE (distillation).
 - CD with trajectory targets (``cd_targets="trajectory"``): the student maps every point x_n of the teacher's
   ODE trajectories (from σ_max·z down the N-point grid) to the trajectory's end, the exact consistency
   target, instead of bootstrapping f_θ⁻ one teacher step at a time (:mod:`genzoo.consistency.trajectories`).
@@ -46,9 +49,9 @@ from genzoo.gan.losses import ns_d_loss, ns_g_loss, r1_penalty
 from genzoo.gan.objective import frozen
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
-MODES = ("cd", "ct", "ict", "ect")
+MODES = ("cd", "ct", "ict", "ect", "scm")
 #: modes without an EMA target network (θ⁻ = stopgrad θ)
-SELF_TARGET_MODES = ("ict", "ect")
+SELF_TARGET_MODES = ("ict", "ect", "scm")
 SOLVERS = ("heun", "euler")
 CD_TARGETS = ("step", "trajectory")
 
@@ -80,12 +83,18 @@ class ConsistencyObjective(Objective):
                  d_lr: float = 2e-3, r1_gamma: float = 0.1, cd_targets: str = "step",
                  trajectory_pool: int = 1024, trajectory_refresh: int = 1, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, ect_stages: int = ECT_STAGES,
-                 ect_q: float = ECT_Q):
+                 ect_q: float = ECT_Q, tangent_warmup: int = 0):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if solver not in SOLVERS:
             raise UserError(f"--solver: expected heun or euler for the teacher step, got {solver!r}")
+        self.tangent_warmup = max(int(tangent_warmup), 0)
+        if mode == "scm":
+            from genzoo.consistency.trigflow import TrigFlowModel
+
+            if not isinstance(student, TrigFlowModel):
+                raise ValueError("--mode scm trains a TrigFlowModel student")
         if mode == "cd" and teacher is None:
             raise UserError("--mode cd: consistency distillation needs a teacher (--teacher RUN)")
         if int(teacher_steps) < 1:
@@ -103,7 +112,7 @@ class ConsistencyObjective(Objective):
         self.teacher_steps = int(teacher_steps)
         self.num_scales, self.total_steps = int(num_scales), int(total_steps)
         defaults = {"cd": (2, 150, 0.95), "ct": (2, 150, 0.95), "ict": (10, 1280, 0.0),
-                    "ect": (0, 0, 0.0)}[mode]
+                    "ect": (0, 0, 0.0), "scm": (0, 0, 0.0)}[mode]
         self.s0 = int(defaults[0] if s0 is None else s0)
         self.s1 = int(defaults[1] if s1 is None else s1)
         self.mu0 = float(defaults[2] if mu0 is None else mu0)
@@ -122,8 +131,8 @@ class ConsistencyObjective(Objective):
         self.gan_weight, self.d_lr, self.r1_gamma = float(gan_weight), float(d_lr), float(r1_gamma)
         if (discriminator is None) != (self.gan_weight <= 0):
             raise UserError("--gan-weight: the adversarial term needs a discriminator and a weight > 0")
-        if discriminator is not None and mode == "ect":
-            raise UserError("--gan-weight: the adversarial term is not available with --mode ect")
+        if discriminator is not None and mode in ("ect", "scm"):
+            raise UserError(f"--gan-weight: the adversarial term is not available with --mode {mode}")
         if discriminator is not None:
             self.players["D"] = discriminator
         if mode not in SELF_TARGET_MODES and cd_targets == "step":  # trajectory targets need no target
@@ -147,7 +156,7 @@ class ConsistencyObjective(Objective):
 
     def scales_at(self, step: int) -> int:
         """N, the number of grid points at training step ``step``."""
-        if self.mode in ("cd", "ect"):
+        if self.mode in ("cd", "ect", "scm"):
             return self.num_scales
         if self.mode == "ct":
             return ct_num_scales(step, self.total_steps, self.s0, self.s1)
@@ -196,6 +205,8 @@ class ConsistencyObjective(Objective):
             return self._trajectory_loss(len(x), step, x.device)
         if self.mode == "ect" and player == "net":
             return self._ect_loss(x, self._labels(batch, student), step)
+        if self.mode == "scm" and player == "net":
+            return self._scm_loss(x, self._labels(batch, student), step)
         labels = self._labels(batch, student)
         sigma, sigma_next = self._pair(len(x), step, x.device)
         z = torch.randn_like(x)
@@ -235,6 +246,33 @@ class ConsistencyObjective(Objective):
         loss = per_item.mean()
         logs = {"ect_stage": float(self.ect_stage_at(step)), "mean_dt": float((t - r).mean())}
         return StepResult(loss=loss, logs=logs)
+
+    def _scm_loss(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
+        from genzoo.consistency.trigflow import (
+            SCM_P_MEAN,
+            SCM_P_STD,
+            scm_loss,
+            teacher_velocity,
+            trigflow_time,
+        )
+
+        student = self.players["net"]
+        sd = student.sigma_data
+        p_mean, p_std = (-0.8, 1.6) if self.teacher is not None else (SCM_P_MEAN, SCM_P_STD)
+        sigma = (torch.randn(len(x), device=x.device) * p_std + p_mean).exp()
+        t = trigflow_time(sigma.clamp(student.sigma_min, student.sigma_max), sd)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        cos, sin = torch.cos(t).reshape(shape), torch.sin(t).reshape(shape)
+        z = torch.randn_like(x) * sd
+        x_t = cos * x + sin * z
+        if self.teacher is not None:
+            with torch.no_grad():
+                dxt_dt = teacher_velocity(self.teacher, x_t, t, sd, labels)
+        else:
+            dxt_dt = cos * z - sin * x
+        warmup = min(1.0, step / self.tangent_warmup) if self.tangent_warmup > 0 else 1.0
+        loss = scm_loss(student, x_t, t, dxt_dt, labels, warmup).mean()
+        return StepResult(loss=loss, logs={"tangent_warmup": warmup})
 
     def _trajectory_loss(self, n_items: int, step: int, device: torch.device) -> StepResult:
         """d(f_θ(x_n, σ_n), x_end) over random points of the pool's teacher trajectories."""
