@@ -145,3 +145,28 @@ def test_scm_training_and_distillation_lower_the_one_step_error():
             opt.step()
         assert torch.isfinite(result.loss) and result.logs["tangent_warmup"] == 1.0
         assert _one_step_error(student, point) < 0.5 * before, (before, _one_step_error(student, point))
+
+
+def test_scm_distillation_run_round_trips_and_samples_in_one_and_two_steps(tmp_path):
+    import json
+
+    from genzoo.api import load, sample
+    from genzoo.checkpoints import save_model_dir
+    from genzoo.diffusion.family import build_diffusion_model
+    from genzoo.train.engine import train
+    from tests.test_consistency_engine import FLAGS, TEACHER_NET
+
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
+              "channels": 3, "num_classes": 0, "sampled_player": "net"}
+    torch.manual_seed(0)
+    teacher = build_diffusion_model(config)
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    train({**FLAGS, "mode": "scm", "teacher": str(tmp_path / "dm"), "out": str(tmp_path / "scm")})
+    saved = json.loads((tmp_path / "scm" / "checkpoint-000002" / "config.json").read_text())
+    assert (saved["mode"], saved["tangent_warmup"], saved["net"]) == ("scm", 0, TEACHER_NET)
+    model = load(tmp_path / "scm")
+    assert isinstance(model, TrigFlowModel)
+    for steps in (1, 2):
+        images, _, nfe = sample(model, "0-1", batch_size=2, steps=steps)
+        assert nfe == steps and images.shape == (2, 3, 8, 8)
