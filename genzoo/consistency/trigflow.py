@@ -117,9 +117,13 @@ def scm_tangent(student: TrigFlowModel, x_t: torch.Tensor, t: torch.Tensor, dxt_
     shape = (-1,) + (1,) * (x_t.ndim - 1)
     cos, sin = torch.cos(t).reshape(shape), torch.sin(t).reshape(shape)
     sd = student.sigma_data
-    with torch.no_grad(), _jvp_attention():
-        F_minus, dF_dt = torch.func.jvp(lambda y, s: student.F(y, s, labels), (x_t / sd, t),
-                                        (cos * sin * dxt_dt / sd, torch.cos(t) * torch.sin(t)))
+    # fp32 without autocast: autocast casts the weights but not functorch's dual inputs (a dtype clash on
+    # CPU), and the tangent is a small difference that low precision would swamp (sCM Sec. 5)
+    with torch.no_grad(), _jvp_attention(), torch.autocast(x_t.device.type, enabled=False):
+        dtype = torch.promote_types(x_t.dtype, torch.float32)
+        primals = (x_t.to(dtype) / sd, t.to(dtype))
+        tangents = ((cos * sin * dxt_dt / sd).to(dtype), (torch.cos(t) * torch.sin(t)).to(dtype))
+        F_minus, dF_dt = torch.func.jvp(lambda y, s: student.F(y, s, labels).to(dtype), primals, tangents)
     g = -cos ** 2 * (sd * F_minus - dxt_dt) - warmup * cos * sin * (x_t + sd * dF_dt)
     return F_minus, normalise_tangent(g) if normalise else g
 
