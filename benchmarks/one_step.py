@@ -59,7 +59,8 @@ def evaluate(out: Path, name: str, ckpt: Path, *flags: str) -> dict:
     result = out / f"eval-{name}.json"
     if not result.is_file():
         samples = out / f"{name}.npz"
-        genzoo("sample", "--ckpt", str(ckpt), "--seeds", "0-511", "--batch", "128", "--out", str(samples), *flags)
+        genzoo("sample", "--ckpt", str(ckpt), "--seeds", "0-511", "--batch", "128", "--out", str(samples),
+               *flags)
         genzoo("eval", "--samples", str(samples), "--ref", "shapes:16", "--features", "shapes", "--metrics",
                "fid,acc", "--ref-count", "2000", "--model", name, "--out", str(result))
     return json.loads(result.read_text())
@@ -68,8 +69,8 @@ def evaluate(out: Path, name: str, ckpt: Path, *flags: str) -> dict:
 def train(out: Path, family: str, flags: list[str], images: int) -> None:
     steps = str(-(-images // BATCH))
     if images_seen(out) < images:
-        genzoo("train", "--family", family, "--out", str(out), *flags, "--steps", steps, "--batch", str(BATCH),
-               "--resume", *COMMON)
+        genzoo("train", "--family", family, "--out", str(out), *flags, "--steps", steps,
+               "--batch", str(BATCH), "--resume", *COMMON)
 
 
 def table(rows: list[tuple[str, int, str, dict]]) -> str:
@@ -83,8 +84,8 @@ def table(rows: list[tuple[str, int, str, dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("consistency", "gan"))
-    parser.add_argument("--teacher", help="consistency: an EDM diffusion run on shapes:16 (class-conditional)")
-    parser.add_argument("--images", type=int, default=None, help="training images per run (default: the demo's)")
+    parser.add_argument("--teacher", help="consistency: a class-conditional EDM diffusion run on shapes:16")
+    parser.add_argument("--images", type=int, default=None, help="training images per run (default: demo's)")
     parser.add_argument("--only", default=None, help="comma-separated run names (default: all)")
     parser.add_argument("--out", default="/tmp/genzoo-one-step")
     args = parser.parse_args()
@@ -108,7 +109,8 @@ def main() -> None:
     if args.part == "consistency":
         teacher = Path(args.teacher)
         rows.append(("teacher-heun12-cfg3", images_seen(teacher), "46",
-                     evaluate(out, "teacher", teacher, "--sampler", "heun", "--steps", "12", "--guidance", "3")))
+                     evaluate(out, "teacher", teacher, "--sampler", "heun", "--steps", "12",
+                              "--guidance", "3")))
     print(table(rows))
 
 

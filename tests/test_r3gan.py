@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from genzoo import nets
 from genzoo.cli import main
 from genzoo.errors import UserError
-from genzoo.nets.r3gan import BILINEAR, LRELU_GAIN, ResidualBlock
 from genzoo.nets.edm2 import resample
+from genzoo.nets.r3gan import BILINEAR, LRELU_GAIN, ResidualBlock
 
 NET = dict(resolution=16, ch=16, num_classes=4)
 

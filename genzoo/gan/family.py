@@ -109,7 +109,8 @@ def _network_configs(arch: str, config: dict[str, Any], resolution: int, channel
         gamma = r3gan_gamma(resolution)
         defaults = {**DEFAULTS, **R3GAN_DEFAULTS, "r1_gamma": gamma, "r2_gamma": gamma}
         common = {"resolution": resolution, "channels": channels, "num_classes": num_classes}
-        g_net = {**common, "ch": int(_get(config, "g_ch", defaults)), "z_dim": int(_get(config, "z_dim", defaults))}
+        g_net = {**common, "ch": int(_get(config, "g_ch", defaults)),
+                 "z_dim": int(_get(config, "z_dim", defaults))}
         return g_net, {**common, "ch": int(_get(config, "d_ch", defaults))}, defaults
     attn = parse_resolutions(config.get("attn_res"))
     if attn is None:

@@ -42,8 +42,8 @@ def msr_init_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
 class Conv(nn.Conv2d):
     """Bias-free 'same' convolution with MSR initialisation at ``gain``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int = 1, groups: int = 1, gain: float = 1.0,
-                 padding: int | None = None):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 1, groups: int = 1,
+                 gain: float = 1.0, padding: int | None = None):
         padding = (kernel - 1) // 2 if padding is None else padding
         super().__init__(in_channels, out_channels, kernel, padding=padding, groups=groups, bias=False)
         msr_init_(self.weight, gain)
@@ -95,12 +95,12 @@ class _Net(nn.Module):
     def _blocks(self, widths: Sequence[int], blocks: int, expansion: int, group_channels: int,
                 kernel: int) -> list[nn.ModuleList]:
         total = blocks * len(widths)
-        return [nn.ModuleList(ResidualBlock(w, expansion, group_channels, kernel, total) for _ in range(blocks))
-                for w in widths]
+        return [nn.ModuleList(ResidualBlock(w, expansion, group_channels, kernel, total)
+                              for _ in range(blocks)) for w in widths]
 
 
 def class_embedding(num_classes: int, dim: int, gain: float = 1.0) -> torch.Tensor:
-    """[classes, dim] rows: a bias-free linear layer on one-hot vectors, MSR-initialised (fan_in = classes)."""
+    """[classes, dim]: a bias-free linear layer on one-hot vectors, MSR-initialised (fan_in = classes)."""
     return torch.randn(num_classes, dim) * (gain / math.sqrt(num_classes))
 
 
@@ -126,7 +126,8 @@ class R3GANGenerator(_Net):
                  group_channels: int = 16, kernel: int = 3):
         super().__init__()
         widths = _stage_widths(resolution, ch)
-        self.resolution, self.channels, self.z_dim, self.num_classes = resolution, channels, z_dim, num_classes
+        self.resolution, self.channels, self.z_dim = resolution, channels, z_dim
+        self.num_classes = num_classes
         # conditional: e(y) has the size of z (R3GAN's CIFAR-10 and ImageNet configs)
         self.embed_dim = (z_dim if embed_dim is None else int(embed_dim)) if num_classes > 1 else 0
         if self.embed_dim:
@@ -180,7 +181,8 @@ class R3GANDiscriminator(_Net):
         self.out = nn.Linear(widths[-1], self.embed_dim or 1, bias=False)
         msr_init_(self.out.weight)
         if self.embed_dim:
-            self.embed = nn.Parameter(class_embedding(num_classes, self.embed_dim, 1 / math.sqrt(self.embed_dim)))
+            gain = 1 / math.sqrt(self.embed_dim)
+            self.embed = nn.Parameter(class_embedding(num_classes, self.embed_dim, gain))
 
     def forward(self, x: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.from_image(x)
