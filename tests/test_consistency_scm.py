@@ -89,6 +89,25 @@ def test_jvp_tangent_matches_central_finite_differences():
     torch.testing.assert_close(tangent, expected, rtol=1e-7, atol=1e-8)
 
 
+def test_jvp_tangent_runs_in_fp32_under_bf16_autocast():
+    """The engine's --precision bf16 wraps the loss in autocast; the JVP leaves it (functorch's dual inputs
+    are not cast, and the tangent needs fp32), so it equals the JVP without autocast bit for bit."""
+    from genzoo import nets
+    from genzoo.consistency.trigflow import TrigFlowModel
+
+    torch.manual_seed(0)
+    net = nets.build("ddpmpp", resolution=8, in_channels=3, out_channels=3, label_dim=0, model_channels=8,
+                     channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+    student = TrigFlowModel(net)
+    x_t, dxt_dt = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    t = torch.tensor([0.3, 1.2])
+    plain = scm_tangent(student, x_t, t, dxt_dt, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = scm_tangent(student, x_t, t, dxt_dt, None)
+    for a, b in zip(plain, mixed):
+        assert b.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_tangent_normalisation():
     g = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.3, 0.4]], dtype=torch.float64).reshape(3, 2, 1, 1)
     out = normalise_tangent(g, c=0.1)

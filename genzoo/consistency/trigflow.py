@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 
 from genzoo.consistency.model import ConsistencyModel
@@ -112,14 +113,22 @@ def scm_tangent(student: TrigFlowModel, x_t: torch.Tensor, t: torch.Tensor, dxt_
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F_θ⁻, g): sCM Algorithm 1's stop-gradient network output and tangent
     g = −cos²t·(σ_d F_θ⁻ − dx_t/dt) − r·cos t sin t·(x_t + σ_d·Ḟ), Ḟ = cos t sin t·dF_θ⁻/dt from one
-    forward-mode JVP (torch.func.jvp) along cos t sin t·(dx_t/dt / σ_d, 1), r the warm-up ratio; normalised
+    forward-mode JVP (dual numbers) along cos t sin t·(dx_t/dt / σ_d, 1), r the warm-up ratio; normalised
     by :func:`normalise_tangent` unless ``normalise`` is False."""
     shape = (-1,) + (1,) * (x_t.ndim - 1)
     cos, sin = torch.cos(t).reshape(shape), torch.sin(t).reshape(shape)
     sd = student.sigma_data
-    with torch.no_grad(), _jvp_attention():
-        F_minus, dF_dt = torch.func.jvp(lambda y, s: student.F(y, s, labels), (x_t / sd, t),
-                                        (cos * sin * dxt_dt / sd, torch.cos(t) * torch.sin(t)))
+    # fp32 without autocast: autocast casts the weights but not functorch's dual inputs (a dtype clash on
+    # CPU), and the tangent is a small difference that low precision would swamp (sCM Sec. 5)
+    # torch.autograd.forward_ad rather than torch.func.jvp: the same dual numbers without functorch's
+    # per-op wrapping, 3× faster on the 16 px UNet on CPU (1.6 s against 5.2 s of CPU for a batch of 32)
+    dtype = torch.promote_types(x_t.dtype, torch.float32)
+    with torch.no_grad(), _jvp_attention(), torch.autocast(x_t.device.type, enabled=False), fwAD.dual_level():
+        y = fwAD.make_dual(x_t.to(dtype) / sd, (cos * sin * dxt_dt / sd).to(dtype))
+        s = fwAD.make_dual(t.to(dtype), (torch.cos(t) * torch.sin(t)).to(dtype))
+        F_minus, dF_dt = fwAD.unpack_dual(student.F(y, s, labels).to(dtype))
+        F_minus = F_minus.clone()
+        dF_dt = torch.zeros_like(F_minus) if dF_dt is None else dF_dt.clone()
     g = -cos ** 2 * (sd * F_minus - dxt_dt) - warmup * cos * sin * (x_t + sd * dF_dt)
     return F_minus, normalise_tangent(g) if normalise else g
 

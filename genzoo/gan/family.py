@@ -1,4 +1,4 @@
-"""The ``gan`` family: BigGAN / BigGAN-deep here, GigaGAN delegated to :mod:`genzoo.gan.gigagan`.
+"""The ``gan`` family: BigGAN / BigGAN-deep and R3GAN here, GigaGAN delegated to :mod:`genzoo.gan.gigagan`.
 
 genzoo train --family gan --arch biggan --dataset shapes --g-ch 16 --d-ch 16 ...
 genzoo sample --ckpt runs/biggan --truncation 0.5 --class 3 --grid grid.png
@@ -24,12 +24,13 @@ from genzoo.gan.losses import LOSSES, check_loss_name
 from genzoo.gan.objective import GANObjective
 from genzoo.gan.sampling import generate, standing_stats
 from genzoo.nets.biggan import BigGANDeepGenerator, BigGANGenerator
+from genzoo.nets.r3gan import R3GANGenerator
 from genzoo.seeds import StackedRandomGenerator
 
 BigGANGenerators = (BigGANGenerator, BigGANDeepGenerator)
 
 #: --arch name -> discriminator network name (the generator is registered under the arch name)
-BIGGAN_ARCHES = {"biggan": "biggan-d", "biggan-deep": "biggan-deep-d"}
+GAN_ARCHES = {"biggan": "biggan-d", "biggan-deep": "biggan-deep-d", "r3gan": "r3gan-d"}
 _GIGAGAN_MODULE = "genzoo.gan.gigagan"
 
 #: BigGAN defaults (BigGAN-PyTorch's released ImageNet run: G lr 1e-4, D lr 4e-4, Adam eps 1e-6;
@@ -51,6 +52,28 @@ DEFAULTS = {
     "shared_dim": 128,
 }
 
+#: R3GAN's CIFAR-10 config (brownvc/R3GAN train.py, its values at the start of training): Adam β = (0, 0.9),
+#: ε 1e-8, lr 2e-4 for both, one D step, z 64, RpGAN loss with γ 0.05 for R1 and R2 at 32 px. γ multiplies
+#: a squared gradient norm summed over pixels, so it is scaled by (resolution/32)² (as StyleGAN2-ADA's
+#: heuristic γ ∝ resolution²): 0.0125 at 16 px.
+R3GAN_DEFAULTS = {
+    "d_steps": 1,
+    "g_lr": 2e-4,
+    "d_lr": 2e-4,
+    "betas": "0,0.9",
+    "adam_eps": 1e-8,
+    "loss": "rpgan",
+    "z_dim": 64,
+}
+R3GAN_GAMMA_32PX = 0.05
+#: BigGAN options R3GAN's networks do not take
+R3GAN_REFUSES = ("shared_dim", "attn_res")
+
+
+def r3gan_gamma(resolution: int) -> float:
+    """R3GAN's CIFAR-10 γ (32 px) scaled to ``resolution``: 0.05·(resolution/32)²."""
+    return R3GAN_GAMMA_32PX * (resolution / 32) ** 2
+
 
 def _gigagan() -> ModuleType | None:
     if importlib.util.find_spec(_GIGAGAN_MODULE) is None:
@@ -60,20 +83,45 @@ def _gigagan() -> ModuleType | None:
 
 def _delegate_for_arch(arch: str) -> ModuleType | None:
     """The GigaGAN module when ``arch`` is one of its networks, None for BigGAN archs."""
-    if arch in BIGGAN_ARCHES:
+    if arch in GAN_ARCHES:
         return None
     module = _gigagan()
     if module is not None and (arch.startswith("gigagan") or arch in getattr(module, "ARCHES", ())):
         return module
-    known = list(BIGGAN_ARCHES) + (
+    known = list(GAN_ARCHES) + (
         list(getattr(module, "ARCHES", ("gigagan",))) if module is not None else []
     )
     raise UserError(f"--arch: the gan family has no architecture {arch!r}; available: {', '.join(known)}")
 
 
-def _get(config: dict[str, Any], key: str) -> Any:
+def _get(config: dict[str, Any], key: str, defaults: dict[str, Any] = DEFAULTS) -> Any:
     value = config.get(key)
-    return DEFAULTS[key] if value is None else value
+    return defaults[key] if value is None else value
+
+
+def _network_configs(arch: str, config: dict[str, Any], resolution: int, channels: int,
+                     num_classes: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(G's net config, D's net config, the family defaults for ``arch``)."""
+    if arch == "r3gan":
+        for key in R3GAN_REFUSES:
+            if config.get(key) is not None:
+                raise UserError(f"--{key.replace('_', '-')}: --arch r3gan does not take it")
+        gamma = r3gan_gamma(resolution)
+        defaults = {**DEFAULTS, **R3GAN_DEFAULTS, "r1_gamma": gamma, "r2_gamma": gamma}
+        common = {"resolution": resolution, "channels": channels, "num_classes": num_classes}
+        g_net = {**common, "ch": int(_get(config, "g_ch", defaults)),
+                 "z_dim": int(_get(config, "z_dim", defaults))}
+        return g_net, {**common, "ch": int(_get(config, "d_ch", defaults))}, defaults
+    attn = parse_resolutions(config.get("attn_res"))
+    if attn is None:
+        attn = [64] if resolution >= 128 else [resolution // 2]
+    # Resolved values go to config.json; D is rebuilt from them (d_ch, attn_res), only G from 'net'.
+    config["attn_res"] = ",".join(str(r) for r in attn) or "none"
+    common = {"resolution": resolution, "channels": channels, "num_classes": max(num_classes, 1),
+              "attn_res": attn}
+    g_net = {**common, "ch": int(_get(config, "g_ch")), "z_dim": int(_get(config, "z_dim")),
+             "shared_dim": int(_get(config, "shared_dim"))}
+    return g_net, {**common, "ch": int(_get(config, "d_ch"))}, DEFAULTS
 
 
 def parse_betas(text: str | tuple | list) -> tuple[float, float]:
@@ -180,34 +228,14 @@ class GANFamily(Family):
         num_classes = int(getattr(dataset, "num_classes", 0) or 0)
         resolution = int(dataset.resolution)
         channels = int(getattr(dataset, "num_channels", 3))
-        attn = parse_resolutions(config.get("attn_res"))
-        if attn is None:
-            attn = [64] if resolution >= 128 else [resolution // 2]
-        z_dim, g_ch, d_ch = int(_get(config, "z_dim")), int(_get(config, "g_ch")), int(_get(config, "d_ch"))
-        g_net = {
-            "resolution": resolution,
-            "channels": channels,
-            "ch": g_ch,
-            "z_dim": z_dim,
-            "shared_dim": int(_get(config, "shared_dim")),
-            "num_classes": max(num_classes, 1),
-            "attn_res": attn,
-        }
-        d_net = {
-            "resolution": resolution,
-            "channels": channels,
-            "ch": d_ch,
-            "num_classes": max(num_classes, 1),
-            "attn_res": attn,
-        }
-        G, D = nets.build(arch, **g_net), nets.build(BIGGAN_ARCHES[arch], **d_net)
+        g_net, d_net, defaults = _network_configs(arch, config, resolution, channels, num_classes)
+        G, D = nets.build(arch, **g_net), nets.build(GAN_ARCHES[arch], **d_net)
         g_net["z_dim"] = G.z_dim  # hierarchical latents round z_dim to a multiple of the chunk count
-        check_loss_name(_get(config, "loss"))
-        parse_policy(_get(config, "diffaugment"))
-        # Resolved values go to config.json; D is rebuilt from them (d_ch, attn_res), only G from 'net'.
-        config["attn_res"] = ",".join(str(r) for r in attn) or "none"
-        for key in DEFAULTS:
-            config[key] = _get(config, key)
+        check_loss_name(_get(config, "loss", defaults))
+        parse_policy(_get(config, "diffaugment", defaults))
+        for key in defaults:
+            if not (arch == "r3gan" and key in R3GAN_REFUSES):
+                config[key] = _get(config, key, defaults)
         config.update(
             {
                 "arch": arch,
@@ -264,12 +292,15 @@ class GANFamily(Family):
     ) -> tuple[torch.Tensor, int]:
         arch = (getattr(model, "config", None) or {}).get("arch")
         if arch is None:  # a bare module: BigGAN's generators are recognised by class
-            arch = "biggan" if isinstance(model, BigGANGenerators) else "gigagan"
+            arch = ("biggan" if isinstance(model, BigGANGenerators)
+                    else "r3gan" if isinstance(model, R3GANGenerator) else "gigagan")
         delegate = _delegate_for_arch(arch)
         if delegate is not None:
             return delegate.sample(model, rng, class_labels, options)
         truncation = options.get("truncation")
         batches = int(options.get("standing_stats") or 0)
+        if batches > 0 and arch == "r3gan":
+            raise UserError("--standing-stats: R3GAN has no batch norm; leave the option out")
         if batches > 0 and getattr(model, "_standing_key", None) != (batches, truncation):
             standing_stats(model, batches, truncation=truncation)
             model._standing_key = (batches, truncation)
