@@ -147,3 +147,25 @@ def test_matching_accuracy_is_one_for_the_attribute_d_reads_and_zero_for_the_one
     images[:, 0, 0, 0] = torch.tensor([float(SHAPE_NAMES.index(words_of(c)[3])) for c in captions])
     acc = probes.matching_accuracy(_ShapeWordD(), images, captions, ATTRIBUTE_WORDS)
     assert acc == {"shape": 1.0, "color": 0.0, "size": 0.0, "position": 0.0}
+
+
+def test_gigagan_trains_with_rpgan_and_r2_on_every_pyramid_level():
+    from genzoo.train.objective import Batch
+
+    vocab = ["a", "red", "blue", "circle", "square"]
+    G = tiny_gigagan(vocab).train()
+    D = nets.build("gigagan-discriminator", resolution=8, channel_base=128, channel_max=16, attn_res=(),
+                   pyramid=G.pyramid, text={"kind": "learned", "dim": 16, "depth": 1, "heads": 2,
+                                            "vocab": vocab})
+    objective = giga.GigaGANObjective(G, D, loss="rpgan", r1_gamma=1.0, r2_gamma=2.0, r1_interval=2)
+    batch = Batch(images=torch.rand(4, 3, 8, 8) * 2 - 1, labels=torch.full((4,), -1),
+                  captions=["a red circle", "a blue square", "a red square", "a blue circle"])
+    due = objective.loss("D", batch, step=2)
+    assert due.logs["D/r1"] > 0 and due.logs["D/r2"] > 0
+    assert {"D/r1", "D/r2"}.isdisjoint(objective.loss("D", batch, step=1).logs)  # lazy: every 2nd step
+    due.loss.backward()
+    D.zero_grad(set_to_none=True)
+    g = objective.loss("G", batch, step=2)
+    g.loss.backward()
+    assert all(p.grad is None for p in D.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())

@@ -344,18 +344,65 @@ class GigaGANObjective(_TwoPlayer):
         return per_row.mean()
 
 
-class UpsamplerObjective(_TwoPlayer):
-    """GigaGAN upsampler: (low-res, high-res) pairs by area-downsampling; GAN (D sees the low-res
-    input too) + L1 reconstruction."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image isotropic Gaussian blur (``sigma`` [N] in pixels; 0 leaves an image as it is)."""
+    radius = max(1, int(torch.ceil(3 * sigma.max()).item()))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    weights = torch.exp(-0.5 * (offsets[None] / sigma.clamp_min(1e-3)[:, None].to(x.dtype)) ** 2)
+    weights = weights / weights.sum(1, keepdim=True)
+    n, c, h, w = x.shape
+    kernel = weights.repeat_interleave(c, 0)  # [N*C, K]
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
 
-    def __init__(self, G: nn.Module, D: nn.Module, l1_weight: float = 10.0, **kwargs: Any):
+
+def degrade(hr: torch.Tensor, scale: int, probability: float, generator: torch.Generator | None = None
+            ) -> torch.Tensor:
+    """The upsampler's low-res input: area downsampling, or with ``probability`` per stage a
+    Real-ESRGAN-style first-order degradation (the paper's Sec. 3.5 trains on degraded inputs):
+    Gaussian blur (σ ~ U(0.2, 1)·scale/2 HR pixels), a random resize kernel (area, bilinear or bicubic,
+    antialiased) and Gaussian noise (σ ~ U(0, 0.05) in [-1, 1] units). JPEG is not simulated."""
+    n, size = len(hr), hr.shape[-1] // scale
+    u = torch.rand(n, 4, generator=generator).to(hr.device)
+    x = hr
+    if probability > 0:
+        sigma = (0.2 + 0.8 * u[:, 1]) * scale / 2
+        sigma = torch.where(u[:, 0] < probability, sigma, torch.zeros_like(sigma))
+        if bool((sigma > 0).any()):
+            x = gaussian_blur(x, sigma)
+    low = F.adaptive_avg_pool2d(x, size)
+    if probability > 0:
+        mode = int(torch.randint(3, (1,), generator=generator))
+        if mode:
+            resized = F.interpolate(x, size=size, mode=("bilinear", "bicubic")[mode - 1], antialias=True,
+                                    align_corners=False)
+            low = torch.where((u[:, 2] < probability)[:, None, None, None], resized, low)
+        noise = torch.randn(low.shape, generator=generator).to(low.device)
+        strength = torch.where(u[:, 3] < probability, 0.05 * u[:, 1], torch.zeros_like(u[:, 1]))
+        low = low + noise * strength[:, None, None, None]
+    return low.clamp(-1, 1)
+
+
+class UpsamplerObjective(_TwoPlayer):
+    """GigaGAN upsampler (Sec. 3.5): (low-res, high-res) pairs made by :func:`degrade`; the GAN loss with
+    the multi-scale D (which also sees the low-res input), + L1 and, with a weights file, LPIPS."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, l1_weight: float = 10.0, lpips_weight: float = 0.0,
+                 lpips: nn.Module | None = None, degrade: float = 0.5, **kwargs: Any):
         super().__init__(G, D, **kwargs)
-        self.l1_weight = float(l1_weight)
+        self.l1_weight, self.lpips_weight = float(l1_weight), float(lpips_weight)
+        self.degrade = float(degrade)
+        if self.lpips_weight > 0 and lpips is None:
+            raise UserError("--lpips-weight: give the LPIPS weights file with --lpips-weights FILE "
+                            "(genzoo never downloads weights)")
+        object.__setattr__(self, "lpips", lpips)  # frozen, never saved
 
     def loss(self, player: str, batch: Batch, step: int) -> StepResult:
         G, D = self.players["G"], self.players["D"]
         hr = batch.images
-        low = F.adaptive_avg_pool2d(hr, hr.shape[-1] // G.scale)
+        low = degrade(hr, G.scale, self.degrade)
         prompts = list(batch.captions or []) if G.text is not None else None
         if G.text is not None and not prompts:
             raise UserError("--upsampler-text: the dataset has no captions")
@@ -376,9 +423,13 @@ class UpsamplerObjective(_TwoPlayer):
                 fake_logits = D(fake, text, cond=low)
                 adv = self.g_loss(D, fake_logits, ((hr, text), {"cond": low}))
             l1 = (fake - hr).abs().mean()
-            return StepResult(
-                adv + self.l1_weight * l1, {"G/loss": float(adv.detach()), "G/l1": float(l1.detach())}
-            )
+            loss = adv + self.l1_weight * l1
+            logs = {"G/loss": float(adv.detach()), "G/l1": float(l1.detach())}
+            if self.lpips_weight > 0:
+                perceptual = self.lpips.to(hr.device)((fake.float() + 1) / 2, (hr.float() + 1) / 2).mean()
+                loss = loss + self.lpips_weight * perceptual
+                logs["G/lpips"] = float(perceptual.detach())
+            return StepResult(loss, logs)
         raise ValueError(f"unknown player {player!r}; expected 'G' or 'D'")
 
 
@@ -446,6 +497,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--upsample-scale", type=V.positive_int, default=4,
         help="gigagan-upsampler: scale factor (default 4)")
     add("--upsampler-text", action="store_true", help="gigagan-upsampler: condition on the captions too")
+    add("--degrade", type=V.nonnegative_float, default=None,
+        help="gigagan-upsampler: probability of each input degradation (blur, resize kernel, noise; "
+        "default 0.5; 0: area downsampling only)")
+    add("--lpips-weight", type=V.nonnegative_float, default=None,
+        help="gigagan-upsampler: LPIPS loss weight (default 1 with --lpips-weights, else 0)")
+    add_argument_once(parser, "--lpips-weights", default=None,
+                      help="LPIPS (VGG) weights file, never downloaded (see genzoo.nets.lpips)")
     add(
         "--l1-weight",
         type=V.nonnegative_float,
@@ -591,10 +649,27 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
             text=text,
             cond_channels=channels,
         )
+        lpips_file = config.get("lpips_weights")
+        lpips_weight = config.get("lpips_weight")
+        lpips_weight = float(1.0 if lpips_weight is None and lpips_file else lpips_weight or 0.0)
+        degrade_p = float(_get(config, "degrade", 0.5))
+        if not 0 <= degrade_p <= 1:
+            raise UserError(f"--degrade: expected a probability in [0, 1], got {degrade_p}")
+        config.update({"lpips_weight": lpips_weight, "degrade": degrade_p})
+        lpips = None
+        if lpips_weight > 0:
+            if not lpips_file:
+                raise UserError("--lpips-weight: give the LPIPS weights file with --lpips-weights FILE")
+            from genzoo.nets.lpips import LPIPS
+
+            lpips = LPIPS.from_file(lpips_file)
         return UpsamplerObjective(
             nets.build("gigagan-upsampler", **net),
             D,
             l1_weight=float(_get(config, "l1_weight", 10.0)),
+            lpips_weight=lpips_weight,
+            lpips=lpips,
+            degrade=degrade_p,
             **common,
         )
     if not getattr(dataset, "captions", None):
