@@ -178,6 +178,7 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, default=16)
     parser.add_argument("--biggan", action="store_true", help="also BigGAN (demo recipe) on the same images")
     parser.add_argument("--no-gigagan", action="store_true", help="skip GigaGAN (e.g. only --biggan)")
+    parser.add_argument("--eval-run", help="only evaluate the checkpoints of this GigaGAN run directory")
     parser.add_argument("--no-probes", action="store_true", help="skip the word-swap probes")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a GigaGAN training option, e.g. --set match_negatives=rolled")
@@ -192,7 +193,10 @@ def main() -> int:
     tokenizer_probe(args.resolution)
     classifier = load_shapes_classifier()
     prompts, labels = eval_prompts(args.resolution)
-    if args.images > 0:
+    if args.eval_run:
+        print_curve(f"GigaGAN run {args.eval_run}", curve(Path(args.eval_run), prompts, labels, classifier,
+                                                         not args.no_probes), float("nan"))
+    elif args.images > 0:
         if not args.no_gigagan:
             recipe = {**GIGAGAN, **parse_set(args.set)}
             print(f"GigaGAN recipe: {recipe}")
