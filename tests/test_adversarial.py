@@ -25,7 +25,7 @@ def test_discriminator_loss_averages_a_multi_scale_dict_and_adds_scaled_penaltie
           for k in a]
     grad_sq = float((a["s8"] + a["s4"]).square().sum())
     expected = sum(ns) / 2 + 0.5 * 0.5 * 4.0 * grad_sq + 0.5 * 0.25 * 4.0 * grad_sq
-    assert float(loss) == pytest.approx(expected, rel=64 * EPS64)
+    assert float(loss.detach()) == pytest.approx(expected, rel=64 * EPS64)
     assert logs["D/r1"] == pytest.approx(grad_sq, rel=64 * EPS64) and logs["D/r2"] == logs["D/r1"]
     # a plain tensor is one scale; no gammas, no penalties
     loss1, logs1 = A.discriminator_loss("hinge", real_logits["s8"], fake_logits["s8"])
