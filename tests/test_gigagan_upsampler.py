@@ -55,6 +55,6 @@ def test_upsampler_objective_adds_the_lpips_term_and_refuses_it_without_weights(
     with_lpips = giga.UpsamplerObjective(U, D, degrade=0.0, lpips_weight=3.0, lpips=HalfL1())
     a, b = plain.loss("G", batch, 1), with_lpips.loss("G", batch, 1)
     assert b.logs["G/lpips"] == pytest.approx(0.5 * 0.5 * b.logs["G/l1"], rel=1e-5)  # [0,1] range halves L1
-    assert float(b.loss.detach()) - b.logs["G/loss"] - 10 * b.logs["G/l1"] == pytest.approx(3 * b.logs["G/lpips"],
-                                                                                    rel=1e-4)
+    rest = float(b.loss.detach()) - b.logs["G/loss"] - 10 * b.logs["G/l1"]
+    assert rest == pytest.approx(3 * b.logs["G/lpips"], rel=1e-4)
     assert "G/lpips" not in a.logs
