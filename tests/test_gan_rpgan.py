@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genzoo.errors import UserError
-from genzoo.gan.losses import d_loss, g_loss, r2_penalty, rpgan_d_loss, rpgan_g_loss
+from genzoo.train.adversarial import d_loss, g_loss, r2_penalty, rpgan_d_loss, rpgan_g_loss
 
 EPS64 = torch.finfo(torch.float64).eps
 

@@ -45,8 +45,7 @@ from genzoo.consistency.schedules import (
 )
 from genzoo.consistency.trajectories import TrajectoryPool, teacher_ode_solve
 from genzoo.errors import UserError
-from genzoo.gan.losses import ns_d_loss, ns_g_loss, r1_penalty
-from genzoo.gan.objective import frozen
+from genzoo.train.adversarial import discriminator_loss, frozen, ns_g_loss
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
 MODES = ("cd", "ct", "ict", "ect", "scm")
@@ -295,13 +294,7 @@ class ConsistencyObjective(Objective):
             fake = self.players["net"](x_noisy, sigma, labels).float()
         real = x.detach().requires_grad_(self.r1_gamma > 0)
         d_labels = self._d_labels(labels, len(x), x.device)
-        real_logits, fake_logits = D(real, d_labels), D(fake, d_labels)
-        loss = ns_d_loss(real_logits, fake_logits)
-        logs = {"D/loss": float(loss.detach())}
-        if self.r1_gamma > 0:
-            penalty = r1_penalty(real_logits, real)
-            loss = loss + 0.5 * self.r1_gamma * penalty
-            logs["D/r1"] = float(penalty.detach())
+        loss, logs = discriminator_loss("ns", D(real, d_labels), D(fake, d_labels), real, None, self.r1_gamma)
         return StepResult(loss, logs)
 
     def _adversarial_term(self, consistency_loss: torch.Tensor, out: torch.Tensor,

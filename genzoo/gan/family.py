@@ -7,8 +7,6 @@ genzoo sample --ckpt runs/biggan --truncation 0.5 --class 3 --grid grid.png
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 from types import ModuleType
 from typing import Any
 
@@ -19,19 +17,20 @@ from genzoo import nets
 from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.family import Family, add_argument_once
+from genzoo.gan import gigagan
 from genzoo.gan.augment import parse_policy
-from genzoo.gan.losses import LOSSES, check_loss_name
 from genzoo.gan.objective import GANObjective
+from genzoo.gan.parse import parse_betas, parse_resolutions
 from genzoo.gan.sampling import generate, standing_stats
 from genzoo.nets.biggan import BigGANDeepGenerator, BigGANGenerator
 from genzoo.nets.r3gan import R3GANGenerator
 from genzoo.seeds import StackedRandomGenerator
+from genzoo.train.adversarial import LOSSES, check_loss_name
 
 BigGANGenerators = (BigGANGenerator, BigGANDeepGenerator)
 
 #: --arch name -> discriminator network name (the generator is registered under the arch name)
 GAN_ARCHES = {"biggan": "biggan-d", "biggan-deep": "biggan-deep-d", "r3gan": "r3gan-d"}
-_GIGAGAN_MODULE = "genzoo.gan.gigagan"
 
 #: BigGAN defaults (BigGAN-PyTorch's released ImageNet run: G lr 1e-4, D lr 4e-4, Adam eps 1e-6;
 #: the paper's 2 D steps per G step)
@@ -75,22 +74,13 @@ def r3gan_gamma(resolution: int) -> float:
     return R3GAN_GAMMA_32PX * (resolution / 32) ** 2
 
 
-def _gigagan() -> ModuleType | None:
-    if importlib.util.find_spec(_GIGAGAN_MODULE) is None:
-        return None
-    return importlib.import_module(_GIGAGAN_MODULE)
-
-
 def _delegate_for_arch(arch: str) -> ModuleType | None:
     """The GigaGAN module when ``arch`` is one of its networks, None for BigGAN archs."""
     if arch in GAN_ARCHES:
         return None
-    module = _gigagan()
-    if module is not None and (arch.startswith("gigagan") or arch in getattr(module, "ARCHES", ())):
-        return module
-    known = list(GAN_ARCHES) + (
-        list(getattr(module, "ARCHES", ("gigagan",))) if module is not None else []
-    )
+    if arch in gigagan.ARCHES:
+        return gigagan
+    known = list(GAN_ARCHES) + list(gigagan.ARCHES)
     raise UserError(f"--arch: the gan family has no architecture {arch!r}; available: {', '.join(known)}")
 
 
@@ -124,33 +114,6 @@ def _network_configs(arch: str, config: dict[str, Any], resolution: int, channel
     return g_net, {**common, "ch": int(_get(config, "d_ch"))}, DEFAULTS
 
 
-def parse_betas(text: str | tuple | list) -> tuple[float, float]:
-    """``"0,0.999"`` -> (0.0, 0.999)."""
-    if isinstance(text, (tuple, list)):
-        values = list(text)
-    else:
-        values = str(text).split(",")
-    try:
-        b1, b2 = (float(v) for v in values)
-    except ValueError:
-        raise UserError(f"--betas: expected two numbers like '0,0.999', got {text!r}") from None
-    if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise UserError(f"--betas: both must lie in [0, 1), got {text!r}")
-    return b1, b2
-
-
-def parse_resolutions(text: str | list | None) -> list[int] | None:
-    """``"16,32"`` -> [16, 32]; "" or "none" -> []; None -> None (the architecture's default)."""
-    if text is None or isinstance(text, list):
-        return text
-    if text.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"--attn-res: expected resolutions like '32' or '16,32', got {text!r}") from None
-
-
 class GANFamily(Family):
     name = "gan"
 
@@ -163,8 +126,8 @@ class GANFamily(Family):
         add("--betas", type=V.float_list(0, 1), default=None, help="Adam betas for G and D (BigGAN: 0,0.999)")
         add("--adam-eps", type=V.positive_float, default=None, help="Adam epsilon (BigGAN: 1e-6)")
         add("--loss", choices=LOSSES, default=None,
-            help="GAN loss: hinge (BigGAN), ns (non-saturating) or rpgan (R3GAN's relativistic pairing "
-                 "loss; pair it with --r1-gamma and --r2-gamma)")
+            help="GAN loss: hinge (BigGAN), ns (non-saturating; GigaGAN) or rpgan (R3GAN's relativistic "
+                 "pairing loss; pair it with --r1-gamma and --r2-gamma)")
         add(
             "--ortho-reg",
             type=V.nonnegative_float,
@@ -177,7 +140,7 @@ class GANFamily(Family):
             help="DiffAugment policy for small datasets, e.g. color,translation,cutout",
         )
         add("--r1-gamma", type=V.nonnegative_float, default=None,
-            help="R1 penalty weight γ on real images (default 0)")
+            help="R1 penalty weight γ on real images (default 0; GigaGAN 0.1)")
         add("--r2-gamma", type=V.nonnegative_float, default=None,
             help="R2 penalty weight γ on generated images (default 0; R3GAN uses γ for both R1 and R2)")
         add("--g-ch", type=V.positive_int, default=None,
@@ -194,9 +157,7 @@ class GANFamily(Family):
             help="self-attention resolutions in G and D, e.g. 64 or 16,32 "
             "(default: 64, or res/2 below 128 px); 'none' for none",
         )
-        module = _gigagan()
-        if module is not None and hasattr(module, "add_train_arguments"):
-            module.add_train_arguments(parser)
+        gigagan.add_train_arguments(parser)
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_argument_once(
@@ -214,9 +175,7 @@ class GANFamily(Family):
             metavar="BATCHES",
             help="BigGAN: recompute batch-norm statistics over this many batches of 64 samples",
         )
-        module = _gigagan()
-        if module is not None and hasattr(module, "add_sample_arguments"):
-            module.add_sample_arguments(parser)
+        gigagan.add_sample_arguments(parser)
 
     # ------------------------------------------------------------------ training
 
@@ -279,9 +238,7 @@ class GANFamily(Family):
     def prompts_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[str] | None:
         if getattr(model, "text", None) is None:  # BigGAN, or a GigaGAN without a text encoder
             return None
-        from genzoo.gan.gigagan import prompts_for_seeds
-
-        return prompts_for_seeds(seeds, options.get("prompt"), model.default_prompts)
+        return gigagan.prompts_for_seeds(seeds, options.get("prompt"), model.default_prompts)
 
     def sample(
         self,

@@ -374,7 +374,7 @@ class Trainer:
                   else spec.warmup_images)
         lr = learning_rate(spec.lr, p.images_seen, warmup, spec.decay_images)  # on images seen so far
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mul", 1.0)
         logs[f"lr/{player}"] = lr
         if scaler is not None:
             scaler.unscale_(opt)
@@ -451,10 +451,22 @@ class Trainer:
 
 
 def _make_optimizer(net: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """Adam as the spec says (AdamW, decoupled decay, when ``weight_decay`` > 0)."""
-    params = [q for q in net.parameters() if q.requires_grad]
+    """Adam as the spec says (AdamW, decoupled decay, when ``weight_decay`` > 0); one parameter group per
+    learning-rate multiplier of ``spec.lr_mul``."""
+    groups: dict[float, list[torch.Tensor]] = {}
+    for name, q in net.named_parameters():
+        if q.requires_grad:
+            groups.setdefault(parameter_lr_mul(name, spec.lr_mul), []).append(q)
     cls = torch.optim.AdamW if spec.weight_decay > 0 else torch.optim.Adam
-    return cls(params, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay)
+    param_groups = [{"params": ps, "lr": spec.lr * mul, "lr_mul": mul} for mul, ps in groups.items()]
+    return cls(param_groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
+               weight_decay=spec.weight_decay)
+
+
+def parameter_lr_mul(name: str, lr_mul: dict[str, float]) -> float:
+    """The multiplier of the longest prefix in ``lr_mul`` that ``name`` starts with (1 when none does)."""
+    matches = [prefix for prefix in lr_mul if name.startswith(prefix)]
+    return float(lr_mul[max(matches, key=len)]) if matches else 1.0
 
 
 def _objective_state(objective: Objective) -> dict[str, torch.Tensor]:
