@@ -26,6 +26,7 @@ class Preset:
     classes: str = "one class per seed, uniform over the classes (drawn from the seed)"
     needs_classifier: str | None = None  # released classifier file, for classifier guidance
     gpu_hours: float = 1.0            # rough time for the full protocol on one H100-class GPU
+    fd_dinov2: bool = False           # EDM2's suite: FD_DINOv2 beside FID when --dinov2 is given
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -90,11 +91,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("edm2-imagenet64-xl", "diffusion", "edm2-img64-xl-*.pkl (NVlabs/edm2 README, FID-optimal EMA)",
            _EDM2_CONVERT, 1.33, "Karras et al. 2024 (EDM2), Table 3", _HEUN + ("--steps", "32"),
            "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img64.pkl (convert to .npz)", gpu_hours=3,
-           notes="deterministic 2nd-order sampler, 32 steps = 63 NFE"),
+           fd_dinov2=True, notes="deterministic 2nd-order sampler, 32 steps = 63 NFE"),
     Preset("edm2-imagenet512-xxl", "diffusion", "edm2-img512-xxl-*.pkl (NVlabs/edm2 README, FID-optimal EMA)",
            _EDM2_CONVERT, 1.81, "Karras et al. 2024 (EDM2), Table 2 (with guidance)",
            _HEUN + ("--steps", "32", "--guidance", "1.2"),
            "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl (convert to .npz)", gpu_hours=20,
+           fd_dinov2=True,
            notes="latent model (SD VAE decoder); guidance by the XS model in the paper, here the scale only"),
 ]}
 
@@ -109,6 +111,7 @@ def format_list() -> str:
                      + (f" + classifier {p.needs_classifier}" if p.needs_classifier else "")
                      + f"\n  convert:    {p.convert}\n  published:  {number} ({p.source})"
                      f"\n  protocol:   genzoo sample {' '.join(p.flags)} --seeds {p.seeds}; {p.classes}; "
-                     f"{p.notes}\n  reference:  {p.reference}\n  time:       roughly {p.gpu_hours} GPU-hours "
+                     f"{p.notes}" + ("; with --dinov2 also FD_DINOv2" if p.fd_dinov2 else "")
+                     + f"\n  reference:  {p.reference}\n  time:       roughly {p.gpu_hours} GPU-hours "
                      f"for {p.num} samples on one H100-class GPU (an estimate, not measured)")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_reproduce import stand_ins  # noqa: F401 - a fixture: the tiny converted models
 
 from genzoo.cli import main
 from genzoo.errors import UserError
@@ -428,3 +429,49 @@ def test_two_process_eval_with_dinov2_equals_one_process(tmp_path, tiny_weights)
     assert main([*argv, "--out", str(tmp_path / "one.json")]) == 0
     one, two = (json.loads((tmp_path / n).read_text()) for n in ("one.json", "two.json"))
     assert one["fd"] == two["fd"] and one["fd_blocks"] == two["fd_blocks"] and one["num_ref"] == 70
+
+
+def test_edm2_presets_also_report_fd_dinov2(stand_ins, tiny_weights, tmp_path, capsys):  # noqa: F811
+    argv = [
+        "reproduce",
+        "edm2-imagenet64-xl",
+        "--ckpt",
+        str(stand_ins / "diffusion"),
+        "--ref",
+        "shapes:16?count=6",
+        "--num",
+        "2",
+        "--features",
+        "shapes",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--batch",
+        "2",
+        "--dinov2",
+        str(tiny_weights),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "edm2-imagenet64-xl: measured FD_DINOv2" in printed and "measured shapes FD" in printed
+    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    dino = json.loads((tmp_path / "out" / "metrics-dinov2.json").read_text())
+    assert record["features"] == "shapes" and dino["features"] == "dinov2"
+    assert record["fd_dinov2"] == dino["fd"] and record["fd"] != record["fd_dinov2"]
+    # an option a preset does not take is an error
+    assert (
+        main(
+            [
+                "reproduce",
+                "edm-cifar10-cond-vp",
+                "--ckpt",
+                str(stand_ins / "diffusion"),
+                "--ref",
+                "shapes",
+                "--dinov2",
+                str(tiny_weights),
+            ]
+        )
+        == 2
+    )
+    assert "reports FID only" in capsys.readouterr().err
