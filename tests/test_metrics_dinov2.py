@@ -271,6 +271,12 @@ def tiny_weights(tmp_path_factory):
     return path
 
 
+def eval_argv(tmp_path, *extra):
+    """`genzoo eval` of the image sets written by :func:`image_sets` in DINOv2 features."""
+    samples, real = str(tmp_path / "samples.npz"), str(tmp_path / "real.npz")
+    return ["eval", "--samples", samples, "--ref", real, "--features", "dinov2", *extra]
+
+
 def image_sets(tmp_path):
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (1, 16, 16, 3))
@@ -345,17 +351,7 @@ def test_eval_dinov2_bad_files_exit_2_with_one_line(tmp_path, tiny_weights, caps
     garbage.write_bytes(b"not a torch file")
     inception_like = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(2, 3, 3, 3)}, inception_like)
-    base = [
-        "eval",
-        "--samples",
-        str(tmp_path / "samples.npz"),
-        "--ref",
-        str(tmp_path / "real.npz"),
-        "--features",
-        "dinov2",
-        "--device",
-        "cpu",
-    ]
+    base = eval_argv(tmp_path, "--device", "cpu")
     env = os.environ.pop("GENZOO_DINOV2", None)
     try:
         for extra, words in (
@@ -394,23 +390,9 @@ def test_safetensors_weights_and_chunked_keys_load_the_same(tmp_path, tiny_weigh
 
 def test_two_process_eval_with_dinov2_equals_one_process(tmp_path, tiny_weights):
     image_sets(tmp_path)
-    argv = [
-        "eval",
-        "--samples",
-        str(tmp_path / "samples.npz"),
-        "--ref",
-        str(tmp_path / "real.npz"),
-        "--features",
-        "dinov2",
-        "--dinov2",
-        str(tiny_weights),
-        "--batch",
-        "16",
-        "--blocks",
-        "2",
-        "--device",
-        "auto",
-    ]
+    argv = eval_argv(
+        tmp_path, "--dinov2", str(tiny_weights), "--batch", "16", "--blocks", "2", "--device", "auto"
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)

@@ -16,7 +16,6 @@ Nothing is downloaded: the file is given by ``--dinov2 PATH`` or ``GENZOO_DINOV2
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -228,19 +227,11 @@ class DINOv2Features(nn.Module):
 
 
 def canonical_dinov2_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tensors only; ``module.``/``backbone.`` prefixes, the training-only ``mask_token`` and the
-    chunked layout's chunk index (``blocks.C.I.`` -> ``blocks.I.``) removed."""
-    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    out = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = key.removeprefix("module.").removeprefix("backbone.")
-        if key == "mask_token":
-            continue
-        out[re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)] = value
-    return out
+    """``module.``/``backbone.`` prefixes, the training-only ``mask_token`` and the chunked layout's chunk
+    index (``blocks.C.I.`` -> ``blocks.I.``) removed."""
+    keys = {key: re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.",
+                        key.removeprefix("module.").removeprefix("backbone.")) for key in state}
+    return {new: state[key] for key, new in keys.items() if new != "mask_token"}
 
 
 def dinov2_config_from_state(state: Mapping[str, torch.Tensor], source: str = "--dinov2") -> DINOv2Config:
@@ -285,19 +276,12 @@ def dinov2_from_state(state: Mapping[str, torch.Tensor], source: str = "--dinov2
 
 def load_dinov2(path: str | Path | None = None, device: str | torch.device = "cpu") -> DINOv2Features:
     """The FD_DINOv2 detector with weights from ``path``, else ``$GENZOO_DINOV2`` (weights-only load)."""
-    from genzoo.checkpoints import load_safetensors, load_torch_file
+    from genzoo.checkpoints import read_state_dict, weights_file
 
-    path = path or os.environ.get(DINOV2_ENV)
-    if not path:
-        raise UserError(f"--dinov2: not given and {DINOV2_ENV} is not set; {MISSING_WEIGHTS_MESSAGE}")
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"--dinov2 {path}: no such file; {MISSING_WEIGHTS_MESSAGE}")
+    path = weights_file(path, "--dinov2", DINOV2_ENV, MISSING_WEIGHTS_MESSAGE)
     try:
-        state = load_safetensors(path) if path.suffix == ".safetensors" else load_torch_file(path)
+        state = read_state_dict(path)  # .safetensors, or torch.load(weights_only=True)
     except UserError as err:
         raise UserError(f"--dinov2 {err}; expected a DINOv2 state dict (e.g. dinov2_vitl14_pretrain.pth)"
                         ) from None
-    if not isinstance(state, Mapping):
-        raise UserError(f"--dinov2 {path}: expected a DINOv2 state dict, got {type(state).__name__}")
     return DINOv2Features(dinov2_from_state(state, f"--dinov2 {path}")).to(device)
