@@ -30,6 +30,7 @@ class Preset:
     # rough time for the full protocol on one H100-class GPU: NFE × network FLOPs × num at ~40% of the
     # bf16 peak (an estimate; `--num 1000` and the images/s in samples.cost.json give a measured one)
     gpu_hours: float = 1.0
+    fd_dinov2: bool = False           # EDM2's suite: FD_DINOv2 beside FID when --dinov2 is given
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -131,13 +132,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     _biggan(128, 0.1), _biggan(256, 0.3), _biggan(512, 1.0),
     Preset("edm2-imagenet64-xl", "diffusion", "edm2-img64-xl-0671088-0.040.pkl (" + _EDM2_MODELS + ")",
            _EDM2_CONVERT, 1.33, "Karras et al. 2024 (EDM2), Table 3 (EDM2-XL, FID-optimal EMA 0.040)",
-           _HEUN + ("--steps", "32"), _EDM2_REF.format(res=64), gpu_hours=1.5,
+           _HEUN + ("--steps", "32"), _EDM2_REF.format(res=64), gpu_hours=1.5, fd_dinov2=True,
            notes="deterministic 2nd-order sampler, 32 steps = 63 NFE (generate_images.py preset "
                  "edm2-img64-xl-fid)"),
     Preset("edm2-imagenet512-xxl", "diffusion", "edm2-img512-xxl-0939524-0.015.pkl (" + _EDM2_MODELS + ")",
            _EDM2_CONVERT, 1.81, "Karras et al. 2024 (EDM2), Table 2 (EDM2-XXL with guidance)",
            _HEUN + ("--steps", "32", "--guidance", "1.2"), _EDM2_REF.format(res=512),
-           needs_guide="edm2-img512-xs-uncond-2147483-0.015.pkl", latent=True, gpu_hours=6,
+           needs_guide="edm2-img512-xs-uncond-2147483-0.015.pkl", latent=True, gpu_hours=6, fd_dinov2=True,
            notes="latent model decoded by the SD VAE (stabilityai/sd-vae-ft-mse, --vae); guidance 1.2 by the "
                  "unconditional XS model (generate_images.py preset edm2-img512-xxl-guid-fid); 32 steps = 63 "
                  "NFE of each model"),
@@ -156,7 +157,8 @@ def format_list() -> str:
         lines.append(f"{p.name}\n  checkpoint: {files}"
                      f"\n  convert:    {p.convert}\n  published:  {number} ({p.source})"
                      f"\n  protocol:   genzoo sample {' '.join(p.flags)} --seeds {p.seeds}; {p.classes}; "
-                     f"{p.notes}\n  reference:  {p.reference}\n  time:       roughly {p.gpu_hours} GPU-hours "
+                     f"{p.notes}" + ("; with --dinov2 also FD_DINOv2" if p.fd_dinov2 else "")
+                     + f"\n  reference:  {p.reference}\n  time:       roughly {p.gpu_hours} GPU-hours "
                      f"for {p.num} samples on one H100-class GPU (estimated from NFE and FLOPs; measure with "
                      "--num 1000 and the images/s in samples.cost.json)")
     return "\n".join(lines)
