@@ -85,13 +85,14 @@ def _adm(res: int, guided: bool, published: float | None, scale: float, hours: f
 
 def _cm(kind: str, steps: int, published: float, ts: str) -> Preset:
     """Consistency models on ImageNet-64 (Song et al. 2023, Table 2; flags of the repo's scripts/launch.sh:
-    the N-step grid of the training run, 40 for CD and 201 for CT, and the two-step index lists)."""
+    one evaluation f(σ_max·z, σ_max), or the two-step index lists on the N-point grid of the training run,
+    40 for CD and 201 for CT)."""
     ckpt = f"{kind}_imagenet64" + ("_lpips" if kind == "cd" else "")
     return Preset(
         f"cm-imagenet64-{kind}-{steps}step", "consistency", f"{ckpt}.pt",
         f"genzoo convert --from consistency-models --preset {ckpt} FILE OUT", published,
         "Song et al. 2023 (consistency models), Table 2" + (" (CD, LPIPS)" if kind == "cd" else " (CT)"),
-        ("--steps", "40" if kind == "cd" else "201") + (("--ts", ts) if steps == 2 else ()),
+        ("--steps", "40" if kind == "cd" else "201", "--ts", ts) if steps == 2 else ("--steps", "1"),
         _adm_ref(64), gpu_hours=0.1 * steps,
         notes=f"{steps} network evaluation(s)" + (f", multistep ts {ts}" if steps == 2 else ", one step"))
 

@@ -139,7 +139,9 @@ def test_every_preset_runs_its_protocol_on_a_stand_in(name, stand_ins, tmp_path,
         assert main(argv) == 2
         assert "--classifier" in capsys.readouterr().err
         extra = ["--classifier", str(stand_ins / "classifier")]
-    run_preset(name, model, tmp_path, capsys, monkeypatch, extra)
+    record = run_preset(name, model, tmp_path, capsys, monkeypatch, extra)
+    if preset.family == "consistency":  # "1step" / "2step": that many network evaluations per image
+        assert record["nfe"] == int(name[-5])
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -95,10 +95,14 @@ def run(args: argparse.Namespace) -> int:
         for argv in (sample_args, eval_args, dinov2_args):
             argv.extend(["--quiet"] if argv else [])
     from genzoo.api import load
+    from genzoo.checkpoints import read_json, resolve_model_dir
     from genzoo.cli import main
     from genzoo.metrics.record import read_metrics, write_metrics
 
-    _check_kind(load(args.ckpt, device="cpu").config, preset, args.ckpt)
+    ckpt = Path(args.ckpt)  # a model directory's config.json says its kind without building the network
+    config = (read_json(resolve_model_dir(ckpt) / "config.json") if ckpt.is_dir()
+              else load(args.ckpt, device="cpu").config)
+    _check_kind(config, preset, args.ckpt)
     for argv in (sample_args, eval_args, dinov2_args):
         code = main(argv) if argv else 0
         if code:
