@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_reproduce import stand_ins  # noqa: F401 - a fixture: the tiny converted models
+from test_reproduce import run_preset, stand_ins  # noqa: F401 - stand_ins: the tiny converted models
 
 from genzoo.cli import main
 from genzoo.errors import UserError
@@ -415,29 +415,9 @@ def test_two_process_eval_with_dinov2_equals_one_process(tmp_path, tiny_weights)
     assert one["fd"] == two["fd"] and one["fd_blocks"] == two["fd_blocks"] and one["num_ref"] == 70
 
 
-def test_edm2_presets_also_report_fd_dinov2(stand_ins, tiny_weights, tmp_path, capsys):  # noqa: F811
-    argv = [
-        "reproduce",
-        "edm2-imagenet64-xl",
-        "--ckpt",
-        str(stand_ins / "diffusion"),
-        "--ref",
-        "shapes:16?count=6",
-        "--num",
-        "2",
-        "--features",
-        "shapes",
-        "--out",
-        str(tmp_path / "out"),
-        "--quiet",
-        "--batch",
-        "2",
-        "--dinov2",
-        str(tiny_weights),
-    ]
-    assert main(argv) == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
-    assert "edm2-imagenet64-xl: measured FD_DINOv2" in printed and "measured shapes FD" in printed
+def test_edm2_presets_also_report_fd_dinov2(stand_ins, tiny_weights, tmp_path, capsys, monkeypatch):  # noqa: F811
+    run_preset("edm2-imagenet64-xl", stand_ins / "edm2", tmp_path, capsys, monkeypatch,
+               extra=("--dinov2", str(tiny_weights)))
     record = json.loads((tmp_path / "out" / "metrics.json").read_text())
     dino = json.loads((tmp_path / "out" / "metrics-dinov2.json").read_text())
     assert record["features"] == "shapes" and dino["features"] == "dinov2"
