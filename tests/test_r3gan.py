@@ -77,7 +77,7 @@ def test_branch_initialisation_is_variance_scaled():
         expected = gain / math.sqrt(fan_in)
         n = conv.weight.numel()  # ≥ 8192 draws: the sample std is within 6 standard errors of 5%
         assert n >= 8192
-        assert abs(float(conv.weight.std()) / expected - 1) < 6 / math.sqrt(2 * n) + 1e-3
+        assert abs(float(conv.weight.detach().std()) / expected - 1) < 6 / math.sqrt(2 * n) + 1e-3
     assert block.spatial.groups == 128 // 16
     assert not block.project.weight.any()
 
