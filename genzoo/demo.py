@@ -40,10 +40,10 @@ from genzoo.errors import UserError
 #: or more: a small network gains little from a second thread (measured: EDM 490 images/s alone on two
 #: threads against 303 on one thread beside another run, BigGAN 265 against 200), so two 1-thread runs
 #: get through more images together. A lane's runs follow each other (CD needs EDM).
-LANES = (("edm", "scm", "cd"), ("biggan", "gigagan"))
+LANES = (("edm", "cd"), ("biggan", "gigagan"))
 #: fraction of the demo's minutes each training run gets (of wall time, within its lane); the rest
 #: (~25%) goes to sampling and evaluation. Without lanes the shares are halved to keep the budget.
-TRAIN_SHARES = {"edm": 0.58, "scm": 0.17, "cd": 0.17, "biggan": 0.55, "gigagan": 0.20}
+TRAIN_SHARES = {"edm": 0.58, "cd": 0.17, "biggan": 0.55, "gigagan": 0.20}
 #: samples per configuration at the default 15 minutes (scaled with --minutes)
 DEFAULT_SAMPLES = 512
 DEFAULT_MINUTES = 15.0
@@ -105,7 +105,6 @@ def _networks(resolution: int, tiny: bool) -> dict[str, dict[str, Any]]:
         return {
             "edm": dict(batch=8, model_channels=8, num_blocks=1, channel_mult="1,2", attn_res="",
                         adaptive_scale=True),
-            "scm": dict(batch=8, tangent_warmup=1),
             "cd": dict(batch=8, trajectory_pool=16),
             "biggan": dict(batch=8, g_ch=4, d_ch=4, z_dim=16, shared_dim=8, attn_res="none"),
             "gigagan": dict(batch=8, g_ch=8, d_ch=8, z_dim=16, w_dim=16, text_dim=16, text_depth=1, kernels=2,
@@ -116,9 +115,6 @@ def _networks(resolution: int, tiny: bool) -> dict[str, dict[str, Any]]:
         # attention, and shapes come with images seen (docs/demo.md, "Tuning")
         "edm": dict(batch=64, model_channels=32, num_blocks=1, channel_mult="1,2,2", attn_res="",
                     adaptive_scale=True),
-        # sCM distilled from the guided teacher, the demo's one-step model (docs/consistency.md, "Measured
-        # on shapes:16"); the tangent warm-up over the first steps of its share
-        "scm": dict(batch=32, lr=2e-4, tangent_warmup=80),
         # exact targets from a pool of the teacher's trajectories on its 10-point grid: one-step accuracy
         # 0.55 where paper CD's one-step targets give 0.39 in the same 2.5 minutes (docs/demo.md, "CD")
         "cd": dict(batch=32, num_scales=10, cd_targets="trajectory", trajectory_pool=512),
@@ -145,12 +141,6 @@ def plan_demo(out_dir: str | Path, minutes: float = DEFAULT_MINUTES, resolution:
         TrainStage("edm", "diffusion", dict(common, family="diffusion", arch="ddpmpp", precision="bf16",
                                             label_dropout=0.1, lr=2e-3, lr_warmup_kimg=0.5, **nets["edm"]),
                    TRAIN_SHARES["edm"], "EDM diffusion (class-conditional, 10% label dropout for CFG)"),
-        TrainStage("scm", "consistency", dict(common, family="consistency", mode="scm", precision="bf16",
-                                              teacher=str(out / "runs" / "edm"), teacher_guidance=GUIDANCE,
-                                              **nets["scm"]),
-                   TRAIN_SHARES["scm"],
-                   "continuous-time consistency model (sCM) distilled from the EDM model guided at "
-                   f"w={GUIDANCE:g}"),
         TrainStage("cd", "consistency", dict(common, family="consistency", mode="cd", precision="bf16",
                                              teacher=str(out / "runs" / "edm"), teacher_guidance=GUIDANCE,
                                              lr=1e-3, **nets["cd"]),
@@ -189,9 +179,8 @@ def plan_demo(out_dir: str | Path, minutes: float = DEFAULT_MINUTES, resolution:
     evals += [EvalStage(f"edm-heun-{n}-cfg{GUIDANCE:g}-interval", "edm",
                         dict(guided, steps=n, guidance_interval=GUIDANCE_INTERVAL),
                         f"Heun, {n} steps, CFG w={GUIDANCE:g} for σ in ({GUIDANCE_INTERVAL})")]
-    evals += [EvalStage("scm-1step", "scm", {"steps": 1}, "one step"),
-              EvalStage("scm-2step", "scm", {"steps": 2}, "two steps"),
-              EvalStage("cd-1step", "cd", {"steps": 1}, "one step (CD, for comparison)")]
+    evals += [EvalStage("cd-1step", "cd", {"steps": 1}, "one step"),
+              EvalStage("cd-2step", "cd", {"steps": 2}, "two steps")]
     evals += [EvalStage("biggan", "biggan", {}, "one pass"),
               EvalStage("biggan-trunc0.5", "biggan", {"truncation": 0.5}, "one pass, truncation 0.5")]
     if gigagan:
