@@ -11,12 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from model_dirs import consistency_model_dir
 
-from genzoo.checkpoints import get_source, save_model_dir
-from genzoo.checkpoints.consistency_models import network_kwargs
 from genzoo.cli import main
-from genzoo.nets.adm import ADMUNet
 
 TINY = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
             num_head_channels=16, class_cond=True, num_classes=4, resblock_updown=True)
@@ -24,13 +21,7 @@ TINY = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    net = ADMUNet(**network_kwargs(TINY))
-    for p in net.parameters():
-        p.data.normal_(0, 0.05)
-    source = get_source("consistency-models")
-    config, weights = source.to_genzoo(source.load(net.state_dict(), **TINY), TINY)
-    return save_model_dir(tmp_path_factory.mktemp("cm") / "model", config, weights)
+    return consistency_model_dir(tmp_path_factory.mktemp("cm"), TINY)
 
 
 def child_env():

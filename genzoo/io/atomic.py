@@ -224,3 +224,17 @@ def atomic_text(path: str | Path, flag: str = "--out") -> Iterator[object]:
     """An open text handle on a temporary that becomes ``path`` on success."""
     with atomic_output(path, flag) as tmp, open(tmp, "w") as handle:
         yield handle
+
+
+class CommitOnExit:
+    """The context protocol of a streaming writer: ``close()`` (commit) when the block ends normally,
+    ``discard()`` when it raises, so an interrupted writer leaves the previous output in place."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genzoo.io.atomic import atomic_folder
+from genzoo.io.atomic import CommitOnExit, atomic_folder
 from genzoo.io.images import _as_nhwc_uint8
 
 
-class PngFolderWriter:
+class PngFolderWriter(CommitOnExit):
     """Write each image as ``DIR/{seed:06d}.png`` as it arrives (same interface as ``NpzWriter``).
 
     The files go into a hidden temporary folder beside ``DIR`` that replaces ``DIR`` when the writer
@@ -63,14 +63,6 @@ class PngFolderWriter:
         """Drop what was written; the folder keeps what it held before."""
         self._output.discard()
 
-    def __enter__(self) -> PngFolderWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.discard()
 
 
 def open_sample_writer(path: str | Path):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from genzoo.errors import UserError
-from genzoo.io.atomic import atomic_output
+from genzoo.io.atomic import CommitOnExit, atomic_output
 from genzoo.io.images import _as_nhwc_uint8
 
 
@@ -39,7 +39,7 @@ def _member(name: str) -> zipfile.ZipInfo:
     return info
 
 
-class NpzWriter:
+class NpzWriter(CommitOnExit):
     """Write ``arr_0`` (uint8 NHWC) and ``arr_1`` (labels) incrementally into an ``.npz`` file, plus
     ``prompts`` (a unicode array, one per image) for text-conditional samples.
 
@@ -122,14 +122,6 @@ class NpzWriter:
                 with archive.open(_member("prompts.npy"), "w") as out:
                     np.lib.format.write_array(out, np.array(self._prompts, dtype=str))
 
-    def __enter__(self) -> NpzWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.discard()
 
 
 def read_npz_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
