@@ -292,12 +292,11 @@ def reference_stage(out: Path, resolution: int, count: int, extractor: torch.nn.
 def eval_stage(stage: EvalStage, plan: DemoPlan, out: Path, shown: str, extractor: torch.nn.Module,
                reference: Path, train_summary: dict[str, Any]) -> Path:
     """Sample one configuration (timed), evaluate it, write ``evals/<name>/metrics.json``."""
-    from tqdm import tqdm
-
     from genzoo.api import load, sample
     from genzoo.io import NpzWriter, save_grid
     from genzoo.metrics import CallCounter, evaluate, measure_cost
     from genzoo.metrics.record import write_metrics
+    from genzoo.progress import progress as progress_bar
 
     target = out / "evals" / stage.name
     metrics_path = target / "metrics.json"
@@ -312,8 +311,7 @@ def eval_stage(stage: EvalStage, plan: DemoPlan, out: Path, shown: str, extracto
     samples_path = target / "samples.npz"
     grid_images: list[torch.Tensor] = []
     reported_nfe: list[int] = []
-    progress = tqdm(total=plan.num_samples, desc=f"sample {stage.name}", unit="img", dynamic_ncols=True,
-                    mininterval=1.0)
+    progress = progress_bar(plan.num_samples, f"sample {stage.name}", mininterval=1.0)
     counter = CallCounter(model)
     try:
         with NpzWriter(samples_path) as writer:

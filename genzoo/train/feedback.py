@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from genzoo.progress import progress
 
 
 def _tensorboard_writer(log_dir: Path) -> Any:
@@ -42,8 +42,7 @@ class Feedback:
         self.interval_images = 0
         self.run_start = time.monotonic()
         if self.enabled:
-            self.bar = tqdm(total=target, initial=step, unit="step", dynamic_ncols=True, desc="train",
-                            mininterval=1.0)
+            self.bar = progress(target, "train", unit="step", initial=step, mininterval=1.0)
             self.budget = budget_seconds
 
     def record(self, step: int, images_seen: int, logs: dict[str, float], batch: int) -> None:
