@@ -6,7 +6,9 @@ seed and never on the batch size or the number of processes.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -100,3 +102,35 @@ def batches(seeds: Sequence[int], batch_size: int, rank: int = 0, world_size: in
     seeds = list(seeds)
     all_batches = [seeds[i:i + batch_size] for i in range(0, len(seeds), batch_size)]
     return all_batches[rank::world_size]
+
+
+def _is_class(value: Any, num_classes: int) -> bool:
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return integral and 0 <= int(value) < num_classes
+
+
+def labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None,
+                      num_classes: int) -> list[int] | None:
+    """One label per seed: given (one for all or one per seed, each in [0, num_classes)) or drawn."""
+    if num_classes <= 0:
+        if class_labels is not None:
+            raise UserError("--class: this model is unconditional (no classes); drop --class")
+        return None
+    if class_labels is not None:
+        given = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        bad = next((c for c in given if not _is_class(c, num_classes)), None)
+        if bad is not None:
+            raise UserError(f"--class {bad}: expected a class in [0, {num_classes - 1}] for this model")
+        if len(given) not in (1, len(seeds)):
+            raise UserError(f"--class: {len(given)} labels for {len(seeds)} seeds; give one for all or "
+                            "one per seed")
+    if class_labels is None:
+        # A class drawn from the seed alone, so it too is independent of batching.
+        return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + (1 << 32))))
+                for s in seeds]
+    if isinstance(class_labels, int):
+        return [class_labels] * len(seeds)
+    class_labels = list(class_labels)
+    if len(class_labels) == 1:
+        return class_labels * len(seeds)
+    return class_labels

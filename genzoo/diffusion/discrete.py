@@ -658,14 +658,17 @@ class VLBLoss:
 _CLASSIFIERS: dict[tuple[str, str], nn.Module] = {}
 
 
-def load_classifier(path: str, device: torch.device) -> nn.Module:
-    """A noise-aware classifier from a genzoo model directory (trained with ``--family classifier`` or
-    converted with ``genzoo convert``), cached per path and device across batches."""
+def load_classifier(path: Any, device: torch.device) -> nn.Module:
+    """A noise-aware classifier (trained with ``--family classifier`` or converted with ``genzoo
+    convert``): the model itself when the API has loaded it, else loaded from its directory, cached per
+    path and device across batches."""
+    if isinstance(path, nn.Module):
+        return path
     key = (str(path), str(device))
     if key not in _CLASSIFIERS:
-        from genzoo.api import load
+        from genzoo.family import load_model
 
-        model = load(path, device=device)
+        model = load_model(path, device=device)
         if getattr(model, "config", {}).get("family") != "classifier":
             raise UserError(
                 f"--classifier {path}: not a classifier model (family {model.config.get('family')!r})"
@@ -677,11 +680,10 @@ def load_classifier(path: str, device: torch.device) -> nn.Module:
 def seed_labels(seeds: Sequence[int], num_classes: int, device: torch.device) -> torch.Tensor:
     """One class per seed, drawn from the seed alone (the labels ``genzoo.api.sample`` draws): the classes an
     unconditional model is guided toward, as the public classifier_sample.py draws random classes."""
-    from genzoo.api import _labels_for_seeds
+    from genzoo.seeds import labels_for_seeds
 
-    return torch.tensor(
-        _labels_for_seeds(list(seeds), None, int(num_classes)), device=device, dtype=torch.long
-    )
+    return torch.tensor(labels_for_seeds(list(seeds), None, int(num_classes)), device=device,
+                        dtype=torch.long)
 
 
 def classifier_scale(options: dict[str, Any], model: Any) -> float:

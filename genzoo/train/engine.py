@@ -423,8 +423,8 @@ class Trainer:
     def _sample_grid(self) -> None:
         if not self.dist.is_main:
             return
-        from genzoo.api import sample
         from genzoo.io import save_grid
+        from genzoo.sampling import sample_with_defaults
 
         name = self.objective.sampled_player
         model = self.ema.players[name] if name in self.ema.players else self.objective.players[name]
@@ -432,8 +432,9 @@ class Trainer:
         model.config = to_json_safe(self.config)
         model.eval()
         try:
-            images, _, _ = sample(model, self.config["sample_seeds"], batch_size=self.per_device,
-                                  device=self.device)
+            images, _, _ = sample_with_defaults(model, self.config["sample_seeds"],
+                                                batch_size=self.per_device,
+                                                device=self.device)
         finally:
             model.train(was_training)
         path = save_grid(images, self.out / "samples" / f"step-{self.progress.step:06d}.png")
