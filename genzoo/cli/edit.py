@@ -131,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
         if op == "superres" and resolution % args.factor:
             raise UserError(f"--factor {args.factor}: must divide the model's resolution {resolution}")
         if group.is_main:
-            print(f"genzoo edit {op}: {args.ckpt} on {device}, {group.world} process(es)")
+            from genzoo.cli._summary import summary_line
+
+            print(summary_line(f"edit {op}", args.ckpt, model, device, f"{group.world} process(es)"))
 
         if op == "interpolate":
             seeds = parse_seeds(args.seeds or "0,1")

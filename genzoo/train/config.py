@@ -22,7 +22,8 @@ from genzoo.seeds import seeds_text
 #: keys whose change makes a checkpoint unusable (the networks would not fit, or sample differently)
 STRUCTURAL_KEYS = ("family", "arch", "net", "resolution", "channels", "num_classes", "sampled_player")
 #: keys that only steer this invocation: never reported as resume differences
-RUN_KEYS = ("steps", "minutes", "resume", "config", "device", "workers", "log_every", "tensorboard", "out")
+RUN_KEYS = ("steps", "minutes", "resume", "config", "device", "workers", "log_every", "tensorboard", "out",
+            "genzoo_version", "torch_version", "command_line")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -136,7 +137,8 @@ def load_config_file(path: str | Path, valid_keys: Iterable[str]) -> dict[str, A
     valid = set(valid_keys)
     if "sampled_player" in data:
         # A run's own config.json: keep the flags, drop what the engine and family resolved from them.
-        dropped = {"sampled_player", "num_classes", "channels", "net", "resume", "config", *RESOLVED_KEYS}
+        dropped = {"sampled_player", "num_classes", "channels", "net", "resume", "config", "device",
+                   *RESOLVED_KEYS}
         data = {k: v for k, v in data.items() if k in valid and k not in dropped}
     unknown = sorted(set(data) - valid)
     if unknown:
@@ -202,7 +204,7 @@ def _engine_actions() -> list[argparse.Action]:
 
 
 #: keys the engine adds to config.json besides the structural ones
-RESOLVED_KEYS = ("world_size",)
+RESOLVED_KEYS = ("world_size", "genzoo_version", "torch_version", "command_line")
 
 
 def _check(config: Mapping[str, Any]) -> None:
