@@ -30,7 +30,8 @@ def test_config_json_records_versions_command_and_the_device_used(tmp_path, caps
     assert summary.startswith("genzoo train: diffusion (edm/ddpmpp) on cpu, 1 process(es), data shapes:8")
     config = json.loads((out / "config.json").read_text())
     assert config["genzoo_version"] == genzoo.__version__ and config["torch_version"] == torch.__version__
-    assert config["command_line"].startswith("genzoo train --family diffusion") and "--out" in config["command_line"]
+    command = config["command_line"]
+    assert command.startswith("genzoo train --family diffusion") and "--out" in command
     assert config["device"] == "cpu" and "auto" not in json.dumps(config)
     assert config["precond"] == "edm" and config["loss"] == "edm" and config["lr"] is not None
     assert "truncation" not in config and "g_lr" not in config  # only this family's options
