@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from genzoo.consistency.model import ConsistencyModel
 from genzoo.consistency.sampling import multistep, schedule_sigmas
+from genzoo.diffusion.samplers import ddim_step
 from genzoo.errors import UserError
 from genzoo.seeds import StackedRandomGenerator
 
@@ -84,7 +85,7 @@ def run(denoiser: Any, x: torch.Tensor, sigmas: Sequence[float], rng: StackedRan
         if project is not None:
             x0 = project(x0)
         sigma_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
-        x = x0 + (sigma_next / sigma) * (x - x0)
+        x = ddim_step(x, x0, sigma, sigma_next)
     return x
 
 

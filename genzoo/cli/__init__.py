@@ -79,7 +79,7 @@ def version_text() -> str:
     import platform
     from importlib import metadata
 
-    from genzoo import __version__
+    from genzoo.version import __version__
 
     try:
         torch_version = metadata.version("torch")

@@ -50,7 +50,7 @@ _STREAM_INIT, _STREAM_MICRO, _STREAM_SAMPLE = 1, 2, 3
 
 def provenance(command_line: str | None = None) -> dict[str, str]:
     """genzoo's and torch's versions and the command line (``genzoo train`` sets it; else "python API")."""
-    from genzoo import __version__
+    from genzoo.version import __version__
 
     return {"genzoo_version": __version__, "torch_version": torch.__version__,
             "command_line": command_line or "python API"}
