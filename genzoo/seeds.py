@@ -134,3 +134,27 @@ def labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None,
     if len(class_labels) == 1:
         return class_labels * len(seeds)
     return class_labels
+
+
+# Draws from a per-sample generator when one is given (training steps, sampling), else from torch's
+# global generator: the one "rng, else torch" rule.
+
+def uniform(rng: Any, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """U[0, 1) of ``shape`` on ``device``."""
+    return rng.rand(list(shape)).to(device) if rng is not None else torch.rand(*shape, device=device)
+
+
+def normal(rng: Any, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """N(0, 1) of ``shape`` on ``device``."""
+    return rng.randn(list(shape)).to(device) if rng is not None else torch.randn(*shape, device=device)
+
+
+def normal_like(rng: Any, x: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) shaped like ``x``, on its device."""
+    return rng.randn_like(x).to(x.device) if rng is not None else torch.randn_like(x)
+
+
+def integers(rng: Any, low: int, high: int, n: int, device: torch.device | str) -> torch.Tensor:
+    """``n`` integers uniform in [low, high) on ``device``."""
+    return rng.randint(low, high, [n]).to(device) if rng is not None else torch.randint(low, high, (n,),
+                                                                                        device=device)

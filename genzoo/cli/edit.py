@@ -94,7 +94,9 @@ def _read_images(paths: list[str], channels: int, device: str):
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) != 1:
         raise UserError(f"--image: all images must have one size, got {sorted(sizes)}")
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    from genzoo.io.images import from_uint8
+
+    batch = from_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
     return batch.to(device)
 
 

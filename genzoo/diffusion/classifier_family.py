@@ -26,7 +26,7 @@ from genzoo.diffusion.family import DiscreteProcessOptions
 from genzoo.errors import UserError
 from genzoo.family import Family
 from genzoo.options import Options, option
-from genzoo.seeds import StackedRandomGenerator
+from genzoo.seeds import StackedRandomGenerator, integers, normal_like
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
 DEFAULT_LR = 3e-4  # guided-diffusion README, 128x128 classifier
@@ -84,10 +84,7 @@ class ClassifierObjective(Objective):
         if (labels < 0).any():
             raise UserError("--data: every image needs a class label to train a classifier")
         n, T, rng = images.shape[0], self.diffusion.num_timesteps, getattr(batch, "rng", None)
-        if rng is not None:
-            t, noise = rng.randint(0, T, [n]).to(images.device), rng.randn_like(images).to(images.device)
-        else:
-            t, noise = torch.randint(0, T, (n,), device=images.device), torch.randn_like(images)
+        t, noise = integers(rng, 0, T, n, images.device), normal_like(rng, images)
         x_t = self.diffusion.q_sample(images, t, noise)
         logits = self.players["net"](x_t, self.diffusion.model_timesteps(t))
         loss = F.cross_entropy(logits.float(), labels)

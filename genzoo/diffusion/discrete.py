@@ -24,6 +24,8 @@ import torch.nn as nn
 from genzoo.diffusion.guidance import ClassifierGuidance, _Wrapper
 from genzoo.diffusion.precond import IDDPMDenoiser
 from genzoo.errors import UserError
+from genzoo.io.images import from_uint8
+from genzoo.seeds import integers, normal_like, uniform
 
 VARIANCES = ("learned_range", "fixed_large", "fixed_small")
 LOSS_TYPES = ("hybrid", "mse", "kl")
@@ -576,12 +578,7 @@ class HybridLoss:
                 "--augment: the ADM UNet has no augmentation input; use --augment 0 with --loss hybrid"
             )
         n, T = images.shape[0], net.diffusion.num_timesteps
-        if rng is not None:
-            t = rng.randint(0, T, [n]).to(images.device)
-            noise = rng.randn_like(images).to(images.device)
-        else:
-            t = torch.randint(0, T, (n,), device=images.device)
-            noise = torch.randn_like(images)
+        t, noise = integers(rng, 0, T, n, images.device), normal_like(rng, images)
         return net.diffusion.training_losses(net.model, images, t, noise, class_labels)["loss"]
 
 
@@ -609,7 +606,7 @@ class LossSecondMomentSampler:
     def sample(self, n: int, device: torch.device, rng: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(steps [n], loss weights 1/(T·p_t) [n]); the uniform draws come from rng, per seed, when given."""
         p = self.probabilities()
-        u = (rng.rand([n]) if rng is not None else torch.rand(n)).cpu().double().numpy()
+        u = uniform(rng, [n], "cpu").double().numpy()
         t = np.minimum(np.searchsorted(np.cumsum(p), u, side="right"), self.num_steps - 1)
         weights = 1.0 / (self.num_steps * p[t])
         return torch.from_numpy(t).to(device), torch.from_numpy(weights).to(device, torch.float32)
@@ -649,7 +646,7 @@ class VLBLoss:
         if self.sampler is None or self.sampler.num_steps != net.diffusion.num_timesteps:
             self.sampler = LossSecondMomentSampler(net.diffusion.num_timesteps)
         t, weights = self.sampler.sample(images.shape[0], images.device, rng)
-        noise = rng.randn_like(images).to(images.device) if rng is not None else torch.randn_like(images)
+        noise = normal_like(rng, images)
         losses = net.diffusion.training_losses(net.model, images, t, noise, class_labels)["loss"]
         self.sampler.update(t, losses)
         return losses * weights
@@ -774,7 +771,7 @@ def low_res_batch(
         raise UserError(
             f"--low-res {path}: expected {size}x{size} images, got {images.shape[1]}x{images.shape[2]}"
         )
-    batch = torch.from_numpy(images[seeds]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    batch = from_uint8(torch.from_numpy(images[seeds]).to(device).permute(0, 3, 1, 2))
     return batch, (torch.from_numpy(labels[seeds]).to(device).long() if labels is not None else None)
 
 
