@@ -117,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: is a file; expected a folder for the edited images")
     with process_group(args.device) as (device, group):
         model = load(args.ckpt, ema=not args.raw, device=device)
-        if not hasattr(model, "sigma_min"):
+        from genzoo.diffusion.samplers import is_denoiser
+
+        if not is_denoiser(model):
             raise UserError(
                 f"--ckpt {args.ckpt}: editing needs a consistency or diffusion model (a denoiser), got a "
                 f"{model.config.get('family')} model"

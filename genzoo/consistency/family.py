@@ -23,6 +23,7 @@ from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Cons
 from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
 from genzoo.consistency.sampling import parse_ts, sample
 from genzoo.diffusion.family import NetworkOptions
+from genzoo.diffusion.samplers import is_denoiser
 from genzoo.errors import UserError
 from genzoo.family import Family, load_model
 from genzoo.options import Options, option
@@ -53,7 +54,7 @@ def _load_teacher(path: str, flag: str = "--teacher") -> nn.Module:
         if flag == "--teacher":
             raise
         raise UserError(f"{flag}: {err}") from None
-    if not hasattr(teacher, "sigma_min") or not callable(teacher):
+    if not is_denoiser(teacher):
         raise UserError(f"{flag} {path}: expected a diffusion model (a denoiser), got a "
                         f"{teacher.config.get('family')} model")
     return teacher

@@ -371,7 +371,7 @@ def guided_denoiser(denoiser: Any, guide: Any, class_labels: torch.Tensor | None
 
 def check_guide(denoiser: Any, guide: Any, flag: str = "--guide-model") -> Any:
     """The guide model of autoguidance must be a denoiser for the same images and conditioning."""
-    if not hasattr(guide, "sigma_min") or not callable(guide):
+    if not S.is_denoiser(guide):
         family = (getattr(guide, "config", None) or {}).get("family")
         raise UserError(f"{flag}: expected a diffusion model (a denoiser), got "
                         f"{family or type(guide).__name__}")

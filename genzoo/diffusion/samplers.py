@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -24,6 +24,25 @@ from genzoo.errors import UserError
 Tensor = torch.Tensor
 Labels = torch.Tensor | None
 RandnLike = Callable[[Tensor], Tensor]
+
+
+@runtime_checkable
+class DenoiserLike(Protocol):
+    """What samplers, guidance, distillation and the editors need of a model: D(x, σ) -> x̂₀ on its noise
+    range (EDM's denoiser). Every preconditioned diffusion network and every consistency model is one."""
+
+    sigma_min: float
+    sigma_max: float
+
+    def __call__(self, x: Tensor, sigma: Any, class_labels: Labels = None, **cond: Any) -> Tensor: ...
+
+    def round_sigma(self, sigma: Any) -> Any: ...
+
+
+def is_denoiser(model: Any) -> bool:
+    """Whether ``model`` is a :class:`DenoiserLike` (a denoiser or consistency model, not a generator)."""
+    return isinstance(model, DenoiserLike)
+
 DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
 SCHEDULES = ("linear", "vp", "ve")
 SCALINGS = ("none", "vp")
