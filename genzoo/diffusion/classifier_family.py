@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from genzoo import nets
 from genzoo import validate as V
-from genzoo.diffusion.discrete import DiscreteDiffusion, discrete_from_config
+from genzoo.diffusion.discrete import DiscreteDiffusion
+from genzoo.diffusion.discrete_denoiser import discrete_from_config
 from genzoo.diffusion.family import DiscreteProcessOptions
 from genzoo.errors import UserError
 from genzoo.family import Family

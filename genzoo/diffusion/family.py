@@ -15,9 +15,10 @@ import torch.nn as nn
 
 from genzoo import nets
 from genzoo import validate as V
-from genzoo.diffusion import discrete, edm2
+from genzoo.diffusion import adm, edm2
 from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
+from genzoo.diffusion.discrete_denoiser import discrete_denoiser
 from genzoo.diffusion.guidance import AutoGuidance, ClassifierFreeGuidance, parse_interval
 from genzoo.diffusion.losses import LOSSES, DiffusionLoss, build_loss, drop_labels
 from genzoo.diffusion.precond import DTYPES, PRECONDITIONINGS, Denoiser, build_denoiser
@@ -103,7 +104,7 @@ def build_diffusion_model(config: dict[str, Any]) -> Denoiser:
     precond = config.get("precond") or "edm"
     network = nets.build(config["arch"], **config["net"])
     if precond == "iddpm" and config.get("discrete"):  # ADM/iDDPM: iDDPM precond on the own schedule
-        return discrete.discrete_denoiser(network, config["discrete"])
+        return discrete_denoiser(network, config["discrete"])
     denoiser = build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
     for name in ("sigma_min", "sigma_max"):  # an imported model's range, as its own code computed it
         if config.get(name) is not None:
@@ -198,10 +199,9 @@ def _dpmpp2m(net, latents, labels, randn_like, options: DiffusionSampleOptions):
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "heun": _heun, "euler": _ablation("euler"), "ddim": _ddim, "ddpm": _ddpm, "dpmpp2m": _dpmpp2m,
 }
-# ADM / iDDPM (genzoo.diffusion.discrete): samplers adm-ddpm and adm-ddim, --arch adm, --loss hybrid
-SAMPLERS.update(discrete.SAMPLERS)
-ARCH_KWARGS.update(discrete.ARCH_KWARGS)
-LOSSES.update(discrete.LOSSES)
+# ADM / iDDPM (genzoo.diffusion.adm): samplers adm-ddpm and adm-ddim, --arch adm (its losses are in LOSSES)
+SAMPLERS.update(adm.SAMPLERS)
+ARCH_KWARGS.update(adm.ARCH_KWARGS)
 
 
 @dataclass(frozen=True)
@@ -339,7 +339,7 @@ def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: to
     guide = options.get("guide_model")
     guide = S.NFECounter(check_guide(denoiser, guide), images=len(rng)) if guide is not None else None
     net = guided_denoiser(main, guide, class_labels, options)
-    net = discrete.with_classifier_guidance(net, denoiser, options, rng)  # --classifier PATH
+    net = adm.with_classifier_guidance(net, denoiser, options, rng)  # --classifier PATH
     latents = rng.randn([len(rng), *shape])
     with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16,
                         enabled=options.precision == "bf16"):

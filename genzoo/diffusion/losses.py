@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from genzoo.diffusion.discrete import LOSSES as DISCRETE_LOSSES
 from genzoo.diffusion.samplers import vp_sigma
 from genzoo.errors import UserError
 from genzoo.seeds import normal, normal_like, uniform
@@ -117,7 +118,8 @@ class EDM2Loss(EDMLoss):
         return self.weight(sigma) / logvar.exp() * (denoised - y) ** 2 + logvar
 
 
-LOSSES = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss, "edm2": EDM2Loss}
+#: every ``--loss`` of the diffusion family: EDM's, and iDDPM's of the discrete process (hybrid, vlb)
+LOSSES = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss, "edm2": EDM2Loss, **DISCRETE_LOSSES}
 
 
 def build_loss(name: str, **kw: Any) -> DiffusionLoss:
