@@ -1,248 +1,211 @@
-"""GigaGAN on CPU: does a few minutes of training follow colour words? And how fast are G and the upsampler?
+"""GigaGAN on CPU: does it draw what the prompt says, at what budget, against BigGAN? And the upsampler.
 
-    python benchmarks/gigagan.py                      # 320 G steps (a few minutes idle), 2 min of upsampler
-    python benchmarks/gigagan.py --text-encoder minilm --steps 0 --minutes 10
+    python benchmarks/gigagan.py                                  # GigaGAN, 72k images, 4 curve points
+    python benchmarks/gigagan.py --biggan                         # + BigGAN on the same image budget
+    python benchmarks/gigagan.py --images 20000 --set match_negatives=rolled --set text_tokenizer=hash
+    python benchmarks/gigagan.py --images 0 --upsampler            # only the upsampler table
 
-1. Trains ``--arch gigagan`` on shapes captions for ``--steps`` (a fixed amount of training, whatever
-   the machine's load; or ``--steps 0 --minutes M``), then samples ``--samples`` images
-   for "a ... red <shape> ..." and as many for "a ... blue <shape> ..." prompts (same seeds, shapes
-   cycling) and prints, per requested colour, the circular mean hue of the foreground pixels
-   (chroma > 60/255, as the dataset's colour rule) and the fraction of samples whose colour by
-   ``genzoo.data.shapes.classify_color`` is the requested one (chance: 25%).
-2. Trains ``--arch gigagan-upsampler`` (x4) for ``--upsampler-minutes`` and prints its PSNR on
-   held-out shapes against bilinear upsampling.
-3. Prints images/s of the generator and the upsampler (batch 64, no grad, fp32).
+Budget: a number of training images (``--images``; the same for every model, whatever the machine's
+load); the process CPU time each run took is printed beside it (one torch thread by default, so CPU
+time is about the time an idle core needs).
+
+1. Tokenizer probe: pairs of words of the shapes captions that share a token id (hashing vs vocabulary).
+2. Trains ``--arch gigagan`` on ``shapes:16`` captions, keeping ``--points`` checkpoints. At each:
+   conditional accuracy by the prompt's class (the bundled shapes classifier on 16 samples per class,
+   prompts = held-out dataset captions), shape and colour accuracy separately, and the probes of
+   :mod:`genzoo.gan.probes`: word-swap change of t_global (G's and D's text encoders) and of the image
+   (z fixed), and D's matching accuracy per attribute on real images.
+3. ``--biggan``: the demo's BigGAN recipe on the same images, its accuracy curve and CPU time.
+4. ``--upsampler``: see :mod:`benchmarks.gigagan_upsampler` (the 4x table of docs/gigagan.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from matplotlib.colors import rgb_to_hsv
 
 import genzoo
-from genzoo import nets
 from genzoo.data import load_dataset
-from genzoo.data.shapes import COLOR_NAMES, SHAPE_NAMES, classify_color
+from genzoo.data.shapes import ATTRIBUTE_WORDS, COLOR_NAMES, caption_class
+from genzoo.metrics.shapes_features import load_shapes_classifier
+from genzoo.nets.text import HashTokenizer, VocabTokenizer, build_vocabulary
+from genzoo.train.checkpoint import read_checkpoint
 from genzoo.train.engine import train as run_training  # genzoo.train is shadowed by the subpackage
 
-TARGET_HUES = {"red": 0.0, "blue": 227.0}  # hue of the dataset's red (220,30,30) and blue (35,70,225)
+#: the GigaGAN recipe measured here (docs/gigagan.md, "Benchmark")
+GIGAGAN = dict(batch=32, g_ch=32, d_ch=32, z_dim=32, w_dim=64, text_dim=64, text_depth=1, kernels=4,
+               attn_res="8", precision="fp32")
+#: the demo's BigGAN recipe (docs/demo.md): StyleGAN2 optimisation of the BigGAN networks
+BIGGAN = dict(batch=32, g_ch=16, d_ch=16, z_dim=64, shared_dim=32, loss="ns", r1_gamma=0.1, g_lr=2e-3,
+              d_lr=2e-3, betas="0,0.99", d_steps=1, precision="fp32")
 
 
-def foreground_hue(images_uint8: torch.Tensor) -> np.ndarray:
-    """Circular mean hue (degrees) of each image's coloured pixels (chroma > 60); NaN if none."""
-    x = images_uint8.permute(0, 2, 3, 1).numpy().astype(np.float64)
-    chroma = x.max(-1) - x.min(-1)
-    hue = rgb_to_hsv(x / 255.0)[..., 0] * 2 * math.pi
-    out = []
-    for h, c in zip(hue, chroma):
-        weight = np.where(c > 60, c, 0.0)
-        if weight.sum() == 0:
-            out.append(float("nan"))
-            continue
-        angle = math.atan2((weight * np.sin(h)).sum(), (weight * np.cos(h)).sum())
-        out.append(math.degrees(angle) % 360)
-    return np.array(out)
+def parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
 
 
-def circular_mean(degrees: np.ndarray) -> float:
-    d = np.radians(degrees[~np.isnan(degrees)])
-    return math.degrees(math.atan2(np.sin(d).mean(), np.cos(d).mean())) % 360 if len(d) else float("nan")
-
-
-def hue_distance(a: float, b: float) -> float:
-    d = abs(a - b) % 360
-    return min(d, 360 - d)
-
-
-def prompts_for(color: str, n: int) -> list[str]:
-    return [
-        f"a medium {color} {SHAPE_NAMES[i % len(SHAPE_NAMES)]} in the center on a gray background"
-        for i in range(n)
-    ]
-
-
-def train(args: argparse.Namespace, arch: str, minutes: float, data: str, out: Path, steps: int = 0) -> Path:
-    config = {
-        "family": "gan",
-        "arch": arch,
-        "data": data,
-        "out": str(out),
-        "minutes": minutes if not steps else None,
-        "steps": steps or None,
-        "batch": args.batch,
-        "g_ch": args.channels,
-        "d_ch": args.channels,
-        "text_encoder": args.text_encoder,
-        "attn_res": args.attn_res,
-        "sample_every": 0,
-        "checkpoint_every": 10**9,
-        "log_every": 10,
-        "seed": 0,
-        "device": "cpu",
-        "tensorboard": False,
-    }
-    start = time.perf_counter()
+def train_run(arch: str, recipe: dict, images: int, points: int, data: str, out: Path) -> tuple[Path, float]:
+    """Train ``arch`` for ``images`` images with ``points`` checkpoints; (run dir, process CPU minutes)."""
+    steps = max(1, images // recipe["batch"])
+    config = {"family": "gan", "arch": arch, "data": data, "out": str(out), "steps": steps,
+              "sample_every": 0, "checkpoint_every": max(1, steps // points), "keep_last": points + 1,
+              "log_every": 50, "seed": 0, "device": "cpu", "tensorboard": False, **recipe}
+    start = cpu_seconds()
     run = run_training(config)
-    lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-    steps = json.loads(lines[-1]).get("step", "?") if lines else "?"
-    print(
-        f"  trained {arch} on {data} for {(time.perf_counter() - start) / 60:.1f} min (~{steps} steps, "
-        f"batch {args.batch}, width {args.channels}, text encoder {args.text_encoder})"
-    )
-    return run
+    return Path(run), (cpu_seconds() - start) / 60
 
 
-def colour_following(model: torch.nn.Module, samples: int) -> list[tuple]:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (data-loader workers), user + system."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def checkpoints(run: Path) -> list[Path]:
+    return sorted(p for p in run.glob("checkpoint-*") if p.is_dir())
+
+
+def images_seen(ckpt: Path) -> int:
+    state = json.loads((ckpt / "state.json").read_text())
+    return int(state.get("images_seen", 0))
+
+
+def eval_prompts(resolution: int, per_class: int = 16) -> tuple[list[str], list[int]]:
+    """Held-out captions (dataset seed 1), ``per_class`` for each of the 16 classes."""
+    data = load_dataset(f"shapes:{resolution}?seed=1&count=4000")
+    by_class: dict[int, list[str]] = {k: [] for k in range(16)}
+    for i in range(len(data)):
+        caption = data.captions[i]
+        bucket = by_class[caption_class(caption)]
+        if len(bucket) < per_class:
+            bucket.append(caption)
+    prompts = [c for k in range(16) for c in by_class[k]]
+    return prompts, [caption_class(p) for p in prompts]
+
+
+@torch.no_grad()
+def accuracy(classifier, images: torch.Tensor, labels: list[int]) -> tuple[float, float, float]:
+    """(class, shape, colour) accuracy of uint8 images against the asked-for classes."""
+    pred = classifier(images)["logits"].argmax(1)
+    want = torch.tensor(labels)
+    n = len(COLOR_NAMES)
+    return (float((pred == want).float().mean()), float((pred // n == want // n).float().mean()),
+            float((pred % n == want % n).float().mean()))
+
+
+def gigagan_probes(ckpt: Path, prompts: list[str], resolution: int) -> dict[str, dict[str, float]]:
+    """The word-swap probes of G (EMA), G's and D's text encoders, and D's matching accuracy."""
+    from genzoo.gan import gigagan, probes
+
+    G = genzoo.load(ckpt)
+    saved = read_checkpoint(ckpt)
+    data = load_dataset(saved.config["data"])
+    objective = gigagan.build_objective(dict(saved.config), data)
+    objective.players.load_state_dict(saved.model)
+    D = objective.players["D"]
+    real = load_dataset(f"shapes:{resolution}?seed=1&count=256")
+    images = torch.stack([real[i][0] for i in range(256)]).float() / 127.5 - 1
+    captions = [real.captions[i] for i in range(256)]
+    return {
+        "t_global G": probes.text_swap_sensitivity(G.text, prompts, ATTRIBUTE_WORDS),
+        "t_global D": probes.text_swap_sensitivity(D.text, prompts, ATTRIBUTE_WORDS),
+        "image |dx|": probes.image_swap_sensitivity(G, prompts[:64], ATTRIBUTE_WORDS),
+        "D match acc": probes.matching_accuracy(D, images, captions, ATTRIBUTE_WORDS),
+    }
+
+
+def curve(run: Path, prompts: list[str], labels: list[int], classifier, with_probes: bool) -> list[dict]:
     rows = []
-    for color in ("red", "blue"):
-        prompts = prompts_for(color, samples)
-        images, _, _ = genzoo.sample(model, list(range(samples)), prompt=prompts, batch_size=64)
-        hues = foreground_hue(images)
-        found = classify_color(images)
-        match = float((found == COLOR_NAMES.index(color)).float().mean())
-        mean = circular_mean(hues)
-        rows.append(
-            (
-                color,
-                mean,
-                hue_distance(mean, TARGET_HUES["red"]),
-                hue_distance(mean, TARGET_HUES["blue"]),
-                match,
-                float(np.isnan(hues).mean()),
-            )
-        )
+    for ckpt in checkpoints(run):
+        model = genzoo.load(ckpt)
+        options = {"prompt": prompts} if model.config.get("arch") == "gigagan" else {}
+        seeds = list(range(len(labels)))
+        if options:
+            images, _, _ = genzoo.sample(model, seeds, batch_size=64, **options)
+        else:
+            images, _, _ = genzoo.sample(model, seeds, class_labels=labels, batch_size=64)
+        row = {"images": images_seen(ckpt), "acc": accuracy(classifier, images, labels)}
+        if with_probes:
+            row["probes"] = gigagan_probes(ckpt, prompts, model.config["resolution"])
+        rows.append(row)
     return rows
 
 
-def colour_report(G: torch.nn.Module, samples: int) -> None:
-    """Print hue and colour-rule match of samples for red and blue prompts."""
-    print(f"\nColour following ({samples} samples per prompt colour, same seeds; chance match 25%)")
-    print(
-        f"{'prompt colour':>13} | {'mean hue':>8} | {'to red':>6} | {'to blue':>7} | {'match':>6} | no colour"
-    )
-    rows = colour_following(G, samples)
-    for color, mean, d_red, d_blue, match, none in rows:
-        print(f"{color:>13} | {mean:8.1f} | {d_red:6.1f} | {d_blue:7.1f} | {match:6.1%} | {none:.1%}")
-    (_, _, red_to_red, red_to_blue, _, _), (_, _, blue_to_red, blue_to_blue, _, _) = rows
-    right = red_to_red < blue_to_red and blue_to_blue < red_to_blue
-    print(
-        f"direction: {'right' if right else 'WRONG'} (red prompts' hue nearer red than blue prompts' is, and "
-        f"vice versa)"
-    )
+def print_curve(name: str, rows: list[dict], cpu_minutes: float) -> None:
+    print(f"\n{name}: {cpu_minutes:.1f} process CPU minutes for {rows[-1]['images'] if rows else 0} images")
+    print(f"{'images':>8} | {'class acc':>9} | {'shape acc':>9} | {'colour acc':>10}")
+    for r in rows:
+        print(f"{r['images']:8d} | {r['acc'][0]:9.3f} | {r['acc'][1]:9.3f} | {r['acc'][2]:10.3f}")
+    probe_rows = [r for r in rows if "probes" in r]
+    if probe_rows:
+        attrs = list(ATTRIBUTE_WORDS)
+        print(f"\nprobes (one attribute swapped): {'images':>8} | {'probe':>12} | "
+              + " | ".join(f"{a:>8}" for a in attrs))
+        for r in probe_rows:
+            for probe, values in r["probes"].items():
+                cells = " | ".join(f"{values.get(a, float('nan')):8.3f}" for a in attrs)
+                print(f"{'':32}{r['images']:8d} | {probe:>12} | {cells}")
 
 
-def upsampler_quality(args: argparse.Namespace, root: Path) -> torch.nn.Module:
-    """Train the x4 upsampler and print its PSNR on held-out shapes against bilinear upsampling."""
-    up_res = args.upsampler_resolution
-    up_run = train(args, "gigagan-upsampler", args.upsampler_minutes, f"shapes:{up_res}", root / "upsampler")
-    U = genzoo.load(up_run)
-    held = load_dataset(f"shapes:{up_res}?seed=7&count=64")
-    hr = torch.stack([held[i][0] for i in range(64)]).float() / 127.5 - 1
-    low = F.adaptive_avg_pool2d(hr, up_res // U.scale)
-    with torch.no_grad():
-        sr = U(low).clamp(-1, 1)
-    bilinear = F.interpolate(low, scale_factor=U.scale, mode="bilinear", align_corners=False).clamp(-1, 1)
+def tokenizer_probe(resolution: int) -> None:
+    from genzoo.gan.probes import tokenizer_collisions
 
-    def psnr(x: torch.Tensor) -> float:
-        return float(10 * torch.log10(4 / (x - hr).pow(2).mean()))
-
-    print(
-        f"\nUpsampler x{U.scale} ({up_res // U.scale} -> {up_res} px, 64 held-out shapes): "
-        f"PSNR {psnr(sr):.2f} dB vs bilinear {psnr(bilinear):.2f} dB"
-    )
-    return U
-
-
-def images_per_second(fn, batch: int, repeats: int = 3) -> float:
-    with torch.no_grad():
-        fn()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-    return batch * repeats / (time.perf_counter() - start)
+    vocab = build_vocabulary(load_dataset(f"shapes:{resolution}?count=4000").captions)
+    hashed = tokenizer_collisions(HashTokenizer(), vocab)
+    listed = tokenizer_collisions(VocabTokenizer(vocab), vocab)
+    print(f"tokenizer probe ({len(vocab)} words): colliding pairs: hashing {hashed}, vocabulary {listed}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--steps", type=int, default=320, help="generator training steps (default 320; 0: --minutes)"
-    )
-    parser.add_argument(
-        "--minutes",
-        type=float,
-        default=5.0,
-        help="with --steps 0: generator training minutes (default 5); both 0: untrained G, throughput only",
-    )
-    parser.add_argument(
-        "--upsampler-minutes",
-        type=float,
-        default=2.0,
-        help="upsampler training (default 2; 0: throughput of an untrained one only)",
-    )
-    parser.add_argument("--resolution", type=int, default=16, help="shapes resolution for G (default 16)")
-    parser.add_argument(
-        "--upsampler-resolution",
-        type=int,
-        default=32,
-        help="high-res side of the upsampler's x4 training pairs (default 32: 8 -> 32 px)",
-    )
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--channels", type=int, default=32, help="--g-ch/--d-ch (default 32)")
-    parser.add_argument("--text-encoder", default="learned", choices=("learned", "minilm"))
-    parser.add_argument("--attn-res", default="8", help="attention resolutions in G and D (default 8)")
-    parser.add_argument("--samples", type=int, default=64, help="samples per colour (default 64)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=72000, help="training images per model (default 72000)")
+    parser.add_argument("--points", type=int, default=4, help="learning-curve checkpoints (default 4)")
+    parser.add_argument("--resolution", type=int, default=16)
+    parser.add_argument("--biggan", action="store_true", help="also BigGAN (demo recipe) on the same images")
+    parser.add_argument("--no-gigagan", action="store_true", help="skip GigaGAN (e.g. only --biggan)")
+    parser.add_argument("--eval-run", help="only evaluate the checkpoints of this GigaGAN run directory")
+    parser.add_argument("--no-probes", action="store_true", help="skip the word-swap probes")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a GigaGAN training option, e.g. --set match_negatives=rolled")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory() if not args.out else None
     root = Path(args.out or tmp.name)
-    print(f"GigaGAN benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads)")
-
-    if args.steps > 0 or args.minutes > 0:
-        run = train(args, "gigagan", args.minutes, f"shapes:{args.resolution}", root / "gigagan", args.steps)
-        G = genzoo.load(run)
-        colour_report(G, args.samples)
-    else:  # throughput only: an untrained generator of the benchmark's size
-        width = args.channels
-        G = nets.build(
-            "gigagan-generator",
-            resolution=args.resolution,
-            channel_base=32 * width,
-            channel_max=width,
-            attn_res=[int(r) for r in args.attn_res.split(",")],
-            text={"kind": "learned"},
-        ).eval()
-
-    if args.upsampler_minutes > 0:
-        U = upsampler_quality(args, root)
-    else:  # throughput only: an untrained upsampler of the default size
-        U = nets.build("gigagan-upsampler", scale=4, channels=args.channels, in_resolution=16).eval()
-
-    print("\nThroughput (batch 64, fp32, no grad)")
-    z = torch.randn(64, G.z_dim)
-    prompts = prompts_for("red", 64)
-    g_ips = images_per_second(lambda: G(z, prompts=prompts), 64)
-    lr16 = torch.rand(64, 3, 16, 16) * 2 - 1
-    u_ips = images_per_second(lambda: U(lr16), 64)
-    n_g = sum(p.numel() for p in G.parameters()) / 1e6
-    n_u = sum(p.numel() for p in U.parameters()) / 1e6
-    print(f"{'network':>28} | {'params':>7} | images/s")
-    print(f"{f'generator {G.resolution}px':>28} | {n_g:6.2f}M | {g_ips:.1f}")
-    print(f"{f'upsampler 16->{16 * U.scale}px':>28} | {n_u:6.2f}M | {u_ips:.1f}")
+    data = f"shapes:{args.resolution}"
+    print(f"GigaGAN benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads, {data})")
+    tokenizer_probe(args.resolution)
+    classifier = load_shapes_classifier()
+    prompts, labels = eval_prompts(args.resolution)
+    if args.eval_run:
+        print_curve(f"GigaGAN run {args.eval_run}", curve(Path(args.eval_run), prompts, labels, classifier,
+                                                         not args.no_probes), float("nan"))
+    elif args.images > 0:
+        if not args.no_gigagan:
+            recipe = {**GIGAGAN, **parse_set(args.set)}
+            print(f"GigaGAN recipe: {recipe}")
+            run, cpu = train_run("gigagan", recipe, args.images, args.points, data, root / "gigagan")
+            print_curve("GigaGAN", curve(run, prompts, labels, classifier, not args.no_probes), cpu)
+        if args.biggan:
+            run, cpu = train_run("biggan", BIGGAN, args.images, args.points, data, root / "biggan")
+            rows = curve(run, prompts, labels, classifier, False)
+            print_curve("BigGAN (demo recipe, same images)", rows, cpu)
     if tmp is not None:
         tmp.cleanup()
     return 0

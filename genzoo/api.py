@@ -21,14 +21,22 @@ __all__ = ["SampleBatch", "iter_samples", "load", "posthoc_ema", "sample", "samp
 from genzoo.seeds import StackedRandomGenerator, labels_for_seeds, parse_seeds
 
 
-def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
+         compile: bool = False) -> nn.Module:
     """Open a run directory (its latest checkpoint), a checkpoint or a converted model directory.
 
     Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
     ones); its ``config`` attribute holds the saved ``config.json``. An official network-snapshot
     ``.pkl`` (EDM, EDM2) is imported on the fly, as ``genzoo convert`` would, without running its code.
+    ``compile=True`` compiles it for inference (``genzoo.nets.compiled``; minutes on the first batch,
+    a warning and eager execution where no compiler is available).
     """
-    return load_model(path, ema=ema, device=device)
+    model = load_model(path, ema=ema, device=device)
+    if compile:
+        from genzoo.nets.compiled import compile_for_inference
+
+        compile_for_inference(model, device)
+    return model
 
 
 @torch.no_grad()
@@ -93,6 +101,8 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
     group = Distributed.current()
     seed_list = parse_seeds(seeds)
     options = sample_options(model, options, device, **values)
+    settings = {k: str(getattr(v, "model_dir", "")) if isinstance(v, nn.Module) else v  # a model: its path
+                for k, v in options.items() if isinstance(v, (int, float, str, bool, type(None), nn.Module))}
     options = get_family(model.config["family"]).prepare_sampling(model, options)  # once, before the clock
     kept: list[torch.Tensor] = []
     nfe, latencies = 0, []
@@ -124,8 +134,7 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
             "latency_s": statistics.median(latencies) if latencies else None, "batch_size": batch_size,
             "peak_memory_mb": memory["peak_memory_mb"], "device": device_type, "processes": group.world,
             "flops_per_image": flops, "parameters": params, "params_x_nfe": params * nfe,
-            "sampler": {k: v for k, v in options.items()
-                        if isinstance(v, (int, float, str, bool, type(None)))},
+            "sampler": settings,
             "model": str(getattr(model, "model_dir", "")), "family": model.config.get("family"),
         })
         if grid is not None and kept:

@@ -57,6 +57,20 @@ def test_sample_cli_on_a_run(run, tmp_path, monkeypatch, capsys):
     assert torch.equal(a, b)
 
 
+def test_sample_compile_without_a_compiler_warns_and_samples_the_same_images(run, tmp_path, monkeypatch):
+    from genzoo.nets import compiled
+
+    register(monkeypatch)
+    monkeypatch.setattr(compiled, "compile_unavailable", lambda device: "no C++ compiler found (set CXX)")
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    argv = ["sample", "--ckpt", str(run), "--seeds", "0-2", "--out"]
+    assert main(argv + [str(paths[0])]) == 0
+    with pytest.warns(UserWarning, match="^--compile: no C"):
+        assert main(argv + [str(paths[1]), "--compile"]) == 0
+    with np.load(paths[0]) as a, np.load(paths[1]) as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])
+
+
 def test_load_errors_name_the_file(run, tmp_path):
     with pytest.raises(UserError, match="no such run, checkpoint or model directory"):
         genzoo.load(tmp_path / "nothing")

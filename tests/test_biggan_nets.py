@@ -175,3 +175,10 @@ def test_generator_and_discriminator_run_under_bf16_autocast():
         out = D(G(torch.randn(4, G.z_dim), torch.tensor([0, 1, 2, 3])), torch.tensor([0, 1, 2, 3]))
     out.float().sum().backward()
     assert torch.isfinite(out.float()).all() and G.linear.weight.grad is not None
+
+
+def test_out_of_range_labels_are_a_user_error_naming_the_range():
+    G = nets.build("biggan", **TINY).eval()
+    z = torch.randn(2, G.z_dim)
+    with pytest.raises(UserError, match=r"--class: expected labels in \[0, 5\), got -1\.\.3"):
+        G(z, torch.tensor([-1, 3]))

@@ -142,7 +142,7 @@ def test_ternary_search_finds_the_minimum_with_few_evaluations():
 def test_lpips_loads_a_user_weights_file_and_is_a_distance(tmp_path):
     from safetensors.torch import save_file
 
-    from genzoo.consistency.lpips import LPIPS
+    from genzoo.nets.lpips import LPIPS
 
     torch.manual_seed(0)
     state = {k: (v.abs() if k.startswith("lin") else v) for k, v in LPIPS().state_dict().items()}

@@ -110,3 +110,29 @@ def test_guided_sampling_concentrates_on_the_class(mixture):
         assert accuracy(S.edm_sampler(guide, z, y, num_steps=24)) == pytest.approx(bayes, abs=0.03)
     assert accuracy(S.edm_sampler(ClassifierFreeGuidance(D, 3.0), z, y, num_steps=24)) > bayes + 0.02
     assert accuracy(S.edm_sampler(uncond, z, y, num_steps=24)) < bayes - 0.3
+
+
+def test_null_label_support_is_read_from_the_network():
+    """CFG's unconditional branch needs a null label: an index embedding with a row for it (genzoo-trained
+    ADM with null_label, genzoo's UNet), or EDM's one-hot rows (the zero row); released ADM has none."""
+    from genzoo.diffusion.family import guided_denoiser
+    from genzoo.diffusion.precond import EDMDenoiser
+    from genzoo.errors import UserError
+    from genzoo.nets.adm import ADMUNet
+    from genzoo.nets.edm2 import EDM2UNet
+    from genzoo.nets.unet import DDPMppUNet
+
+    adm = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1", attention_resolutions="",
+               num_head_channels=32, class_cond=True, num_classes=3)
+    released, trained = EDMDenoiser(ADMUNet(**adm)), EDMDenoiser(ADMUNet(**adm, null_label=True))
+    assert not released.takes_null_label and trained.takes_null_label
+    assert EDMDenoiser(DDPMppUNet(resolution=8, label_dim=3, model_channels=32, channel_mult=(1,),
+                                  num_blocks=1, attn_resolutions=())).takes_null_label
+    assert EDMDenoiser(EDM2UNet(img_resolution=8, img_channels=3, label_dim=3, model_channels=8,
+                                channel_mult=[1], num_blocks=1, attn_resolutions=[])).takes_null_label
+    labels, options = torch.tensor([0, 2]), {"guidance": 2.0}
+    with pytest.raises(UserError, match="--guidance: .* null label .*3 classes and no null label"):
+        guided_denoiser(released, None, labels, options)
+    x = torch.randn(2, 3, 8, 8)
+    out = guided_denoiser(trained, None, labels, options)(x, torch.tensor([1.0, 1.0]), labels)
+    assert out.shape == x.shape and torch.isfinite(out).all()

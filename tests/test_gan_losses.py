@@ -8,28 +8,29 @@ import torch
 from genzoo.errors import UserError
 from genzoo.gan import augment, latents, losses
 from genzoo.seeds import StackedRandomGenerator
+from genzoo.train import adversarial
 
 
 def test_hinge_and_ns_losses_match_closed_forms():
     real = torch.tensor([2.0, 0.5, -1.0], dtype=torch.float64)  # float64: closed forms to 1e-12
     fake = torch.tensor([-2.0, 0.0, 1.5], dtype=torch.float64)
     # hinge D: mean(relu(1 - real)) + mean(relu(1 + fake)) = (0 + .5 + 2)/3 + (0 + 1 + 2.5)/3
-    assert losses.d_loss("hinge", real, fake).item() == pytest.approx(2.5 / 3 + 3.5 / 3, rel=1e-12)
-    assert losses.g_loss("hinge", fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3, rel=1e-12)
+    assert adversarial.d_loss("hinge", real, fake).item() == pytest.approx(2.5 / 3 + 3.5 / 3, rel=1e-12)
+    assert adversarial.g_loss("hinge", fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3, rel=1e-12)
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
     expect_d = sum(sp(-r) for r in real.tolist()) / 3 + sum(sp(f) for f in fake.tolist()) / 3
-    assert losses.d_loss("ns", real, fake).item() == pytest.approx(expect_d, rel=1e-12)
+    assert adversarial.d_loss("ns", real, fake).item() == pytest.approx(expect_d, rel=1e-12)
     expect_g = sum(sp(-f) for f in fake.tolist()) / 3
-    assert losses.g_loss("ns", fake).item() == pytest.approx(expect_g, rel=1e-12)
+    assert adversarial.g_loss("ns", fake).item() == pytest.approx(expect_g, rel=1e-12)
     with pytest.raises(UserError, match="--loss"):
-        losses.d_loss("wasserstein", real, fake)
+        adversarial.d_loss("wasserstein", real, fake)
 
 
 def test_r1_penalty_of_a_linear_discriminator_is_the_squared_weight_norm():
     a = torch.randn(3, 4, 4)
     x = torch.randn(5, 3, 4, 4, requires_grad=True)
     logits = (x * a).flatten(1).sum(1)
-    assert losses.r1_penalty(logits, x).item() == pytest.approx(a.square().sum().item(), rel=1e-5)
+    assert adversarial.r1_penalty(logits, x).item() == pytest.approx(a.square().sum().item(), rel=1e-5)
 
 
 def test_orthogonal_regularisation_value_and_gradient_match_autograd_of_the_formula():

@@ -296,6 +296,12 @@ def test_objective_steps_and_build_model_matches_the_sampled_player():
             assert math.isfinite(float(result.loss.detach()))
         if arch == "gigagan":
             assert "D/r1" in objective.loss("D", batch, 0).logs and config["net"]["default_prompts"]
+            # the vocabulary is the captions' words, saved with the net, so a loaded G tokenizes alike
+            vocab = config["net"]["text"]["vocab"]
+            assert {"square", "blue", "circle", "red"} <= set(vocab) and len(set(vocab)) == len(vocab)
+            assert config["match_negatives"] == "rolled,shape,color,size,position"
+            logs = objective.loss("D", batch, 1).logs
+            assert "D/mismatch" in logs and any(k.startswith("D/mismatch_") for k in logs)
         model = giga.build_model(config)
         assert model.state_dict().keys() == objective.players["G"].state_dict().keys()
 
@@ -307,6 +313,14 @@ def test_bad_configs_raise_user_errors():
     dataset = load_dataset("shapes:16?count=8")
     with pytest.raises(UserError, match="--loss hinge"):
         giga.build_objective(_tiny_config(loss="hinge"), dataset)
+    with pytest.raises(UserError, match="--match-negatives"):
+        giga.build_objective(_tiny_config(match_negatives="rolled,mood"), dataset)
+    with pytest.raises(UserError, match="--text-tokenizer"):
+        giga.build_objective(_tiny_config(text_tokenizer="bpe"), dataset)
+    with pytest.raises(UserError, match="--degrade"):
+        giga.build_objective(_tiny_config("gigagan-upsampler", degrade=1.5), dataset)
+    with pytest.raises(UserError, match="--lpips-weight"):
+        giga.build_objective(_tiny_config("gigagan-upsampler", lpips_weight=1.0), dataset)
     with pytest.raises(UserError, match="--upsample-scale 3"):
         giga.build_objective(_tiny_config("gigagan-upsampler", upsample_scale=3), dataset)
     with pytest.raises(UserError, match="--text-encoder"):

@@ -3,6 +3,7 @@ against `genzoo sample` / `genzoo edit`, and the page itself driven in headless 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -249,6 +250,22 @@ def test_closing_a_request_stops_its_worker_and_requests_do_not_share_results(ru
         thread.join()
     for name, images in results.items():
         np.testing.assert_array_equal(images, alone[name])
+
+
+def test_the_serve_device_reaches_the_command_lines_it_runs(tmp_path, capsys):
+    """`genzoo serve --device D`: D (auto resolved once) is on every request's sample and edit command line,
+    so the CLI's own default (auto) never overrides it."""
+    from genzoo.serve.requests import edit_argv
+
+    for device in ("cpu", "auto"):
+        assert parse_cli(sample_argv("run", "0-3", device=device)).device == device
+        assert parse_cli(edit_argv("interpolate", "run", seeds="0,1", device=device)).device == device
+    assert "--device cpu" in command_line(sample_argv("run", "0", device="cpu"))
+    assert main(["serve", str(tmp_path), "--device", "gpu"]) == 2
+    assert "--device" in capsys.readouterr().err
+    if importlib.util.find_spec("gradio") is not None:  # auto is resolved before anything is served
+        assert main(["serve", str(tmp_path), "--device", "auto"]) == 2
+        assert "no genzoo runs or models found" in capsys.readouterr().err
 
 
 def test_serve_needs_models(tmp_path):

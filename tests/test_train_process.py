@@ -40,6 +40,15 @@ if hang_at:
             open(os.environ["GENZOO_TEST_FLAG"], "w").write(str(path))
             time.sleep(120)
     ck.write_optimizer = write_optimizer
+report = os.environ.get("GENZOO_TEST_SYNC_REPORT")
+if report:  # record how the engine averages each player's gradients
+    import genzoo.train.parallel as par
+    original_init = par.GradientSync.__init__
+    def init(self, objective, *args, **kwargs):
+        original_init(self, objective, *args, **kwargs)
+        modes = dict((n, self.mode(n)) for n in objective.players)
+        open(report + os.environ.get("RANK", "0"), "w").write(repr(sorted(modes.items())))
+    par.GradientSync.__init__ = init
 from genzoo.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -95,22 +104,38 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path, driver, monk
     assert (state["step"], state["data_position"]) == (4, 32)
 
 
-def test_two_process_ddp_equals_one_process(tmp_path, driver, monkeypatch):
+@pytest.mark.parametrize("case, extra, modes", [
+    # one network per step: DistributedDataParallel, with two accumulated micro-batches per process
+    ("ddp", ["--batch-per-device", "2"], [("net", "ddp")]),
+    # two players per step (a GAN-like schedule): the flat all_reduce after the backward passes
+    ("all_reduce", ["--toy-players", "2"], [("b", "all_reduce"), ("net", "all_reduce")]),
+    # the network, its gradients and Adam state sharded over the two processes (FSDP2 on gloo)
+    ("fsdp", ["--fsdp"], [("net", "fsdp")]),
+])
+def test_two_process_training_equals_one_process(tmp_path, driver, monkeypatch, case, extra, modes):
     register(monkeypatch)
-    args = ["--steps", "3", "--checkpoint-every", "3", "--lr", "0.01"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
-           *toy_args(tmp_path / "ddp", *args)]
-    result = subprocess.run(cmd, env=child_env(), capture_output=True, timeout=180)
+    args = ["--steps", "3", "--checkpoint-every", "3", "--lr", "0.01", *extra]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(driver)]
+    cmd = [*torchrun, *toy_args(tmp_path / "ddp", *args)]
+    report = tmp_path / "sync-rank"
+    result = subprocess.run(cmd, env=child_env(GENZOO_TEST_SYNC_REPORT=str(report)), capture_output=True,
+                            timeout=180)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert [eval(report.with_name(f"sync-rank{r}").read_text()) for r in (0, 1)] == [modes, modes]
     torch.set_num_threads(1)
-    assert main(toy_args(tmp_path / "one", *args)) == 0
-    ddp = load_file(str(tmp_path / "ddp" / "checkpoint-000003" / "model.safetensors"))
+    one_args = [a for a in args if a != "--fsdp"]
+    assert main(toy_args(tmp_path / "one", *one_args)) == 0
+    for name in ("model", "ema"):
+        ddp = load_file(str(tmp_path / "ddp" / "checkpoint-000003" / f"{name}.safetensors"))
+        one = load_file(str(tmp_path / "one" / "checkpoint-000003" / f"{name}.safetensors"))
+        assert sorted(ddp) == sorted(one)
+        for k in one:
+            if one[k].is_floating_point():
+                torch.testing.assert_close(ddp[k], one[k], rtol=1e-5, atol=1e-6)
     one = load_file(str(tmp_path / "one" / "checkpoint-000003" / "model.safetensors"))
     ema = load_file(str(tmp_path / "one" / "checkpoint-000003" / "ema.safetensors"))
-    for k in one:
-        if one[k].is_floating_point():
-            torch.testing.assert_close(ddp[k], one[k], rtol=1e-5, atol=1e-6)
-    assert any(not torch.equal(one[k], ema[k]) for k in one)  # the weights moved during training
+    assert any(not torch.equal(one[k], ema[k]) for k in ema)  # the weights moved during training
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["world_size"] == 2
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
@@ -119,3 +144,22 @@ def test_two_process_ddp_equals_one_process(tmp_path, driver, monkeypatch):
     losses_one = [json.loads(line)["loss/net"]
                   for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert losses_ddp == pytest.approx(losses_one, rel=1e-5)
+    if case == "fsdp":  # resuming a sharded run: the optimiser state goes back into the shards
+        more = ["--steps", "4", "--checkpoint-every", "4", "--lr", "0.01", "--fsdp", "--resume"]
+        result = subprocess.run([*torchrun, *toy_args(tmp_path / "ddp", *more)], env=child_env(),
+                                capture_output=True, timeout=180)
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+        assert main(toy_args(tmp_path / "one", "--steps", "4", "--checkpoint-every", "4", "--lr", "0.01",
+                             "--resume")) == 0
+        ddp = load_file(str(tmp_path / "ddp" / "checkpoint-000004" / "model.safetensors"))
+        one = load_file(str(tmp_path / "one" / "checkpoint-000004" / "model.safetensors"))
+        for k in one:
+            if one[k].is_floating_point():
+                torch.testing.assert_close(ddp[k], one[k], rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_needs_processes_and_one_network_per_step(tmp_path, monkeypatch, capsys):
+    register(monkeypatch)
+    torch.set_num_threads(1)
+    assert main(toy_args(tmp_path / "one", "--steps", "1", "--fsdp")) == 2
+    assert "--fsdp: shards the network over the processes of a torchrun run" in capsys.readouterr().err

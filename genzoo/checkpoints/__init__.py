@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 import re
 from collections.abc import Callable, Mapping
@@ -285,6 +286,18 @@ def source_for_pickle(path: str | Path) -> tuple[OfficialSource, Any]:
     raise UserError(f"{path}: a network snapshot whose 'ema' is {found}, which no genzoo importer knows "
                     f"(sources reading pickles: "
                     f"{', '.join(n for n in source_names() if _SOURCES[n].accepts is not None) or 'none'})")
+
+
+def weights_file(path: str | Path | None, flag: str, env: str, help_text: str) -> Path:
+    """The weights file named by ``flag`` (``path``) or else by the environment variable ``env``; a
+    missing one is a :class:`UserError` naming the flag, ending with ``help_text`` (where to get it)."""
+    path = path or os.environ.get(env)
+    if not path:
+        raise UserError(f"{flag}: not given and {env} is not set; {help_text}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file; {help_text}")
+    return path
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

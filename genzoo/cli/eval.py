@@ -23,12 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "an .npz of real images, an image folder, or a dataset spec such as shapes")
     parser.add_argument("--metrics", help="comma-separated: fid,sfid,is,pr,kid,acc "
                                           "(default fid,sfid,is,pr for inception; fid,pr,acc for shapes)")
-    parser.add_argument("--features", choices=("inception", "shapes"), default="inception",
-                        help="feature network: inception (FID proper) or shapes (the built-in data's "
-                             "classifier; fid is then the Fréchet distance in its feature space)")
+    parser.add_argument("--features", choices=("inception", "dinov2", "shapes"), default="inception",
+                        help="feature network: inception (FID proper), dinov2 (FD_DINOv2 as EDM2 measures "
+                             "it; needs --dinov2) or shapes (the built-in data's classifier); fid is the "
+                             "Fréchet distance in the chosen feature space")
     parser.add_argument("--inception",
                         help="FID Inception weights: torch-fidelity's weights-inception-2015-12-05-"
                              "6726825d.pth or pytorch-fid's pt_inception-...; default $GENZOO_INCEPTION")
+    parser.add_argument("--dinov2",
+                        help="DINOv2 weights for --features dinov2: dinov2_vitl14_pretrain.pth (EDM2's; any "
+                             "dinov2_vit{s,b,l,g}14 state dict loads); default $GENZOO_DINOV2")
     parser.add_argument("--classifier", help="shapes classifier (.safetensors); default: the one shipped")
     parser.add_argument("--out",
                         help="metrics.json to write or update (default: metrics.json next to --samples)")
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(args.samples, args.ref, metrics=metrics, features=args.features,
                           inception=args.inception, classifier=args.classifier, num_samples=args.num_samples,
                           ref_count=args.ref_count, pr_count=args.pr_count, batch_size=args.batch,
-                          device=device, save_ref=args.save_ref, blocks=args.blocks, resize=args.resize)
+                          device=device, save_ref=args.save_ref, blocks=args.blocks, resize=args.resize,
+                          dinov2=args.dinov2)
     if not group.is_main:
         return 0
     for key in ("model", "family", "nfe"):

@@ -38,12 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", type=V.device_or_auto, default="auto",
                         help="torch device (default auto: CUDA when available)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model for sampling (pays for long runs; docs/performance.md)")
     add_family_flags(parser)
     parser.set_defaults(func=run)
 
 
 #: the flags of `genzoo sample` itself (the rest are the model family's sample options)
-COMMON = ("ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func", "command", "quiet")
+COMMON = ("ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "compile", "func",
+          "command", "quiet")
 
 
 def add_family_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.grid is not None:
         check_image_name(args.grid)
     with process_group(args.device) as (device, group):
-        model = load(args.ckpt, ema=not args.raw, device=device)
+        model = load(args.ckpt, ema=not args.raw, device=device, compile=args.compile)
         family = get_family(model.config["family"])
         # checked against the model's family, then resolved once before the clock starts (a search over
         # sampling settings is not part of the sampling cost)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from genzoo import validate as V
+
 ORDER = 85
 
 
@@ -20,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--device", default="cpu", help="torch device the models run on (default cpu)")
+    parser.add_argument("--device", type=V.device_or_auto, default="auto",
+                        help="torch device the models run on (default auto: CUDA when available); every "
+                             "request's sample/edit command line gets it")
     parser.set_defaults(func=run)
 
 

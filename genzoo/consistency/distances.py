@@ -2,7 +2,7 @@
 
 l2 and l1 are per-pixel means as in the released code; ``l2-32`` compares bilinear 32×32 resizes;
 pseudo-Huber is iCT's √(‖x−y‖² + c²) − c with c = 0.00054·√dim (Song & Dhariwal 2023, Sec. 3.3).
-LPIPS needs a weights file supplied by the user (see :mod:`genzoo.consistency.lpips`).
+LPIPS needs a weights file supplied by the user (see :mod:`genzoo.nets.lpips`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def get_distance(name: str, lpips_weights: str | None = None
         if not lpips_weights:
             raise UserError("--distance lpips: give the LPIPS weights file with --lpips-weights FILE "
                             "(genzoo never downloads weights)")
-        from genzoo.consistency.lpips import LPIPS
+        from genzoo.nets.lpips import LPIPS
 
         return LPIPS.from_file(lpips_weights).distance
     raise UserError(f"--distance: unknown distance {name!r}; expected one of {', '.join(DISTANCES)}")

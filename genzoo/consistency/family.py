@@ -1,9 +1,9 @@
-"""The consistency family: `genzoo train --family consistency --mode {cd,ct,ict}` and its sampling.
+"""The consistency family: `genzoo train --family consistency --mode {cd,ct,ict,ect,scm}` and its sampling.
 
 config.json keys of a consistency model: ``arch``, ``net`` (the network), ``sigma_min``, ``sigma_max``,
 ``sigma_data``, ``rho``, ``time_scale`` (c_noise = time_scale·ln σ), ``num_scales`` (the grid size
 ``--ts`` indexes by default), and the training settings ``mode``, ``teacher``, ``s0``, ``s1``, ``mu0``,
-``distance``.
+``distance``, ``init`` and ``ect_stages``/``ect_q`` (ECT).
 """
 
 from __future__ import annotations
@@ -119,6 +119,42 @@ def _trajectory_targets(config: dict[str, Any], mode: str) -> dict[str, Any]:
                 trajectory_refresh=int(config["trajectory_refresh"]))
 
 
+def _student_class(mode: str | None) -> type[ConsistencyModel]:
+    """sCM students are TrigFlow models (EDM's preconditioning, an adaptive weight); others CM's scalings."""
+    if mode == "scm":
+        from genzoo.consistency.trigflow import TrigFlowModel
+
+        return TrigFlowModel
+    return ConsistencyModel
+
+
+def _tangent_warmup(config: dict[str, Any], mode: str, steps: int) -> int:
+    """``--tangent-warmup`` steps (sCM; default a tenth of the run), resolved into ``config``."""
+    if mode != "scm":
+        if config.get("tangent_warmup") is not None:
+            raise UserError("--tangent-warmup: only --mode scm has a tangent warm-up")
+        return 0
+    if config.get("tangent_warmup") is None:
+        config["tangent_warmup"] = max(steps, 0) // 10
+    if int(config["tangent_warmup"]) < 0:
+        raise UserError(f"--tangent-warmup: expected a number of steps >= 0, got {config['tangent_warmup']}")
+    return int(config["tangent_warmup"])
+
+
+def _ect_options(config: dict[str, Any], mode: str) -> dict[str, Any]:
+    """``--ect-stages``/``--ect-q`` (resolved into ``config`` for resuming); none outside ECT."""
+    if mode != "ect":
+        for key in ("ect_stages", "ect_q"):
+            if config.get(key) is not None:
+                raise UserError(f"--{key.replace('_', '-')}: only --mode ect has a Δt curriculum")
+        return {}
+    from genzoo.consistency.schedules import ECT_Q, ECT_STAGES
+
+    config["ect_stages"] = int(config.get("ect_stages") or ECT_STAGES)
+    config["ect_q"] = float(config.get("ect_q") or ECT_Q)
+    return {"ect_stages": config["ect_stages"], "ect_q": config["ect_q"]}
+
+
 @dataclass(frozen=True)
 class ConsistencyTrainOptions(NetworkOptions):
     """``genzoo train --family consistency`` options; without a teacher the student's network takes the
@@ -127,7 +163,21 @@ class ConsistencyTrainOptions(NetworkOptions):
     family: ClassVar[str] = "consistency"
 
     mode: str | None = option(None, help="cd: distil a diffusion teacher; ct: consistency training; ict: "
-                                         "improved CT (default cd with --teacher, else ict)", choices=MODES)
+                                         "improved CT; ect: easy consistency tuning of a diffusion model "
+                                         "(--init or --teacher); scm: continuous-time consistency "
+                                         "(TrigFlow), distilled from --teacher or trained from data, "
+                                         "optionally starting from --init (default cd with --teacher, else "
+                                         "ict)", choices=MODES)
+    init: str | None = option(None, None, "ECT/sCM: the diffusion model (run, checkpoint or model directory) "
+                                          "the student starts from (default --teacher)")
+    ect_stages: int | None = option(None, V.positive_int,
+                                    "ECT: stages of the shrinking-Δt curriculum over the run (default 8; "
+                                    "stage 0 is diffusion training, each later stage divides Δt by --ect-q)")
+    ect_q: float | None = option(None, V.finite_float(1, lo_open=True),
+                                 "ECT: Δt shrink factor per stage (default 2)")
+    tangent_warmup: int | None = option(None, V.nonnegative_int,
+                                        "sCM: steps over which the tangent's cos·sin·(x_t + σ_d dF/dt) term "
+                                        "ramps from 0 to 1 (default a tenth of --steps)")
     teacher: str | None = option(None, None, "CD: the teacher, a diffusion run/checkpoint/model directory")
     num_scales: int | None = option(None, V.positive_int, f"CD: points N of the Karras grid (default "
                                                           f"{DEFAULT_NUM_SCALES}; ImageNet-64 used 40)")
@@ -228,7 +278,18 @@ class ConsistencyFamily(Family):
         mode = config.get("mode") or ("cd" if teacher_path else "ict")
         if mode == "cd" and not teacher_path:
             raise UserError("--mode cd: give the teacher diffusion model with --teacher RUN")
-        teacher = _load_teacher(teacher_path) if mode == "cd" else None
+        if config.get("init") and mode not in ("ect", "scm"):
+            raise UserError(f"--init: only --mode ect and scm start from a diffusion model (--mode {mode} "
+                            "does not)")
+        distill_path = teacher_path if mode == "scm" else None
+        if mode in ("ect", "scm"):
+            teacher_path = config.get("init") or teacher_path
+            if not teacher_path and mode == "ect":
+                raise UserError("--mode ect: give the diffusion model to tune with --init RUN (or --teacher)")
+            flag = "--init" if config.get("init") else "--teacher"
+            teacher = _load_teacher(teacher_path, flag) if teacher_path else None
+        else:
+            teacher = _load_teacher(teacher_path) if mode == "cd" else None
         resolution = int(getattr(dataset, "resolution", 0) or 0)
         if teacher is not None:
             tcfg = teacher.config
@@ -241,7 +302,14 @@ class ConsistencyFamily(Family):
             network = copy.deepcopy(teacher.model)  # the student starts from the teacher (CM, Sec. 5)
             if config.get("sigma_data") is None:
                 config["sigma_data"] = float(getattr(teacher, "sigma_data", SIGMA_DATA))
-            teacher = _guided_teacher(teacher, config, teacher_path)
+            if mode == "scm" and tcfg.get("precond") not in (None, "edm"):
+                raise UserError(f"{flag} {teacher_path}: sCM's TrigFlow student needs an EDM-preconditioned "
+                                f"network, got precond {tcfg.get('precond')!r}")
+            if mode == "scm" and distill_path:
+                distill = teacher if distill_path == teacher_path else _load_teacher(distill_path)
+                teacher = _guided_teacher(distill, config, distill_path)
+            else:
+                teacher = _guided_teacher(teacher, config, teacher_path) if mode == "cd" else None
         else:
             arch, net_config = _fresh_network(config, dataset)
             network = nets.build(arch, **net_config)
@@ -249,9 +317,9 @@ class ConsistencyFamily(Family):
         for key, value in _model_kwargs(config).items():
             if key in ("sigma_min", "sigma_max", "sigma_data"):
                 config[key] = value
-        student = ConsistencyModel(network, **_model_kwargs(config))
+        student = _student_class(mode)(network, **_model_kwargs(config))
         steps = int(config.get("steps") or 0)
-        if mode in ("ct", "ict") and steps <= 0:
+        if mode in ("ct", "ict", "ect") and steps <= 0:
             raise UserError(f"--mode {mode}: give --steps N (N(k) is a function of the total steps)")
         objective = ConsistencyObjective(
             student, mode, teacher, num_scales=int(config.get("num_scales") or DEFAULT_NUM_SCALES),
@@ -260,6 +328,7 @@ class ConsistencyFamily(Family):
             lr=float(config.get("lr") or DEFAULT_LR), lpips_weights=config.get("lpips_weights"),
             teacher_steps=int(config.get("teacher_steps") or 1), seed=int(config.get("seed") or 0),
             image_shape=(int(getattr(dataset, "num_channels", 3)), resolution, resolution),
+            **_ect_options(config, mode), tangent_warmup=_tangent_warmup(config, mode, steps),
             **_trajectory_targets(config, mode), **_adversarial(config, dataset))
         config.update(num_scales=objective.scales_at(steps), s0=objective.s0, s1=objective.s1,
                       mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr,
@@ -269,7 +338,8 @@ class ConsistencyFamily(Family):
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         if not config.get("arch") or "net" not in config:
             raise UserError("config.json: a consistency model needs 'arch' and 'net' entries")
-        return ConsistencyModel(nets.build(config["arch"], **config["net"]), **_model_kwargs(config))
+        return _student_class(config.get("mode"))(nets.build(config["arch"], **config["net"]),
+                                                  **_model_kwargs(config))
 
     # ------------------------------------------------------------------ sampling
 

@@ -7,6 +7,13 @@ improved training (iCT).
 - CT (Algorithm 3): x̂_n = x + σ_n z with the same z (the Euler step with the true x), N(k) and μ(k) schedules.
 - iCT (Song & Dhariwal 2023): no EMA target (θ⁻ = stopgrad θ), pseudo-Huber distance, lognormal
   pair sampling, doubling curriculum for N, weight λ = 1/(σ_{n+1} − σ_n).
+- ECT (Geng et al. 2024, "Consistency Models Made Easy"): the student starts from a diffusion model;
+  t ~ lognormal(P_mean, P_std), r = t − Δt with Δt shrinking in stages (stage 0: r = 0, diffusion
+  training); no EMA target (θ⁻ = stopgrad θ, same dropout mask); target x where r ≤ σ_min; loss
+  d(f_θ(x+tz, t), f_θ⁻(x+rz, r)) / (t − r) with the pseudo-Huber (or L2) distance d.
+- sCM (Lu & Song 2024): TrigFlow student (:mod:`genzoo.consistency.trigflow`), continuous-time loss from the
+  JVP tangent, tangent normalisation and warm-up, adaptive weighting; dx_t/dt from data (training) or from
+  the teacher's PF-ODE (distillation).
 - CD with trajectory targets (``cd_targets="trajectory"``): the student maps every point x_n of the teacher's
   ODE trajectories (from σ_max·z down the N-point grid) to the trajectory's end, the exact consistency
   target, instead of bootstrapping f_θ⁻ one teacher step at a time (:mod:`genzoo.consistency.trajectories`).
@@ -26,14 +33,24 @@ import torch.nn as nn
 
 from genzoo.consistency.distances import get_distance
 from genzoo.consistency.model import ConsistencyModel, karras_index_sigmas
-from genzoo.consistency.schedules import ct_num_scales, ct_target_ema, ict_num_scales, ict_pair_probabilities
+from genzoo.consistency.schedules import (
+    ECT_Q,
+    ECT_STAGES,
+    ct_num_scales,
+    ct_target_ema,
+    ect_r,
+    ect_stage,
+    ict_num_scales,
+    ict_pair_probabilities,
+)
 from genzoo.consistency.trajectories import TrajectoryPool, teacher_ode_solve
 from genzoo.errors import UserError
-from genzoo.gan.losses import ns_d_loss, ns_g_loss, r1_penalty
-from genzoo.gan.objective import frozen
+from genzoo.train.adversarial import discriminator_loss, frozen, ns_g_loss
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
-MODES = ("cd", "ct", "ict")
+MODES = ("cd", "ct", "ict", "ect", "scm")
+#: modes without an EMA target network (θ⁻ = stopgrad θ)
+SELF_TARGET_MODES = ("ict", "ect", "scm")
 SOLVERS = ("heun", "euler")
 CD_TARGETS = ("step", "trajectory")
 
@@ -64,12 +81,19 @@ class ConsistencyObjective(Objective):
                  teacher_steps: int = 1, discriminator: nn.Module | None = None, gan_weight: float = 0.0,
                  d_lr: float = 2e-3, r1_gamma: float = 0.1, cd_targets: str = "step",
                  trajectory_pool: int = 1024, trajectory_refresh: int = 1, seed: int = 0,
-                 image_shape: tuple[int, ...] | None = None):
+                 image_shape: tuple[int, ...] | None = None, ect_stages: int = ECT_STAGES,
+                 ect_q: float = ECT_Q, tangent_warmup: int = 0):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
         if solver not in SOLVERS:
             raise UserError(f"--solver: expected heun or euler for the teacher step, got {solver!r}")
+        self.tangent_warmup = max(int(tangent_warmup), 0)
+        if mode == "scm":
+            from genzoo.consistency.trigflow import TrigFlowModel
+
+            if not isinstance(student, TrigFlowModel):
+                raise ValueError("--mode scm trains a TrigFlowModel student")
         if mode == "cd" and teacher is None:
             raise UserError("--mode cd: consistency distillation needs a teacher (--teacher RUN)")
         if int(teacher_steps) < 1:
@@ -86,24 +110,31 @@ class ConsistencyObjective(Objective):
         self.cd_targets = cd_targets
         self.teacher_steps = int(teacher_steps)
         self.num_scales, self.total_steps = int(num_scales), int(total_steps)
-        defaults = {"cd": (2, 150, 0.95), "ct": (2, 150, 0.95), "ict": (10, 1280, 0.0)}[mode]
+        defaults = {"cd": (2, 150, 0.95), "ct": (2, 150, 0.95), "ict": (10, 1280, 0.0),
+                    "ect": (0, 0, 0.0), "scm": (0, 0, 0.0)}[mode]
         self.s0 = int(defaults[0] if s0 is None else s0)
         self.s1 = int(defaults[1] if s1 is None else s1)
         self.mu0 = float(defaults[2] if mu0 is None else mu0)
-        self.distance_name = distance or ("pseudo-huber" if mode == "ict" else "l2")
+        self.distance_name = distance or ("pseudo-huber" if mode in SELF_TARGET_MODES else "l2")
+        self.ect_stages, self.ect_q = int(ect_stages), float(ect_q)
+        if mode == "ect" and (self.ect_stages < 1 or self.ect_q <= 1):
+            raise UserError(f"--ect-stages/--ect-q: expected at least 1 stage and q > 1, got "
+                            f"{ect_stages} and {ect_q}")
         self.distance = get_distance(self.distance_name, lpips_weights)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
-        if mode in ("ct", "ict") and self.total_steps <= 0:
-            raise UserError(f"--mode {mode}: the N(k) schedule needs the total number of training steps")
+        if mode in ("ct", "ict", "ect") and self.total_steps <= 0:
+            raise UserError(f"--mode {mode}: the schedule needs the total number of training steps")
         if mode == "cd" and self.num_scales < 2:
             raise UserError(f"--num-scales: expected at least 2 grid points, got {self.num_scales}")
         self.players = nn.ModuleDict({"net": student})
         self.gan_weight, self.d_lr, self.r1_gamma = float(gan_weight), float(d_lr), float(r1_gamma)
         if (discriminator is None) != (self.gan_weight <= 0):
             raise UserError("--gan-weight: the adversarial term needs a discriminator and a weight > 0")
+        if discriminator is not None and mode in ("ect", "scm"):
+            raise UserError(f"--gan-weight: the adversarial term is not available with --mode {mode}")
         if discriminator is not None:
             self.players["D"] = discriminator
-        if mode != "ict" and cd_targets == "step":  # trajectory targets need no target network
+        if mode not in SELF_TARGET_MODES and cd_targets == "step":  # trajectory targets need no target
             self.target = copy.deepcopy(student).requires_grad_(False)
         if teacher is not None:
             teacher.requires_grad_(False).eval()
@@ -124,7 +155,7 @@ class ConsistencyObjective(Objective):
 
     def scales_at(self, step: int) -> int:
         """N, the number of grid points at training step ``step``."""
-        if self.mode == "cd":
+        if self.mode in ("cd", "ect", "scm"):
             return self.num_scales
         if self.mode == "ct":
             return ct_num_scales(step, self.total_steps, self.s0, self.s1)
@@ -137,6 +168,10 @@ class ConsistencyObjective(Objective):
         if self.mode == "ct":
             return ct_target_ema(step, self.total_steps, self.s0, self.s1, self.mu0)
         return 0.0
+
+    def ect_stage_at(self, step: int) -> int:
+        """ECT: the stage of the shrinking-Δt curriculum at training step ``step``."""
+        return ect_stage(step, self.total_steps, self.ect_stages)
 
     # ------------------------------------------------------------------ engine contract
 
@@ -167,6 +202,10 @@ class ConsistencyObjective(Objective):
         x = batch.images.float()
         if self.pool is not None and player == "net":
             return self._trajectory_loss(len(x), step, x.device)
+        if self.mode == "ect" and player == "net":
+            return self._ect_loss(x, self._labels(batch, student), step)
+        if self.mode == "scm" and player == "net":
+            return self._scm_loss(x, self._labels(batch, student), step)
         labels = self._labels(batch, student)
         sigma, sigma_next = self._pair(len(x), step, x.device)
         z = torch.randn_like(x)
@@ -197,6 +236,43 @@ class ConsistencyObjective(Objective):
             loss = loss + self._adversarial_term(loss, out, labels, logs)
         return StepResult(loss=loss, logs=logs)
 
+    def _ect_loss(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
+        student: ConsistencyModel = self.players["net"]
+        t = (torch.randn(len(x), device=x.device) * self.p_std + self.p_mean).exp()
+        t = t.clamp(student.sigma_min, student.sigma_max)
+        r = ect_r(t, self.ect_stage_at(step), self.ect_q)
+        per_item = ect_loss(student, x, torch.randn_like(x), t, r, labels, self.distance)
+        loss = per_item.mean()
+        logs = {"ect_stage": float(self.ect_stage_at(step)), "mean_dt": float((t - r).mean())}
+        return StepResult(loss=loss, logs=logs)
+
+    def _scm_loss(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
+        from genzoo.consistency.trigflow import (
+            SCM_P_MEAN,
+            SCM_P_STD,
+            scm_loss,
+            teacher_velocity,
+            trigflow_time,
+        )
+
+        student = self.players["net"]
+        sd = student.sigma_data
+        p_mean, p_std = (-0.8, 1.6) if self.teacher is not None else (SCM_P_MEAN, SCM_P_STD)
+        sigma = (torch.randn(len(x), device=x.device) * p_std + p_mean).exp()
+        t = trigflow_time(sigma.clamp(student.sigma_min, student.sigma_max), sd)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        cos, sin = torch.cos(t).reshape(shape), torch.sin(t).reshape(shape)
+        z = torch.randn_like(x) * sd
+        x_t = cos * x + sin * z
+        if self.teacher is not None:
+            with torch.no_grad():
+                dxt_dt = teacher_velocity(self.teacher, x_t, t, sd, labels)
+        else:
+            dxt_dt = cos * z - sin * x
+        warmup = min(1.0, step / self.tangent_warmup) if self.tangent_warmup > 0 else 1.0
+        loss = scm_loss(student, x_t, t, dxt_dt, labels, warmup).mean()
+        return StepResult(loss=loss, logs={"tangent_warmup": warmup})
+
     def _trajectory_loss(self, n_items: int, step: int, device: torch.device) -> StepResult:
         """d(f_θ(x_n, σ_n), x_end) over random points of the pool's teacher trajectories."""
         with torch.no_grad():
@@ -218,13 +294,7 @@ class ConsistencyObjective(Objective):
             fake = self.players["net"](x_noisy, sigma, labels).float()
         real = x.detach().requires_grad_(self.r1_gamma > 0)
         d_labels = self._d_labels(labels, len(x), x.device)
-        real_logits, fake_logits = D(real, d_labels), D(fake, d_labels)
-        loss = ns_d_loss(real_logits, fake_logits)
-        logs = {"D/loss": float(loss.detach())}
-        if self.r1_gamma > 0:
-            penalty = r1_penalty(real_logits, real)
-            loss = loss + 0.5 * self.r1_gamma * penalty
-            logs["D/r1"] = float(penalty.detach())
+        loss, logs = discriminator_loss("ns", D(real, d_labels), D(fake, d_labels), real, None, self.r1_gamma)
         return StepResult(loss, logs)
 
     def _adversarial_term(self, consistency_loss: torch.Tensor, out: torch.Tensor,
@@ -249,7 +319,7 @@ class ConsistencyObjective(Objective):
 
     @torch.no_grad()
     def after_update(self, player: str, step: int) -> None:
-        if self.mode == "ict" or self.pool is not None or player != "net":
+        if self.mode in SELF_TARGET_MODES or self.pool is not None or player != "net":
             return
         mu = self.target_ema_at(step)
         for tgt, src in zip(self.target.parameters(), self.players["net"].parameters()):
@@ -265,3 +335,28 @@ class ConsistencyObjective(Objective):
             raise UserError("a class-conditional consistency model needs labelled data (the dataset has "
                             "unlabelled items)")
         return batch.labels
+
+
+def ect_weight(t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """ECT's loss weighting w(t, r) = 1/(t − r) (locuslab/ect, the ECMLoss of the CIFAR-10 runs)."""
+    return 1.0 / (t - r)
+
+
+def ect_loss(student: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
+             labels: torch.Tensor | None, distance: Any) -> torch.Tensor:
+    """Per-item ECT loss w(t, r)·d(f_θ(x + t·z, t), sg f_θ(x + r·z, r)); the target is x + r·z where r ≤ σ_min
+    (the boundary condition f(x, σ_min) = x; r = 0 makes it the data, i.e. diffusion training). The target
+    pass reuses the student pass's dropout mask."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    x_r = x + z * r.reshape(shape)
+    rng = _rng_state(x.device)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # bf16 network outputs compared in fp32
+    out = student(x + z * t.reshape(shape), t, labels).to(dtype)
+    with torch.no_grad():
+        boundary = r <= student.sigma_min
+        target = x_r.to(dtype)
+        if not bool(boundary.all()):
+            _set_rng_state(rng, x.device)
+            r_safe = torch.where(boundary, torch.full_like(r, student.sigma_min), r)
+            target = torch.where(boundary.reshape(shape), target, student(x_r, r_safe, labels).to(dtype))
+    return ect_weight(t, r) * distance(out, target)

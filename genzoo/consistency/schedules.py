@@ -46,3 +46,28 @@ def _check_total(total_steps: int) -> None:
     if total_steps <= 0:
         raise UserError(f"consistency training: the N(k) schedule needs the total number of training steps, "
                         f"got {total_steps}")
+
+
+#: ECT's Δt mapping constants (locuslab/ect, CIFAR-10): shrink factor q per stage, sigmoid k and b
+ECT_Q, ECT_K, ECT_B = 2.0, 8.0, 1.0
+#: stages of the shrinking-Δt curriculum over a run (stage 0 is diffusion training: r = 0)
+ECT_STAGES = 8
+
+
+def ect_stage(step: int, total_steps: int, stages: int = ECT_STAGES) -> int:
+    """The stage s ∈ {0, …, stages−1} at training step ``step``: the run split into equal stages."""
+    _check_total(total_steps)
+    if stages < 1:
+        raise UserError(f"--ect-stages: expected at least 1 stage, got {stages}")
+    return min(max(step, 0) * stages // total_steps, stages - 1)
+
+
+def ect_r(t: torch.Tensor, stage: int, q: float = ECT_Q, k: float = ECT_K, b: float = ECT_B) -> torch.Tensor:
+    """ECT (Geng et al. 2024) mapping t → r = t − Δt with Δt = t·q^(−s)·(1 + k·sigmoid(−b·t)), r clamped at 0.
+
+    Stage s = 0 gives Δt ≥ t, so r = 0 everywhere: the start of tuning is diffusion training (the ECT paper's
+    Δt = t). Stage s ≥ 1 is the released code's stage s − 1; Δt → 0 as s grows, with relatively larger steps
+    at small t (the sigmoid adjustment).
+    """
+    delta = t * q ** (-float(stage)) * (1 + k * torch.sigmoid(-b * t))
+    return (t - delta).clamp_min(0)

@@ -108,6 +108,17 @@ def location_phrase(x: float, y: float) -> str:
     return f"in the {vertical} {horizontal}"
 
 
+#: every phrase :func:`location_phrase` can return
+LOCATION_PHRASES: tuple[str, ...] = tuple(
+    location_phrase(x, y) for y in (1 / 6, 1 / 2, 5 / 6) for x in (1 / 6, 1 / 2, 5 / 6)
+)
+#: the captions' attributes and the words or phrases each takes (swapping one makes a caption that is
+#: wrong in exactly that attribute: the negatives of GigaGAN's matching-aware loss and its probes)
+ATTRIBUTE_WORDS: dict[str, tuple[str, ...]] = {
+    "shape": SHAPE_NAMES, "color": COLOR_NAMES, "size": SIZE_NAMES, "position": LOCATION_PHRASES,
+}
+
+
 def _background_word(luminance: float) -> str:
     return "dark" if luminance < 95 else ("light" if luminance > 165 else "gray")
 
@@ -175,6 +186,7 @@ class ShapesDataset(ImageDataset):
         self.bg_angle = 2 * np.pi * p["bg_angle"]
         self.bg_delta = 70 * (p["bg_delta"] - 0.5)
         self.captions = _Captions(self)
+        self.attribute_words = ATTRIBUTE_WORDS
 
     def __len__(self) -> int:
         return self.count

@@ -366,6 +366,10 @@ def guided_denoiser(denoiser: Any, guide: Any, class_labels: torch.Tensor | None
     if class_labels is None:
         raise UserError(f"{prefix}guidance: classifier-free guidance needs a class-conditional model; give "
                         f"{prefix}guide-model PATH for autoguidance")
+    if not getattr(denoiser, "takes_null_label", True):
+        raise UserError(f"{prefix}guidance: classifier-free guidance needs a model trained with a null label "
+                        f"(label dropout); this one has {denoiser.label_dim} classes and no null label (as "
+                        f"released ADM checkpoints); give {prefix}guide-model PATH to guide by another model")
     return ClassifierFreeGuidance(denoiser, guidance, interval=interval)
 
 
@@ -377,6 +381,8 @@ def check_guide(denoiser: Any, guide: Any, flag: str = "--guide-model") -> Any:
                         f"{family or type(guide).__name__}")
     for name in ("label_dim", "img_channels", "img_resolution", "resolution", "sigma_data"):
         ours, theirs = getattr(denoiser, name, None), getattr(guide, name, None)
+        if name == "label_dim" and theirs == 0:
+            continue  # an unconditional guide: classifier-free guidance by a separate model (EDM2's presets)
         if ours is not None and theirs is not None and float(ours) != float(theirs):
             raise UserError(f"{flag}: the guide's {name} is {theirs}, the model's {ours}; autoguidance "
                             "needs a denoiser of the same kind (same data, resolution and conditioning)")

@@ -56,6 +56,11 @@ class Denoiser(nn.Module):
         setattr(self, self.network_attr, model)  # registered by nn.Module.__setattr__
         self.img_channels = int(getattr(model, "in_channels", 0)) or None
         self.label_dim = int(getattr(model, "label_dim", 0))
+        # Classifier-free guidance's null label: EDM's one-hot networks take the zero row; an index
+        # embedding needs a row for it, which released ADM checkpoints do not have.
+        one_hot = getattr(model, "label_input", "index") == "one_hot"
+        indexed_null = bool(getattr(model, "takes_null_label", False))
+        self.takes_null_label = bool(self.label_dim) and (one_hot or indexed_null)
         self.resolution = getattr(model, "resolution", None)
 
     @property
@@ -79,7 +84,7 @@ class Denoiser(nn.Module):
     def network_labels(self, class_labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
         """``class_labels`` (indices or one-hot rows) in the form the network takes."""
         if class_labels is None or not self.label_dim:
-            return class_labels
+            return None  # an unconditional network (e.g. EDM2's unconditional guide) takes no labels
         if getattr(self.model, "label_input", "index") == "one_hot":
             return one_hot_labels(class_labels, self.label_dim, x.shape[0], x.device)
         if class_labels.is_floating_point() and class_labels.ndim == 2:

@@ -1,4 +1,4 @@
-"""The ``gan`` family: BigGAN / BigGAN-deep here, GigaGAN delegated to :mod:`genzoo.gan.gigagan`.
+"""The ``gan`` family: BigGAN / BigGAN-deep and R3GAN here, GigaGAN delegated to :mod:`genzoo.gan.gigagan`.
 
 genzoo train --family gan --arch biggan --dataset shapes --g-ch 16 --d-ch 16 ...
 genzoo sample --ckpt runs/biggan --truncation 0.5 --class 3 --grid grid.png
@@ -7,8 +7,6 @@ genzoo sample --ckpt runs/biggan --truncation 0.5 --class 3 --grid grid.png
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
@@ -20,19 +18,21 @@ from genzoo import nets
 from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.family import Family
+from genzoo.gan import gigagan
 from genzoo.gan.augment import parse_policy
-from genzoo.gan.losses import LOSSES, check_loss_name
 from genzoo.gan.objective import GANObjective
+from genzoo.gan.parse import parse_betas, parse_resolutions
 from genzoo.gan.sampling import generate, standing_stats
 from genzoo.nets.biggan import BigGANDeepGenerator, BigGANGenerator
+from genzoo.nets.r3gan import R3GANGenerator
 from genzoo.options import Options, add_arguments, cached, option, options_from_argparse
 from genzoo.seeds import StackedRandomGenerator
+from genzoo.train.adversarial import LOSSES, check_loss_name
 
 BigGANGenerators = (BigGANGenerator, BigGANDeepGenerator)
 
 #: --arch name -> discriminator network name (the generator is registered under the arch name)
-BIGGAN_ARCHES = {"biggan": "biggan-d", "biggan-deep": "biggan-deep-d"}
-_GIGAGAN_MODULE = "genzoo.gan.gigagan"
+GAN_ARCHES = {"biggan": "biggan-d", "biggan-deep": "biggan-deep-d", "r3gan": "r3gan-d"}
 
 #: BigGAN defaults (BigGAN-PyTorch's released ImageNet run: G lr 1e-4, D lr 4e-4, Adam eps 1e-6;
 #: the paper's 2 D steps per G step)
@@ -46,62 +46,74 @@ DEFAULTS = {
     "ortho_reg": 0.0,
     "diffaugment": "",
     "r1_gamma": 0.0,
+    "r2_gamma": 0.0,
     "g_ch": 64,
     "d_ch": 64,
     "z_dim": 128,
     "shared_dim": 128,
 }
 
+#: R3GAN's CIFAR-10 config (brownvc/R3GAN train.py, its values at the start of training): Adam β = (0, 0.9),
+#: ε 1e-8, lr 2e-4 for both, one D step, z 64, RpGAN loss with γ 0.05 for R1 and R2 at 32 px. γ multiplies
+#: a squared gradient norm summed over pixels, so it is scaled by (resolution/32)² (as StyleGAN2-ADA's
+#: heuristic γ ∝ resolution²): 0.0125 at 16 px.
+R3GAN_DEFAULTS = {
+    "d_steps": 1,
+    "g_lr": 2e-4,
+    "d_lr": 2e-4,
+    "betas": "0,0.9",
+    "adam_eps": 1e-8,
+    "loss": "rpgan",
+    "z_dim": 64,
+}
+R3GAN_GAMMA_32PX = 0.05
+#: BigGAN options R3GAN's networks do not take
+R3GAN_REFUSES = ("shared_dim", "attn_res")
 
-def _gigagan() -> ModuleType | None:
-    if importlib.util.find_spec(_GIGAGAN_MODULE) is None:
-        return None
-    return importlib.import_module(_GIGAGAN_MODULE)
+
+def r3gan_gamma(resolution: int) -> float:
+    """R3GAN's CIFAR-10 γ (32 px) scaled to ``resolution``: 0.05·(resolution/32)²."""
+    return R3GAN_GAMMA_32PX * (resolution / 32) ** 2
 
 
 def _delegate_for_arch(arch: str) -> ModuleType | None:
     """The GigaGAN module when ``arch`` is one of its networks, None for BigGAN archs."""
-    if arch in BIGGAN_ARCHES:
+    if arch in GAN_ARCHES:
         return None
-    module = _gigagan()
-    if module is not None and (arch.startswith("gigagan") or arch in getattr(module, "ARCHES", ())):
-        return module
-    known = list(BIGGAN_ARCHES) + (
-        list(getattr(module, "ARCHES", ("gigagan",))) if module is not None else []
-    )
+    if arch in gigagan.ARCHES:
+        return gigagan
+    known = list(GAN_ARCHES) + list(gigagan.ARCHES)
     raise UserError(f"--arch: the gan family has no architecture {arch!r}; available: {', '.join(known)}")
 
 
-def _get(config: dict[str, Any], key: str) -> Any:
+def _get(config: dict[str, Any], key: str, defaults: dict[str, Any] = DEFAULTS) -> Any:
     value = config.get(key)
-    return DEFAULTS[key] if value is None else value
+    return defaults[key] if value is None else value
 
 
-def parse_betas(text: str | tuple | list) -> tuple[float, float]:
-    """``"0,0.999"`` -> (0.0, 0.999)."""
-    if isinstance(text, (tuple, list)):
-        values = list(text)
-    else:
-        values = str(text).split(",")
-    try:
-        b1, b2 = (float(v) for v in values)
-    except ValueError:
-        raise UserError(f"--betas: expected two numbers like '0,0.999', got {text!r}") from None
-    if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise UserError(f"--betas: both must lie in [0, 1), got {text!r}")
-    return b1, b2
-
-
-def parse_resolutions(text: str | list | None) -> list[int] | None:
-    """``"16,32"`` -> [16, 32]; "" or "none" -> []; None -> None (the architecture's default)."""
-    if text is None or isinstance(text, list):
-        return text
-    if text.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"--attn-res: expected resolutions like '32' or '16,32', got {text!r}") from None
+def _network_configs(arch: str, config: dict[str, Any], resolution: int, channels: int,
+                     num_classes: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(G's net config, D's net config, the family defaults for ``arch``)."""
+    if arch == "r3gan":
+        for key in R3GAN_REFUSES:
+            if config.get(key) is not None:
+                raise UserError(f"--{key.replace('_', '-')}: --arch r3gan does not take it")
+        gamma = r3gan_gamma(resolution)
+        defaults = {**DEFAULTS, **R3GAN_DEFAULTS, "r1_gamma": gamma, "r2_gamma": gamma}
+        common = {"resolution": resolution, "channels": channels, "num_classes": num_classes}
+        g_net = {**common, "ch": int(_get(config, "g_ch", defaults)),
+                 "z_dim": int(_get(config, "z_dim", defaults))}
+        return g_net, {**common, "ch": int(_get(config, "d_ch", defaults))}, defaults
+    attn = parse_resolutions(config.get("attn_res"))
+    if attn is None:
+        attn = [64] if resolution >= 128 else [resolution // 2]
+    # Resolved values go to config.json; D is rebuilt from them (d_ch, attn_res), only G from 'net'.
+    config["attn_res"] = ",".join(str(r) for r in attn) or "none"
+    common = {"resolution": resolution, "channels": channels, "num_classes": max(num_classes, 1),
+              "attn_res": attn}
+    g_net = {**common, "ch": int(_get(config, "g_ch")), "z_dim": int(_get(config, "z_dim")),
+             "shared_dim": int(_get(config, "shared_dim"))}
+    return g_net, {**common, "ch": int(_get(config, "d_ch"))}, DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,9 @@ class BigGANTrainOptions(Options):
     betas: str | None = option(None, V.float_list(0, 1),
                                f"Adam betas for G and D (BigGAN: {DEFAULTS['betas']})")
     adam_eps: float | None = option(None, V.positive_float, f"Adam epsilon (BigGAN: {DEFAULTS['adam_eps']})")
-    loss: str | None = option(None, help="GAN loss: hinge (BigGAN) or ns (non-saturating)", choices=LOSSES)
+    loss: str | None = option(None, help="GAN loss: hinge (BigGAN), ns (non-saturating; GigaGAN) or rpgan "
+                                         "(R3GAN's relativistic pairing loss; pair it with --r1-gamma and "
+                                         "--r2-gamma)", choices=LOSSES)
     ortho_reg: float | None = option(None, V.nonnegative_float,
                                      "β of BigGAN's orthogonal regularisation β‖WᵀW⊙(1−I)‖² on G "
                                      "(paper: 1e-4; "
@@ -128,7 +142,10 @@ class BigGANTrainOptions(Options):
     diffaugment: str | None = option(None, None, "DiffAugment policy for small datasets, e.g. "
                                                  "color,translation,cutout")
     r1_gamma: float | None = option(None, V.nonnegative_float,
-                                    "R1 penalty weight γ on real images (default 0)")
+                                    "R1 penalty weight γ on real images (default 0; GigaGAN 0.1)")
+    r2_gamma: float | None = option(None, V.nonnegative_float,
+                                    "R2 penalty weight γ on generated images (default 0; R3GAN uses γ for "
+                                    "both R1 and R2)")
     g_ch: int | None = option(None, V.positive_int, "generator channel width ch (BigGAN 128 px: 96)")
     d_ch: int | None = option(None, V.positive_int,
                               f"discriminator channel width ch (default {DEFAULTS['d_ch']})")
@@ -157,15 +174,15 @@ class BigGANSampleOptions(Options):
 @cached
 def _gigagan_options(what: str) -> type[Options]:
     """GigaGAN's options, from the argparse declarations of :mod:`genzoo.gan.gigagan`."""
-    module = _gigagan()
-    declare = module.add_sample_arguments if what == "sample" else module.add_train_arguments
+    declare = gigagan.add_sample_arguments if what == "sample" else gigagan.add_train_arguments
     return options_from_argparse(declare, f"GigaGAN{what.title()}Options", "gan (GigaGAN)")
 
 
 def _arch_of(model: nn.Module) -> str:
     arch = (getattr(model, "config", None) or {}).get("arch")
     if arch is None:  # a bare module: BigGAN's generators are recognised by class
-        arch = "biggan" if isinstance(model, BigGANGenerators) else "gigagan"
+        arch = ("biggan" if isinstance(model, BigGANGenerators)
+                else "r3gan" if isinstance(model, R3GANGenerator) else "gigagan")
     return arch
 
 
@@ -175,26 +192,17 @@ class GANFamily(Family):
 
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
         super().add_train_arguments(parser)
-        module = _gigagan()
-        if module is not None and hasattr(module, "add_train_arguments"):
-            module.add_train_arguments(parser)
+        gigagan.add_train_arguments(parser)
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         for kind in self.sample_option_types():
             add_arguments(parser, kind)
 
     def train_option_types(self) -> list[type[Options]]:
-        types = [BigGANTrainOptions]
-        module = _gigagan()
-        if module is not None and hasattr(module, "add_train_arguments"):
-            types.append(_gigagan_options("train"))
-        return types
+        return [BigGANTrainOptions, _gigagan_options("train")]
 
     def sample_option_types(self) -> list[type[Options]]:
-        module = _gigagan()
-        if module is not None and hasattr(module, "add_sample_arguments"):
-            return [BigGANSampleOptions, _gigagan_options("sample")]
-        return [BigGANSampleOptions]
+        return [BigGANSampleOptions, _gigagan_options("sample")]
 
     def sample_options_type(self, model: nn.Module) -> type[Options]:
         """BigGAN's options, or GigaGAN's for a GigaGAN generator."""
@@ -210,34 +218,14 @@ class GANFamily(Family):
         num_classes = int(getattr(dataset, "num_classes", 0) or 0)
         resolution = int(dataset.resolution)
         channels = int(getattr(dataset, "num_channels", 3))
-        attn = parse_resolutions(config.get("attn_res"))
-        if attn is None:
-            attn = [64] if resolution >= 128 else [resolution // 2]
-        z_dim, g_ch, d_ch = int(_get(config, "z_dim")), int(_get(config, "g_ch")), int(_get(config, "d_ch"))
-        g_net = {
-            "resolution": resolution,
-            "channels": channels,
-            "ch": g_ch,
-            "z_dim": z_dim,
-            "shared_dim": int(_get(config, "shared_dim")),
-            "num_classes": max(num_classes, 1),
-            "attn_res": attn,
-        }
-        d_net = {
-            "resolution": resolution,
-            "channels": channels,
-            "ch": d_ch,
-            "num_classes": max(num_classes, 1),
-            "attn_res": attn,
-        }
-        G, D = nets.build(arch, **g_net), nets.build(BIGGAN_ARCHES[arch], **d_net)
+        g_net, d_net, defaults = _network_configs(arch, config, resolution, channels, num_classes)
+        G, D = nets.build(arch, **g_net), nets.build(GAN_ARCHES[arch], **d_net)
         g_net["z_dim"] = G.z_dim  # hierarchical latents round z_dim to a multiple of the chunk count
-        check_loss_name(_get(config, "loss"))
-        parse_policy(_get(config, "diffaugment"))
-        # Resolved values go to config.json; D is rebuilt from them (d_ch, attn_res), only G from 'net'.
-        config["attn_res"] = ",".join(str(r) for r in attn) or "none"
-        for key in DEFAULTS:
-            config[key] = _get(config, key)
+        check_loss_name(_get(config, "loss", defaults))
+        parse_policy(_get(config, "diffaugment", defaults))
+        for key in defaults:
+            if not (arch == "r3gan" and key in R3GAN_REFUSES):
+                config[key] = _get(config, key, defaults)
         config.update(
             {
                 "arch": arch,
@@ -263,6 +251,7 @@ class GANFamily(Family):
             ortho_reg=float(config["ortho_reg"]),
             diffaugment=config["diffaugment"],
             r1_gamma=float(config["r1_gamma"]),
+            r2_gamma=float(config["r2_gamma"]),
             ortho_parameters=G.ortho_parameters,
         )
 
@@ -280,9 +269,7 @@ class GANFamily(Family):
     def prompts_for(self, model: nn.Module, seeds: list[int], options: Any) -> list[str] | None:
         if getattr(model, "text", None) is None:  # BigGAN, or a GigaGAN without a text encoder
             return None
-        from genzoo.gan.gigagan import prompts_for_seeds
-
-        return prompts_for_seeds(seeds, options.get("prompt"), model.default_prompts)
+        return gigagan.prompts_for_seeds(seeds, options.get("prompt"), model.default_prompts)
 
     def sample(
         self,
@@ -292,11 +279,14 @@ class GANFamily(Family):
         options: Any,
     ) -> tuple[torch.Tensor, int]:
         options = self.sample_options(model, options)
-        delegate = _delegate_for_arch(_arch_of(model))
+        arch = _arch_of(model)
+        delegate = _delegate_for_arch(arch)
         if delegate is not None:
             return delegate.sample(model, rng, class_labels, options)
         truncation = options.truncation
         batches = int(options.standing_stats)
+        if batches > 0 and arch == "r3gan":
+            raise UserError("--standing-stats: R3GAN has no batch norm; leave the option out")
         if batches > 0 and getattr(model, "_standing_key", None) != (batches, truncation):
             standing_stats(model, batches, truncation=truncation)
             model._standing_key = (batches, truncation)

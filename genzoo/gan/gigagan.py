@@ -6,9 +6,9 @@ The ``gan`` family dispatches ``--arch gigagan`` here through the hooks ``add_tr
 Two tasks share the hooks (``--gigagan-task``):
 
 - ``generator`` (default): text-to-image G and the multi-scale, text-conditioned D of
-  :mod:`genzoo.nets.gigagan`, trained on a captioned dataset with the non-saturating loss summed
-  over every (input scale, output scale) prediction, the matching-aware loss (a real image with a
-  mismatched caption counts as fake, Sec. 3.3) and lazy R1;
+  :mod:`genzoo.nets.gigagan`, trained on a captioned dataset with the non-saturating (or rpgan) loss
+  averaged over every (input scale, output scale) prediction, the matching-aware loss (a real image
+  with a mismatched caption counts as fake, Sec. 3.3) and lazy R1 (and R2);
 - ``upsampler``: the asymmetric UNet super-resolution network trained on (low-res, high-res) pairs
   made from any dataset by area-downsampling, with a D that also sees the low-res input, and an L1
   reconstruction term.
@@ -20,7 +20,8 @@ prompts at different scales), :func:`interpolate_latents` and :func:`interpolate
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,14 +33,18 @@ from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.family import add_argument_once
 from genzoo.gan.latents import slerp
-from genzoo.gan.losses import ns_d_loss, ns_g_loss, r1_penalty
-from genzoo.gan.objective import frozen
+from genzoo.gan.parse import parse_betas, parse_resolutions
 from genzoo.nets.gigagan import GigaGANGenerator, image_pyramid
-from genzoo.nets.text import TextEmbedding
+from genzoo.nets.text import TextEmbedding, build_vocabulary
 from genzoo.seeds import StackedRandomGenerator
+from genzoo.train.adversarial import discriminator_loss, frozen, generator_loss
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
 TEXT_ENCODERS = ("learned", "minilm", "clip")
+TOKENIZERS = ("vocab", "hash")
+#: kinds of wrong captions for the matching-aware loss: "rolled" (another item's caption: the paper's
+#: mismatched pairs) and one per caption attribute (the caption with only that attribute changed)
+NEGATIVES = ("rolled", "shape", "color", "size", "position")
 DEFAULT_LR = 2e-3  # StyleGAN2-style settings (Adam beta (0, 0.99)) at the CPU scale
 MAX_DEFAULT_PROMPTS = 64
 
@@ -131,9 +136,66 @@ def mismatched_captions(
     return rolled, torch.tensor([a != b for a, b in zip(captions, rolled)])
 
 
-def mean_over_scales(logits: dict, fn) -> torch.Tensor:
-    """A loss averaged over the discriminator's (input scale, output scale) predictions."""
-    return torch.stack([fn(v) for v in logits.values()]).mean()
+def _phrase_pattern(phrase: str) -> re.Pattern:
+    return re.compile(r"(?<![\w'])" + re.escape(phrase) + r"(?![\w'])")
+
+
+def swap_attribute(
+    caption: str, choices: Sequence[str], generator: torch.Generator | None = None
+) -> str | None:
+    """``caption`` with its one phrase from ``choices`` replaced by a different, random one of them.
+
+    The longest phrase found (as whole words) is swapped; None when the caption has none of them.
+    """
+    text = str(caption)
+    for phrase in sorted(choices, key=len, reverse=True):
+        pattern = _phrase_pattern(phrase)
+        if pattern.search(text):
+            others = [c for c in choices if c != phrase]
+            if not others:
+                return None
+            other = others[int(torch.randint(len(others), (1,), generator=generator))]
+            return pattern.sub(other, text, count=1)
+    return None
+
+
+def matching_negatives(
+    captions: Sequence[str],
+    kinds: Sequence[str],
+    attribute_words: Mapping[str, Sequence[str]] | None,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], list[str], list[str]]:
+    """Wrong captions for the matching-aware loss: (rows, wrong captions, kind of each), one per row at most.
+
+    Row i takes the kind ``kinds[(i + offset) % len(kinds)]`` (a random offset per call), so every kind
+    gets an equal share of the batch at the cost of one D pass; "rolled" is another row's caption, an
+    attribute kind the row's caption with only that attribute's phrase changed. Rows whose caption does
+    not change (the same rolled caption, no phrase of the attribute) are left out.
+    """
+    kinds = list(kinds)
+    rolled, differs = mismatched_captions(captions, generator)
+    offset = int(torch.randint(len(kinds), (1,), generator=generator))
+    rows, wrong, used = [], [], []
+    for i, caption in enumerate(captions):
+        kind = kinds[(i + offset) % len(kinds)]
+        if kind == "rolled":
+            other = rolled[i] if bool(differs[i]) else None
+        else:
+            other = swap_attribute(caption, (attribute_words or {}).get(kind, ()), generator)
+        if other is not None and other != caption:
+            rows.append(i)
+            wrong.append(other)
+            used.append(kind)
+    return rows, wrong, used
+
+
+def parse_negatives(text: str | Sequence[str]) -> list[str]:
+    """``"rolled,shape"`` -> ["rolled", "shape"] (the --match-negatives flag)."""
+    kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
+    bad = [k for k in kinds if k not in NEGATIVES]
+    if bad or not kinds:
+        raise UserError(f"--match-negatives: expected a comma list of {', '.join(NEGATIVES)}, got {text!r}")
+    return kinds
 
 
 def _randn(batch: Batch, shape: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -144,7 +206,10 @@ def _randn(batch: Batch, shape: Sequence[int], device: torch.device) -> torch.Te
 
 # -- objectives ----------------------------------------------------------------------------------
 class _TwoPlayer(Objective):
-    """Players G and D (EMA of G sampled), one D step then one G step, lazy R1 on D."""
+    """Players G and D (EMA of G sampled), one D step then one G step, lazy R1 (and R2) on D.
+
+    ``text_lr_mul`` scales the learning rate of each player's text encoder (its ``text.`` parameters).
+    """
 
     ema_players = ("G",)
     sampled_player = "G"
@@ -158,50 +223,72 @@ class _TwoPlayer(Objective):
         betas: tuple[float, float] = (0.0, 0.99),
         r1_gamma: float = 0.1,
         r1_interval: int = 4,
+        r2_gamma: float = 0.0,
+        loss: str = "ns",
+        text_lr_mul: float = 1.0,
     ):
         super().__init__()
         self.players = nn.ModuleDict({"G": G, "D": D})
         self.lr, self.d_lr = float(lr), float(lr if d_lr is None else d_lr)
         self.betas = tuple(betas)
         self.r1_gamma, self.r1_interval = float(r1_gamma), max(1, int(r1_interval))
+        self.r2_gamma, self.loss_name = float(r2_gamma), loss
+        self.text_lr_mul = float(text_lr_mul)
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
+        mul = {"text.": self.text_lr_mul} if self.text_lr_mul != 1.0 else {}
         return {
-            "G": OptimizerSpec(lr=self.lr, betas=self.betas),
-            "D": OptimizerSpec(lr=self.d_lr, betas=self.betas),
+            "G": OptimizerSpec(lr=self.lr, betas=self.betas, lr_mul=dict(mul)),
+            "D": OptimizerSpec(lr=self.d_lr, betas=self.betas, lr_mul=dict(mul)),
         }
 
     def schedule(self) -> list[tuple[str, int]]:
         return [("D", 1), ("G", 1)]
 
-    def r1_due(self, step: int) -> bool:
-        return self.r1_gamma > 0 and step % self.r1_interval == 0
+    def penalties_due(self, step: int) -> tuple[float, float]:
+        """(γ₁, γ₂) at this step: lazy regularisation (StyleGAN2) every r1_interval steps, else zeros."""
+        if step % self.r1_interval:
+            return 0.0, 0.0
+        return self.r1_gamma, self.r2_gamma
 
-    def add_r1(self, loss: torch.Tensor, logs: dict, real_logits: dict, real: torch.Tensor) -> torch.Tensor:
-        """Lazy R1 (StyleGAN2): gamma/2 * E||grad_x D(x)||^2 every r1_interval steps, scaled by the interval.
+    def d_step(self, real_logits: dict, fake_logits: dict, real: torch.Tensor, fake: torch.Tensor,
+               step: int) -> tuple[torch.Tensor, dict]:
+        """D's loss with lazy R1/R2 scaled by the interval. All pyramid levels are pooled from ``real``
+        (and from G's full-resolution output), so one gradient covers every input scale."""
+        r1, r2 = self.penalties_due(step)
+        return discriminator_loss(
+            self.loss_name, real_logits, fake_logits, real, fake, r1, r2, self.r1_interval
+        )
 
-        All pyramid levels are pooled from ``real``, so one gradient covers every input scale.
-        """
-        penalty = r1_penalty(torch.stack(list(real_logits.values())).sum(0), real)
-        logs["D/r1"] = float(penalty.detach())
-        return loss + 0.5 * self.r1_gamma * self.r1_interval * penalty
-
-
-def _d_logistic(real_logits: dict, fake_logits: dict) -> torch.Tensor:
-    """Non-saturating D loss averaged over the (input scale, output scale) predictions."""
-    return torch.stack([ns_d_loss(real_logits[k], fake_logits[k]) for k in real_logits]).mean()
-
-
-def _mean_logit(logits: dict) -> float:
-    return float(torch.stack(list(logits.values())).detach().mean())
+    def g_loss(self, D: nn.Module, fake_logits: dict, real_inputs: Any) -> torch.Tensor:
+        """G's loss over the scales; rpgan pairs each fake with D's logit of the batch's real image."""
+        real_logits = None
+        if self.loss_name == "rpgan":
+            with torch.no_grad():
+                real_logits = D(*real_inputs[0], **real_inputs[1])
+        return generator_loss(self.loss_name, fake_logits, real_logits)
 
 
 class GigaGANObjective(_TwoPlayer):
-    """Text-to-image GigaGAN: multi-scale non-saturating loss + matching-aware loss + lazy R1."""
+    """Text-to-image GigaGAN: multi-scale GAN loss + matching-aware loss + lazy R1 (and R2).
 
-    def __init__(self, G: nn.Module, D: nn.Module, match_weight: float = 1.0, **kwargs: Any):
+    ``negatives``: the kinds of wrong caption (:data:`NEGATIVES`) whose pairs with real images D must
+    call fake; the attribute kinds need the dataset's ``attribute_words`` (phrases per attribute).
+    """
+
+    def __init__(
+        self,
+        G: nn.Module,
+        D: nn.Module,
+        match_weight: float = 1.0,
+        negatives: Sequence[str] = ("rolled",),
+        attribute_words: Mapping[str, Sequence[str]] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(G, D, **kwargs)
         self.match_weight = float(match_weight)
+        self.negatives = list(negatives)
+        self.attribute_words = {k: list(v) for k, v in (attribute_words or {}).items()}
 
     def _captions(self, batch: Batch) -> list[str]:
         if not batch.captions:
@@ -212,61 +299,110 @@ class GigaGANObjective(_TwoPlayer):
         G, D = self.players["G"], self.players["D"]
         captions = self._captions(batch)
         z = _randn(batch, (len(captions), G.z_dim), batch.images.device)
+        r1, r2 = self.penalties_due(step)
         if player == "D":
             with torch.no_grad():
                 fake = G(z, prompts=captions, rng=batch.rng, return_pyramid=True)
+            fake = {r: fake[r].detach().requires_grad_(r2 > 0) for r in D.pyramid}
             text = D.encode_text(captions)
-            real = batch.images.detach().requires_grad_(self.r1_due(step))
-            real_logits = D(image_pyramid(real, D.pyramid), text)
-            fake_logits = D({r: fake[r] for r in D.pyramid}, text)
-            loss = _d_logistic(real_logits, fake_logits)
-            logs = {
-                "D/loss": float(loss.detach()),
-                "D/real": _mean_logit(real_logits),
-                "D/fake": _mean_logit(fake_logits),
-            }
+            real = batch.images.detach().requires_grad_(r1 > 0)
+            loss, logs = self.d_step(
+                D(image_pyramid(real, D.pyramid), text), D(fake, text), real, list(fake.values()), step
+            )
             if self.match_weight > 0:
-                match = self.matching_aware_loss(D, batch.images, captions)
+                match = self.matching_aware_loss(D, batch.images, captions, logs)
                 if match is not None:
                     loss = loss + self.match_weight * match
-                    logs["D/mismatch"] = float(match.detach())
-            if self.r1_due(step):
-                loss = self.add_r1(loss, logs, real_logits, real)
             return StepResult(loss, logs)
         if player == "G":
             fake = G(z, prompts=captions, rng=batch.rng, return_pyramid=True)
             with frozen(D):
-                fake_logits = D({r: fake[r] for r in D.pyramid}, prompts=captions)
-            loss = mean_over_scales(fake_logits, ns_g_loss)
+                text = D.encode_text(captions)
+                fake_logits = D({r: fake[r] for r in D.pyramid}, text)
+                loss = self.g_loss(D, fake_logits, ((image_pyramid(batch.images, D.pyramid), text), {}))
             return StepResult(loss, {"G/loss": float(loss.detach())})
         raise ValueError(f"unknown player {player!r}; expected 'G' or 'D'")
 
-    @staticmethod
-    def matching_aware_loss(D: nn.Module, images: torch.Tensor, captions: list[str]) -> torch.Tensor | None:
-        """GigaGAN Sec. 3.3: E[softplus(D(x, c_wrong))]: a real image with another item's caption is fake.
+    def matching_aware_loss(
+        self, D: nn.Module, images: torch.Tensor, captions: list[str], logs: dict | None = None
+    ) -> torch.Tensor | None:
+        """GigaGAN Sec. 3.3: E[softplus(D(x, c_wrong))]: a real image with a wrong caption is fake.
 
-        None when every rolled caption equals the original (nothing mismatched in this batch).
+        The wrong captions are :func:`matching_negatives` of the configured kinds; None when no row
+        of the batch got one.
         """
-        wrong, differs = mismatched_captions(captions)
-        if not bool(differs.any()):
+        rows, wrong, kinds = matching_negatives(captions, self.negatives, self.attribute_words)
+        if not rows:
             return None
-        rows = differs.nonzero()[:, 0].tolist()
-        logits = D(image_pyramid(images[rows], D.pyramid), D.encode_text([wrong[i] for i in rows]))
-        return mean_over_scales(logits, lambda v: F.softplus(v).mean())
+        logits = D(image_pyramid(images[rows], D.pyramid), D.encode_text(wrong))
+        per_row = torch.stack([F.softplus(v) for v in logits.values()]).mean(0)
+        if logs is not None:
+            logs["D/mismatch"] = float(per_row.detach().mean())
+            for kind in sorted(set(kinds)):
+                picked = [j for j, k in enumerate(kinds) if k == kind]
+                logs[f"D/mismatch_{kind}"] = float(per_row.detach()[picked].mean())
+        return per_row.mean()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image isotropic Gaussian blur (``sigma`` [N] in pixels; 0 leaves an image as it is)."""
+    radius = max(1, int(torch.ceil(3 * sigma.max()).item()))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    weights = torch.exp(-0.5 * (offsets[None] / sigma.clamp_min(1e-3)[:, None].to(x.dtype)) ** 2)
+    weights = weights / weights.sum(1, keepdim=True)
+    n, c, h, w = x.shape
+    kernel = weights.repeat_interleave(c, 0)  # [N*C, K]
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def degrade(hr: torch.Tensor, scale: int, probability: float, generator: torch.Generator | None = None
+            ) -> torch.Tensor:
+    """The upsampler's low-res input: area downsampling, or with ``probability`` per stage a
+    Real-ESRGAN-style first-order degradation (the paper's Sec. 3.5 trains on degraded inputs):
+    Gaussian blur (σ ~ U(0.2, 1)·scale/2 HR pixels), a random resize kernel (area, bilinear or bicubic,
+    antialiased) and Gaussian noise (σ ~ U(0, 0.05) in [-1, 1] units). JPEG is not simulated."""
+    n, size = len(hr), hr.shape[-1] // scale
+    u = torch.rand(n, 4, generator=generator).to(hr.device)
+    x = hr
+    if probability > 0:
+        sigma = (0.2 + 0.8 * u[:, 1]) * scale / 2
+        sigma = torch.where(u[:, 0] < probability, sigma, torch.zeros_like(sigma))
+        if bool((sigma > 0).any()):
+            x = gaussian_blur(x, sigma)
+    low = F.adaptive_avg_pool2d(x, size)
+    if probability > 0:
+        mode = int(torch.randint(3, (1,), generator=generator))
+        if mode:
+            resized = F.interpolate(x, size=size, mode=("bilinear", "bicubic")[mode - 1], antialias=True,
+                                    align_corners=False)
+            low = torch.where((u[:, 2] < probability)[:, None, None, None], resized, low)
+        noise = torch.randn(low.shape, generator=generator).to(low.device)
+        strength = torch.where(u[:, 3] < probability, 0.05 * u[:, 1], torch.zeros_like(u[:, 1]))
+        low = low + noise * strength[:, None, None, None]
+    return low.clamp(-1, 1)
 
 
 class UpsamplerObjective(_TwoPlayer):
-    """GigaGAN upsampler: (low-res, high-res) pairs by area-downsampling; GAN (D sees the low-res
-    input too) + L1 reconstruction."""
+    """GigaGAN upsampler (Sec. 3.5): (low-res, high-res) pairs made by :func:`degrade`; the GAN loss with
+    the multi-scale D (which also sees the low-res input), + L1 and, with a weights file, LPIPS."""
 
-    def __init__(self, G: nn.Module, D: nn.Module, l1_weight: float = 10.0, **kwargs: Any):
+    def __init__(self, G: nn.Module, D: nn.Module, l1_weight: float = 10.0, lpips_weight: float = 0.0,
+                 lpips: nn.Module | None = None, degrade: float = 0.5, **kwargs: Any):
         super().__init__(G, D, **kwargs)
-        self.l1_weight = float(l1_weight)
+        self.l1_weight, self.lpips_weight = float(l1_weight), float(lpips_weight)
+        self.degrade = float(degrade)
+        if self.lpips_weight > 0 and lpips is None:
+            raise UserError("--lpips-weight: give the LPIPS weights file with --lpips-weights FILE "
+                            "(genzoo never downloads weights)")
+        object.__setattr__(self, "lpips", lpips)  # frozen, never saved
 
     def loss(self, player: str, batch: Batch, step: int) -> StepResult:
         G, D = self.players["G"], self.players["D"]
         hr = batch.images
-        low = F.adaptive_avg_pool2d(hr, hr.shape[-1] // G.scale)
+        low = degrade(hr, G.scale, self.degrade)
         prompts = list(batch.captions or []) if G.text is not None else None
         if G.text is not None and not prompts:
             raise UserError("--upsampler-text: the dataset has no captions")
@@ -274,28 +410,26 @@ class UpsamplerObjective(_TwoPlayer):
         if player == "D":
             with torch.no_grad():
                 fake = G(low, z, prompts=prompts, rng=batch.rng)
+            r1, r2 = self.penalties_due(step)
             text = D.encode_text(prompts) if D.text is not None else None
-            real = hr.detach().requires_grad_(self.r1_due(step))
-            real_logits = D(real, text, cond=low)
-            fake_logits = D(fake, text, cond=low)
-            loss = _d_logistic(real_logits, fake_logits)
-            logs = {
-                "D/loss": float(loss.detach()),
-                "D/real": _mean_logit(real_logits),
-                "D/fake": _mean_logit(fake_logits),
-            }
-            if self.r1_due(step):
-                loss = self.add_r1(loss, logs, real_logits, real)
+            real = hr.detach().requires_grad_(r1 > 0)
+            fake = fake.detach().requires_grad_(r2 > 0)
+            loss, logs = self.d_step(D(real, text, cond=low), D(fake, text, cond=low), real, fake, step)
             return StepResult(loss, logs)
         if player == "G":
             fake = G(low, z, prompts=prompts, rng=batch.rng)
             with frozen(D):
-                fake_logits = D(fake, prompts=prompts, cond=low)
-            adv = mean_over_scales(fake_logits, ns_g_loss)
+                text = D.encode_text(prompts) if D.text is not None else None
+                fake_logits = D(fake, text, cond=low)
+                adv = self.g_loss(D, fake_logits, ((hr, text), {"cond": low}))
             l1 = (fake - hr).abs().mean()
-            return StepResult(
-                adv + self.l1_weight * l1, {"G/loss": float(adv.detach()), "G/l1": float(l1.detach())}
-            )
+            loss = adv + self.l1_weight * l1
+            logs = {"G/loss": float(adv.detach()), "G/l1": float(l1.detach())}
+            if self.lpips_weight > 0:
+                perceptual = self.lpips.to(hr.device)((fake.float() + 1) / 2, (hr.float() + 1) / 2).mean()
+                loss = loss + self.lpips_weight * perceptual
+                logs["G/lpips"] = float(perceptual.detach())
+            return StepResult(loss, logs)
         raise ValueError(f"unknown player {player!r}; expected 'G' or 'D'")
 
 
@@ -313,6 +447,10 @@ DEFAULTS = {
     "loss": "ns",
     "g_lr": DEFAULT_LR,
     "d_lr": DEFAULT_LR,
+    "r2_gamma": 0.0,
+    "match_negatives": ",".join(NEGATIVES),
+    "text_tokenizer": "vocab",
+    "text_lr_mul": 0.1,
 }
 
 
@@ -342,10 +480,30 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="GigaGAN: weight of the matching-aware loss (real image + wrong caption = fake; default 1)",
     )
-    add("--r1-interval", type=V.positive_int, default=4, help="GigaGAN: lazy R1 every N steps (default 4)")
+    add(
+        "--match-negatives",
+        default=None,
+        help="GigaGAN: kinds of wrong caption for the matching-aware loss, a comma list of "
+        f"{', '.join(NEGATIVES)} (default: all; the paper's: rolled = another item's caption)",
+    )
+    add("--text-tokenizer", choices=TOKENIZERS, default=None,
+        help="--text-encoder learned: vocab (the training captions' words, one id each; default) or hash "
+        "(CRC32 buckets, which can collide: the old default)")
+    add("--text-lr-mul", type=V.positive_float, default=None,
+        help="GigaGAN: learning-rate multiplier of G's and D's text encoders (default 0.1; 1: the "
+        "players' lr)")
+    add("--r1-interval", type=V.positive_int, default=4,
+        help="GigaGAN: lazy R1 (and R2) every N steps (default 4)")
     add("--upsample-scale", type=V.positive_int, default=4,
         help="gigagan-upsampler: scale factor (default 4)")
     add("--upsampler-text", action="store_true", help="gigagan-upsampler: condition on the captions too")
+    add("--degrade", type=V.nonnegative_float, default=None,
+        help="gigagan-upsampler: probability of each input degradation (blur, resize kernel, noise; "
+        "default 0.5; 0: area downsampling only)")
+    add("--lpips-weight", type=V.nonnegative_float, default=None,
+        help="gigagan-upsampler: LPIPS loss weight (default 1 with --lpips-weights, else 0)")
+    add_argument_once(parser, "--lpips-weights", default=None,
+                      help="LPIPS (VGG) weights file, never downloaded (see genzoo.nets.lpips)")
     add(
         "--l1-weight",
         type=V.nonnegative_float,
@@ -385,13 +543,21 @@ def _get(config: dict[str, Any], key: str, default: Any = None) -> Any:
     return DEFAULTS[key] if default is None else default
 
 
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+def _text_config(config: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     kind = config.get("text_encoder") or "learned"
     text = {
         "kind": kind,
         "dim": int(_get(config, "text_dim", 128)),
         "depth": int(_get(config, "text_depth", 2)),
     }
+    tokenizer = _get(config, "text_tokenizer")
+    if tokenizer not in TOKENIZERS:
+        raise UserError(f"--text-tokenizer: expected vocab or hash, got {tokenizer!r}")
+    if kind == "learned" and tokenizer == "vocab":
+        captions = getattr(dataset, "captions", None)
+        if not captions:
+            raise UserError("--text-tokenizer vocab: the dataset has no captions to take the words from")
+        text["vocab"] = build_vocabulary(captions)
     if kind == "clip":
         if not config.get("text_weights"):
             raise UserError("--text-encoder clip: give --text-weights FILE (local open_clip weights)")
@@ -418,8 +584,6 @@ def default_prompts(dataset: Any, limit: int = MAX_DEFAULT_PROMPTS) -> list[str]
 
 
 def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
-    from genzoo.gan.family import parse_betas, parse_resolutions
-
     arch = config.get("arch") or "gigagan"
     if arch not in ARCHES:
         raise UserError(f"--arch: expected one of {', '.join(ARCHES)}, got {arch!r}")
@@ -429,8 +593,9 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
     if config.get("diffaugment"):
         raise UserError("--diffaugment: not supported with GigaGAN (its D sees aligned multi-scale pyramids)")
     loss = _get(config, "loss")
-    if loss != "ns":
-        raise UserError(f"--loss {loss}: GigaGAN trains with the non-saturating loss (ns)")
+    if loss not in ("ns", "rpgan"):
+        raise UserError(f"--loss {loss}: GigaGAN trains with ns (non-saturating, the paper's) or rpgan")
+    negatives = parse_negatives(_get(config, "match_negatives"))
     for key in DEFAULTS:  # resolved values are saved in config.json
         config[key] = _get(config, key)
     if config.get("ema") is None and config.get("ema_halflife_kimg") is None:
@@ -442,6 +607,9 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         "betas": parse_betas(config["betas"]),
         "r1_gamma": float(config["r1_gamma"]),
         "r1_interval": int(_get(config, "r1_interval", 4)),
+        "r2_gamma": float(config["r2_gamma"]),
+        "loss": loss,
+        "text_lr_mul": float(config["text_lr_mul"]),
     }
     config.update(
         {
@@ -459,7 +627,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
                 f"--upsample-scale {scale}: expected a power of two >= 2 with the data resolution "
                 f"{resolution} divisible by 4x the scale"
             )
-        text = _text_config(config) if config.get("upsampler_text") else None
+        text = _text_config(config, dataset) if config.get("upsampler_text") else None
         if text is not None and not getattr(dataset, "captions", None):
             raise UserError(f"--upsampler-text: the dataset {config.get('data')} has no captions")
         net = {
@@ -481,15 +649,32 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
             text=text,
             cond_channels=channels,
         )
+        lpips_file = config.get("lpips_weights")
+        lpips_weight = config.get("lpips_weight")
+        lpips_weight = float(1.0 if lpips_weight is None and lpips_file else lpips_weight or 0.0)
+        degrade_p = float(_get(config, "degrade", 0.5))
+        if not 0 <= degrade_p <= 1:
+            raise UserError(f"--degrade: expected a probability in [0, 1], got {degrade_p}")
+        config.update({"lpips_weight": lpips_weight, "degrade": degrade_p})
+        lpips = None
+        if lpips_weight > 0:
+            if not lpips_file:
+                raise UserError("--lpips-weight: give the LPIPS weights file with --lpips-weights FILE")
+            from genzoo.nets.lpips import LPIPS
+
+            lpips = LPIPS.from_file(lpips_file)
         return UpsamplerObjective(
             nets.build("gigagan-upsampler", **net),
             D,
             l1_weight=float(_get(config, "l1_weight", 10.0)),
+            lpips_weight=lpips_weight,
+            lpips=lpips,
+            degrade=degrade_p,
             **common,
         )
     if not getattr(dataset, "captions", None):
         raise UserError(f"--data {config.get('data')}: GigaGAN needs a captioned dataset (e.g. shapes)")
-    text = _text_config(config)
+    text = _text_config(config, dataset)
     attn = parse_resolutions(config["attn_res"])
     net = {
         "resolution": resolution,
@@ -515,7 +700,14 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         attn_res=[r for r in attn if r < resolution],
         text=text,
     )
-    return GigaGANObjective(G, D, match_weight=float(_get(config, "match_weight", 1.0)), **common)
+    return GigaGANObjective(
+        G,
+        D,
+        match_weight=float(_get(config, "match_weight", 1.0)),
+        negatives=negatives,
+        attribute_words=getattr(dataset, "attribute_words", None),
+        **common,
+    )
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

@@ -1,7 +1,7 @@
-"""GAN losses and regularisers shared by BigGAN and GigaGAN.
+"""BigGAN's orthogonal regularisation of G's weights.
 
-Every function takes discriminator logits (any shape) and returns a scalar mean, so callers mix
-them freely; ``d_loss``/``g_loss`` pick a loss by the ``--loss`` name.
+The adversarial losses and gradient penalties shared with the other families live in
+:mod:`genzoo.train.adversarial`.
 """
 
 from __future__ import annotations
@@ -9,56 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
-
-from genzoo.errors import UserError
-
-LOSSES = ("hinge", "ns")
-
-
-def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of D (Lim & Ye 2017; BigGAN eq. in §2): E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]."""
-    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-
-
-def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of G: -E[D(G(z))]."""
-    return -fake_logits.mean()
-
-
-def ns_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating D loss (Goodfellow et al. 2014): E[softplus(-D(x))] + E[softplus(D(G(z)))]."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-
-
-def ns_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating loss of G: E[softplus(-D(G(z)))] = -E[log sigmoid(D(G(z)))]."""
-    return F.softplus(-fake_logits).mean()
-
-
-def check_loss_name(name: str) -> str:
-    if name not in LOSSES:
-        raise UserError(f"--loss: expected one of {', '.join(LOSSES)}, got {name!r}")
-    return name
-
-
-def d_loss(name: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The discriminator loss called ``name`` ("hinge" or "ns")."""
-    return (hinge_d_loss if check_loss_name(name) == "hinge" else ns_d_loss)(real_logits, fake_logits)
-
-
-def g_loss(name: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The generator loss called ``name`` ("hinge" or "ns")."""
-    return (hinge_g_loss if check_loss_name(name) == "hinge" else ns_g_loss)(fake_logits)
-
-
-def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
-    """R1 (Mescheder et al. 2018, eq. 9 without the γ/2): E[‖∇ₓ D(x)‖²] on real images.
-
-    ``real_images`` must have ``requires_grad`` set before D was applied to them.
-    """
-    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
-    return grad.square().flatten(1).sum(1).mean()
 
 
 class _OrthoReg(torch.autograd.Function):

@@ -8,27 +8,14 @@ G EMA, orthogonal regularisation) are the defaults of :mod:`genzoo.gan.family`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
 from genzoo.gan.augment import diff_augment, parse_policy
-from genzoo.gan.losses import check_loss_name, d_loss, g_loss, orthogonal_regularization, r1_penalty
+from genzoo.gan.losses import orthogonal_regularization
+from genzoo.train.adversarial import check_loss_name, discriminator_loss, frozen, g_loss
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
-
-
-@contextmanager
-def frozen(module: nn.Module):
-    """Parameters of ``module`` left out of the autograd graph built inside the block (gradients still
-    flow through it to its inputs)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 class GANObjective(Objective):
@@ -51,6 +38,7 @@ class GANObjective(Objective):
         ortho_reg: float = 0.0,
         diffaugment: str = "",
         r1_gamma: float = 0.0,
+        r2_gamma: float = 0.0,
         ortho_parameters: Callable[[], Iterable[torch.Tensor]] | None = None,
     ):
         super().__init__()
@@ -66,7 +54,7 @@ class GANObjective(Objective):
         )
         self.ortho_reg = float(ortho_reg)
         self.policy = parse_policy(diffaugment)
-        self.r1_gamma = float(r1_gamma)
+        self.r1_gamma, self.r2_gamma = float(r1_gamma), float(r2_gamma)
         self._ortho_parameters = ortho_parameters or (lambda: (p for p in G.parameters() if p.ndim >= 2))
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
@@ -98,27 +86,20 @@ class GANObjective(Objective):
         if player == "D":
             with torch.no_grad():
                 fake = G(z, labels)
-            real = self._augment(batch.images)
-            if self.r1_gamma > 0:
-                real = real.detach().requires_grad_(True)
-            real_logits = D(real, labels)
-            fake_logits = D(self._augment(fake), labels)
-            loss = d_loss(self.loss_name, real_logits, fake_logits)
-            logs = {
-                "D/loss": float(loss.detach()),
-                "D/real": float(real_logits.detach().mean()),
-                "D/fake": float(fake_logits.detach().mean()),
-            }
-            if self.r1_gamma > 0:
-                penalty = r1_penalty(real_logits, real)
-                loss = loss + 0.5 * self.r1_gamma * penalty
-                logs["D/r1"] = float(penalty.detach())
+            real = self._augment(batch.images).detach().requires_grad_(self.r1_gamma > 0)
+            fake = self._augment(fake).detach().requires_grad_(self.r2_gamma > 0)
+            loss, logs = discriminator_loss(self.loss_name, D(real, labels), D(fake, labels), real, fake,
+                                            self.r1_gamma, self.r2_gamma)
             return StepResult(loss, logs)
         if player == "G":
             fake = G(z, labels)
             with frozen(D):
                 fake_logits = D(self._augment(fake), labels)
-            loss = g_loss(self.loss_name, fake_logits)
+                real_logits = None
+                if self.loss_name == "rpgan":  # paired with the batch's real images
+                    with torch.no_grad():
+                        real_logits = D(self._augment(batch.images), labels)
+            loss = g_loss(self.loss_name, fake_logits, real_logits)
             logs = {"G/loss": float(loss.detach())}
             if self.ortho_reg > 0:
                 reg = orthogonal_regularization(self._ortho_parameters(), self.ortho_reg).to(loss.device)

@@ -31,13 +31,20 @@ from genzoo.metrics.scores import inception_score, kid, precision_recall
 from genzoo.metrics.stats import FeatureStats, frechet_distance
 
 ALL_METRICS = ("fid", "sfid", "is", "pr", "kid", "acc")
-FEATURE_KINDS = ("inception", "shapes")
-DEFAULT_METRICS = {"inception": ("fid", "sfid", "is", "pr"), "shapes": ("fid", "pr", "acc")}
+FEATURE_KINDS = ("inception", "shapes", "dinov2")
+DEFAULT_METRICS = {"inception": ("fid", "sfid", "is", "pr"), "shapes": ("fid", "pr", "acc"),
+                   "dinov2": ("fid",)}
 
 
 def get_extractor(features: str = "inception", inception: str | Path | None = None,
-                  classifier: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """The feature network: ``inception`` (needs the weights file) or ``shapes`` (ships with genzoo)."""
+                  classifier: str | Path | None = None, device: str | torch.device = "cpu",
+                  dinov2: str | Path | None = None) -> nn.Module:
+    """The feature network: ``inception`` or ``dinov2`` (each needs its weights file) or ``shapes``
+    (ships with genzoo)."""
+    if features == "dinov2":
+        from genzoo.metrics.dinov2 import load_dinov2
+
+        return load_dinov2(dinov2, device)
     if features == "inception":
         from genzoo.metrics.inception import load_inception
 
@@ -251,15 +258,17 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
              classifier: str | Path | None = None, labels: Sequence[int] | np.ndarray | None = None,
              num_samples: int | None = None, ref_count: int = 10_000, pr_count: int = 10_000,
              batch_size: int = 64, device: str | torch.device = "cpu", save_ref: str | Path | None = None,
-             extractor: nn.Module | None = None, blocks: int = 1, resize: bool = False) -> dict[str, Any]:
+             extractor: nn.Module | None = None, blocks: int = 1, resize: bool = False,
+             dinov2: str | Path | None = None) -> dict[str, Any]:
     """Quality metrics of ``samples`` against ``ref``.
 
     ``samples``: an ADM ``.npz`` (``arr_0`` uint8 NHWC, labels in ``arr_1``), a uint8 NHWC array, or
     an NCHW tensor (uint8 or float in [-1, 1]). ``ref``: an ADM reference batch ``.npz``, a sample
     ``.npz`` of real images, a dataset spec (``shapes``, ``folder:...``) or a :class:`Reference`.
     ``metrics``: any of fid, sfid, is, pr, kid, acc (default per feature network). ``features``:
-    ``inception`` (FID proper; needs ``inception`` or ``$GENZOO_INCEPTION``) or ``shapes`` (the domain
-    classifier; ``fid`` is then the Fréchet distance in its feature space). ``acc`` compares the
+    ``inception`` (FID proper; needs ``inception`` or ``$GENZOO_INCEPTION``), ``dinov2`` (FD_DINOv2 as
+    EDM2 measures it; needs ``dinov2`` or ``$GENZOO_DINOV2``) or ``shapes`` (the domain classifier);
+    ``fid`` is the Fréchet distance in the chosen feature space. ``acc`` compares the
     classifier's prediction with the requested labels (``arr_1`` or ``labels``).
 
     Returns a dict with ``features``, ``num_samples``, ``num_ref`` and, per metric: ``fd`` (FID
@@ -280,12 +289,15 @@ def evaluate(samples: Any, ref: str | Path | Reference, metrics: Sequence[str] |
     if features != "inception" and "sfid" in metrics:
         raise UserError("--metrics sfid: sFID is defined on Inception's mixed_6/conv features; "
                         "use --features inception")
+    if features == "dinov2" and "is" in metrics:
+        raise UserError("--metrics is: the Inception score needs Inception's classifier head; "
+                        "use --features inception")
     if blocks < 1:
         raise UserError(f"--blocks: expected a positive number of blocks, got {blocks}")
     batches, file_labels, description, count, shape = _sample_batches(samples, num_samples)
     if {"fid", "sfid", "pr", "kid"} & set(metrics) or save_ref:
         _check_resolution(shape, _reference_resolution(ref), ref, resize)
-    extractor = extractor or get_extractor(features, inception, classifier, device)
+    extractor = extractor or get_extractor(features, inception, classifier, device, dinov2)
     if "is" in metrics and getattr(extractor, "fc", True) is None:
         raise UserError("--metrics is: this Inception weights file has no classifier head (fc); IS needs one")
     if labels is None:
@@ -383,13 +395,13 @@ def _reference_resolution(ref: Any) -> int | None:
 
 def frechet_metric(ref: str | Path | Reference, features: str = "inception",
                    inception: str | Path | None = None, classifier: str | Path | None = None,
-                   ref_count: int = 10_000, batch_size: int = 64,
-                   device: str | torch.device = "cpu") -> Callable[[torch.Tensor], float]:
+                   ref_count: int = 10_000, batch_size: int = 64, device: str | torch.device = "cpu",
+                   dinov2: str | Path | None = None) -> Callable[[torch.Tensor], float]:
     """``images -> Fréchet distance`` to ``ref`` in ``features`` space (FID for inception), with the
     reference resolved once: the held-out metric of a search over sampling settings."""
     from genzoo.train.distributed import local_only
 
-    extractor = get_extractor(features, inception, classifier, device)
+    extractor = get_extractor(features, inception, classifier, device, dinov2)
     with local_only():  # every rank searches whole, so all of them choose the same settings
         reference, _ = _resolve_reference(ref, extractor, features, ("fid",), ref_count, 0, batch_size, None)
 

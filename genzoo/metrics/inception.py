@@ -16,7 +16,6 @@ Nothing is downloaded: the file is given by ``--inception PATH`` or ``GENZOO_INC
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -267,14 +266,9 @@ def load_inception(path: str | Path | None = None, device: str | torch.device = 
     Raises :class:`UserError` saying which file to get when neither is given or the file is missing,
     and naming the file when its keys or shapes do not match.
     """
-    from genzoo.checkpoints import load_torch_file
+    from genzoo.checkpoints import load_torch_file, weights_file
 
-    path = path or os.environ.get(INCEPTION_ENV)
-    if not path:
-        raise UserError(f"--inception: not given and {INCEPTION_ENV} is not set; {MISSING_WEIGHTS_MESSAGE}")
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"--inception {path}: no such file; {MISSING_WEIGHTS_MESSAGE}")
+    path = weights_file(path, "--inception", INCEPTION_ENV, MISSING_WEIGHTS_MESSAGE)
     state = load_torch_file(path)
     if not isinstance(state, Mapping):
         raise UserError(f"--inception {path}: expected a state dict, got {type(state).__name__}")

@@ -18,21 +18,23 @@ SCHEMA = "genzoo-metrics/1"
 TEXT_FIELDS = ("model", "family", "features", "ref", "samples", "grid", "cost", "device")
 #: Numbers (null when not measured). ``fd`` is FID when ``features`` is "inception".
 NUMBER_FIELDS = ("nfe", "images_per_s", "latency_s", "peak_memory_mb", "flops_per_image", "params_x_nfe",
-                 "fd", "sfid", "is", "is_std", "precision", "recall", "kid", "kid_std", "accuracy",
-                 "num_samples", "num_ref")
+                 "fd", "fd_dinov2", "sfid", "is", "is_std", "precision", "recall", "kid", "kid_std",
+                 "accuracy", "num_samples", "num_ref")
 #: Column titles used by tables and plots.
 LABELS = {"nfe": "NFE", "images_per_s": "images/s", "latency_s": "latency/batch (s)",
           "peak_memory_mb": "peak MB", "flops_per_image": "FLOPs/image",
-          "params_x_nfe": "params × NFE", "fd": "FD", "sfid": "sFID", "is": "IS", "precision": "precision",
-          "recall": "recall", "kid": "KID", "accuracy": "cond. accuracy", "num_samples": "samples"}
+          "params_x_nfe": "params × NFE", "fd": "FD", "fd_dinov2": "FD_DINOv2", "sfid": "sFID", "is": "IS",
+          "precision": "precision", "recall": "recall", "kid": "KID", "accuracy": "cond. accuracy",
+          "num_samples": "samples"}
 #: Lower is better for these; higher for the rest of the quality numbers.
-LOWER_IS_BETTER = {"fd", "sfid", "kid", "latency_s", "peak_memory_mb", "nfe", "flops_per_image",
+LOWER_IS_BETTER = {"fd", "fd_dinov2", "sfid", "kid", "latency_s", "peak_memory_mb", "nfe", "flops_per_image",
                    "params_x_nfe"}
 
 
 def metric_label(key: str, features: str | None = None) -> str:
     if key == "fd":
-        return "FID" if features == "inception" else f"FD ({features})" if features else "FD"
+        return ("FID" if features == "inception" else "FD_DINOv2" if features == "dinov2"
+                else f"FD ({features})" if features else "FD")
     return LABELS.get(key, key)
 
 

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genzoo.errors import UserError
 from genzoo.nets import register
+from genzoo.nets.fused import attend_channels, attend_packed_tokens, norm_silu, upsample_nearest2x
 
 #: channel multipliers the public scripts pick from the image size when ``channel_mult`` is empty
 DEFAULT_CHANNEL_MULT = {
@@ -79,13 +80,20 @@ def parse_attention_resolutions(
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups computed in float32 and cast back to the input dtype."""
+    """GroupNorm with 32 groups, statistics accumulated in float32 whatever the input dtype.
+
+    float32 and bfloat16 inputs go to ``F.group_norm`` as they are (its kernels accumulate bfloat16 in
+    float32), sparing the two full-tensor casts of the public code's ``x.float() ... .type(x.dtype)``;
+    float16 activations (``convert_to_fp16``) keep that explicit float32 round trip.
+    """
 
     def __init__(self, channels: int):
         super().__init__(32, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        if x.dtype == torch.float16:
+            return super().forward(x.float()).type(x.dtype)
+        return F.group_norm(x, 32, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -119,7 +127,7 @@ class Upsample(nn.Module):
             raise ValueError("Upsample without a conv keeps the channel count")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = upsample_nearest2x(x)
         return self.conv(x) if hasattr(self, "conv") else x
 
 
@@ -192,20 +200,17 @@ class ResBlock(nn.Module):
         return self._forward(x, emb)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = norm_silu(self.in_layers[0], x)
         if self.updown:
-            h = self.h_upd(self.in_layers[:-1](x))
-            x = self.x_upd(x)
-            h = self.in_layers[-1](h)
-        else:
-            h = self.in_layers(x)
+            h, x = self.h_upd(h), self.x_upd(x)
+        h = self.in_layers[2](h)
         emb_out = self.emb_layers(emb).type(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
+            h = norm_silu(self.out_layers[0], h, emb_out.chunk(2, dim=1))
         else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+            h = norm_silu(self.out_layers[0], h + emb_out)
+        h = self.out_layers[3](self.out_layers[2](h))
+        return self.skip_connection(x).add_(h) if isinstance(self.skip_connection, nn.Conv2d) else x + h
 
 
 def qkv_attention(qkv: torch.Tensor, num_heads: int, new_order: bool) -> torch.Tensor:
@@ -220,10 +225,8 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, new_order: bool) -> torch.T
         q, k, v = qkv.reshape(n, 3, num_heads, d, length).unbind(1)
     else:
         q, k, v = qkv.reshape(n, num_heads, 3, d, length).unbind(2)
-    out = F.scaled_dot_product_attention(
-        q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), scale=1.0 / math.sqrt(d)
-    )
-    return out.transpose(-1, -2).reshape(n, num_heads * d, length)
+    out = attend_channels(q, k, v, scale=1.0 / math.sqrt(d))
+    return out.reshape(n, num_heads * d, length)
 
 
 def _heads(channels: int, num_heads: int, num_head_channels: int) -> int:
@@ -269,14 +272,14 @@ class AttentionBlock(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, *spatial = x.shape
-        if self.conv2d:
-            qkv = self.qkv(self.norm(x)).reshape(n, 3 * c, -1)
-            h = qkv_attention(qkv, self.num_heads, self.new_order).reshape(n, c, *spatial)
-            return x + self.proj_out(h)
-        x = x.reshape(n, c, -1)
-        h = qkv_attention(self.qkv(self.norm(x)), self.num_heads, self.new_order)
-        return (x + self.proj_out(h)).reshape(n, c, *spatial)
+        """x + proj_out(attention(qkv(norm(x)))), computed over tokens: the 1×1 convolutions as linear
+        layers on [N, L, C], so q, k and v reach the fused kernel without a copy each."""
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [N, L, C]; a view for channels_last maps
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
+        d = x.shape[1] // self.num_heads
+        h = attend_packed_tokens(qkv, self.num_heads, self.new_order, scale=1.0 / math.sqrt(d))
+        h = F.linear(h, self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return x + h.transpose(1, 2).reshape(x.shape)
 
 
 class AttentionPool2d(nn.Module):
@@ -441,6 +444,7 @@ class ADMUNet(_ADMEncoder):
         self.out_channels = int(out_channels or (2 * in_channels if learn_sigma else in_channels))
         self.learn_sigma = bool(learn_sigma)
         self.label_dim = int(num_classes) if class_cond else 0
+        self.takes_null_label = bool(null_label) and bool(self.label_dim)  # index label_dim: CFG's null
         self.use_fp16 = bool(use_fp16)
         self._build_encoder(
             image_size,
@@ -526,7 +530,7 @@ class ADMUNet(_ADMEncoder):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h.type(x.dtype))
+        return self.out[2](norm_silu(self.out[0], h.type(x.dtype)))
 
 
 @register("adm-sr")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from genzoo.errors import UserError
 from genzoo.nets import register
+from genzoo.nets.fused import attend_channels, upsample_nearest2x
 
 # ----------------------------------------------------------------------------- spectral norm
 
@@ -241,15 +242,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, *unused) -> torch.Tensor:
         n, c, h, w = x.shape
-        q = self.theta(x).flatten(2).transpose(1, 2)  # [N, HW, C/8]
-        k = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # [N, HW/4, C/8]
-        v = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # [N, HW/4, C/2]
-        attn = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # SAGAN uses no 1/√d scaling
-        return x + self.gamma * self.o(attn.transpose(1, 2).reshape(n, c // 2, h, w))
+        q = self.theta(x).flatten(2)[:, None]  # [N, 1, C/8, HW], one head
+        k = F.max_pool2d(self.phi(x), 2).flatten(2)[:, None]  # [N, 1, C/8, HW/4]
+        v = F.max_pool2d(self.g(x), 2).flatten(2)[:, None]  # [N, 1, C/2, HW/4]
+        attn = attend_channels(q, k, v, scale=1.0)  # SAGAN uses no 1/√d scaling
+        return x + self.gamma * self.o(attn.reshape(n, c // 2, h, w))
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2, mode="nearest")
+    return upsample_nearest2x(x)
 
 
 def _latent_condition(
@@ -279,7 +280,9 @@ def _embed_classes(
                 f"class vectors: expected [N, {shared.num_embeddings}], got {tuple(class_labels.shape)}"
             )
         return class_labels.to(shared.weight.dtype) @ shared.weight
-    if class_labels.numel() and (
+    # checked where it costs no host-device synchronisation (CPU tensors, as labels arrive from the CLI
+    # and the API); on an accelerator the check would stall every training step on two .item() reads
+    if class_labels.device.type == "cpu" and class_labels.numel() and (
         int(class_labels.min()) < 0 or int(class_labels.max()) >= shared.num_embeddings
     ):
         raise UserError(

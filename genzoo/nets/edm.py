@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.fused import attend_channels, norm_silu
 from genzoo.nets.labels import one_hot_labels
 from genzoo.nets.unet import positional_embedding
 
@@ -129,9 +130,8 @@ def attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     q, k, v = qkv.reshape(n, num_heads, c // num_heads, 3, h * w).unbind(3)  # each [N, heads, d, L]
     dtype = qkv.dtype
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    q, k, v = (t.transpose(-1, -2).to(work) for t in (q, k, v))
-    a = F.scaled_dot_product_attention(q, k, v)  # [N, heads, L, d]
-    return a.transpose(-1, -2).reshape(n, c, h, w).to(dtype)
+    a = attend_channels(q.to(work), k.to(work), v.to(work))  # [N, heads, d, L]
+    return a.reshape(n, c, h, w).to(dtype)
 
 
 class UNetBlock(nn.Module):
@@ -172,13 +172,12 @@ class UNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         orig = x
-        x = self.conv0(F.silu(self.norm0(x)))
+        x = self.conv0(norm_silu(self.norm0, x))
         params = self.affine(emb)[:, :, None, None].to(x.dtype)
         if self.adaptive_scale:
-            scale, shift = params.chunk(2, dim=1)
-            x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            x = norm_silu(self.norm1, x, params.chunk(2, dim=1))
         else:
-            x = F.silu(self.norm1(x + params))
+            x = norm_silu(self.norm1, x + params)
         x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
         if self.num_heads:
@@ -428,4 +427,4 @@ class DhariwalUNet(nn.Module):
             if x.shape[1] != block.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x, emb)
-        return self.out_conv(F.silu(self.out_norm(x)))
+        return self.out_conv(norm_silu(self.out_norm, x))

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.fused import attend_channels, upsample_nearest2x
 from genzoo.nets.labels import one_hot_labels
 
 Tensor = torch.Tensor
@@ -50,7 +51,7 @@ def resample(x: Tensor, f: Sequence[float] = (1, 1), mode: str = "keep") -> Tens
     if len(f) % 2:
         raise ValueError(f"resample filter: expected an even number of taps, got {list(f)}")
     if list(f) == [1, 1]:
-        return F.avg_pool2d(x, 2) if mode == "down" else F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.avg_pool2d(x, 2) if mode == "down" else upsample_nearest2x(x)
     taps = torch.as_tensor(f, dtype=torch.float32)
     taps = taps / taps.sum()
     kernel = torch.outer(taps, taps).to(x.device, x.dtype)[None, None].tile([x.shape[1], 1, 1, 1])
@@ -168,8 +169,8 @@ class Block(nn.Module):
         n, c, h, w = x.shape
         qkv = self.attn_qkv(x).reshape(n, self.num_heads, -1, 3, h * w)
         q, k, v = normalize(qkv, dim=2).unbind(3)  # each [n, heads, d, hw]
-        y = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
-        return self.attn_proj(y.transpose(2, 3).reshape(n, c, h, w))
+        y = attend_channels(q, k, v)  # contiguous tokens, so the fused kernel runs
+        return self.attn_proj(y.reshape(n, c, h, w))
 
 
 @register("edm2")

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.fused import token_major
 from genzoo.nets.text import TextEmbedding, build_text_encoder
 from genzoo.seeds import normal
 
@@ -192,8 +193,8 @@ class L2SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.norm(x)
-        qk = self.qk(y).reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3)
-        v = self.v(y).reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3)
+        qk = token_major(self.qk(y).reshape(b, self.heads, c // self.heads, h * w))
+        v = token_major(self.v(y).reshape(b, self.heads, c // self.heads, h * w))
         d = qk.shape[-1]
         bias = (-qk.pow(2).sum(-1) / math.sqrt(d))[:, :, None, :]
         out = F.scaled_dot_product_attention(qk, qk, v, attn_mask=bias.to(qk.dtype), scale=2 / math.sqrt(d))
@@ -215,7 +216,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, text: TextEmbedding) -> torch.Tensor:
         b, c, h, w = x.shape
-        q = self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3)
+        q = token_major(self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, h * w))
         k, v = self.kv(text.local.to(x.dtype)).chunk(2, dim=-1)
         k = k.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)
         v = v.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)

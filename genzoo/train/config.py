@@ -77,6 +77,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     add("--resolution", type=V.positive_int,
         help="image resolution to load the data at (default: the data's own)")
     add("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
+    add("--fsdp", action="store_true",
+        help="under torchrun: shard the network, its gradients and optimiser state over the processes "
+             "(FSDP2), for a network that does not fit one device; objectives that train one network per "
+             "step (default: DistributedDataParallel)")
     add("--workers", type=V.nonnegative_int,
         help="data-loader worker processes (default: 0 on CPU, 4 on CUDA)")
     add("--log-every", type=V.positive_int, default=10,

@@ -2,9 +2,8 @@
 sharded map that ``sample`` and ``eval`` use (each rank works on its share, rank 0 receives every
 result in the order of a 1-process run).
 
-The engine does not wrap networks in ``DistributedDataParallel``: objectives call their networks
-freely (a GAN's D loss runs G, a consistency loss runs a target network), and after the backward
-passes of an update the engine averages the player's gradients over ranks with one ``all_reduce``.
+Which gradients are averaged how (DistributedDataParallel, FSDP, or the flat ``all_reduce`` of
+:func:`average_gradients` for objectives with several players per step) is :mod:`genzoo.train.parallel`.
 """
 
 from __future__ import annotations

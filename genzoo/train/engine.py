@@ -42,6 +42,7 @@ from genzoo.train.data import IndexedDataset, MicroBatchIndices, collate, mix_se
 from genzoo.train.ema import EMA, EMARule
 from genzoo.train.feedback import Feedback
 from genzoo.train.objective import Objective, OptimizerSpec, learning_rate
+from genzoo.train.parallel import GradientSync
 from genzoo.train.phema import PowerFunctionEMA, parse_stds
 
 # Separate seed streams, so e.g. the noise of step 5 never equals the dropout of step 5.
@@ -145,11 +146,6 @@ class Trainer:
         for name in self.objective.players:
             ddp.broadcast_module(self.objective.players[name], self.world)
 
-        self.specs: dict[str, OptimizerSpec] = self.objective.optimizer_specs()
-        self.optimizers = {name: _make_optimizer(self.objective.players[name], spec)
-                           for name, spec in self.specs.items()}
-        self.scalers = {name: torch.amp.GradScaler("cuda") for name in self.specs} \
-            if config["precision"] == "fp16" else {}
         rule = EMARule.from_config(config)
         if rule.halflife_kimg is not None:
             config["ema_halflife_kimg"] = rule.halflife_kimg  # config.json shows the rule in use
@@ -157,6 +153,13 @@ class Trainer:
         stds = parse_stds(config.get("phema_stds")) if self.objective.ema_players else ()
         self.phema = PowerFunctionEMA({n: self.objective.players[n] for n in self.objective.ema_players},
                                       stds).to(device) if stds else None
+        # after the EMA copies (whole networks), before the optimisers (FSDP's parameters are shards)
+        self.sync = GradientSync(self.objective, self.world, device, bool(config.get("fsdp")))
+        self.specs: dict[str, OptimizerSpec] = self.objective.optimizer_specs()
+        self.optimizers = {name: _make_optimizer(self.objective.players[name], spec)
+                           for name, spec in self.specs.items()}
+        self.scalers = {name: torch.amp.GradScaler("cuda") for name in self.specs} \
+            if config["precision"] == "fp16" else {}
         self.progress = Progress()
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -204,7 +207,8 @@ class Trainer:
         if changed:
             self.say(f"--resume: settings changed since {ckpt.path.name} (the run continues with the new "
                      "ones): " + "; ".join(changed))
-        load_state_into(self.objective.players, ckpt.model, str(ckpt.path / "model.safetensors"))
+        with self.sync.full(write_back=True):
+            load_state_into(self.objective.players, ckpt.model, str(ckpt.path / "model.safetensors"))
         if self.ema.players:
             load_state_into(self.ema.players, ckpt.ema, str(ckpt.path / "ema.safetensors"))
         if self.phema is not None:
@@ -223,7 +227,7 @@ class Trainer:
             if name not in saved_opt:
                 raise UserError(f"{ckpt.path / 'optimizer.pt'}: no optimiser state for player {name!r}")
             try:
-                opt.load_state_dict(saved_opt[name])
+                self.sync.load_optimizer_state(opt, saved_opt[name])
             except (ValueError, KeyError) as err:
                 raise UserError(f"{ckpt.path / 'optimizer.pt'}: optimiser state of {name!r} does not fit "
                                 f"({err})") from None
@@ -322,10 +326,11 @@ class Trainer:
                 update += 1
         images_before = p.images_seen
         p.images_seen += self.batch
-        if self.ema.players:
-            logs["ema_beta"] = self.ema.update(self.objective.players, p.step, images_before, self.batch)
-        if self.phema is not None:
-            self.phema.update(self.objective.players, p.images_seen, self.batch)
+        with self.sync.full():
+            if self.ema.players:
+                logs["ema_beta"] = self.ema.update(self.objective.players, p.step, images_before, self.batch)
+            if self.phema is not None:
+                self.phema.update(self.objective.players, p.images_seen, self.batch)
         p.step += 1
         kimg = self.config.get("phema_snapshot_kimg")
         period = float(kimg or 0) * 1000
@@ -356,16 +361,17 @@ class Trainer:
             torch.manual_seed(mix_seed(self.seed, _STREAM_MICRO, p.step, update, a, self.dist.rank))
             batch = to_batch(raw, getattr(self.dataset, "captions", None), self.device,
                              config["channels_last"], rng)
-            with self._autocast():
-                result = self.objective.loss(player, batch, p.step)
-            loss = result.loss.float()
-            scaled = loss / self.rounds
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            with self.sync.micro_batch(player, last=a == self.rounds - 1):
+                with self._autocast():
+                    result = self.sync.loss(player, batch, p.step)
+                loss = result.loss.float()
+                scaled = loss / self.rounds
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach()
             for k, v in result.logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / self.rounds
         p.data_position += self.batch
-        ddp.average_gradients(params, self.world)
+        self.sync.finish(player, params)  # the flat all_reduce where DDP/FSDP did not reduce
         loss_mean = ddp.mean_over_ranks(loss_sum / self.rounds, self.world)
         logs = {(k if "/" in k else f"{player}/{k}"): v for k, v in sums.items()}
         logs[f"loss/{player}"] = float(loss_mean)
@@ -386,7 +392,7 @@ class Trainer:
                   else spec.warmup_images)
         lr = learning_rate(spec.lr, p.images_seen, warmup, spec.decay_images)  # on images seen so far
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mul", 1.0)
         logs[f"lr/{player}"] = lr
         if scaler is not None:
             scaler.unscale_(opt)
@@ -402,7 +408,8 @@ class Trainer:
             scaler.update()
         else:
             opt.step()
-        self.objective.after_update(player, p.step)
+        with self.sync.full():
+            self.objective.after_update(player, p.step)
         return logs
 
     def _autocast(self):
@@ -417,11 +424,14 @@ class Trainer:
     def _save(self) -> None:
         p = self.progress
         path = self.out / f"checkpoint-{p.step:06d}"
+        with self.sync.full():  # FSDP: gathered on every rank, written by rank 0
+            model = self.objective.players.state_dict()
+            optimizers = {n: self.sync.optimizer_state(o) for n, o in self.optimizers.items()}
         if self.dist.is_main:
-            weights = {"model": self.objective.players.state_dict(), "ema": self.ema.players.state_dict(),
+            weights = {"model": model, "ema": self.ema.players.state_dict(),
                        "objective": _objective_state(self.objective),
                        "phema": self.phema.state_dict() if self.phema is not None else {}}
-            optimizer_state = {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            optimizer_state = {"optimizers": optimizers,
                                "scalers": {n: s.state_dict() for n, s in self.scalers.items()}}
             state = {"step": p.step, "images_seen": p.images_seen, "data_position": p.data_position,
                      "nonfinite_streak": p.nonfinite_streak, "train_seconds": p.train_seconds,
@@ -460,10 +470,22 @@ class Trainer:
 
 
 def _make_optimizer(net: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """Adam as the spec says (AdamW, decoupled decay, when ``weight_decay`` > 0)."""
-    params = [q for q in net.parameters() if q.requires_grad]
+    """Adam as the spec says (AdamW, decoupled decay, when ``weight_decay`` > 0); one parameter group per
+    learning-rate multiplier of ``spec.lr_mul``."""
+    groups: dict[float, list[torch.Tensor]] = {}
+    for name, q in net.named_parameters():
+        if q.requires_grad:
+            groups.setdefault(parameter_lr_mul(name, spec.lr_mul), []).append(q)
     cls = torch.optim.AdamW if spec.weight_decay > 0 else torch.optim.Adam
-    return cls(params, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, weight_decay=spec.weight_decay)
+    param_groups = [{"params": ps, "lr": spec.lr * mul, "lr_mul": mul} for mul, ps in groups.items()]
+    return cls(param_groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
+               weight_decay=spec.weight_decay)
+
+
+def parameter_lr_mul(name: str, lr_mul: dict[str, float]) -> float:
+    """The multiplier of the longest prefix in ``lr_mul`` that ``name`` starts with (1 when none does)."""
+    matches = [prefix for prefix in lr_mul if name.startswith(prefix)]
+    return float(lr_mul[max(matches, key=len)]) if matches else 1.0
 
 
 def _objective_state(objective: Objective) -> dict[str, torch.Tensor]:

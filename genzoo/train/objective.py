@@ -40,6 +40,9 @@ class OptimizerSpec:
     weight_decay: float = 0.0
     warmup_images: float = 0.0  # linear learning-rate ramp-up over this many images (EDM: 10M)
     decay_images: float = 0.0  # inverse square-root decay after this many images (EDM2's t_ref); 0 = none
+    #: learning-rate multipliers by parameter-name prefix within the player (e.g. {"text.": 0.1});
+    #: the longest matching prefix wins, other parameters get 1
+    lr_mul: dict[str, float] = field(default_factory=dict)
 
 
 def learning_rate(lr: float, images_seen: float, warmup_images: float = 0.0,

@@ -1,4 +1,5 @@
-"""LPIPS (Zhang et al. 2018, VGG variant) as a consistency distance, from a weights file the user supplies.
+"""LPIPS (Zhang et al. 2018, VGG variant) from a weights file the user supplies: a distance for consistency
+training and a loss of the GigaGAN upsampler.
 
 genzoo never downloads weights. The file is the ``state_dict`` of the ``lpips`` package's
 ``LPIPS(net="vgg")`` saved as ``.safetensors`` or a weights-only ``.pt``: keys ``scaling_layer.shift``,

@@ -1,0 +1,121 @@
+"""One-step generators on shapes:16 at the demo's budgets in images seen, measured the demo's way (512
+seeds, shapes features, FD and conditional accuracy against 2000 reference images).
+
+    python benchmarks/one_step.py consistency --teacher RUN [--images 26300] [--out DIR] [--only scm,ect]
+    python benchmarks/one_step.py gan [--images 120000] [--out DIR] [--only r3gan,biggan]
+
+consistency: ECT, sCM and CD (trajectory targets) from one EDM teacher, each in one and two steps, beside the
+teacher's guided Heun-12. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default
+`genzoo demo` reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training
+job at a time on 1 thread, skips runs and evaluations whose outputs exist, and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+COMMON = ["--data", "shapes:16", "--precision", "bf16", "--checkpoint-every", "50", "--keep-last", "2",
+          "--sample-every", "0", "--log-every", "10", "--no-tensorboard", "--seed", "0"]
+#: the demo's budgets on an idle 2-core machine (docs/demo.md, "The default run, measured")
+DEMO_IMAGES = {"consistency": 26_300, "gan": 120_000}
+BATCH = 32
+
+
+def consistency_runs(teacher: str) -> dict[str, list[str]]:
+    return {
+        "scm": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "2e-4"],
+        "ect": ["--mode", "ect", "--init", teacher, "--lr", "1e-3", "--ect-stages", "5"],
+        "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
+               "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
+    }
+
+
+GAN_RUNS = {
+    # R3GAN's recipe (RpGAN + R1 + R2, the family's r3gan defaults)
+    "r3gan": ["--arch", "r3gan", "--g-ch", "32", "--d-ch", "32", "--ema-halflife-kimg", "1"],
+    # the same at the demo's BigGAN optimiser settings (R3GAN's lr 2e-4 learns nothing by 5.8k images)
+    "r3gan-lr2e-3": ["--arch", "r3gan", "--g-ch", "32", "--d-ch", "32", "--g-lr", "2e-3", "--d-lr", "2e-3",
+                     "--betas", "0,0.99", "--ema-halflife-kimg", "1"],
+    # the demo's BigGAN (genzoo/demo.py)
+    "biggan": ["--arch", "biggan", "--g-ch", "16", "--d-ch", "16", "--z-dim", "64", "--shared-dim", "32",
+               "--d-steps", "1", "--channels-last", "--loss", "ns", "--r1-gamma", "0.1", "--g-lr", "2e-3",
+               "--d-lr", "2e-3", "--betas", "0,0.99", "--ema-halflife-kimg", "1"],
+}
+
+
+def genzoo(*args: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "genzoo", *args], check=True, env=env)
+
+
+def images_seen(run: Path) -> int:
+    states = sorted(run.glob("checkpoint-*/state.json"))
+    return int(json.loads(states[-1].read_text())["images_seen"]) if states else 0
+
+
+def evaluate(out: Path, name: str, ckpt: Path, *flags: str) -> dict:
+    result = out / f"eval-{name}.json"
+    if not result.is_file():
+        samples = out / f"{name}.npz"
+        genzoo("sample", "--ckpt", str(ckpt), "--seeds", "0-511", "--batch", "128", "--out", str(samples),
+               *flags)
+        genzoo("eval", "--samples", str(samples), "--ref", "shapes:16", "--features", "shapes", "--metrics",
+               "fid,acc", "--ref-count", "2000", "--model", name, "--out", str(result))
+    return json.loads(result.read_text())
+
+
+def train(out: Path, family: str, flags: list[str], images: int) -> None:
+    steps = str(-(-images // BATCH))
+    if images_seen(out) < images:
+        genzoo("train", "--family", family, "--out", str(out), *flags, "--steps", steps,
+               "--batch", str(BATCH), "--resume", *COMMON)
+
+
+def table(rows: list[tuple[str, int, str, dict]]) -> str:
+    lines = ["| model | images seen | NFE | FD (shapes) | cond. accuracy |", "|---|---|---|---|---|"]
+    for name, seen, nfe, metrics in rows:
+        fd, acc = metrics.get("fd", float("nan")), metrics.get("accuracy", float("nan"))
+        lines.append(f"| {name} | {seen:,} | {nfe} | {fd:.4g} | {acc:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("consistency", "gan"))
+    parser.add_argument("--teacher", help="consistency: a class-conditional EDM diffusion run on shapes:16")
+    parser.add_argument("--images", type=int, default=None, help="training images per run (default: demo's)")
+    parser.add_argument("--only", default=None, help="comma-separated run names (default: all)")
+    parser.add_argument("--out", default="/tmp/genzoo-one-step")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = args.images or DEMO_IMAGES[args.part]
+    if args.part == "consistency" and not args.teacher:
+        parser.error("consistency: give --teacher RUN")
+    runs = consistency_runs(args.teacher) if args.part == "consistency" else GAN_RUNS
+    names = args.only.split(",") if args.only else list(runs)
+    rows = []
+    for name in names:
+        train(out / name, args.part, runs[name], images)
+        seen = images_seen(out / name)
+        if args.part == "gan":
+            rows.append((name, seen, "1", evaluate(out, name, out / name)))
+            continue
+        for steps in (1, 2):
+            rows.append((f"{name}-{steps}step", seen, str(steps),
+                         evaluate(out, f"{name}-{steps}step", out / name, "--steps", str(steps))))
+    if args.part == "consistency":
+        teacher = Path(args.teacher)
+        rows.append(("teacher-heun12-cfg3", images_seen(teacher), "46",
+                     evaluate(out, "teacher", teacher, "--sampler", "heun", "--steps", "12",
+                              "--guidance", "3")))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""ECT (easy consistency tuning): the Δt curriculum, the weighting, the loss against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from genzoo.consistency import ConsistencyModel
+from genzoo.consistency.distances import l2, pseudo_huber
+from genzoo.consistency.model import scalings
+from genzoo.consistency.objective import ConsistencyObjective, ect_loss, ect_weight
+from genzoo.consistency.schedules import ect_r, ect_stage
+from genzoo.errors import UserError
+from genzoo.train.objective import Batch
+from tests.test_consistency_train import MLP
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+class Zero(nn.Module):
+    """F = 0, so f(x, σ) = c_skip(σ)·x exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.resolution, self.in_channels, self.out_channels, self.label_dim = 2, 3, 3, 0
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, noise_labels, class_labels=None):
+        return torch.zeros_like(x) * self.w
+
+
+def test_ect_r_closed_form_endpoints_and_monotonicity():
+    t = torch.logspace(-3, 2, 200, dtype=torch.float64)
+    # stage 0: Δt = t·(1 + 8·sigmoid(−t)) ≥ t, so r = 0 everywhere (diffusion training)
+    assert torch.equal(ect_r(t, 0), torch.zeros_like(t))
+    for s in (1, 2, 5):
+        expected = (t - t * 2.0 ** -s * (1 + 8 / (1 + torch.exp(t)))).clamp_min(0)
+        torch.testing.assert_close(ect_r(t, s), expected, rtol=8 * EPS64, atol=0)
+    # Δt/t shrinks with the stage and tends to 0; r < t always
+    previous = torch.full_like(t, 1.0)
+    for s in range(1, 30):
+        ratio = (t - ect_r(t, s)) / t
+        assert (ratio <= previous + 8 * EPS64).all() and (ratio > 0).all()
+        previous = ratio
+    assert float(previous.max()) < 2.0 ** -28 * 5
+    # large t: Δt → t·q^(−s) (the sigmoid term vanishes)
+    big = torch.tensor([80.0], dtype=torch.float64)
+    assert math.isclose(float(ect_r(big, 3)), 80 * (1 - 2.0 ** -3 * (1 + 8 / (1 + math.exp(80.0)))),
+                        rel_tol=1e-15)
+
+
+def test_ect_stage_splits_the_run_into_equal_stages():
+    assert [ect_stage(k, 80, 8) for k in (0, 9, 10, 79, 80, 1000)] == [0, 0, 1, 7, 7, 7]
+    with pytest.raises(UserError, match="--ect-stages"):
+        ect_stage(0, 10, 0)
+
+
+def test_ect_weight_is_inverse_step():
+    t = torch.tensor([1.0, 2.0, 80.0], dtype=torch.float64)
+    r = torch.tensor([0.0, 1.5, 79.0], dtype=torch.float64)
+    torch.testing.assert_close(ect_weight(t, r), torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64))
+
+
+def test_ect_loss_on_a_constructed_batch_equals_the_hand_computed_value():
+    student = ConsistencyModel(Zero()).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 2, 2, generator=g, dtype=torch.float64)
+    z = torch.randn(3, 3, 2, 2, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.5, 2.0, 10.0], dtype=torch.float64)
+    r = torch.tensor([0.0, 1.0, 9.0], dtype=torch.float64)  # the first item: target = data
+    c_skip_t = scalings(t)[0].reshape(-1, 1, 1, 1)
+    c_skip_r = scalings(r[1:])[0].reshape(-1, 1, 1, 1)
+    out = c_skip_t * (x + t.reshape(-1, 1, 1, 1) * z)
+    target = torch.cat([x[:1], c_skip_r * (x[1:] + r[1:].reshape(-1, 1, 1, 1) * z[1:])])
+    c = 0.00054 * math.sqrt(12)
+    expected = (((out - target) ** 2).flatten(1).sum(1) + c * c).sqrt() - c
+    expected = expected / (t - r)
+    got = ect_loss(student, x, z, t, r, None, pseudo_huber).double()
+    rtol = 64 * torch.finfo(torch.float32).eps  # the denoiser wrapper runs in float32
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=0)
+    got_l2 = ect_loss(student, x, z, t, r, None, l2).double()
+    torch.testing.assert_close(got_l2, ((out - target) ** 2).flatten(1).mean(1) / (t - r), rtol=rtol, atol=0)
+
+
+def test_ect_training_lowers_the_loss():
+    """On a one-point data set f ≡ the point has zero loss at every stage, so the loss must fall."""
+    torch.manual_seed(0)
+    student = ConsistencyModel(MLP())
+    objective = ConsistencyObjective(student, "ect", total_steps=150, ect_stages=2)
+    assert objective.distance_name == "pseudo-huber" and not hasattr(objective, "target")
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    point = torch.tensor([0.3, -0.2]).reshape(1, 2, 1, 1)
+    batch = Batch(images=point.expand(256, -1, -1, -1), labels=torch.full((256,), -1))
+
+    def eval_loss(step):
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return float(objective.loss("net", batch, step).loss)
+
+    before = [eval_loss(0), eval_loss(149)]
+    for step in range(150):
+        result = objective.loss("net", batch, step)
+        opt.zero_grad()
+        result.loss.backward()
+        opt.step()
+        objective.after_update("net", step)
+    assert result.logs["ect_stage"] == 1.0
+    assert eval_loss(0) < 0.5 * before[0] and eval_loss(149) < 0.5 * before[1], before
+
+
+def test_ect_rejects_bad_settings():
+    student = ConsistencyModel(MLP())
+    with pytest.raises(UserError, match="--ect-stages"):
+        ConsistencyObjective(student, "ect", total_steps=10, ect_stages=0)
+    with pytest.raises(UserError, match="total number of training steps"):
+        ConsistencyObjective(student, "ect")
+
+
+def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
+    import json
+
+    from genzoo.api import load, sample
+    from genzoo.checkpoints import save_model_dir
+    from genzoo.cli import build_parser
+    from genzoo.cli.train import config_from_args
+    from genzoo.diffusion.family import build_diffusion_model
+    from genzoo.train.engine import train
+    from tests.test_consistency_engine import FLAGS, TEACHER_NET
+
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
+              "channels": 3, "num_classes": 0, "sampled_player": "net"}
+    torch.manual_seed(0)
+    teacher = build_diffusion_model(config)
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    train({**FLAGS, "mode": "ect", "init": str(tmp_path / "dm"), "out": str(tmp_path / "ect"),
+           "ect_stages": 2})
+    saved = json.loads((tmp_path / "ect" / "checkpoint-000002" / "config.json").read_text())
+    keys = ("mode", "init", "ect_stages", "ect_q")
+    assert [saved[k] for k in keys] == ["ect", str(tmp_path / "dm"), 2, 2.0]
+    assert saved["net"] == TEACHER_NET and saved["distance"] == "pseudo-huber"
+    assert not (tmp_path / "ect" / "checkpoint-000002" / "objective.safetensors").exists()  # no EMA target
+    model = load(tmp_path / "ect")
+    images, _, nfe = sample(model, "0-1", batch_size=2)
+    assert nfe == 1 and images.shape == (2, 3, 8, 8)
+    argv = ["train", "--family", "consistency", "--mode", "ect", "--init", "dm", "--data", "shapes:8",
+            "--out", "o", "--ect-stages", "4", "--ect-q", "3"]
+    parsed = config_from_args(build_parser().parse_args(argv))
+    assert (parsed["init"], parsed["ect_stages"], parsed["ect_q"]) == ("dm", 4, 3.0)
+    with pytest.raises(UserError, match="--mode ect: give the diffusion model"):
+        train({**FLAGS, "mode": "ect", "out": str(tmp_path / "x")})
+    with pytest.raises(UserError, match="--init: only --mode ect"):
+        train({**FLAGS, "mode": "ict", "init": str(tmp_path / "dm"), "out": str(tmp_path / "y")})

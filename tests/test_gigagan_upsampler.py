@@ -1,0 +1,60 @@
+"""The GigaGAN upsampler's training inputs (degradations) and its LPIPS term."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genzoo import nets
+from genzoo.errors import UserError
+from genzoo.gan import gigagan as giga
+from genzoo.train.objective import Batch
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def test_gaussian_blur_is_a_normalised_separable_gaussian():
+    x = torch.zeros(2, 1, 15, 15, dtype=torch.float64)
+    x[:, :, 7, 7] = 1.0
+    y = giga.gaussian_blur(x, torch.tensor([1.0, 0.0]))
+    assert float(y[0].sum()) == pytest.approx(1.0, rel=64 * EPS64)  # mass kept (no reflection reached)
+    r = torch.arange(-3, 4, dtype=torch.float64)
+    g = torch.exp(-0.5 * r**2)
+    g = g / g.sum()
+    torch.testing.assert_close(y[0, 0, 4:11, 4:11], g[:, None] * g[None, :], rtol=64 * EPS64, atol=64 * EPS64)
+    torch.testing.assert_close(y[1], x[1])  # sigma 0: untouched
+
+
+def test_degrade_without_probability_is_area_downsampling_and_with_it_changes_inputs():
+    hr = torch.rand(8, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(giga.degrade(hr, 4, 0.0), F.adaptive_avg_pool2d(hr, 4))
+    low = giga.degrade(hr, 4, 1.0, torch.Generator().manual_seed(0))
+    assert low.shape == (8, 3, 4, 4) and low.abs().max() <= 1
+    assert (low - F.adaptive_avg_pool2d(hr, 4)).abs().amax(dim=(1, 2, 3)).min() > 0  # every image degraded
+
+
+def _upsampler_pair():
+    torch.manual_seed(0)
+    U = nets.build("gigagan-upsampler", scale=2, down=1, channels=8, z_dim=4, w_dim=8, num_kernels=1,
+                   head_dim=8, in_resolution=4)
+    D = nets.build("gigagan-discriminator", resolution=8, channel_base=64, channel_max=8, attn_res=(),
+                   cond_channels=3)
+    return U, D
+
+
+def test_upsampler_objective_adds_the_lpips_term_and_refuses_it_without_weights():
+    U, D = _upsampler_pair()
+    with pytest.raises(UserError, match="--lpips-weights"):
+        giga.UpsamplerObjective(U, D, lpips_weight=1.0)
+
+    class HalfL1(torch.nn.Module):  # a stand-in perceptual distance with a closed form
+        def forward(self, x, y):
+            return 0.5 * (x - y).abs().flatten(1).mean(1)
+
+    batch = Batch(images=torch.rand(2, 3, 8, 8) * 2 - 1, labels=torch.full((2,), -1))
+    plain = giga.UpsamplerObjective(U, D, degrade=0.0)
+    with_lpips = giga.UpsamplerObjective(U, D, degrade=0.0, lpips_weight=3.0, lpips=HalfL1())
+    a, b = plain.loss("G", batch, 1), with_lpips.loss("G", batch, 1)
+    assert b.logs["G/lpips"] == pytest.approx(0.5 * 0.5 * b.logs["G/l1"], rel=1e-5)  # [0,1] range halves L1
+    rest = float(b.loss.detach()) - b.logs["G/loss"] - 10 * b.logs["G/l1"]
+    assert rest == pytest.approx(3 * b.logs["G/lpips"], rel=1e-4)
+    assert "G/lpips" not in a.logs
