@@ -158,3 +158,16 @@ def integers(rng: Any, low: int, high: int, n: int, device: torch.device | str) 
     """``n`` integers uniform in [low, high) on ``device``."""
     return rng.randint(low, high, [n]).to(device) if rng is not None else torch.randint(low, high, (n,),
                                                                                         device=device)
+
+
+def global_rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global CPU (and ``device``'s CUDA) generator state, to replay the same dropout masks."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def set_global_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    """Restore a :func:`global_rng_state`."""
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)

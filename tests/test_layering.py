@@ -10,12 +10,6 @@ ROOT = Path(__file__).resolve().parents[1] / "genzoo"
 #: the front ends, the only modules that may import the API
 API_IMPORTERS = ("genzoo", "genzoo.demo", "genzoo.cli")
 
-#: import cycles known and owned elsewhere; each entry is the set of modules of one cycle
-KNOWN_CYCLES = [
-    # GigaGAN (genzoo/gan/gigagan.py, being rewritten in #23) reads the gan family's option parsers, and
-    # the family hands GigaGAN archs to it; the rewrite owns breaking this pair.
-    {"genzoo.gan.family", "genzoo.gan.gigagan"},
-]
 
 
 def _module_name(path: Path) -> str:
@@ -97,10 +91,9 @@ def test_only_the_front_ends_import_the_api():
     assert "genzoo.cli.sample" in importers  # the check sees imports inside functions
 
 
-def test_no_import_cycles_but_the_known_ones():
+def test_no_import_cycles():
     cycles = _cycles(_graph())
-    unknown = [sorted(c) for c in cycles if c not in KNOWN_CYCLES]
-    assert not unknown, f"import cycles: {unknown}"
+    assert not cycles, f"import cycles: {[sorted(c) for c in cycles]}"
 
 
 def test_the_checker_finds_a_cycle_and_a_relative_import(tmp_path):
