@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from genzoo.version import __version__  # noqa: F401
 
 
 def load(*args: Any, **kwargs: Any):

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from genzoo.consistency.model import ConsistencyModel
 from genzoo.consistency.sampling import multistep, schedule_sigmas
+from genzoo.diffusion.samplers import ddim_step
 from genzoo.errors import UserError
+from genzoo.gan.latents import slerp_items as slerp
 from genzoo.seeds import StackedRandomGenerator
 
 Project = Callable[[torch.Tensor], torch.Tensor]
@@ -84,7 +86,7 @@ def run(denoiser: Any, x: torch.Tensor, sigmas: Sequence[float], rng: StackedRan
         if project is not None:
             x0 = project(x0)
         sigma_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
-        x = x0 + (sigma_next / sigma) * (x - x0)
+        x = ddim_step(x, x0, sigma, sigma_next)
     return x
 
 
@@ -206,21 +208,6 @@ def denoise(denoiser: Any, noisy: torch.Tensor, sigma: float, rng: StackedRandom
     steps = 1 if steps is None and is_consistency(denoiser) else steps
     sigmas = edit_sigmas(denoiser, steps, sigma_start=sigma)
     return run(denoiser, noisy.float(), sigmas, rng, None, class_labels)
-
-
-def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation of noise per item: sin((1−α)θ)/sin θ·z₀ + sin(αθ)/sin θ·z₁ (Shoemake 1985);
-    exactly z₀ at α = 0 and z₁ at α = 1."""
-    a, b = z0.flatten(1).double(), z1.flatten(1).double()
-    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
-    theta = cos.clamp(-1, 1).acos()
-    alpha = alpha.double().to(z0.device)
-    small = theta.abs() < 1e-6
-    safe = torch.where(small, torch.ones_like(theta), theta)
-    w0 = torch.where(small, 1 - alpha, torch.sin((1 - alpha) * safe) / torch.sin(safe))
-    w1 = torch.where(small, alpha, torch.sin(alpha * safe) / torch.sin(safe))
-    shape = (-1, *([1] * (z0.ndim - 1)))
-    return (w0.reshape(shape) * z0.double() + w1.reshape(shape) * z1.double()).to(z0.dtype)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from genzoo.errors import UserError
+from genzoo.options import Options, add_arguments, options_from_argparse
 from genzoo.seeds import StackedRandomGenerator
 
 _FAMILY_MODULES = {
@@ -27,15 +29,58 @@ _FAMILY_MODULES = {
 
 
 class Family:
-    """Base class: override what the family supports."""
+    """Base class: override what the family supports.
+
+    ``SampleOptions`` and ``TrainOptions`` are the family's typed options (:mod:`genzoo.options`); the
+    CLI flags, the API's keyword checks and the web app's controls derive from them. A family without
+    them may still declare argparse flags in ``add_sample_arguments`` / ``add_train_arguments``; their
+    options type is then derived from those declarations.
+    """
 
     name: str = ""
+    SampleOptions: type[Options] | None = None
+    TrainOptions: type[Options] | None = None
 
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add this family's `genzoo train` flags (use :func:`add_argument_once`)."""
+        """Add this family's `genzoo train` flags (default: one per field of ``TrainOptions``)."""
+        if self.TrainOptions is not None:
+            add_arguments(parser.add_argument_group(f"{self.name} family"), self.TrainOptions,
+                          family=self.name)
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add this family's `genzoo sample` flags (use :func:`add_argument_once`)."""
+        """Add this family's `genzoo sample` flags (default: one per field of ``SampleOptions``)."""
+        if self.SampleOptions is not None:
+            add_arguments(parser, self.SampleOptions, family=self.name)
+
+    def sample_option_types(self) -> list[type[Options]]:
+        """Every sample options type of the family (one per kind of model it samples)."""
+        if self.SampleOptions is not None:
+            return [self.SampleOptions]
+        return [_declared_options(self, "sample")]
+
+    def train_option_types(self) -> list[type[Options]]:
+        """Every train options type of the family; their fields are the train keys it takes."""
+        if self.TrainOptions is not None:
+            return [self.TrainOptions]
+        return [_declared_options(self, "train")]
+
+    def sample_options_type(self, model: nn.Module) -> type[Options]:
+        """The options this model samples with (a family with several kinds of model overrides this)."""
+        return self.sample_option_types()[0]
+
+    def sample_options(self, model: nn.Module, values: Mapping[str, Any] | Options | None = None) -> Options:
+        """Checked sample options for ``model``: an option the family does not take is a UserError naming
+        it and the family. Precedence: the fields' defaults < the model's published settings
+        (``config["sampling_defaults"]``, e.g. EDM's 40 Heun steps at 64 px) < the values given (None =
+        not given)."""
+        kind = self.sample_options_type(model)
+        if isinstance(values, kind):
+            return values
+        given = {k: v for k, v in dict(values or {}).items() if v is not None}
+        kind.build(given)  # unknown names and bad values are refused as given, before any default
+        config = getattr(model, "config", None) or {}
+        published = {k: v for k, v in (config.get("sampling_defaults") or {}).items() if k in kind.names()}
+        return kind.build({**published, **given})
 
     def build_objective(self, config: dict[str, Any], dataset: Any) -> Any:
         """The training :class:`~genzoo.train.Objective` for a resolved config and dataset."""
@@ -45,26 +90,39 @@ class Family:
         """The sampling model (random weights) described by a saved ``config.json``."""
         raise NotImplementedError
 
-    def labels_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[int] | None:
+    def labels_for(self, model: nn.Module, seeds: list[int], options: Options) -> list[int] | None:
         """Class labels the sample options fix for these seeds (e.g. a super-resolution model's base
         samples), else None: the caller's ``--class`` or labels drawn from the seeds."""
         return None
 
-    def prompts_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[str] | None:
+    def prompts_for(self, model: nn.Module, seeds: list[int], options: Options) -> list[str] | None:
         """The text prompt each seed is sampled with (text-conditional models), else None."""
         return None
 
-    def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    def prepare_sampling(self, model: nn.Module, options: Options) -> Options:
         """Resolve sample options once before the batches (e.g. a search over them); default: as given."""
         return options
 
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
-               options: dict[str, Any]) -> tuple[torch.Tensor, int]:
+               options: Options) -> tuple[torch.Tensor, int]:
         """Generate one image per seed of ``rng``: (float NCHW in [-1, 1], network evaluations per image).
 
-        ``options`` holds the sample flags (``sampler``, ``steps``, ``truncation``, ...) as parsed.
+        ``options`` are the model's :meth:`sample_options` (a dict is checked into them).
         """
         raise NotImplementedError
+
+
+_DECLARED: dict[tuple[int, str], type[Options]] = {}
+
+
+def _declared_options(family: Family, what: str) -> type[Options]:
+    """The options type of a family that declares argparse flags instead of dataclasses."""
+    key = (id(family), what)
+    if key not in _DECLARED:
+        declare = family.add_sample_arguments if what == "sample" else family.add_train_arguments
+        _DECLARED[key] = options_from_argparse(declare, f"{family.name.title()}{what.title()}Options",
+                                               family.name)
+    return _DECLARED[key]
 
 
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:

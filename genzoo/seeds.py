@@ -6,7 +6,9 @@ seed and never on the batch size or the number of processes.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -100,3 +102,72 @@ def batches(seeds: Sequence[int], batch_size: int, rank: int = 0, world_size: in
     seeds = list(seeds)
     all_batches = [seeds[i:i + batch_size] for i in range(0, len(seeds), batch_size)]
     return all_batches[rank::world_size]
+
+
+def _is_class(value: Any, num_classes: int) -> bool:
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return integral and 0 <= int(value) < num_classes
+
+
+def labels_for_seeds(seeds: list[int], class_labels: int | Sequence[int] | None,
+                      num_classes: int) -> list[int] | None:
+    """One label per seed: given (one for all or one per seed, each in [0, num_classes)) or drawn."""
+    if num_classes <= 0:
+        if class_labels is not None:
+            raise UserError("--class: this model is unconditional (no classes); drop --class")
+        return None
+    if class_labels is not None:
+        given = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+        bad = next((c for c in given if not _is_class(c, num_classes)), None)
+        if bad is not None:
+            raise UserError(f"--class {bad}: expected a class in [0, {num_classes - 1}] for this model")
+        if len(given) not in (1, len(seeds)):
+            raise UserError(f"--class: {len(given)} labels for {len(seeds)} seeds; give one for all or "
+                            "one per seed")
+    if class_labels is None:
+        # A class drawn from the seed alone, so it too is independent of batching.
+        return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + (1 << 32))))
+                for s in seeds]
+    if isinstance(class_labels, int):
+        return [class_labels] * len(seeds)
+    class_labels = list(class_labels)
+    if len(class_labels) == 1:
+        return class_labels * len(seeds)
+    return class_labels
+
+
+# Draws from a per-sample generator when one is given (training steps, sampling), else from torch's
+# global generator: the one "rng, else torch" rule.
+
+def uniform(rng: Any, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """U[0, 1) of ``shape`` on ``device``."""
+    return rng.rand(list(shape)).to(device) if rng is not None else torch.rand(*shape, device=device)
+
+
+def normal(rng: Any, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """N(0, 1) of ``shape`` on ``device``."""
+    return rng.randn(list(shape)).to(device) if rng is not None else torch.randn(*shape, device=device)
+
+
+def normal_like(rng: Any, x: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) shaped like ``x``, on its device."""
+    return rng.randn_like(x).to(x.device) if rng is not None else torch.randn_like(x)
+
+
+def integers(rng: Any, low: int, high: int, n: int, device: torch.device | str) -> torch.Tensor:
+    """``n`` integers uniform in [low, high) on ``device``."""
+    return rng.randint(low, high, [n]).to(device) if rng is not None else torch.randint(low, high, (n,),
+                                                                                        device=device)
+
+
+def global_rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global CPU (and ``device``'s CUDA) generator state, to replay the same dropout masks."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def set_global_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    """Restore a :func:`global_rng_state`."""
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genzoo.diffusion.discrete import DiscreteDenoiser
+from genzoo.diffusion.discrete_denoiser import DiscreteDenoiser
 from genzoo.diffusion.precond import build_denoiser
 from genzoo.errors import UserError
 from genzoo.family import get_family

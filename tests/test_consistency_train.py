@@ -168,12 +168,12 @@ def test_target_uses_the_students_dropout_mask_and_follows_mu():
     objective = ConsistencyObjective(student, "ct", total_steps=100, mu0=0.9).train()
     # identical weights + identical dropout masks: at σ_{n+1} = σ_n the loss would vanish, so compare the
     # target's and the student's outputs on the same input with the RNG state restored
-    from genzoo.consistency.objective import _rng_state, _set_rng_state
+    from genzoo.seeds import global_rng_state, set_global_rng_state
 
     x = torch.randn(8, 2, 1, 1)
-    state = _rng_state(x.device)
+    state = global_rng_state(x.device)
     a = student(x, 1.0)
-    _set_rng_state(state, x.device)
+    set_global_rng_state(state, x.device)
     b = objective.target(x, 1.0)
     assert torch.equal(a, b)
     before = copy.deepcopy(objective.target.state_dict())

@@ -11,16 +11,14 @@ import torch
 from scipy.stats import norm
 
 from genzoo.diffusion.discrete import (
-    DiscreteClassifier,
-    DiscreteDenoiser,
     DiscreteDiffusion,
     beta_schedule,
-    classifier_cond_fn,
     discretized_gaussian_log_likelihood,
     normal_kl,
     respaced_betas,
     space_timesteps,
 )
+from genzoo.diffusion.discrete_denoiser import DiscreteClassifier, DiscreteDenoiser, classifier_cond_fn
 from genzoo.diffusion.precond import iddpm_sigmas
 from genzoo.errors import UserError
 
@@ -359,7 +357,7 @@ def test_discrete_classifier_takes_edm_inputs():
 def test_classifier_scale_flag_then_the_checkpoints_readme_value():
     from types import SimpleNamespace
 
-    from genzoo.diffusion.discrete import classifier_scale
+    from genzoo.diffusion.adm import classifier_scale
 
     converted = SimpleNamespace(config={"classifier_scale": 10.0})  # 256x256_diffusion_uncond's README value
     assert classifier_scale({"classifier_scale": 2.0}, converted) == 2.0

@@ -37,7 +37,10 @@ if hang_at:
         original(path, state)
         calls.append(path)
         if len(calls) == hang_at:
-            open(os.environ["GENZOO_TEST_FLAG"], "w").write(str(path))
+            flag = os.environ["GENZOO_TEST_FLAG"]
+            with open(flag + ".tmp", "w") as f:  # renamed into place: the test never reads it half-written
+                f.write(str(path))
+            os.replace(flag + ".tmp", flag)
             time.sleep(120)
     ck.write_optimizer = write_optimizer
 report = os.environ.get("GENZOO_TEST_SYNC_REPORT")

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="genzoo",
         description="Train, sample, edit and measure GANs, diffusion and consistency models side by side.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print genzoo's and torch's versions and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
                if not m.name.startswith("_")]
@@ -70,6 +72,20 @@ def _add_quiet(subparsers: argparse._SubParsersAction, names: Sequence[str] = QU
         if not nested and not any("--quiet" in a.option_strings for a in command._actions):
             command.add_argument("--quiet", action="store_true",
                                  help="no progress bars (also off when stderr is not a terminal)")
+
+
+def version_text() -> str:
+    """``genzoo 0.1.0 (torch 2.13.0, Python 3.11.4)``, without importing torch."""
+    import platform
+    from importlib import metadata
+
+    from genzoo.version import __version__
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"genzoo {__version__} (torch {torch_version}, Python {platform.python_version()})"
 
 
 def _raise_terminated(signum, frame):

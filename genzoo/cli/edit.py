@@ -94,7 +94,9 @@ def _read_images(paths: list[str], channels: int, device: str):
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) != 1:
         raise UserError(f"--image: all images must have one size, got {sorted(sizes)}")
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    from genzoo.io.images import from_uint8
+
+    batch = from_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
     return batch.to(device)
 
 
@@ -115,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: is a file; expected a folder for the edited images")
     with process_group(args.device) as (device, group):
         model = load(args.ckpt, ema=not args.raw, device=device)
-        if not hasattr(model, "sigma_min"):
+        from genzoo.diffusion.samplers import is_denoiser
+
+        if not is_denoiser(model):
             raise UserError(
                 f"--ckpt {args.ckpt}: editing needs a consistency or diffusion model (a denoiser), got a "
                 f"{model.config.get('family')} model"
@@ -131,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
         if op == "superres" and resolution % args.factor:
             raise UserError(f"--factor {args.factor}: must divide the model's resolution {resolution}")
         if group.is_main:
-            print(f"genzoo edit {op}: {args.ckpt} on {device}, {group.world} process(es)")
+            from genzoo.cli._summary import summary_line
+
+            print(summary_line(f"edit {op}", args.ckpt, model, device, f"{group.world} process(es)"))
 
         if op == "interpolate":
             seeds = parse_seeds(args.seeds or "0,1")

@@ -6,6 +6,7 @@ import argparse
 
 from genzoo import validate as V
 from genzoo.family import family_names, get_family
+from genzoo.options import add_arguments
 from genzoo.seeds import seeds_text
 
 ORDER = 30
@@ -39,23 +40,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA ones")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model for sampling (pays for long runs; docs/performance.md)")
-    for name in family_names():
-        get_family(name).add_sample_arguments(parser)
+    add_family_flags(parser)
     parser.set_defaults(func=run)
 
 
+#: the flags of `genzoo sample` itself (the rest are the model family's sample options)
+COMMON = ("ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "compile", "func",
+          "command", "quiet")
+
+
+def add_family_flags(parser: argparse.ArgumentParser) -> None:
+    """Every family's sample options, one group per family for --help. They are parsed without defaults
+    (None: not given): once the model is loaded, its family checks the ones given
+    (:meth:`genzoo.family.Family.sample_options`), so an option it does not take is an error."""
+    for name in family_names():
+        family = get_family(name)
+        for kind in family.sample_option_types():
+            if not kind.names():
+                continue
+            group = parser.add_argument_group(f"{kind.family} sample options")
+            add_arguments(group, kind, unset_defaults=True)
+
+
 def sample_options(args: argparse.Namespace) -> dict:
-    """The family sampling options (keyword arguments of :func:`genzoo.api.sample`) among parsed flags."""
-    return {
-        k: v
-        for k, v in vars(args).items()
-        if k not in {"ckpt", "seeds", "out", "grid", "batch", "class_label", "device", "raw", "func",
-                     "command", "quiet"}
-    }
+    """The sample options given on the command line (keyword arguments of :func:`genzoo.api.sample`)."""
+    return {k: v for k, v in vars(args).items() if k not in COMMON and not k.startswith("_")}
 
 
 def run(args: argparse.Namespace) -> int:
     from genzoo.api import load, write_samples
+    from genzoo.api import sample_options as sample_options_api
+    from genzoo.cli._summary import summary_line
     from genzoo.errors import UserError
     from genzoo.io import check_image_name, check_output_file
     from genzoo.train.distributed import process_group
@@ -67,19 +82,19 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out)
     if args.grid is not None:
         check_image_name(args.grid)
-    lo, hi = getattr(args, "sigma_min", None), getattr(args, "sigma_max", None)
-    if lo is not None and hi is not None and lo >= hi:
-        raise UserError(f"--sigma-min {lo:g} --sigma-max {hi:g}: expected --sigma-min below --sigma-max")
     with process_group(args.device) as (device, group):
         model = load(args.ckpt, ema=not args.raw, device=device, compile=args.compile)
-        options = sample_options(args)
-        # once, before the clock starts: a search over sampling settings is not part of the sampling cost
-        options = get_family(model.config["family"]).prepare_sampling(model, options)
+        family = get_family(model.config["family"])
+        # checked against the model's family, then resolved once before the clock starts (a search over
+        # sampling settings is not part of the sampling cost)
+        options = family.prepare_sampling(model, sample_options_api(model, None, device,
+                                                                    **sample_options(args)))
         if group.is_main:
-            print(f"genzoo sample: {args.ckpt} on {device}, {group.world} process(es), seeds {args.seeds}, "
-                  f"batch {args.batch}")
+            print(summary_line("sample", args.ckpt, model, device,
+                               f"{group.world} process(es), seeds {args.seeds}, batch {args.batch}",
+                               options.explicit()))
         report = write_samples(model, args.seeds, out=args.out, grid=args.grid, class_labels=args.class_label,
-                               batch_size=args.batch, device=device, **options)
+                               batch_size=args.batch, device=device, options=options)
     if group.is_main:
         print(
             f"{report['num_images']} images, NFE {report['nfe']} per image, "

@@ -53,7 +53,10 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     the run's config.json when resuming < ``--config`` file < these)."""
     values = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("func", "command")}
     explicit = explicit_keys(args._train_parser, args._train_argv)
-    return {k: values[k] for k in explicit if k in values}
+    import shlex
+
+    return {**{k: values[k] for k in explicit if k in values},
+            "command_line": shlex.join(["genzoo", "train", *args._train_argv])}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -87,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from genzoo.train.distributed import pick_device
 
     device = pick_device(args.device)
-    print(f"genzoo upsample: {args.upsampler} on {device}, {len(images)} images")
     model = load(args.upsampler, ema=not args.raw, device=device)
+    from genzoo.cli._summary import summary_line
+
+    print(summary_line("upsample", args.upsampler, model, device, f"{len(images)} images"))
     start = time.perf_counter()
     seeds = list(range(args.seed, args.seed + len(images))) if args.seed is not None else None
     result = upsample(model, images, prompts=args.prompt, seeds=seeds, batch_size=args.batch)

@@ -8,10 +8,10 @@ config.json keys of a consistency model: ``arch``, ``net`` (the network), ``sigm
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -22,9 +22,12 @@ from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
 from genzoo.consistency.sampling import parse_ts, sample
+from genzoo.diffusion.family import NetworkOptions
+from genzoo.diffusion.samplers import is_denoiser
 from genzoo.errors import UserError
-from genzoo.family import Family, add_argument_once, load_model
-from genzoo.seeds import StackedRandomGenerator
+from genzoo.family import Family, load_model
+from genzoo.options import Options, option
+from genzoo.seeds import StackedRandomGenerator, labels_for_seeds, seeds_text
 
 DEFAULT_LR = 1e-4
 #: the CD grid size (Consistency Models: N = 18 on CIFAR-10, 40 on ImageNet-64 and LSUN)
@@ -51,7 +54,7 @@ def _load_teacher(path: str, flag: str = "--teacher") -> nn.Module:
         if flag == "--teacher":
             raise
         raise UserError(f"{flag}: {err}") from None
-    if not hasattr(teacher, "sigma_min") or not callable(teacher):
+    if not is_denoiser(teacher):
         raise UserError(f"{flag} {path}: expected a diffusion model (a denoiser), got a "
                         f"{teacher.config.get('family')} model")
     return teacher
@@ -152,93 +155,121 @@ def _ect_options(config: dict[str, Any], mode: str) -> dict[str, Any]:
     return {"ect_stages": config["ect_stages"], "ect_q": config["ect_q"]}
 
 
+@dataclass(frozen=True)
+class ConsistencyTrainOptions(NetworkOptions):
+    """``genzoo train --family consistency`` options; without a teacher the student's network takes the
+    diffusion family's network options (iCT used dropout 0.3 on CIFAR-10)."""
+
+    family: ClassVar[str] = "consistency"
+
+    mode: str | None = option(None, help="cd: distil a diffusion teacher; ct: consistency training; ict: "
+                                         "improved CT; ect: easy consistency tuning of a diffusion model "
+                                         "(--init or --teacher); scm: continuous-time consistency "
+                                         "(TrigFlow), distilled from --teacher or trained from data, "
+                                         "optionally starting from --init (default cd with --teacher, else "
+                                         "ict)", choices=MODES)
+    init: str | None = option(None, None, "ECT/sCM: the diffusion model (run, checkpoint or model directory) "
+                                          "the student starts from (default --teacher)")
+    ect_stages: int | None = option(None, V.positive_int,
+                                    "ECT: stages of the shrinking-Δt curriculum over the run (default 8; "
+                                    "stage 0 is diffusion training, each later stage divides Δt by --ect-q)")
+    ect_q: float | None = option(None, V.finite_float(1, lo_open=True),
+                                 "ECT: Δt shrink factor per stage (default 2)")
+    tangent_warmup: int | None = option(None, V.nonnegative_int,
+                                        "sCM: steps over which the tangent's cos·sin·(x_t + σ_d dF/dt) term "
+                                        "ramps from 0 to 1 (default a tenth of --steps)")
+    teacher: str | None = option(None, None, "CD: the teacher, a diffusion run/checkpoint/model directory")
+    num_scales: int | None = option(None, V.positive_int, f"CD: points N of the Karras grid (default "
+                                                          f"{DEFAULT_NUM_SCALES}; ImageNet-64 used 40)")
+    s0: int | None = option(None, V.positive_int, "CT/iCT: initial discretisation s0 (CT 2, iCT 10)")
+    s1: int | None = option(None, V.positive_int, "CT/iCT: final discretisation s1 (CT 150-200, iCT 1280)")
+    mu0: float | None = option(None, V.probability, "CD/CT: target EMA μ0 (default 0.95)")
+    distance: str | None = option(None, help="consistency distance (default l2; pseudo-huber for ict); lpips "
+                                             "needs --lpips-weights", choices=DISTANCES)
+    lpips_weights: str | None = option(None, None, "LPIPS weights file for --distance lpips (never "
+                                                   "downloaded)")
+    sigma_min: float | None = option(None, V.positive_float, f"smallest noise level σ_min (default "
+                                                             f"{SIGMA_MIN})")
+    sigma_max: float | None = option(None, V.positive_float, f"largest noise level σ_max (default "
+                                                             f"{SIGMA_MAX:g})")
+    sigma_data: float | None = option(None, V.positive_float, f"data standard deviation σ_data (default "
+                                                              f"{SIGMA_DATA}, or the teacher's)")
+    teacher_solver: str = option("heun", help="CD: ODE step of the teacher", choices=SOLVERS)
+    teacher_steps: int | None = option(None, V.positive_int,
+                                       "CD: teacher ODE steps per grid interval, on the ρ-spaced points "
+                                       "between "
+                                       "its ends (default 1, the paper's); a coarse --num-scales grid with K "
+                                       "steps keeps the teacher's accuracy of the K-times finer grid")
+    cd_targets: str | None = option(None, help="CD: step (default, the paper's: the EMA student one teacher "
+                                               "ODE step nearer the data) or trajectory (the end of the "
+                                               "teacher's ODE trajectory through x_n, exact; "
+                                               "trajectories are "
+                                               "solved from σ_max down the --num-scales grid into a pool, so "
+                                               "no bootstrapping)", choices=CD_TARGETS)
+    trajectory_pool: int | None = option(None, V.nonnegative_int,
+                                         f"CD with --cd-targets trajectory: teacher trajectories kept "
+                                         f"(default "
+                                         f"{DEFAULT_TRAJECTORY_POOL})")
+    trajectory_refresh: int | None = option(None, V.nonnegative_int,
+                                            "CD with --cd-targets trajectory: trajectories replaced per "
+                                            f"training step (default {DEFAULT_TRAJECTORY_REFRESH}); each is "
+                                            "reused about pool/refresh steps")
+    gan_weight: float | None = option(None, V.nonnegative_float,
+                                      "weight λ of an adversarial term on the student's estimates "
+                                      "(default 0 = "
+                                      "none): a BigGAN projection discriminator, non-saturating loss "
+                                      "with R1, "
+                                      "adaptively weighted against the consistency loss as in CTM (--d-ch, "
+                                      "--d-lr, --r1-gamma set D)")
+    d_ch: int | None = option(None, V.positive_int, f"--gan-weight: discriminator channel width (default "
+                                                    f"{DEFAULT_D_CH})")
+    d_lr: float | None = option(None, V.positive_float, f"--gan-weight: discriminator learning rate (default "
+                                                        f"{DEFAULT_D_LR})")
+    r1_gamma: float | None = option(None, V.nonnegative_float, f"--gan-weight: R1 penalty weight γ (default "
+                                                               f"{DEFAULT_R1_GAMMA})")
+    teacher_guide_model: str | None = option(None, None,
+                                             "CD: autoguidance of the teacher by this weaker denoiser of the "
+                                             "same kind (a run, checkpoint or model directory) at "
+                                             "--teacher-guidance w, instead of classifier-free guidance")
+    teacher_guidance_interval: str | None = option(None, None, "CD: guide the teacher only for SIGMA_LO < σ "
+                                                               "<= SIGMA_HI", metavar="SIGMA_LO,SIGMA_HI")
+    teacher_guidance: float | None = option(None, V.any_float,
+                                            "CD: classifier-free guidance scale w of the teacher's ODE step "
+                                            "(default 1 = none); the student learns the guided teacher's "
+                                            "trajectories (guided distillation)")
+
+
+@dataclass(frozen=True)
+class ConsistencySampleOptions(Options):
+    """``genzoo sample`` options of a consistency model."""
+
+    family: ClassVar[str] = "consistency"
+
+    steps: int | None = option(None, V.positive_int,
+                               "network evaluations (default 1), or with --ts the grid size (default the "
+                               "model's N)")
+    ts: str | None = option(None, None, "grid indices of a multistep schedule, e.g. 0,22,39 on a --steps 40 "
+                                        "grid")
+    search_middle: str | None = option(None, None,
+                                       "sample with the two-step schedule 0,m,N−1 on the --steps N grid "
+                                       "whose "
+                                       "middle index m has the lowest Fréchet distance to REF (a "
+                                       "dataset spec, "
+                                       "reference or real-image .npz), found by ternary search as the "
+                                       "released ternary_search does", metavar="REF")
+    search_features: str | None = option(None, help="feature network of --search-middle (default: shapes for "
+                                                    "a shapes REF, else inception, with weights from "
+                                                    "$GENZOO_INCEPTION)", choices=("inception", "shapes"))
+    search_seeds: str = option("1000000-1000499", seeds_text,
+                               "seeds of the images each --search-middle candidate is scored on (500 seeds "
+                               "apart from the usual ones)")
+    precision: str = option("fp32", help="bf16 autocast while sampling", choices=("fp32", "bf16"))
+
+
 class ConsistencyFamily(Family):
     name = "consistency"
-
-    def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("consistency family (CD, CT, iCT)")
-        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--mode", choices=MODES, default=None,
-            help="cd: distil a diffusion teacher; ct: consistency training; ict: improved CT; ect: easy "
-                 "consistency tuning of a diffusion model (--init or --teacher); scm: continuous-time "
-                 "consistency (TrigFlow), distilled from --teacher or trained from data, optionally "
-                 "starting from --init (default cd with --teacher, else ict)")
-        add("--init", default=None,
-            help="ECT/sCM: the diffusion model (run, checkpoint or model directory) the student starts from "
-                 "(default --teacher)")
-        add("--ect-stages", type=V.positive_int, default=None,
-            help="ECT: stages of the shrinking-Δt curriculum over the run (default 8; stage 0 is diffusion "
-                 "training, each later stage divides Δt by --ect-q)")
-        add("--ect-q", type=V.finite_float(1, lo_open=True), default=None,
-            help="ECT: Δt shrink factor per stage (default 2)")
-        add("--tangent-warmup", type=V.nonnegative_int, default=None,
-            help="sCM: steps over which the tangent's cos·sin·(x_t + σ_d dF/dt) term ramps from 0 to 1 "
-                 "(default a tenth of --steps)")
-        add("--teacher", default=None, help="CD: the teacher, a diffusion run/checkpoint/model directory")
-        add("--num-scales", type=V.positive_int, default=None,
-            help=f"CD: points N of the Karras grid (default {DEFAULT_NUM_SCALES}; ImageNet-64 used 40)")
-        add("--s0", type=V.positive_int, default=None,
-            help="CT/iCT: initial discretisation s0 (CT 2, iCT 10)")
-        add("--s1", type=V.positive_int, default=None,
-            help="CT/iCT: final discretisation s1 (CT 150-200, iCT 1280)")
-        add("--mu0", type=V.probability, default=None, help="CD/CT: target EMA μ0 (default 0.95)")
-        add("--distance", choices=DISTANCES, default=None,
-            help="consistency distance (default l2; pseudo-huber for ict); lpips needs --lpips-weights")
-        add("--lpips-weights", default=None,
-            help="LPIPS weights file for --distance lpips (never downloaded)")
-        add("--sigma-min", type=V.positive_float, default=None,
-            help=f"smallest noise level σ_min (default {SIGMA_MIN})")
-        add("--sigma-max", type=V.positive_float, default=None,
-            help=f"largest noise level σ_max (default {SIGMA_MAX:g})")
-        add("--sigma-data", type=V.positive_float, default=None,
-            help=f"data standard deviation σ_data (default {SIGMA_DATA}, or the teacher's)")
-        add("--teacher-solver", choices=SOLVERS, default="heun", help="CD: ODE step of the teacher (heun)")
-        add("--teacher-steps", type=V.positive_int, default=None,
-            help="CD: teacher ODE steps per grid interval, on the ρ-spaced points between its ends (default "
-                 "1, the paper's); a coarse --num-scales grid with K steps keeps the teacher's accuracy of "
-                 "the K-times finer grid")
-        add("--cd-targets", choices=CD_TARGETS, default=None,
-            help="CD: step (default, the paper's: the EMA student one teacher ODE step nearer the data) or "
-                 "trajectory (the end of the teacher's ODE trajectory through x_n, exact; trajectories are "
-                 "solved from σ_max down the --num-scales grid into a pool, so no bootstrapping)")
-        add("--trajectory-pool", type=V.nonnegative_int, default=None,
-            help=f"CD with --cd-targets trajectory: teacher trajectories kept (default "
-                 f"{DEFAULT_TRAJECTORY_POOL})")
-        add("--trajectory-refresh", type=V.nonnegative_int, default=None,
-            help=f"CD with --cd-targets trajectory: trajectories replaced per training step (default "
-                 f"{DEFAULT_TRAJECTORY_REFRESH}); each is reused about pool/refresh steps")
-        add("--gan-weight", type=V.nonnegative_float, default=None,
-            help="weight λ of an adversarial term on the student's estimates (default 0 = none): a BigGAN "
-                 "projection discriminator, non-saturating loss with R1, adaptively weighted against the "
-                 "consistency loss as in CTM (--d-ch, --d-lr, --r1-gamma set D)")
-        add("--teacher-guide-model", default=None,
-            help="CD: autoguidance of the teacher by this weaker denoiser of the same kind (a run, "
-                 "checkpoint or model directory) at --teacher-guidance w, instead of classifier-free "
-                 "guidance")
-        add("--teacher-guidance-interval", default=None, metavar="SIGMA_LO,SIGMA_HI",
-            help="CD: guide the teacher only for SIGMA_LO < σ <= SIGMA_HI")
-        add("--teacher-guidance", type=V.any_float, default=None,
-            help="CD: classifier-free guidance scale w of the teacher's ODE step (default 1 = none); the "
-                 "student learns the guided teacher's trajectories (guided distillation)")
-
-    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_argument_once(parser, "--steps", type=V.positive_int, default=None,
-                          help="sampling steps (diffusion: solver steps; consistency: network evaluations, "
-                               "default 1, or with --ts the grid size, default the model's N)")
-        add_argument_once(parser, "--ts", default=None,
-                          help="consistency: grid indices of a multistep schedule, e.g. 0,22,39 on a "
-                               "--steps 40 grid")
-        add_argument_once(parser, "--search-middle", metavar="REF", default=None,
-                          help="consistency: sample with the two-step schedule 0,m,N−1 on the --steps N grid "
-                               "whose middle index m has the lowest Fréchet distance to REF (a dataset spec, "
-                               "reference or real-image .npz), found by ternary search as the released "
-                               "ternary_search does")
-        add_argument_once(parser, "--search-features", choices=("inception", "shapes"), default=None,
-                          help="consistency: feature network of --search-middle (default: shapes for a "
-                               "shapes REF, else inception, with weights from $GENZOO_INCEPTION)")
-        add_argument_once(parser, "--search-seeds", default="1000000-1000499",
-                          help="consistency: seeds of the images each --search-middle candidate is scored "
-                               "on (default 500 seeds apart from the usual ones)")
+    TrainOptions = ConsistencyTrainOptions
+    SampleOptions = ConsistencySampleOptions
 
     # ------------------------------------------------------------------ training
 
@@ -312,12 +343,12 @@ class ConsistencyFamily(Family):
 
     # ------------------------------------------------------------------ sampling
 
-    def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    def prepare_sampling(self, model: nn.Module, options: Any) -> ConsistencySampleOptions:
         """``--search-middle REF``: pick m of ``ts = 0, m, N−1`` by ternary search on the Fréchet distance."""
-        ref = options.get("search_middle")
+        options = self.sample_options(model, options)
+        ref = options.search_middle
         if not ref:
             return options
-        from genzoo.api import _labels_for_seeds
         from genzoo.consistency.sampling import search_middle_step
         from genzoo.metrics import frechet_metric
         from genzoo.seeds import parse_seeds
@@ -331,7 +362,7 @@ class ConsistencyFamily(Family):
         features = options.get("search_features") or (
             "shapes" if str(ref).startswith("shapes") else "inception")
         seeds = parse_seeds(options.get("search_seeds") or "1000000-1000499")
-        labels = _labels_for_seeds(seeds, None, int(config.get("num_classes", 0) or 0))
+        labels = labels_for_seeds(seeds, None, int(config.get("num_classes", 0) or 0))
         device = next(model.parameters()).device
         metric = frechet_metric(ref, features, ref_count=max(1000, 2 * len(seeds)), device=device)
         best, value, seen = search_middle_step(
@@ -339,12 +370,13 @@ class ConsistencyFamily(Family):
         table = ", ".join(f"{m}: {fd:.3g}" for m, fd in seen.items())
         print(f"genzoo sample: --search-middle {ref} ({features} FD of {len(seeds)} images) {table}; "
               f"using --ts 0,{best},{steps - 1} (FD {value:.4g})", file=sys.stderr, flush=True)
-        return {**options, "ts": f"0,{best},{steps - 1}", "steps": steps, "search_middle": None}
+        return options.replace(ts=f"0,{best},{steps - 1}", steps=steps, search_middle=None)
 
     @torch.no_grad()
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
-               options: dict[str, Any]) -> tuple[torch.Tensor, int]:
+               options: Any) -> tuple[torch.Tensor, int]:
         """One step f(σ_max·z, σ_max) by default; ``steps`` evaluations; or the grid indices ``ts``."""
+        options = self.sample_options(model, options)
         config = getattr(model, "config", {}) or {}
         ts = parse_ts(options.get("ts"))
         steps = options.get("steps")

@@ -45,6 +45,7 @@ from genzoo.consistency.schedules import (
 )
 from genzoo.consistency.trajectories import TrajectoryPool, teacher_ode_solve
 from genzoo.errors import UserError
+from genzoo.seeds import global_rng_state, set_global_rng_state
 from genzoo.train.adversarial import discriminator_loss, frozen, ns_g_loss
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
@@ -53,17 +54,6 @@ MODES = ("cd", "ct", "ict", "ect", "scm")
 SELF_TARGET_MODES = ("ict", "ect", "scm")
 SOLVERS = ("heun", "euler")
 CD_TARGETS = ("step", "trajectory")
-
-
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 class ConsistencyObjective(Objective):
@@ -213,7 +203,7 @@ class ConsistencyObjective(Objective):
         if player == "D":
             return self._discriminator_loss(x, x_noisy, sigma, labels)
 
-        rng = _rng_state(x.device)
+        rng = global_rng_state(x.device)
         out = student(x_noisy, sigma, labels)
         with torch.no_grad():
             if self.mode == "cd":
@@ -221,7 +211,7 @@ class ConsistencyObjective(Objective):
                                            self.teacher_steps, student.rho)
             else:
                 x_next = x + z * sigma_next.reshape(-1, 1, 1, 1)
-            _set_rng_state(rng, x.device)  # the target sees the student's dropout mask
+            set_global_rng_state(rng, x.device)  # the target sees the student's dropout mask
             target_net = student if self.mode == "ict" else self.target
             target = target_net(x_next, sigma_next, labels).float()
         distances = self.distance(out.float(), target)
@@ -349,14 +339,14 @@ def ect_loss(student: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tens
     pass reuses the student pass's dropout mask."""
     shape = (-1,) + (1,) * (x.ndim - 1)
     x_r = x + z * r.reshape(shape)
-    rng = _rng_state(x.device)
+    rng = global_rng_state(x.device)
     dtype = torch.promote_types(x.dtype, torch.float32)  # bf16 network outputs compared in fp32
     out = student(x + z * t.reshape(shape), t, labels).to(dtype)
     with torch.no_grad():
         boundary = r <= student.sigma_min
         target = x_r.to(dtype)
         if not bool(boundary.all()):
-            _set_rng_state(rng, x.device)
+            set_global_rng_state(rng, x.device)
             r_safe = torch.where(boundary, torch.full_like(r, student.sigma_min), r)
             target = torch.where(boundary.reshape(shape), target, student(x_r, r_safe, labels).to(dtype))
     return ect_weight(t, r) * distance(out, target)

@@ -118,10 +118,11 @@ def ternary_search(metric: Callable[[int], float], lo: int, hi: int) -> tuple[in
 def pixel_frechet(reference: torch.Tensor, size: int = 8) -> Callable[[torch.Tensor], float]:
     """A cheap held-out metric: the Fréchet distance between Gaussian fits of ``size``×``size`` average-pooled
     pixels of generated images and of ``reference`` (uint8 or [−1, 1] NCHW). Use FID for real studies."""
+    from genzoo.io.images import from_uint8
     from genzoo.metrics.stats import frechet_distance_features
 
     def features(images: torch.Tensor) -> np.ndarray:
-        images = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+        images = from_uint8(images) if images.dtype == torch.uint8 else images.float()
         return torch.nn.functional.adaptive_avg_pool2d(images, size).flatten(1).cpu().numpy()
 
     ref = features(reference)

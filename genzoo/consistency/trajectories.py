@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from genzoo.diffusion.samplers import pf_ode_step, rho_spaced
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train.data import mix_seed
 
@@ -29,16 +30,8 @@ BLOCK, BLOCK_MAX = 32, 256
 def teacher_ode_step(teacher: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
                      sigma_next: torch.Tensor, class_labels: torch.Tensor | None = None,
                      solver: str = "heun") -> torch.Tensor:
-    """One step of the probability-flow ODE dx/dσ = (x − D(x, σ))/σ (EDM eq. 3) from per-sample σ to σ_next
-    (both > 0): Euler, plus Heun's trapezoidal correction (EDM Algorithm 1, lines 5-8)."""
-    sigma4 = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-    next4 = sigma_next.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-    d_cur = (x - teacher(x, sigma, class_labels).to(x.dtype)) / sigma4
-    x_euler = x + (next4 - sigma4) * d_cur
-    if solver == "euler":
-        return x_euler
-    d_next = (x_euler - teacher(x_euler, sigma_next, class_labels).to(x.dtype)) / next4
-    return x + (next4 - sigma4) * 0.5 * (d_cur + d_next)
+    """One teacher step of the probability-flow ODE (:func:`genzoo.diffusion.samplers.pf_ode_step`)."""
+    return pf_ode_step(lambda y, s: teacher(y, s, class_labels).to(x.dtype), x, sigma, sigma_next, solver)
 
 
 def teacher_ode_solve(teacher: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
@@ -46,11 +39,10 @@ def teacher_ode_solve(teacher: Callable[..., torch.Tensor], x: torch.Tensor, sig
                       solver: str = "heun", steps: int = 1, rho: float = 7.0) -> torch.Tensor:
     """``steps`` teacher ODE steps from σ to σ_next on the ρ-spaced points between them (EDM eq. 5), so an
     N-point grid with ``steps`` substeps follows the teacher on the (steps·(N−1)+1)-point grid."""
-    inv_rho = 1.0 / rho
-    start, stop = sigma.double() ** inv_rho, sigma_next.double() ** inv_rho
+    hi, lo = sigma.double(), sigma_next.double()
     for k in range(steps):
-        s_from = (start + k / steps * (stop - start)) ** rho
-        s_to = (start + (k + 1) / steps * (stop - start)) ** rho
+        s_from = rho_spaced(hi, lo, k / steps, rho)
+        s_to = rho_spaced(hi, lo, (k + 1) / steps, rho)
         x = teacher_ode_step(teacher, x, s_from.to(sigma.dtype), s_to.to(sigma.dtype), class_labels, solver)
     return x
 

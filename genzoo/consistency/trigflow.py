@@ -19,6 +19,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 
 from genzoo.consistency.model import ConsistencyModel
+from genzoo.seeds import global_rng_state, set_global_rng_state
 
 #: sCM's tangent normalisation constant c in g / (‖g‖ + c)
 TANGENT_NORM_C = 0.1
@@ -145,11 +146,9 @@ def scm_loss(student: TrigFlowModel, x_t: torch.Tensor, t: torch.Tensor, dxt_dt:
              labels: torch.Tensor | None, warmup: float = 1.0) -> torch.Tensor:
     """Per-item sCM loss (Algorithm 1): e^{w(t)}/D·‖F_θ − F_θ⁻ − g‖² − w(t), the network pass and the JVP
     pass sharing one dropout mask."""
-    from genzoo.consistency.objective import _rng_state, _set_rng_state
-
-    rng = _rng_state(x_t.device)
+    rng = global_rng_state(x_t.device)
     F_minus, g = scm_tangent(student, x_t, t, dxt_dt, labels, warmup)
-    _set_rng_state(rng, x_t.device)
+    set_global_rng_state(rng, x_t.device)
     F_theta = student.F(x_t / student.sigma_data, t, labels).float()
     w = student.weight(student.c_noise(t).float())
     sq = (F_theta - F_minus.float() - g.float()).square().flatten(1).mean(1)

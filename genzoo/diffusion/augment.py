@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genzoo.seeds import uniform
+
 Tensor = torch.Tensor
 AUGMENT_DIM = 9
 
@@ -41,7 +43,7 @@ class AugmentPipe:
     def __call__(self, images: Tensor, rng: Any = None) -> tuple[Tensor, Tensor]:
         n, device = images.shape[0], images.device
         # Per-sample draws (columns): 6 "is applied" coins, 2 flip coins, 6 transform parameters.
-        u = rng.rand([n, 14]).to(device) if rng is not None else torch.rand(n, 14, device=device)
+        u = uniform(rng, [n, 14], device)
         g = torch.erfinv(2 * u[:, 8:] - 1).clamp(-6, 6) * math.sqrt(2)  # standard normals from uniforms
         zero = torch.zeros(n, device=device)
         xflip = torch.where(self._applied("xflip", n, u[:, 0]) & (u[:, 6] < 0.5), 1.0, 0.0)

@@ -3,8 +3,8 @@
 Dhariwal & Nichol 2021 §4: a classifier p_φ(y | x_t, t) on images noised by the diffusion process at a
 uniformly drawn step, later used for classifier guidance (``genzoo sample --classifier DIR
 --classifier-scale s``, both with the ADM samplers and with the EDM ones). The network is the ADM
-encoder with attention pooling (``adm-classifier``). The family also adds those guidance flags and the
-discrete-process flags to the shared parsers.
+encoder with attention pooling (``adm-classifier``). The guidance flags are the diffusion family's
+sample options.
 
 config.json keys: ``arch`` (``adm-classifier``), ``net`` (its kwargs), ``discrete`` (the process the
 classifier was trained on: steps, noise schedule), ``num_classes``, ``resolution``, ``channels``.
@@ -12,8 +12,8 @@ classifier was trained on: steps, noise schedule), ``num_classes``, ``resolution
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -21,10 +21,13 @@ import torch.nn.functional as F
 
 from genzoo import nets
 from genzoo import validate as V
-from genzoo.diffusion.discrete import DiscreteDiffusion, discrete_from_config
+from genzoo.diffusion.discrete import DiscreteDiffusion
+from genzoo.diffusion.discrete_denoiser import discrete_from_config
+from genzoo.diffusion.family import DiscreteProcessOptions
 from genzoo.errors import UserError
-from genzoo.family import Family, add_argument_once
-from genzoo.seeds import StackedRandomGenerator
+from genzoo.family import Family
+from genzoo.options import Options, option
+from genzoo.seeds import StackedRandomGenerator, integers, normal_like
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
 DEFAULT_LR = 3e-4  # guided-diffusion README, 128x128 classifier
@@ -82,10 +85,7 @@ class ClassifierObjective(Objective):
         if (labels < 0).any():
             raise UserError("--data: every image needs a class label to train a classifier")
         n, T, rng = images.shape[0], self.diffusion.num_timesteps, getattr(batch, "rng", None)
-        if rng is not None:
-            t, noise = rng.randint(0, T, [n]).to(images.device), rng.randn_like(images).to(images.device)
-        else:
-            t, noise = torch.randint(0, T, (n,), device=images.device), torch.randn_like(images)
+        t, noise = integers(rng, 0, T, n, images.device), normal_like(rng, images)
         x_t = self.diffusion.q_sample(images, t, noise)
         logits = self.players["net"](x_t, self.diffusion.model_timesteps(t))
         loss = F.cross_entropy(logits.float(), labels)
@@ -93,68 +93,33 @@ class ClassifierObjective(Objective):
         return StepResult(loss, {"loss": float(loss.detach()), "accuracy": float(accuracy)})
 
 
+@dataclass(frozen=True)
+class ClassifierTrainOptions(DiscreteProcessOptions):
+    """``genzoo train --family classifier`` options."""
+
+    family: ClassVar[str] = "classifier"
+
+    classifier_width: int | None = option(None, V.positive_int, "classifier base channels (default 128)")
+    classifier_depth: int | None = option(None, V.positive_int, "classifier res blocks per level (default 2)")
+    classifier_attention_resolutions: str | None = option(
+        None, V.int_list(1), "classifier attention resolutions in pixels (default 32,16,8)")
+    classifier_pool: str | None = option(None, help="classifier pooling (default attention)",
+                                         choices=("attention", "adaptive", "spatial", "spatial_v2"))
+    channel_mult: str | None = option(None, V.int_list(1), "channel multipliers per level (default 1,2 at "
+                                                           "≤8 px, 1,2,2 at ≤32 px, else ADM's)")
+
+
+@dataclass(frozen=True)
+class ClassifierSampleOptions(Options):
+    """A classifier samples nothing: it guides a diffusion model (``--classifier``)."""
+
+    family: ClassVar[str] = "classifier"
+
+
 class ClassifierFamily(Family):
     name = "classifier"
-
-    def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("classifier family (ADM noise-aware classifier) and ADM processes")
-        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--classifier-width", type=V.positive_int, default=None,
-            help="classifier base channels (default 128)")
-        add("--classifier-depth", type=V.positive_int, default=None,
-            help="classifier res blocks per level (default 2)")
-        add(
-            "--classifier-attention-resolutions",
-            default=None,
-            help="classifier attention resolutions in pixels (default 32,16,8)",
-        )
-        add(
-            "--classifier-pool",
-            choices=["attention", "adaptive", "spatial", "spatial_v2"],
-            default=None,
-            help="classifier pooling (default attention)",
-        )
-        add(
-            "--diffusion-steps",
-            type=V.positive_int,
-            default=None,
-            help="discrete process steps T (--family classifier; --arch adm --precond iddpm); default 1000",
-        )
-        add(
-            "--noise-schedule",
-            choices=["linear", "cosine"],
-            default=None,
-            help="discrete β schedule (default: linear for the classifier, cosine for --arch adm)",
-        )
-
-    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("ADM classifier guidance and discrete sampling")
-        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add(
-            "--classifier",
-            default=None,
-            help="noise-aware classifier model directory for classifier guidance (any diffusion sampler)",
-        )
-        add("--classifier-scale", type=V.any_float, default=None,
-            help="classifier guidance scale s (default 1)")
-        add(
-            "--respacing",
-            default=None,
-            help="adm-ddpm/adm-ddim steps in the public syntax: 250, ddim25, 10,10,10 (default --steps, "
-            "else 250 / ddim25)",
-        )
-        add(
-            "--low-res",
-            default=None,
-            help="super-resolution models: .npz of base samples (arr_0 uint8 NHWC, arr_1 labels); "
-            "seed s upsamples image s (adm-ddpm/adm-ddim)",
-        )
-        add(
-            "--no-clip",
-            action="store_true",
-            default=None,
-            help="adm-ddpm/adm-ddim: do not clip the predicted x0 to [-1, 1]",
-        )
+    TrainOptions = ClassifierTrainOptions
+    SampleOptions = ClassifierSampleOptions
 
     def build_objective(self, config: dict[str, Any], dataset: Any) -> ClassifierObjective:
         net = classifier_network_config(config, dataset)

@@ -7,8 +7,10 @@ L_simple + λ·L_vlb; timestep respacing with the public syntax (``"250"``, ``"d
 ancestral and DDIM sampling, each with classifier guidance. The schedule coefficients are computed in
 float64 and applied in float32, as in the public code.
 
-:class:`DiscreteDenoiser` runs the same network as an EDM denoiser (the iDDPM preconditioning on the
-model's own σ grid), so every sampler of :mod:`genzoo.diffusion.samplers` applies to it.
+:mod:`genzoo.diffusion.discrete_denoiser` runs the same network as an EDM denoiser (the iDDPM
+preconditioning on the model's own σ grid), so every sampler of :mod:`genzoo.diffusion.samplers` applies
+to it; :mod:`genzoo.diffusion.adm` holds the diffusion family's ADM adapters (samplers, classifier
+guidance, ``--arch adm``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from genzoo.diffusion.guidance import ClassifierGuidance, _Wrapper
-from genzoo.diffusion.precond import IDDPMDenoiser
 from genzoo.errors import UserError
+from genzoo.seeds import integers, normal_like, uniform
 
 VARIANCES = ("learned_range", "fixed_large", "fixed_small")
 LOSS_TYPES = ("hybrid", "mse", "kl")
@@ -467,99 +467,13 @@ class DiscreteDiffusion:
         return x, self.num_timesteps
 
 
-# ----------------------------------------------------------------------------- EDM bridges
-
-
-class DiscreteDenoiser(IDDPMDenoiser):
-    """An ADM/iDDPM network as an EDM denoiser: the iDDPM preconditioning (EDM Table 1) on the σ grid
-    of the model's own schedule, u_{T−1−t} = √((1−ᾱ_t)/ᾱ_t), so linear-schedule and 4000-step models work
-    too (for the cosine schedule with T = 1000 this is EDM's grid). c_noise is the network's timestep,
-    ×1000/T when the model was trained with ``rescale_timesteps``."""
-
-    def __init__(self, model: nn.Module, diffusion: DiscreteDiffusion):
-        if diffusion.num_timesteps != diffusion.original_num_steps:
-            raise ValueError("wrap the unrespaced process")
-        super().__init__(model, M=1)
-        self.diffusion = diffusion
-        self.M = diffusion.num_timesteps
-        self.rescale_timesteps = diffusion.rescale_timesteps
-        u = torch.cat([diffusion.sigmas().flip(0), torch.zeros(1, dtype=torch.float64)])
-        self.register_buffer("u", u.to(torch.float32), persistent=False)
-        self.sigma_min = float(self.u[self.M - 1])
-        self.sigma_max = float(self.u[0])
-
-    def scalings(self, sigma):
-        c_skip, c_out, c_in, c_noise = super().scalings(sigma)
-        if self.rescale_timesteps:
-            c_noise = c_noise * (1000.0 / self.M)
-        return c_skip, c_out, c_in, c_noise
-
-
-class DiscreteClassifier(nn.Module):
-    """An ADM noise-aware classifier ``classifier(x_t, t) -> logits`` as ``classifier(x, σ) -> logits`` for
-    EDM-form inputs x = x₀ + σ·n: x_t = x/√(1+σ²) at the step whose σ_t is nearest."""
-
-    def __init__(self, classifier: nn.Module, diffusion: DiscreteDiffusion):
-        super().__init__()
-        self.classifier = classifier
-        self.diffusion = diffusion
-        self.register_buffer("sigmas", diffusion.sigmas().to(torch.float32), persistent=False)
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
-        index = (sigma[:, None] - self.sigmas.to(x.device)[None]).abs().argmin(dim=1)
-        x_t = x / (1 + sigma**2).sqrt().reshape(-1, *([1] * (x.ndim - 1)))
-        return self.classifier(x_t.float(), self.diffusion.model_timesteps(index))
-
-
-def classifier_cond_fn(
-    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    scale: float,
-    labels: torch.Tensor | None = None,
-) -> CondFn:
-    """``cond_fn`` for ADM guidance: scale·∇_{x_t} log p(y | x_t, t) of a noise-aware classifier (the gradient
-    is :meth:`genzoo.diffusion.guidance.ClassifierGuidance.log_prob_grad`, t as the noise input)."""
-    guide = ClassifierGuidance(None, classifier, scale)
-
-    def cond_fn(x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        y = labels if labels is not None else y
-        if y is None:
-            raise UserError(
-                "--classifier: classifier guidance needs class labels (--class or a class-conditional model)"
-            )
-        return guide.log_prob_grad(x.float(), timesteps, y) * scale
-
-    return cond_fn
-
-
-# ----------------------------------------------------------------------------- the diffusion family's tables
-
-
-def discrete_from_config(discrete: dict[str, Any]) -> DiscreteDiffusion:
-    """The unrespaced process a model directory's ``config["discrete"]`` describes."""
-    return DiscreteDiffusion.create(
-        int(discrete.get("steps", 1000)),
-        discrete.get("noise_schedule", "linear"),
-        "",
-        learn_sigma=bool(discrete.get("learn_sigma", True)),
-        sigma_small=bool(discrete.get("sigma_small", False)),
-        predict=discrete.get("predict", "eps"),
-        loss=discrete.get("loss", "hybrid"),
-        rescale_timesteps=bool(discrete.get("rescale_timesteps", False)),
-        rescale_learned_sigmas=bool(discrete.get("rescale_learned_sigmas", False)),
-    )
-
-
-def discrete_denoiser(net: nn.Module, discrete: dict[str, Any]) -> DiscreteDenoiser:
-    """An ADM/iDDPM network with its process, as the diffusion family's denoiser."""
-    denoiser = DiscreteDenoiser(net, discrete_from_config(discrete))
-    denoiser.default_respacing = str(discrete.get("respacing") or "")
-    return denoiser
+# ----------------------------------------------------------------------------- training losses
 
 
 class HybridLoss:
     """The diffusion family's ``--loss hybrid``: iDDPM's L_simple + λ·L_vlb (or L_vlb alone for a process
-    with ``loss: kl``) at t uniform over the steps, per example; needs a :class:`DiscreteDenoiser`."""
+    with ``loss: kl``) at t uniform over the steps, per example; needs a network with its process
+    (:class:`~genzoo.diffusion.discrete_denoiser.DiscreteDenoiser`)."""
 
     def __call__(
         self,
@@ -569,19 +483,14 @@ class HybridLoss:
         augment_pipe: Any = None,
         rng: Any = None,
     ) -> torch.Tensor:
-        if not isinstance(net, DiscreteDenoiser):
+        if not isinstance(getattr(net, "diffusion", None), DiscreteDiffusion):
             raise UserError("--loss hybrid: needs a discrete model (--arch adm with --precond iddpm)")
         if augment_pipe is not None:
             raise UserError(
                 "--augment: the ADM UNet has no augmentation input; use --augment 0 with --loss hybrid"
             )
         n, T = images.shape[0], net.diffusion.num_timesteps
-        if rng is not None:
-            t = rng.randint(0, T, [n]).to(images.device)
-            noise = rng.randn_like(images).to(images.device)
-        else:
-            t = torch.randint(0, T, (n,), device=images.device)
-            noise = torch.randn_like(images)
+        t, noise = integers(rng, 0, T, n, images.device), normal_like(rng, images)
         return net.diffusion.training_losses(net.model, images, t, noise, class_labels)["loss"]
 
 
@@ -609,7 +518,7 @@ class LossSecondMomentSampler:
     def sample(self, n: int, device: torch.device, rng: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(steps [n], loss weights 1/(T·p_t) [n]); the uniform draws come from rng, per seed, when given."""
         p = self.probabilities()
-        u = (rng.rand([n]) if rng is not None else torch.rand(n)).cpu().double().numpy()
+        u = uniform(rng, [n], "cpu").double().numpy()
         t = np.minimum(np.searchsorted(np.cumsum(p), u, side="right"), self.num_steps - 1)
         weights = 1.0 / (self.num_steps * p[t])
         return torch.from_numpy(t).to(device), torch.from_numpy(weights).to(device, torch.float32)
@@ -640,7 +549,8 @@ class VLBLoss:
         augment_pipe: Any = None,
         rng: Any = None,
     ) -> torch.Tensor:
-        if not isinstance(net, DiscreteDenoiser) or net.diffusion.loss_type != "kl":
+        diffusion = getattr(net, "diffusion", None)
+        if not isinstance(diffusion, DiscreteDiffusion) or diffusion.loss_type != "kl":
             raise UserError("--loss vlb: needs --arch adm with --precond iddpm")
         if augment_pipe is not None:
             raise UserError(
@@ -649,220 +559,11 @@ class VLBLoss:
         if self.sampler is None or self.sampler.num_steps != net.diffusion.num_timesteps:
             self.sampler = LossSecondMomentSampler(net.diffusion.num_timesteps)
         t, weights = self.sampler.sample(images.shape[0], images.device, rng)
-        noise = rng.randn_like(images).to(images.device) if rng is not None else torch.randn_like(images)
+        noise = normal_like(rng, images)
         losses = net.diffusion.training_losses(net.model, images, t, noise, class_labels)["loss"]
         self.sampler.update(t, losses)
         return losses * weights
 
 
-_CLASSIFIERS: dict[tuple[str, str], nn.Module] = {}
-
-
-def load_classifier(path: str, device: torch.device) -> nn.Module:
-    """A noise-aware classifier from a genzoo model directory (trained with ``--family classifier`` or
-    converted with ``genzoo convert``), cached per path and device across batches."""
-    key = (str(path), str(device))
-    if key not in _CLASSIFIERS:
-        from genzoo.api import load
-
-        model = load(path, device=device)
-        if getattr(model, "config", {}).get("family") != "classifier":
-            raise UserError(
-                f"--classifier {path}: not a classifier model (family {model.config.get('family')!r})"
-            )
-        _CLASSIFIERS[key] = model
-    return _CLASSIFIERS[key]
-
-
-def seed_labels(seeds: Sequence[int], num_classes: int, device: torch.device) -> torch.Tensor:
-    """One class per seed, drawn from the seed alone (the labels ``genzoo.api.sample`` draws): the classes an
-    unconditional model is guided toward, as the public classifier_sample.py draws random classes."""
-    from genzoo.api import _labels_for_seeds
-
-    return torch.tensor(
-        _labels_for_seeds(list(seeds), None, int(num_classes)), device=device, dtype=torch.long
-    )
-
-
-def classifier_scale(options: dict[str, Any], model: Any) -> float:
-    """``--classifier-scale``, else the converted checkpoint's README value (``classifier_scale``), else 1."""
-    if options.get("classifier_scale") is not None:
-        return float(options["classifier_scale"])
-    return float((getattr(model, "config", None) or {}).get("classifier_scale", 1.0))
-
-
-def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], rng: Any) -> Any:
-    """``net`` with ADM classifier guidance (``--classifier PATH --classifier-scale s``) for EDM samplers:
-    :class:`~genzoo.diffusion.guidance.ClassifierGuidance` over the classifier in σ form. An unconditional
-    model is guided toward a class drawn per seed (it never sees the label)."""
-    path = options.get("classifier")
-    if not path or str(options.get("sampler") or "").startswith("adm-"):  # the ADM samplers guide themselves
-        return net
-    device = getattr(rng, "device", rng)  # a StackedRandomGenerator (or, from older callers, a device)
-    classifier = load_classifier(path, device)
-    if isinstance(denoiser, DiscreteDenoiser):
-        diffusion = denoiser.diffusion
-    else:
-        diffusion = discrete_from_config(classifier.config.get("discrete") or {})
-    scale = classifier_scale(options, denoiser)
-    sigma_classifier = DiscreteClassifier(classifier, diffusion)
-    if int(getattr(denoiser, "label_dim", 0) or 0):
-        return ClassifierGuidance(net, sigma_classifier, scale)
-    if getattr(rng, "seeds", None) is None:
-        raise UserError("--classifier: guiding an unconditional model needs the batch's seeds")
-    labels = seed_labels(rng.seeds, classifier.num_classes, device)
-    return _GuideToward(net, sigma_classifier, scale, labels)
-
-
-class _LabelFree(_Wrapper):
-    """A denoiser that ignores class labels (an unconditional model under classifier guidance)."""
-
-    def forward(self, x: torch.Tensor, sigma: Any, class_labels: Any = None, **cond: Any) -> torch.Tensor:
-        return self.denoiser(x, sigma, None, **cond)
-
-
-class _GuideToward(ClassifierGuidance):
-    """Classifier guidance toward fixed labels; the guided denoiser sees none."""
-
-    def __init__(self, denoiser: Any, classifier: Any, scale: float, labels: torch.Tensor):
-        super().__init__(_LabelFree(denoiser), classifier, scale)
-        self.labels = labels
-
-    def forward(self, x: torch.Tensor, sigma: Any, class_labels: Any = None, **cond: Any) -> torch.Tensor:
-        return super().forward(x, sigma, self.labels, **cond)
-
-
-def _respacing(denoiser: DiscreteDenoiser, options: dict[str, Any], ddim: bool) -> str:
-    if options.get("respacing"):
-        return str(options["respacing"])
-    if options.get("steps"):
-        return f"ddim{int(options['steps'])}" if ddim else str(int(options["steps"]))
-    default = getattr(denoiser, "default_respacing", "")
-    if default and default.startswith("ddim") == ddim:
-        return default
-    return "ddim25" if ddim else "250"
-
-
-def _seeds(randn_like: Any, flag: str) -> list[int]:
-    """The seeds of the batch, from the per-seed generator whose ``randn_like`` the sampler got."""
-    seeds = getattr(getattr(randn_like, "__self__", None), "seeds", None)
-    if seeds is None:
-        raise UserError(f"{flag}: needs per-seed generators (genzoo.api.sample) to pair seeds with images")
-    return list(seeds)
-
-
-def low_res_batch(
-    options: dict[str, Any], randn_like: Any, net: nn.Module, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The ``--low-res`` base samples (an ADM .npz: arr_0 uint8 NHWC, arr_1 labels) of this batch's seeds:
-    seed s upsamples image s (as the public super_res_sample.py pairs them, in order), in [−1, 1]."""
-    from genzoo.io import read_npz_images
-
-    path = options.get("low_res")
-    if not path:
-        raise UserError("--low-res: a super-resolution model needs the .npz of base samples to upsample")
-    seeds = _seeds(randn_like, "--low-res")
-    images, labels = read_npz_images(path)
-    if max(seeds) >= len(images):
-        raise UserError(
-            f"--low-res {path}: {len(images)} images, but seed {max(seeds)} asks for image {max(seeds)}"
-        )
-    size = int(net.small_size)
-    if images.shape[1:3] != (size, size):
-        raise UserError(
-            f"--low-res {path}: expected {size}x{size} images, got {images.shape[1]}x{images.shape[2]}"
-        )
-    batch = torch.from_numpy(images[seeds]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return batch, (torch.from_numpy(labels[seeds]).to(device).long() if labels is not None else None)
-
-
-def _adm_sampler(ddim: bool) -> Callable[..., torch.Tensor]:
-    def run(
-        counter: Any,
-        latents: torch.Tensor,
-        class_labels: torch.Tensor | None,
-        randn_like: Any,
-        options: dict[str, Any],
-    ) -> torch.Tensor:
-        denoiser = getattr(counter, "net", counter)
-        if not isinstance(denoiser, DiscreteDenoiser):
-            raise UserError(
-                f"--sampler adm-{'ddim' if ddim else 'ddpm'}: needs a discrete (ADM/iDDPM) model without "
-                "--guidance; use the EDM samplers for other models"
-            )
-        diffusion = denoiser.diffusion.respace(_respacing(denoiser, options, ddim))
-        cond: dict[str, torch.Tensor] = {}
-        if getattr(denoiser.model, "small_size", None):  # a super-resolution model: --low-res base samples
-            cond["low_res"], labels = low_res_batch(options, randn_like, denoiser.model, latents.device)
-            if labels is not None and denoiser.label_dim:
-                class_labels = labels
-        cond_fn = None
-        if options.get("classifier"):
-            classifier = load_classifier(options["classifier"], latents.device)
-            toward = None
-            if class_labels is None:  # an unconditional model: guide toward a class drawn per seed
-                toward = seed_labels(
-                    _seeds(randn_like, "--classifier"), classifier.num_classes, latents.device
-                )
-            cond_fn = classifier_cond_fn(classifier, classifier_scale(options, denoiser), toward)
-        x, nfe = diffusion.sample(
-            denoiser.model,
-            latents,
-            class_labels,
-            ddim=ddim,
-            eta=float(options.get("eta") or 0.0),
-            clip_denoised=not options.get("no_clip"),
-            cond_fn=cond_fn,
-            randn_like=randn_like,
-            **cond,
-        )
-        if hasattr(counter, "nfe"):
-            counter.nfe += nfe
-        return x
-
-    return run
-
-
-def adm_network_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """``--arch adm`` for ``genzoo train --family diffusion``: ADM UNet kwargs from the shared network flags
-    (``--model-channels``, ``--channel-mult``, ``--num-blocks``, ``--attn-res``, ``--dropout``). With
-    ``--precond iddpm`` the discrete process (``--diffusion-steps``, ``--noise-schedule``) is written to
-    ``config["discrete"]``; ``--loss hybrid`` makes the network learn its variances."""
-    if base.get("augment_dim"):
-        raise UserError("--augment: the ADM UNet has no augmentation input; train it with --augment 0")
-    res, label_dim = int(base["resolution"]), int(base.get("label_dim") or 0)
-    learn_sigma = config.get("loss") in ("hybrid", "vlb")
-    kwargs = dict(
-        image_size=res,
-        in_channels=int(base.get("in_channels", 3)),
-        num_channels=int(config.get("model_channels") or 64),
-        num_res_blocks=int(config.get("num_blocks") or 2),
-        channel_mult=str(config.get("channel_mult") or ("1,2" if res <= 8 else "1,2,2" if res <= 32 else "")),
-        attention_resolutions=str(config.get("attn_res") or max(res // 2, 1)),
-        dropout=float(config.get("dropout") or 0.0),
-        num_head_channels=32,
-        class_cond=label_dim > 0,
-        num_classes=label_dim or 1000,
-        null_label=label_dim > 0,
-        learn_sigma=learn_sigma,
-        use_scale_shift_norm=True,
-        resblock_updown=True,
-        use_new_attention_order=True,
-    )
-    if config.get("precond") == "iddpm" and not config.get("discrete"):
-        config["discrete"] = {
-            "steps": int(config.get("diffusion_steps") or 1000),
-            "noise_schedule": config.get("noise_schedule") or "cosine",
-            "learn_sigma": learn_sigma,
-            "loss": "kl" if config.get("loss") == "vlb" else "hybrid",
-            "rescale_timesteps": False,
-            "rescale_learned_sigmas": False,
-            "respacing": "",
-        }
-    return kwargs
-
-
-#: entries for genzoo.diffusion.family's SAMPLERS and ARCH_KWARGS and genzoo.diffusion.losses.LOSSES
-SAMPLERS = {"adm-ddpm": _adm_sampler(ddim=False), "adm-ddim": _adm_sampler(ddim=True)}
+#: the diffusion family's losses of this process (genzoo.diffusion.losses.LOSSES includes them)
 LOSSES = {"hybrid": HybridLoss, "vlb": VLBLoss}
-ARCH_KWARGS = {"adm": adm_network_kwargs}

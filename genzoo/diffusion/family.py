@@ -6,23 +6,25 @@ Samplers are looked up by name in :data:`SAMPLERS`; other modules may add entrie
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
 from genzoo import nets
 from genzoo import validate as V
-from genzoo.diffusion import discrete, edm2
+from genzoo.diffusion import adm, edm2
 from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
+from genzoo.diffusion.discrete_denoiser import discrete_denoiser
 from genzoo.diffusion.guidance import AutoGuidance, ClassifierFreeGuidance, parse_interval
 from genzoo.diffusion.losses import LOSSES, DiffusionLoss, build_loss, drop_labels
 from genzoo.diffusion.precond import DTYPES, PRECONDITIONINGS, Denoiser, build_denoiser
 from genzoo.errors import UserError
-from genzoo.family import Family, add_argument_once
+from genzoo.family import Family
+from genzoo.options import Options, option
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
@@ -42,7 +44,8 @@ def _ddpmpp_kwargs(config: dict[str, Any], base: dict[str, Any]) -> dict[str, An
     return dict(base, model_channels=int(config.get("model_channels") or (32 if res <= 16 else 64)),
                 channel_mult=[int(m) for m in str(mult).split(",")],
                 num_blocks=int(config.get("num_blocks") or 2),
-                attn_resolutions=([int(r) for r in str(attn).split(",") if r] if attn is not None
+                attn_resolutions=([int(r) for r in str(attn).split(",") if r.strip() not in ("", "none")]
+                                  if attn is not None
                                   else [res // 2]),
                 dropout=float(config.get("dropout") or 0.0),
                 **({"adaptive_scale": True} if config.get("adaptive_scale") else {}))
@@ -101,7 +104,7 @@ def build_diffusion_model(config: dict[str, Any]) -> Denoiser:
     precond = config.get("precond") or "edm"
     network = nets.build(config["arch"], **config["net"])
     if precond == "iddpm" and config.get("discrete"):  # ADM/iDDPM: iDDPM precond on the own schedule
-        return discrete.discrete_denoiser(network, config["discrete"])
+        return discrete_denoiser(network, config["discrete"])
     denoiser = build_denoiser(precond, network, **(config.get("precond_kwargs") or {}))
     for name in ("sigma_min", "sigma_max"):  # an imported model's range, as its own code computed it
         if config.get(name) is not None:
@@ -150,53 +153,45 @@ class DiffusionObjective(Objective):
 
 # ------------------------------------------------------------------------------------------------ sampling
 
-def _opt(options: dict[str, Any], key: str, default: Any) -> Any:
-    value = options.get(key)
-    return default if value is None else value
+def _grid(options: DiffusionSampleOptions) -> dict[str, Any]:
+    return dict(num_steps=options.steps or S.NUM_STEPS, sigma_min=options.sigma_min,
+                sigma_max=options.sigma_max, rho=float(options.rho), discretization=options.discretization)
 
 
-def _grid(options: dict[str, Any]) -> dict[str, Any]:
-    return dict(num_steps=int(_opt(options, "steps", 18)), sigma_min=options.get("sigma_min"),
-                sigma_max=options.get("sigma_max"), rho=float(_opt(options, "rho", 7)),
-                discretization=_opt(options, "discretization", "edm"))
+def _churn(options: DiffusionSampleOptions) -> dict[str, Any]:
+    return dict(S_churn=float(options.churn), S_min=float(options.s_min), S_max=float(options.s_max),
+                S_noise=float(options.s_noise))
 
 
-def _churn(options: dict[str, Any]) -> dict[str, Any]:
-    return dict(S_churn=float(_opt(options, "churn", 0)), S_min=float(_opt(options, "s_min", 0)),
-                S_max=float(_opt(options, "s_max", float("inf"))), S_noise=float(_opt(options, "s_noise", 1)))
-
-
-def _heun(net, latents, labels, randn_like, options):
-    plain = (_opt(options, "discretization", "edm") == "edm"
-             and _opt(options, "schedule", "linear") == "linear"
-             and _opt(options, "scaling", "none") == "none")
+def _heun(net, latents, labels, randn_like, options: DiffusionSampleOptions):
+    plain = options.discretization == "edm" and options.schedule == "linear" and options.scaling == "none"
     if plain:  # EDM's sampler with its reference defaults (σ_min 0.002, σ_max 80)
-        return S.edm_sampler(net, latents, labels, num_steps=int(_opt(options, "steps", 18)),
-                             sigma_min=float(_opt(options, "sigma_min", 0.002)),
-                             sigma_max=float(_opt(options, "sigma_max", 80)),
-                             rho=float(_opt(options, "rho", 7)), randn_like=randn_like, **_churn(options))
+        lo = S.EDM_SIGMA_MIN if options.sigma_min is None else options.sigma_min
+        hi = S.EDM_SIGMA_MAX if options.sigma_max is None else options.sigma_max
+        return S.edm_sampler(net, latents, labels, num_steps=options.steps or S.NUM_STEPS,
+                             sigma_min=float(lo), sigma_max=float(hi), rho=float(options.rho),
+                             randn_like=randn_like, **_churn(options))
     return _ablation("heun")(net, latents, labels, randn_like, options)
 
 
 def _ablation(solver: str):
-    def run(net, latents, labels, randn_like, options):
-        return S.ablation_sampler(net, latents, labels, solver=solver,
-                                  schedule=_opt(options, "schedule", "linear"),
-                                  scaling=_opt(options, "scaling", "none"), randn_like=randn_like,
+    def run(net, latents, labels, randn_like, options: DiffusionSampleOptions):
+        return S.ablation_sampler(net, latents, labels, solver=solver, schedule=options.schedule,
+                                  scaling=options.scaling, randn_like=randn_like,
                                   **_grid(options), **_churn(options))
     return run
 
 
-def _ddim(net, latents, labels, randn_like, options):
-    return S.ddim_sampler(net, latents, labels, eta=float(_opt(options, "eta", 0)), randn_like=randn_like,
+def _ddim(net, latents, labels, randn_like, options: DiffusionSampleOptions):
+    return S.ddim_sampler(net, latents, labels, eta=float(options.eta), randn_like=randn_like,
                           **_grid(options))
 
 
-def _ddpm(net, latents, labels, randn_like, options):
+def _ddpm(net, latents, labels, randn_like, options: DiffusionSampleOptions):
     return S.ddpm_sampler(net, latents, labels, randn_like=randn_like, **_grid(options))
 
 
-def _dpmpp2m(net, latents, labels, randn_like, options):
+def _dpmpp2m(net, latents, labels, randn_like, options: DiffusionSampleOptions):
     return S.dpmpp_2m_sampler(net, latents, labels, randn_like=randn_like, **_grid(options))
 
 
@@ -204,18 +199,138 @@ def _dpmpp2m(net, latents, labels, randn_like, options):
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "heun": _heun, "euler": _ablation("euler"), "ddim": _ddim, "ddpm": _ddpm, "dpmpp2m": _dpmpp2m,
 }
-# ADM / iDDPM (genzoo.diffusion.discrete): samplers adm-ddpm and adm-ddim, --arch adm, --loss hybrid
-SAMPLERS.update(discrete.SAMPLERS)
-ARCH_KWARGS.update(discrete.ARCH_KWARGS)
-LOSSES.update(discrete.LOSSES)
+# ADM / iDDPM (genzoo.diffusion.adm): samplers adm-ddpm and adm-ddim, --arch adm (its losses are in LOSSES)
+SAMPLERS.update(adm.SAMPLERS)
+ARCH_KWARGS.update(adm.ARCH_KWARGS)
+
+
+@dataclass(frozen=True)
+class DiffusionSampleOptions(Options):
+    """``genzoo sample`` options of a diffusion model (any denoiser, EDM, EDM2 or ADM/iDDPM)."""
+
+    family: ClassVar[str] = "diffusion"
+
+    sampler: str = option("heun", help="diffusion sampler (heun = EDM's)", choices=tuple(SAMPLERS))
+    steps: int | None = option(None, V.positive_int,
+                               f"sampling steps (default {S.NUM_STEPS}; adm-ddpm/adm-ddim: the model's "
+                               "respacing, else 250 / ddim25)")
+    churn: float = option(0.0, V.nonnegative_float, "EDM S_churn (0 = deterministic)")
+    s_min: float = option(0.0, V.nonnegative_float, "EDM S_min")
+    s_max: float = option(float("inf"), V.finite_float(0, allow_inf=True), "EDM S_max")
+    s_noise: float = option(1.0, V.positive_float, "EDM S_noise")
+    sigma_min: float | None = option(None, V.positive_float,
+                                     f"lowest noise level (default {S.EDM_SIGMA_MIN} for heun, else the "
+                                     "discretisation's, within the model's range)")
+    sigma_max: float | None = option(None, V.positive_float,
+                                     f"highest noise level (default {S.EDM_SIGMA_MAX:g} for heun, else the "
+                                     "discretisation's, within the model's range)")
+    rho: float = option(7.0, V.positive_float, "ρ of the EDM time discretisation")
+    discretization: str = option("edm", help="time steps", choices=S.DISCRETIZATIONS)
+    schedule: str = option("linear", help="σ(t)", choices=S.SCHEDULES)
+    scaling: str = option("none", help="s(t)", choices=S.SCALINGS)
+    eta: float = option(0.0, V.nonnegative_float, "DDIM stochasticity η")
+    guidance: float = option(1.0, V.any_float,
+                             "guidance scale w (1 = off): classifier-free, or autoguidance with "
+                             "--guide-model")
+    guide_model: Any = option(None, None,
+                              "autoguidance: the guiding denoiser (a run, checkpoint or model directory; the "
+                              "API loads it), a smaller or less-trained model of the same kind: "
+                              "D = D_guide + w·(D − D_guide)", loads="denoiser")
+    guidance_interval: str | None = option(None, None, "guide only for SIGMA_LO < σ <= SIGMA_HI; one "
+                                                       "network evaluation per step outside",
+                                           metavar="SIGMA_LO,SIGMA_HI")
+    vae: str | None = option(None, None, "latent EDM2 models: local folder of the Stable Diffusion VAE "
+                                         "(diffusers AutoencoderKL) that decodes the samples")
+    precision: str = option("fp32", help="bf16 autocast while sampling", choices=("fp32", "bf16"))
+    classifier: Any = option(None, None, "noise-aware classifier (a model directory; the API loads it) for "
+                                         "ADM classifier guidance (any diffusion sampler)",
+                             loads="classifier")
+    classifier_scale: float | None = option(None, V.any_float,
+                                            "classifier guidance scale s (default: the converted model's "
+                                            "README value, else 1)")
+    respacing: str | None = option(None, None, "adm-ddpm/adm-ddim steps in the public syntax: 250, ddim25, "
+                                               "10,10,10 (default --steps, else 250 / ddim25)")
+    low_res: str | None = option(None, None, "super-resolution models: .npz of base samples (arr_0 uint8 "
+                                             "NHWC, arr_1 labels); seed s upsamples image s")
+    no_clip: bool = option(False, help="adm-ddpm/adm-ddim: do not clip the predicted x0 to [-1, 1]",
+                           kind="switch")
+
+    def __post_init__(self) -> None:
+        lo, hi = self.sigma_min, self.sigma_max
+        if lo is not None and hi is not None and lo >= hi:
+            raise UserError(f"--sigma-min {lo:g} --sigma-max {hi:g}: expected --sigma-min below --sigma-max")
+
+
+@dataclass(frozen=True)
+class NetworkOptions(Options):
+    """The network flags of a denoiser trained from scratch (diffusion, and consistency without teacher)."""
+
+    model_channels: int | None = option(None, V.positive_int,
+                                        "ddpmpp, songunet, dhariwalunet, adm: base channels (default 32 at "
+                                        "≤16 px, else 64)")
+    channel_mult: str | None = option(None, V.int_list(1),
+                                      "channel multipliers per level, e.g. 1,2,2 (default 1,2 at ≤8 px, else "
+                                      "1,2,2)")
+    num_blocks: int | None = option(None, V.positive_int, "residual blocks per level (default 2)")
+    attn_res: str | None = option(None, V.int_list(1, allow_empty=True, words=("none",)),
+                                  "resolutions with self-attention, e.g. 16 (default res/2)")
+    dropout: float | None = option(None, V.finite_float(0, 1, hi_open=True),
+                                   "dropout probability (default 0)")
+    adaptive_scale: bool | None = option(None, help="ddpmpp: the embedding scales and shifts each block's "
+                                                    "normalised features (ADM's scale-shift norm) instead of "
+                                                    "adding a bias before the norm", kind="switch")
+    uncond: bool | None = option(None, help="ignore the data's class labels", kind="switch")
+    augment: float | None = option(None, V.probability,
+                                   "EDM non-leaking augmentation probability P (default 0 = off; EDM "
+                                   "CIFAR-10 "
+                                   "0.12)")
+
+
+@dataclass(frozen=True)
+class DiscreteProcessOptions(Options):
+    """The discrete (ADM/iDDPM) process a network is trained on."""
+
+    diffusion_steps: int | None = option(None, V.positive_int,
+                                         "discrete process steps T (--family classifier; --arch adm "
+                                         "--precond "
+                                         "iddpm); default 1000")
+    noise_schedule: str | None = option(None, help="discrete β schedule (default: linear for the classifier, "
+                                                   "cosine for --arch adm)", choices=("linear", "cosine"))
+
+
+@dataclass(frozen=True)
+class DiffusionTrainOptions(NetworkOptions, DiscreteProcessOptions):
+    """``genzoo train --family diffusion`` options (the engine's --lr, --batch, ... are shared)."""
+
+    family: ClassVar[str] = "diffusion"
+
+    precond: str | None = option(None, help="preconditioning of EDM Table 1 (default edm; edm2 for --arch "
+                                            "edm2)", choices=tuple(PRECONDITIONINGS))
+    loss: str | None = option(None, help="training loss (default: the preconditioning's; edm for iddpm)",
+                              choices=tuple(sorted(LOSSES)))
+    label_dropout: float | None = option(None, V.probability,
+                                         "probability of training on the null label, for classifier-free "
+                                         "guidance (default 0.1 for class-conditional data)")
+    p_mean: float | None = option(None, V.any_float, "EDM/EDM2 loss: mean of ln σ during training (default "
+                                                     "−1.2, EDM Table 1; edm2 −0.8)")
+    p_std: float | None = option(None, V.positive_float, "EDM/EDM2 loss: standard deviation of ln σ during "
+                                                         "training (default 1.2; edm2 1.6)")
+    lr_ref: float | None = option(None, V.positive_float,
+                                  "α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) of EDM2; "
+                                  f"the same setting as --lr (default {edm2.DEFAULT_LR_REF} for --arch edm2)")
+    decay_kimg: float | None = option(None, V.nonnegative_float,
+                                      "t_ref of that schedule in thousands of images; 0 = constant (default "
+                                      f"0; --arch edm2 {edm2.DEFAULT_DECAY_KIMG:g}, EDM2's 35k batches of "
+                                      "2048)")
 
 
 def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
-                    options: dict[str, Any], shape: tuple[int, ...],
+                    options: DiffusionSampleOptions | dict[str, Any], shape: tuple[int, ...],
                     clamp: bool = True) -> tuple[torch.Tensor, int]:
     """Images (float32, clamped to [-1, 1] unless ``clamp`` is False, e.g. for latents) and NFE per image
     from any denoiser with the sample options."""
-    name = _opt(options, "sampler", "heun")
+    options = FAMILY.sample_options(denoiser, options)
+    name = options.sampler
     if name not in SAMPLERS:
         raise UserError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
     if not int(getattr(denoiser, "label_dim", 0) or 0):
@@ -224,10 +339,10 @@ def sample_denoiser(denoiser: Any, rng: StackedRandomGenerator, class_labels: to
     guide = options.get("guide_model")
     guide = S.NFECounter(check_guide(denoiser, guide), images=len(rng)) if guide is not None else None
     net = guided_denoiser(main, guide, class_labels, options)
-    net = discrete.with_classifier_guidance(net, denoiser, options, rng)  # --classifier PATH
+    net = adm.with_classifier_guidance(net, denoiser, options, rng)  # --classifier PATH
     latents = rng.randn([len(rng), *shape])
-    precision = _opt(options, "precision", "fp32")
-    with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16,
+                        enabled=options.precision == "bf16"):
         images = SAMPLERS[name](net, latents, class_labels, rng.randn_like, options)
     images = images.to(torch.float32)
     nfe = main.nfe + (guide.nfe if guide is not None else 0)
@@ -238,7 +353,7 @@ def guided_denoiser(denoiser: Any, guide: Any, class_labels: torch.Tensor | None
                     prefix: str = "--") -> Any:
     """``denoiser`` under ``--guidance W``: autoguidance by ``guide`` (a denoiser, from ``--guide-model``)
     when given, else classifier-free guidance; ``--guidance-interval LO,HI`` limits it to those σ."""
-    guidance = float(_opt(options, "guidance", 1.0))
+    guidance = 1.0 if options.get("guidance") is None else float(options["guidance"])
     interval = parse_interval(options.get("guidance_interval"), f"{prefix}guidance-interval")
     if guidance == 1.0:
         for key in ("guide_model", "guidance_interval"):
@@ -260,7 +375,7 @@ def guided_denoiser(denoiser: Any, guide: Any, class_labels: torch.Tensor | None
 
 def check_guide(denoiser: Any, guide: Any, flag: str = "--guide-model") -> Any:
     """The guide model of autoguidance must be a denoiser for the same images and conditioning."""
-    if not hasattr(guide, "sigma_min") or not callable(guide):
+    if not S.is_denoiser(guide):
         family = (getattr(guide, "config", None) or {}).get("family")
         raise UserError(f"{flag}: expected a diffusion model (a denoiser), got "
                         f"{family or type(guide).__name__}")
@@ -286,73 +401,8 @@ def _edm_loss_kwargs(config: dict[str, Any], denoiser: Denoiser) -> dict[str, An
 
 class DiffusionFamily(Family):
     name = "diffusion"
-
-    def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("diffusion family (EDM framework)")
-        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--precond", choices=list(PRECONDITIONINGS), default=None,
-            help="preconditioning of EDM Table 1 (default edm)")
-        add("--loss", choices=sorted(LOSSES), default=None,
-            help="training loss (default: the preconditioning's; edm for iddpm)")
-        add("--label-dropout", type=V.probability, default=None,
-            help="probability of training on the null label, for classifier-free guidance (default 0.1 "
-                 "for class-conditional data)")
-        add("--uncond", action="store_true", default=None, help="ignore the data's class labels")
-        add("--p-mean", type=V.any_float, default=None,
-            help="EDM/EDM2 loss: mean of ln σ during training (default −1.2, EDM Table 1; edm2 −0.8)")
-        add("--p-std", type=V.positive_float, default=None,
-            help="EDM/EDM2 loss: standard deviation of ln σ during training (default 1.2; edm2 1.6)")
-        add("--lr-ref", type=V.positive_float, default=None,
-            help="α_ref of the inverse square-root schedule α_ref/√max(t/t_ref, 1) of EDM2; the same "
-                 f"setting as --lr (default {edm2.DEFAULT_LR_REF} for --arch edm2)")
-        add("--decay-kimg", type=V.nonnegative_float, default=None,
-            help="t_ref of that schedule in thousands of images; 0 = constant (default 0; --arch edm2 "
-                 f"{edm2.DEFAULT_DECAY_KIMG:g}, EDM2's 35k batches of 2048)")
-        add("--augment", type=V.probability, default=None,
-            help="EDM non-leaking augmentation probability P (default 0 = off; EDM CIFAR-10 0.12)")
-        add("--model-channels", type=V.positive_int, default=None,
-            help="ddpmpp, songunet, dhariwalunet: base channels (default 32 at ≤16 px, else 64)")
-        add("--channel-mult", type=V.int_list(1), default=None,
-            help="ddpmpp, songunet, dhariwalunet: channel multipliers per level, e.g. 1,2,2")
-        add("--num-blocks", type=V.positive_int, default=None,
-            help="ddpmpp, songunet, dhariwalunet: residual blocks per level (default 2)")
-        add("--attn-res", type=V.int_list(1, allow_empty=True, words=("none",)), default=None,
-            help="ddpmpp, songunet, dhariwalunet: resolutions with self-attention, e.g. 16 (default res/2)")
-        add("--dropout", type=V.finite_float(0, 1, hi_open=True), default=None,
-            help="dropout probability (default 0)")
-        add("--adaptive-scale", action="store_true", default=None,
-            help="ddpmpp: the embedding scales and shifts each block's normalised features (ADM's "
-                 "scale-shift norm) instead of adding a bias before the norm")
-
-    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("diffusion sampling")
-        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--sampler", choices=list(SAMPLERS), default=None,
-            help=f"diffusion sampler: {', '.join(SAMPLERS)} (default heun = EDM)")
-        add("--steps", type=V.positive_int, default=None, help="sampling steps (diffusion default 18)")
-        add("--churn", type=V.nonnegative_float, default=None, help="EDM S_churn (default 0 = deterministic)")
-        add("--s-min", type=V.nonnegative_float, default=None, help="EDM S_min (default 0)")
-        add("--s-max", type=V.finite_float(0, allow_inf=True), default=None, help="EDM S_max (default inf)")
-        add("--s-noise", type=V.positive_float, default=None, help="EDM S_noise (default 1)")
-        add("--sigma-min", type=V.positive_float, default=None, help="lowest noise level (default 0.002)")
-        add("--sigma-max", type=V.positive_float, default=None, help="highest noise level (default 80)")
-        add("--rho", type=V.positive_float, default=None, help="ρ of the EDM time discretisation (default 7)")
-        add("--discretization", choices=list(S.DISCRETIZATIONS), default=None,
-            help="time steps: edm (default), vp, ve, iddpm")
-        add("--schedule", choices=list(S.SCHEDULES), default=None, help="σ(t): linear (default), vp, ve")
-        add("--scaling", choices=list(S.SCALINGS), default=None, help="s(t): none (default), vp")
-        add("--eta", type=V.nonnegative_float, default=None, help="DDIM stochasticity η (default 0)")
-        add("--guidance", type=V.any_float, default=None,
-            help="guidance scale w (default 1 = off): classifier-free, or autoguidance with --guide-model")
-        add("--guide-model", default=None,
-            help="autoguidance: the guiding denoiser (a run, checkpoint or model directory), a smaller or "
-                 "less-trained model of the same kind: D = D_guide + w·(D − D_guide)")
-        add("--guidance-interval", default=None, metavar="SIGMA_LO,SIGMA_HI",
-            help="guide only for SIGMA_LO < σ <= SIGMA_HI; one network evaluation per step outside")
-        add("--vae", default=None,
-            help="latent EDM2 models: local folder of the Stable Diffusion VAE (diffusers AutoencoderKL) "
-                 "that decodes the samples")
-        add("--precision", choices=["fp32", "bf16"], default=None, help="bf16 autocast while sampling")
+    SampleOptions = DiffusionSampleOptions
+    TrainOptions = DiffusionTrainOptions
 
     def build_objective(self, config: dict[str, Any], dataset: Any) -> DiffusionObjective:
         arch = config.get("arch") or DEFAULT_ARCH
@@ -398,15 +448,10 @@ class DiffusionFamily(Family):
                             f"{max(seeds)}")
         return [int(labels[s]) for s in seeds]
 
-    def prepare_sampling(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
-        """Options left unset take the model's ``sampling_defaults`` (an imported model's published
-        settings, e.g. EDM's 40 Heun steps at 64 px)."""
-        defaults = (getattr(model, "config", None) or {}).get("sampling_defaults") or {}
-        return {**options, **{k: v for k, v in defaults.items() if options.get(k) is None}}
-
     @torch.no_grad()
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
-               options: dict[str, Any]) -> tuple[torch.Tensor, int]:
+               options: DiffusionSampleOptions | dict[str, Any]) -> tuple[torch.Tensor, int]:
+        options = self.sample_options(model, options)
         config = getattr(model, "config", None) or {}
         net = getattr(model, "model", model)
         resolution = int(config.get("resolution") or net.resolution)

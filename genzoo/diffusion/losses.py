@@ -12,22 +12,24 @@ from typing import Any
 
 import torch
 
+from genzoo.diffusion.discrete import LOSSES as DISCRETE_LOSSES
 from genzoo.diffusion.samplers import vp_sigma
 from genzoo.errors import UserError
+from genzoo.seeds import normal, normal_like, uniform
 
 Tensor = torch.Tensor
 
 
 def _rand(n: int, device: torch.device, rng: Any = None) -> Tensor:
-    return rng.rand([n]).to(device) if rng is not None else torch.rand(n, device=device)
+    return uniform(rng, [n], device)
 
 
 def _randn(n: int, device: torch.device, rng: Any = None) -> Tensor:
-    return rng.randn([n]).to(device) if rng is not None else torch.randn(n, device=device)
+    return normal(rng, [n], device)
 
 
 def _randn_like(x: Tensor, rng: Any = None) -> Tensor:
-    return rng.randn_like(x).to(x.device) if rng is not None else torch.randn_like(x)
+    return normal_like(rng, x)
 
 
 class DiffusionLoss:
@@ -116,7 +118,8 @@ class EDM2Loss(EDMLoss):
         return self.weight(sigma) / logvar.exp() * (denoised - y) ** 2 + logvar
 
 
-LOSSES = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss, "edm2": EDM2Loss}
+#: every ``--loss`` of the diffusion family: EDM's, and iDDPM's of the discrete process (hybrid, vlb)
+LOSSES = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss, "edm2": EDM2Loss, **DISCRETE_LOSSES}
 
 
 def build_loss(name: str, **kw: Any) -> DiffusionLoss:

@@ -112,6 +112,19 @@ class Denoiser(nn.Module):
         return c_skip * x + c_out * out, c_noise
 
 
+def vp_sigma(t: torch.Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> torch.Tensor:
+    """σ(t) = √(exp(½β_d t² + β_min t) − 1) (EDM Table 1, VP), in float64."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return ((0.5 * beta_d * t ** 2 + beta_min * t).exp() - 1).sqrt()
+
+
+def vp_sigma_inv(sigma: torch.Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> torch.Tensor:
+    """t(σ) = (√(β_min² + 2β_d·ln(1 + σ²)) − β_min)/β_d, the inverse of :func:`vp_sigma` (EDM Table 1)."""
+    sigma = torch.as_tensor(sigma)
+    root = (beta_min ** 2 + 2 * beta_d * (1 + sigma ** 2).log()).sqrt()
+    return (root - beta_min) / beta_d
+
+
 class VPDenoiser(Denoiser):
     """Variance preserving (Song et al. 2021): σ(t) = √(exp(½β_d t² + β_min t) − 1), c_noise = (M−1)·t(σ)."""
 
@@ -126,14 +139,11 @@ class VPDenoiser(Denoiser):
 
     def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
         """σ(t) of the VP SDE (EDM Table 1)."""
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
+        return vp_sigma(t, self.beta_d, self.beta_min)
 
     def sigma_inv(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """t(σ), the inverse of :meth:`sigma`."""
-        sigma = torch.as_tensor(sigma)
-        root = (self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt()
-        return (root - self.beta_min) / self.beta_d
+        return vp_sigma_inv(sigma, self.beta_d, self.beta_min)
 
     def scalings(self, sigma):
         return 1, -sigma, 1 / (sigma ** 2 + 1).sqrt(), (self.M - 1) * self.sigma_inv(sigma)

@@ -13,20 +13,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from genzoo.diffusion.precond import iddpm_sigmas
+from genzoo.diffusion.precond import iddpm_sigmas, vp_sigma, vp_sigma_inv
 from genzoo.errors import UserError
 
 Tensor = torch.Tensor
 Labels = torch.Tensor | None
 RandnLike = Callable[[Tensor], Tensor]
+
+
+@runtime_checkable
+class DenoiserLike(Protocol):
+    """What samplers, guidance, distillation and the editors need of a model: D(x, σ) -> x̂₀ on its noise
+    range (EDM's denoiser). Every preconditioned diffusion network and every consistency model is one."""
+
+    sigma_min: float
+    sigma_max: float
+
+    def __call__(self, x: Tensor, sigma: Any, class_labels: Labels = None, **cond: Any) -> Tensor: ...
+
+    def round_sigma(self, sigma: Any) -> Any: ...
+
+
+def is_denoiser(model: Any) -> bool:
+    """Whether ``model`` is a :class:`DenoiserLike` (a denoiser or consistency model, not a generator)."""
+    return isinstance(model, DenoiserLike)
+
 DISCRETIZATIONS = ("edm", "vp", "ve", "iddpm")
 SCHEDULES = ("linear", "vp", "ve")
 SCALINGS = ("none", "vp")
+#: EDM's default number of sampling steps (18 Heun steps = 35 NFE on CIFAR-10)
+NUM_STEPS = 18
+#: EDM's reference sampler's noise range
+EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
 
 
 class NFECounter:
@@ -51,12 +74,6 @@ class NFECounter:
 
 # ---------------------------------------------------------------------------------------------------
 # Noise schedules σ(t) and time discretisations (EDM Table 1 and Appendix B/C)
-
-def vp_sigma(t: torch.Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> torch.Tensor:
-    """σ(t) = √(exp(½β_d t² + β_min t) − 1) (EDM Table 1, VP)."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    return ((0.5 * beta_d * t ** 2 + beta_min * t).exp() - 1).sqrt()
-
 
 class Schedule:
     """σ(t), σ'(t), t(σ) and the scaling s(t), s'(t) of the ODE dx/dt = (σ'/σ + s'/s)x − σ's/σ·D(x/s; σ)."""
@@ -91,8 +108,7 @@ class Schedule:
 
     def sigma_inv(self, sigma):
         if self.schedule == "vp":
-            root = (self.beta_min ** 2 + 2 * self.beta_d * (sigma ** 2 + 1).log()).sqrt()
-            return (root - self.beta_min) / self.beta_d
+            return vp_sigma_inv(sigma, self.beta_d, self.beta_min)
         if self.schedule == "ve":
             return sigma ** 2
         return sigma
@@ -151,14 +167,22 @@ def sigma_steps(discretization: str, num_steps: int, sigma_min: float, sigma_max
         if len(u) == 0:
             raise UserError(f"no iDDPM noise level lies in [{sigma_min}, {sigma_max}]")
         return u[((len(u) - 1) * frac).round().to(torch.int64)]
-    return (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return rho_spaced(sigma_max, sigma_min, frac, rho)
+
+
+def rho_spaced(sigma_hi: Any, sigma_lo: Any, frac: Any, rho: float = 7.0) -> Any:
+    """(σ_hi^{1/ρ} + f·(σ_lo^{1/ρ} − σ_hi^{1/ρ}))^ρ: the point a fraction f of the way from σ_hi to σ_lo
+    on EDM's time discretisation (eq. 5); f = i/(N−1) gives the grid."""
+    start = sigma_hi ** (1 / rho)
+    return (start + frac * (sigma_lo ** (1 / rho) - start)) ** rho
 
 
 def _clamp_range(net: Any, sigma_min: float, sigma_max: float) -> tuple[float, float]:
     return max(float(sigma_min), float(net.sigma_min)), min(float(sigma_max), float(net.sigma_max))
 
 
-def noise_levels(net: Any, discretization: str = "edm", num_steps: int = 18, sigma_min: float | None = None,
+def noise_levels(net: Any, discretization: str = "edm", num_steps: int = NUM_STEPS,
+                 sigma_min: float | None = None,
                  sigma_max: float | None = None, rho: float = 7.0, device: torch.device | str = "cpu",
                  **grid: Any) -> torch.Tensor:
     """The sampling grid for ``net``: clamped to its σ range, snapped by ``net.round_sigma``, 0 appended."""
@@ -172,8 +196,9 @@ def noise_levels(net: Any, discretization: str = "edm", num_steps: int = 18, sig
 # ---------------------------------------------------------------------------------------------------
 # EDM's deterministic and stochastic samplers
 
-def edm_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_steps: int = 18,
-                sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7, S_churn: float = 0,
+def edm_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_steps: int = NUM_STEPS,
+                sigma_min: float = EDM_SIGMA_MIN, sigma_max: float = EDM_SIGMA_MAX, rho: float = 7,
+                S_churn: float = 0,
                 S_min: float = 0, S_max: float = float("inf"), S_noise: float = 1,
                 randn_like: RandnLike = torch.randn_like) -> torch.Tensor:
     """EDM's stochastic sampler (Algorithm 2; Algorithm 1 when ``S_churn = 0``): ρ-discretisation in float64,
@@ -184,7 +209,7 @@ def edm_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_step
                             S_noise=S_noise, randn_like=randn_like)
 
 
-def ablation_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_steps: int = 18,
+def ablation_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_steps: int = NUM_STEPS,
                      sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7,
                      solver: str = "heun", discretization: str = "edm", schedule: str = "linear",
                      scaling: str = "none", epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008,
@@ -259,7 +284,28 @@ def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tenso
     return (sigma_next ** 2 - up ** 2).sqrt(), up
 
 
-def ddim_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_steps: int = 18,
+def ddim_step(x: Tensor, denoised: Tensor, sigma: Any, sigma_next: Any) -> Tensor:
+    """The deterministic DDIM update in σ form, x' = D + (σ'/σ)(x − D) (Song et al. 2021, eq. 12 with
+    x = x₀ + σ·n); = one Euler step of dx/dσ = (x − D)/σ."""
+    return denoised + (sigma_next / sigma) * (x - denoised)
+
+
+def pf_ode_step(denoise: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, sigma_next: Tensor,
+                solver: str = "heun") -> Tensor:
+    """One step of the probability-flow ODE dx/dσ = (x − D(x; σ))/σ (EDM eq. 3) from per-sample σ to σ_next
+    (both > 0): Euler, plus Heun's trapezoidal correction (EDM Algorithm 1, lines 5-8). ``denoise(x, σ)``
+    returns D in ``x``'s dtype; σ are per-sample tensors ([N])."""
+    sigma4 = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    next4 = sigma_next.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    d_cur = (x - denoise(x, sigma)) / sigma4
+    x_euler = x + (next4 - sigma4) * d_cur
+    if solver == "euler":
+        return x_euler
+    d_next = (x_euler - denoise(x_euler, sigma_next)) / next4
+    return x + (next4 - sigma4) * 0.5 * (d_cur + d_next)
+
+
+def ddim_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_steps: int = NUM_STEPS,
                  eta: float = 0.0, discretization: str = "edm", sigma_min: float | None = None,
                  sigma_max: float | None = None, rho: float = 7, randn_like: RandnLike = torch.randn_like,
                  **grid: Any) -> torch.Tensor:
@@ -272,7 +318,7 @@ def ddim_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_ste
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         denoised = net(x, sigma, class_labels).to(torch.float64)
         down, up = ancestral_step(sigma, sigma_next, eta)
-        x = denoised + (down / sigma) * (x - denoised)
+        x = ddim_step(x, denoised, sigma, down)
         if up > 0:
             x = x + up * randn_like(x)
     return x
@@ -284,7 +330,7 @@ def ddpm_sampler(net: Any, latents: Tensor, class_labels: Labels = None, **kw: A
     return ddim_sampler(net, latents, class_labels, eta=1.0, **kw)
 
 
-def dpmpp_2m_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_steps: int = 18,
+def dpmpp_2m_sampler(net: Any, latents: Tensor, class_labels: Labels = None, num_steps: int = NUM_STEPS,
                      discretization: str = "edm", sigma_min: float | None = None,
                      sigma_max: float | None = None,
                      rho: float = 7, randn_like: RandnLike = torch.randn_like, **grid: Any) -> torch.Tensor:

@@ -7,8 +7,9 @@ genzoo sample --ckpt runs/biggan --truncation 0.5 --class 3 --grid grid.png
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ import torch.nn as nn
 from genzoo import nets
 from genzoo import validate as V
 from genzoo.errors import UserError
-from genzoo.family import Family, add_argument_once
+from genzoo.family import Family
 from genzoo.gan import gigagan
 from genzoo.gan.augment import parse_policy
 from genzoo.gan.objective import GANObjective
@@ -24,6 +25,7 @@ from genzoo.gan.parse import parse_betas, parse_resolutions
 from genzoo.gan.sampling import generate, standing_stats
 from genzoo.nets.biggan import BigGANDeepGenerator, BigGANGenerator
 from genzoo.nets.r3gan import R3GANGenerator
+from genzoo.options import Options, add_arguments, cached, option, options_from_argparse
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train.adversarial import LOSSES, check_loss_name
 
@@ -114,68 +116,97 @@ def _network_configs(arch: str, config: dict[str, Any], resolution: int, channel
     return g_net, {**common, "ch": int(_get(config, "d_ch"))}, DEFAULTS
 
 
+@dataclass(frozen=True)
+class BigGANTrainOptions(Options):
+    """``genzoo train --family gan`` options (BigGAN's; GigaGAN's own come from
+    :mod:`genzoo.gan.gigagan`, which also reads these). Unset: the ``DEFAULTS`` above."""
+
+    family: ClassVar[str] = "gan"
+
+    d_steps: int | None = option(None, V.positive_int,
+                                 f"D updates per G update (BigGAN: {DEFAULTS['d_steps']})")
+    g_lr: float | None = option(None, V.positive_float,
+                                f"generator learning rate (BigGAN: {DEFAULTS['g_lr']})")
+    d_lr: float | None = option(None, V.positive_float,
+                                f"discriminator learning rate (BigGAN: {DEFAULTS['d_lr']})")
+    betas: str | None = option(None, V.float_list(0, 1),
+                               f"Adam betas for G and D (BigGAN: {DEFAULTS['betas']})")
+    adam_eps: float | None = option(None, V.positive_float, f"Adam epsilon (BigGAN: {DEFAULTS['adam_eps']})")
+    loss: str | None = option(None, help="GAN loss: hinge (BigGAN), ns (non-saturating; GigaGAN) or rpgan "
+                                         "(R3GAN's relativistic pairing loss; pair it with --r1-gamma and "
+                                         "--r2-gamma)", choices=LOSSES)
+    ortho_reg: float | None = option(None, V.nonnegative_float,
+                                     "β of BigGAN's orthogonal regularisation β‖WᵀW⊙(1−I)‖² on G "
+                                     "(paper: 1e-4; "
+                                     "default 0)")
+    diffaugment: str | None = option(None, None, "DiffAugment policy for small datasets, e.g. "
+                                                 "color,translation,cutout")
+    r1_gamma: float | None = option(None, V.nonnegative_float,
+                                    "R1 penalty weight γ on real images (default 0; GigaGAN 0.1)")
+    r2_gamma: float | None = option(None, V.nonnegative_float,
+                                    "R2 penalty weight γ on generated images (default 0; R3GAN uses γ for "
+                                    "both R1 and R2)")
+    g_ch: int | None = option(None, V.positive_int, "generator channel width ch (BigGAN 128 px: 96)")
+    d_ch: int | None = option(None, V.positive_int,
+                              f"discriminator channel width ch (default {DEFAULTS['d_ch']})")
+    z_dim: int | None = option(None, V.positive_int, "latent size (BigGAN: 120 hierarchical, -deep: 128)")
+    shared_dim: int | None = option(None, V.positive_int,
+                                    f"shared class-embedding size (BigGAN: {DEFAULTS['shared_dim']})")
+    attn_res: str | None = option(None, V.int_list(1, allow_empty=True, words=("none",)),
+                                  "self-attention resolutions in G and D, e.g. 64 or 16,32 (default: 64, or "
+                                  "res/2 below 128 px); 'none' for none")
+
+
+@dataclass(frozen=True)
+class BigGANSampleOptions(Options):
+    """``genzoo sample`` options of a BigGAN / BigGAN-deep generator."""
+
+    family: ClassVar[str] = "gan (BigGAN)"
+
+    truncation: float | None = option(None, V.positive_float,
+                                      "GAN truncation ψ: latents drawn from N(0, 1) truncated to ±ψ "
+                                      "(default: "
+                                      "none)")
+    standing_stats: int = option(0, V.nonnegative_int, "BigGAN: recompute batch-norm statistics over this "
+                                                       "many batches of 64 samples", metavar="BATCHES")
+
+
+@cached
+def _gigagan_options(what: str) -> type[Options]:
+    """GigaGAN's options, from the argparse declarations of :mod:`genzoo.gan.gigagan`."""
+    declare = gigagan.add_sample_arguments if what == "sample" else gigagan.add_train_arguments
+    return options_from_argparse(declare, f"GigaGAN{what.title()}Options", "gan (GigaGAN)")
+
+
+def _arch_of(model: nn.Module) -> str:
+    arch = (getattr(model, "config", None) or {}).get("arch")
+    if arch is None:  # a bare module: BigGAN's generators are recognised by class
+        arch = ("biggan" if isinstance(model, BigGANGenerators)
+                else "r3gan" if isinstance(model, R3GANGenerator) else "gigagan")
+    return arch
+
+
 class GANFamily(Family):
     name = "gan"
+    TrainOptions = BigGANTrainOptions
 
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("gan family (BigGAN)")
-        add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-        add("--d-steps", type=V.positive_int, default=None, help="D updates per G update (BigGAN: 2)")
-        add("--g-lr", type=V.positive_float, default=None, help="generator learning rate (BigGAN: 1e-4)")
-        add("--d-lr", type=V.positive_float, default=None, help="discriminator learning rate (BigGAN: 4e-4)")
-        add("--betas", type=V.float_list(0, 1), default=None, help="Adam betas for G and D (BigGAN: 0,0.999)")
-        add("--adam-eps", type=V.positive_float, default=None, help="Adam epsilon (BigGAN: 1e-6)")
-        add("--loss", choices=LOSSES, default=None,
-            help="GAN loss: hinge (BigGAN), ns (non-saturating; GigaGAN) or rpgan (R3GAN's relativistic "
-                 "pairing loss; pair it with --r1-gamma and --r2-gamma)")
-        add(
-            "--ortho-reg",
-            type=V.nonnegative_float,
-            default=None,
-            help="β of BigGAN's orthogonal regularisation β‖WᵀW⊙(1−I)‖² on G (paper: 1e-4; default 0)",
-        )
-        add(
-            "--diffaugment",
-            default=None,
-            help="DiffAugment policy for small datasets, e.g. color,translation,cutout",
-        )
-        add("--r1-gamma", type=V.nonnegative_float, default=None,
-            help="R1 penalty weight γ on real images (default 0; GigaGAN 0.1)")
-        add("--r2-gamma", type=V.nonnegative_float, default=None,
-            help="R2 penalty weight γ on generated images (default 0; R3GAN uses γ for both R1 and R2)")
-        add("--g-ch", type=V.positive_int, default=None,
-            help="generator channel width ch (BigGAN 128 px: 96)")
-        add("--d-ch", type=V.positive_int, default=None, help="discriminator channel width ch")
-        add("--z-dim", type=V.positive_int, default=None,
-            help="latent size (BigGAN: 120 hierarchical, -deep: 128)")
-        add("--shared-dim", type=V.positive_int, default=None,
-            help="shared class-embedding size (BigGAN: 128)")
-        add(
-            "--attn-res",
-            type=V.int_list(1, allow_empty=True, words=("none",)),
-            default=None,
-            help="self-attention resolutions in G and D, e.g. 64 or 16,32 "
-            "(default: 64, or res/2 below 128 px); 'none' for none",
-        )
+        super().add_train_arguments(parser)
         gigagan.add_train_arguments(parser)
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_argument_once(
-            parser,
-            "--truncation",
-            type=V.positive_float,
-            default=None,
-            help="GAN truncation ψ: latents drawn from N(0, 1) truncated to ±ψ (BigGAN)",
-        )
-        add_argument_once(
-            parser,
-            "--standing-stats",
-            type=V.nonnegative_int,
-            default=0,
-            metavar="BATCHES",
-            help="BigGAN: recompute batch-norm statistics over this many batches of 64 samples",
-        )
-        gigagan.add_sample_arguments(parser)
+        for kind in self.sample_option_types():
+            add_arguments(parser, kind)
+
+    def train_option_types(self) -> list[type[Options]]:
+        return [BigGANTrainOptions, _gigagan_options("train")]
+
+    def sample_option_types(self) -> list[type[Options]]:
+        return [BigGANSampleOptions, _gigagan_options("sample")]
+
+    def sample_options_type(self, model: nn.Module) -> type[Options]:
+        """BigGAN's options, or GigaGAN's for a GigaGAN generator."""
+        return self.sample_option_types()[-1] if _delegate_for_arch(_arch_of(model)) else BigGANSampleOptions
 
     # ------------------------------------------------------------------ training
 
@@ -235,7 +266,7 @@ class GANFamily(Family):
 
     # ------------------------------------------------------------------ sampling
 
-    def prompts_for(self, model: nn.Module, seeds: list[int], options: dict[str, Any]) -> list[str] | None:
+    def prompts_for(self, model: nn.Module, seeds: list[int], options: Any) -> list[str] | None:
         if getattr(model, "text", None) is None:  # BigGAN, or a GigaGAN without a text encoder
             return None
         return gigagan.prompts_for_seeds(seeds, options.get("prompt"), model.default_prompts)
@@ -245,17 +276,15 @@ class GANFamily(Family):
         model: nn.Module,
         rng: StackedRandomGenerator,
         class_labels: torch.Tensor | None,
-        options: dict[str, Any],
+        options: Any,
     ) -> tuple[torch.Tensor, int]:
-        arch = (getattr(model, "config", None) or {}).get("arch")
-        if arch is None:  # a bare module: BigGAN's generators are recognised by class
-            arch = ("biggan" if isinstance(model, BigGANGenerators)
-                    else "r3gan" if isinstance(model, R3GANGenerator) else "gigagan")
+        options = self.sample_options(model, options)
+        arch = _arch_of(model)
         delegate = _delegate_for_arch(arch)
         if delegate is not None:
             return delegate.sample(model, rng, class_labels, options)
-        truncation = options.get("truncation")
-        batches = int(options.get("standing_stats") or 0)
+        truncation = options.truncation
+        batches = int(options.standing_stats)
         if batches > 0 and arch == "r3gan":
             raise UserError("--standing-stats: R3GAN has no batch norm; leave the option out")
         if batches > 0 and getattr(model, "_standing_key", None) != (batches, truncation):

@@ -56,20 +56,28 @@ def lerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
     return a.unsqueeze(0) + t * (b - a).unsqueeze(0)
 
 
+def slerp_items(z0: torch.Tensor, z1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of noise per item: sin((1−α)θ)/sin θ·z₀ + sin(αθ)/sin θ·z₁ (Shoemake 1985);
+    exactly z₀ at α = 0 and z₁ at α = 1."""
+    a, b = z0.flatten(1).double(), z1.flatten(1).double()
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    theta = cos.clamp(-1, 1).acos()
+    alpha = alpha.double().to(z0.device)
+    small = theta.abs() < 1e-6
+    safe = torch.where(small, torch.ones_like(theta), theta)
+    w0 = torch.where(small, 1 - alpha, torch.sin((1 - alpha) * safe) / torch.sin(safe))
+    w1 = torch.where(small, alpha, torch.sin(alpha * safe) / torch.sin(safe))
+    shape = (-1, *([1] * (z0.ndim - 1)))
+    return (w0.reshape(shape) * z0.double() + w1.reshape(shape) * z1.double()).to(z0.dtype)
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
     """Spherical interpolation (Shoemake 1985) between latents a and b (1-D): [steps, dim].
 
     Keeps the norm profile of Gaussian latents, which linear interpolation shrinks midway.
     """
-    a64, b64 = a.double(), b.double()
-    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
-    omega = torch.arccos(cos.clamp(-1, 1))
     t = torch.linspace(0, 1, steps, dtype=torch.float64, device=a.device)
-    if omega.abs() < 1e-6:
-        return lerp(a, b, steps)
-    wa = torch.sin((1 - t) * omega) / torch.sin(omega)
-    wb = torch.sin(t * omega) / torch.sin(omega)
-    return (wa[:, None] * a64 + wb[:, None] * b64).to(a.dtype)
+    return slerp_items(a.expand(steps, -1), b.expand(steps, -1), t)
 
 
 def class_interpolation(class_a: int, class_b: int, num_classes: int, steps: int) -> torch.Tensor:

@@ -20,6 +20,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (or 0..255 float) images -> float32 in [-1, 1]: x/127.5 − 1, the inverse of :func:`to_uint8`
+    up to its rounding."""
+    return images.to(torch.float32) / 127.5 - 1
+
+
 def _as_nhwc_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """Tensors are NCHW (float in [-1, 1] or uint8); numpy arrays are uint8 NHWC."""
     if isinstance(images, torch.Tensor):

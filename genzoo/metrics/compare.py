@@ -30,8 +30,21 @@ def load_records(targets: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 
 def settings_text(record: dict[str, Any]) -> str:
+    """The sampling settings that differ from the family's defaults (the record holds every value used)."""
     sampler = record.get("sampler") or {}
-    return ", ".join(f"{k}={v}" for k, v in sampler.items() if v is not None)
+    defaults = _sample_defaults(str(record.get("family")))
+    missing = object()
+    return ", ".join(f"{k}={v}" for k, v in sampler.items() if v is not None and v != defaults.get(k,
+                                                                                                   missing))
+
+
+def _sample_defaults(family: str) -> dict[str, Any]:
+    from genzoo.family import family_names, get_family
+
+    if family not in family_names():
+        return {}
+    return {spec.name: spec.default for kind in get_family(family).sample_option_types()
+            for spec in kind.specs()}
 
 
 def pareto_front(

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.errors import UserError
+from genzoo.io.images import from_uint8
 
 BUNDLED_CLASSIFIER = Path(__file__).with_name("shapes_classifier.safetensors")
 INPUT_SIZE = 32
@@ -45,7 +46,7 @@ class ShapesClassifier(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0..255 float) NCHW -> float in [-1, 1] at 32×32 (antialiased bilinear resize)."""
-        x = images.to(self.head.weight.device, torch.float32) / 127.5 - 1
+        x = from_uint8(images.to(self.head.weight.device))
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from genzoo.nets import register
 from genzoo.nets.fused import token_major
 from genzoo.nets.text import TextEmbedding, build_text_encoder
+from genzoo.seeds import normal
 
 ACT_GAIN = math.sqrt(2.0)
 
@@ -136,7 +137,7 @@ class NoiseInput(nn.Module):
     def forward(self, x: torch.Tensor, rng: Any = None) -> torch.Tensor:
         shape = (x.shape[0], 1, x.shape[2], x.shape[3])
         # Drawn in float32 whatever the compute precision, so a seed's noise is the same under autocast.
-        noise = rng.randn(shape) if rng is not None else torch.randn(shape, device=x.device)
+        noise = normal(rng, shape, x.device)
         return x + noise.to(x.device, x.dtype) * self.strength
 
 

@@ -1,10 +1,10 @@
-"""Web controls derived from the families' own ``genzoo sample`` flag declarations.
+"""Web controls derived from the families' typed sample options (:mod:`genzoo.options`).
 
-Each family declares its sampling flags once, in ``add_sample_arguments`` (argparse). This module runs
-that declaration on a fresh parser per family and reads the actions back as :class:`ControlSpec`: flag,
-destination, kind, default, choices and help. The web app builds one widget per spec and turns widget
-values back into the same command-line flags, so the app offers exactly the options the CLI does and a
-control a family does not take never appears for its models.
+Each family declares its sampling options once, as the fields of its ``SampleOptions`` dataclass. This
+module adds them to a fresh parser, as ``genzoo sample`` does, and reads the actions back as
+:class:`ControlSpec`: flag, destination, kind, default, choices and help. The web app builds one
+widget per spec and turns widget values back into the same command-line flags, so the app offers
+exactly the options the CLI does and a control a family does not take never appears for its models.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 from genzoo.errors import UserError
 from genzoo.family import get_family
+from genzoo.options import Options, add_arguments
 
-#: model family -> the families whose sample flags apply to its models (the ADM classifier family
-#: declares classifier guidance and the discrete samplers' flags, which the diffusion sampler reads)
+#: the model families the app samples
 FLAG_SOURCES: dict[str, tuple[str, ...]] = {
-    "diffusion": ("diffusion", "classifier"),
+    "diffusion": ("diffusion",),
     "consistency": ("consistency",),
     "gan": ("gan",),
 }
@@ -56,7 +56,7 @@ def sampleable_families() -> list[str]:
 
 def control_keys() -> list[str]:
     """Every control set: the sampleable families, GigaGAN's apart."""
-    return [*FLAG_SOURCES, *(["gan-text"] if _gigagan_declaration() is not None else [])]
+    return [*FLAG_SOURCES, *(["gan-text"] if _gigagan_options() is not None else [])]
 
 
 def _kind(action: argparse.Action) -> str:
@@ -89,19 +89,14 @@ def _read(declare: Callable[[argparse.ArgumentParser], None]) -> list[ControlSpe
     return specs
 
 
-def _gigagan_declaration() -> Callable[[argparse.ArgumentParser], None] | None:
-    import importlib.util
-
-    if importlib.util.find_spec("genzoo.gan.gigagan") is None:
-        return None
-    from genzoo.gan import gigagan
-
-    return getattr(gigagan, "add_sample_arguments", None)
+def _gigagan_options() -> type[Options] | None:
+    types = get_family("gan").sample_option_types()
+    return types[1] if len(types) > 1 else None
 
 
 def control_key(config: dict[str, Any]) -> str:
-    """Which control set a model gets: its family, or ``gan-text`` for a GigaGAN (the gan family hands
-    GigaGAN's sampling, and its flags, to :mod:`genzoo.gan.gigagan`)."""
+    """Which control set a model gets: its family, or ``gan-text`` for a GigaGAN (the gan family samples
+    GigaGANs with GigaGAN's own options)."""
     family = str(config.get("family"))
     if family == "gan" and str(config.get("arch") or "").startswith("gigagan"):
         return "gan-text"
@@ -109,30 +104,15 @@ def control_key(config: dict[str, Any]) -> str:
 
 
 def sample_controls(key: str) -> list[ControlSpec]:
-    """The sample options of a model family (or :func:`control_key`), in declaration order, read from
-    the family's argparse flags.
-
-    The gan family declares GigaGAN's flags through :mod:`genzoo.gan.gigagan`: a GigaGAN gets that
-    module's declarations, a BigGAN the family's without those (a flag both declare, ``--truncation``,
-    stays with the family's own help text, which is how it is told apart).
-    """
+    """The sample options of a model family (or :func:`control_key`), in declaration order, from the
+    family's options type: BigGAN's for ``gan``, GigaGAN's for ``gan-text``."""
     family = "gan" if key == "gan-text" else key
     if family not in FLAG_SOURCES:
         raise UserError(f"family {key!r}: no sampling controls (sampleable: {', '.join(FLAG_SOURCES)})")
-
-    def declare(parser: argparse.ArgumentParser) -> None:
-        for source in FLAG_SOURCES[family]:
-            get_family(source).add_sample_arguments(parser)
-
-    specs = _read(declare)
-    gigagan = _gigagan_declaration() if family == "gan" else None
-    if gigagan is not None:
-        delegated = _read(gigagan)
-        if key == "gan-text":
-            return delegated
-        delegated_help = {(s.flag, s.help) for s in delegated}
-        specs = [s for s in specs if (s.flag, s.help) not in delegated_help]
-    return specs
+    kind = get_family(family).sample_option_types()[0]
+    if key == "gan-text":
+        kind = _gigagan_options()
+    return _read(lambda parser: add_arguments(parser, kind, unset_defaults=True))  # empty = the default
 
 
 def _number(spec: ControlSpec, value: Any) -> str:

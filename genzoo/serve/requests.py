@@ -2,8 +2,8 @@
 
 Every request is turned into the command line the CLI would run (``genzoo sample ...``,
 ``genzoo edit ...``) and parsed by the CLI's own parser, so types, choices and defaults are the CLI's and
-the option dictionary handed to :func:`genzoo.api.sample` is the one ``genzoo sample`` builds
-(:func:`genzoo.cli.sample.sample_options`). Edits run ``genzoo edit``'s own function on files in a
+the options are checked against the model's family as ``genzoo sample`` checks them
+(:func:`genzoo.sampling.sample_options`). Edits run ``genzoo edit``'s own function on files in a
 private temporary folder. A request keeps its state in local variables only: the one shared object is the
 :class:`ModelCache` of loaded models, which hands each model out under its own lock.
 """
@@ -80,12 +80,12 @@ class ModelCache:
 
     def get(self, path: str | Path, ema: bool = True, device: str = "cpu") -> tuple[torch.nn.Module,
                                                                                       threading.Lock]:
-        from genzoo.api import load
+        from genzoo.family import load_model
 
         key = (str(Path(path).resolve()), bool(ema), str(device))
         with self._lock:
             if key not in self._models:
-                self._models[key] = (load(path, ema=ema, device=device), threading.Lock())
+                self._models[key] = (load_model(path, ema=ema, device=device), threading.Lock())
             return self._models[key]
 
 
@@ -139,10 +139,11 @@ def run_sample(model: str | Path, seeds: str = "0-15", class_labels: Sequence[in
     (images done, images asked) after each batch; ``should_stop`` is asked then too and stops the
     request with :class:`Cancelled`.
     """
-    from genzoo.api import sample
     from genzoo.cli.sample import sample_options
     from genzoo.family import get_family
     from genzoo.io.images import grid_array
+    from genzoo.sampling import collect, iter_batches
+    from genzoo.sampling import sample_options as checked_options
     from genzoo.seeds import parse_seeds
 
     argv = sample_argv(model, seeds, class_labels, flags, batch, device)
@@ -170,12 +171,14 @@ def run_sample(model: str | Path, seeds: str = "0-15", class_labels: Sequence[in
             raise Cancelled(f"cancelled after {done} of {total} images")
 
     with lock:
-        options = family.prepare_sampling(net, sample_options(args))  # as the CLI: before the clock
+        # as the CLI: checked against the model's family, resolved once before the clock
+        options = family.prepare_sampling(net, checked_options(net, None, args.device,
+                                                               **sample_options(args)))
         if progress is not None:
             progress(0, total)
         start = time.perf_counter()
-        images, labels, nfe = sample(net, args.seeds, class_labels=args.class_label, batch_size=args.batch,
-                                     device=args.device, on_batch=on_batch, **options)
+        images, labels, nfe = collect(iter_batches(net, args.seeds, options, args.class_label, args.batch,
+                                                   args.device), on_batch)
         seconds = time.perf_counter() - start
     nhwc = images.permute(0, 2, 3, 1).numpy()
     return SampleResult(nhwc, labels.numpy() if labels is not None else None, int(nfe), seconds,

@@ -16,12 +16,14 @@ from typing import Any
 from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.family import family_names, get_family
+from genzoo.options import unknown_option_error
 from genzoo.seeds import seeds_text
 
 #: keys whose change makes a checkpoint unusable (the networks would not fit, or sample differently)
 STRUCTURAL_KEYS = ("family", "arch", "net", "resolution", "channels", "num_classes", "sampled_player")
 #: keys that only steer this invocation: never reported as resume differences
-RUN_KEYS = ("steps", "minutes", "resume", "config", "device", "workers", "log_every", "tensorboard", "out")
+RUN_KEYS = ("steps", "minutes", "resume", "config", "device", "workers", "log_every", "tensorboard", "out",
+            "genzoo_version", "torch_version", "command_line")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -139,7 +141,8 @@ def load_config_file(path: str | Path, valid_keys: Iterable[str]) -> dict[str, A
     valid = set(valid_keys)
     if "sampled_player" in data:
         # A run's own config.json: keep the flags, drop what the engine and family resolved from them.
-        dropped = {"sampled_player", "num_classes", "channels", "net", "resume", "config", *RESOLVED_KEYS}
+        dropped = {"sampled_player", "num_classes", "channels", "net", "resume", "config", "device",
+                   *RESOLVED_KEYS}
         data = {k: v for k, v in data.items() if k in valid and k not in dropped}
     unknown = sorted(set(data) - valid)
     if unknown:
@@ -165,16 +168,47 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     saved = Path(str(config.get("out") or "")) / "config.json"
     if config.get("resume") and config.get("out") and saved.is_file():
         merged.update(load_config_file(saved, valid))
+    file_keys: dict[str, Any] = {}
     if config.get("config"):
-        merged.update(load_config_file(config["config"], valid))
+        file_keys = load_config_file(config["config"], valid)
+        merged.update(file_keys)
     merged.update(config)
     merged = V.check_config(merged, _train_actions())  # values from files and the API: the flags' checks
     _check(merged)
-    return merged
+    return _family_keys_only(merged, {**file_keys, **config}, defaults)
+
+
+def family_train_keys(family: str) -> dict[str, Any]:
+    """The family's train option names -> their specs (of every options type it trains with)."""
+    return {spec.name: spec for kind in get_family(family).train_option_types() for spec in kind.specs()}
+
+
+def _family_keys_only(merged: dict[str, Any], given: Mapping[str, Any],
+                      defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse an option the family does not take (a flag, a --config key or an API key, unless unset) and
+    check the family's values against its own options (their choices); drop the other families'
+    unset options, so config.json holds the options of this run's family only."""
+    family = merged["family"]
+    own = family_train_keys(family)
+    engine = {a.dest for a in _engine_actions()}
+    for key, value in given.items():
+        if key in defaults and key not in engine and key not in own and value is not None \
+                and value is not False:
+            raise unknown_option_error(key, family, sorted(own), what="train option")
+    for key, spec in own.items():
+        if merged.get(key) is not None:
+            merged[key] = spec.parse(merged[key], family)
+    return {k: v for k, v in merged.items() if k in engine or k in own or k not in defaults}
+
+
+def _engine_actions() -> list[argparse.Action]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_engine_arguments(parser)
+    return list(parser._actions)
 
 
 #: keys the engine adds to config.json besides the structural ones
-RESOLVED_KEYS = ("world_size",)
+RESOLVED_KEYS = ("world_size", "genzoo_version", "torch_version", "command_line")
 
 
 def _check(config: Mapping[str, Any]) -> None:

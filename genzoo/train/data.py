@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from genzoo.io.images import from_uint8
 from genzoo.train.objective import Batch
 
 
@@ -97,7 +98,7 @@ def to_batch(raw: dict[str, torch.Tensor], captions: Sequence[str] | None, devic
     """The objective's view of a collated micro-batch: float images in [-1, 1] on ``device``."""
     images = raw["images"].to(device, non_blocking=True)
     if images.dtype == torch.uint8:
-        images = images.to(torch.float32) / 127.5 - 1
+        images = from_uint8(images)
     else:
         images = images.to(torch.float32)
     if channels_last:

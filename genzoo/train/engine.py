@@ -49,6 +49,14 @@ from genzoo.train.phema import PowerFunctionEMA, parse_stds
 _STREAM_INIT, _STREAM_MICRO, _STREAM_SAMPLE = 1, 2, 3
 
 
+def provenance(command_line: str | None = None) -> dict[str, str]:
+    """genzoo's and torch's versions and the command line (``genzoo train`` sets it; else "python API")."""
+    from genzoo.version import __version__
+
+    return {"genzoo_version": __version__, "torch_version": torch.__version__,
+            "command_line": command_line or "python API"}
+
+
 class NonFiniteLoss(UserError):
     """The loss stayed NaN/Inf for ``--max-nonfinite`` consecutive updates."""
 
@@ -159,6 +167,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
+    def _summary(self) -> str:
+        """The one line before training: model, family, device, key settings."""
+        c = self.config
+        what = "/".join(str(c[k]) for k in ("precond", "arch", "mode") if c.get(k))
+        until = f"{c['steps']} steps" if c.get("steps") is not None else f"{c['minutes']:g} minutes"
+        return (f"{c['family']} ({what}) on {self.device}, {self.world} process(es), data {c['data']}, "
+                f"batch {self.batch}, {c['precision']}, until {until} -> {self.out}")
+
     def say(self, message: str) -> None:
         if self.dist.is_main:
             print(f"genzoo train: {message}", file=sys.stderr, flush=True)
@@ -232,8 +248,10 @@ class Trainer:
 
     def run(self) -> Path:
         config, p = self.config, self.progress
+        config.update(provenance(config.get("command_line")), device=str(self.device))  # what ran it, where
         if self.dist.is_main:
             write_json_atomic(self.out / "config.json", to_json_safe(config))
+            self.say(self._summary())
         target = config.get("steps")
         budget = config["minutes"] * 60 if config.get("minutes") is not None else math.inf
         if target is not None and p.step >= target:
@@ -433,8 +451,8 @@ class Trainer:
     def _sample_grid(self) -> None:
         if not self.dist.is_main:
             return
-        from genzoo.api import sample
         from genzoo.io import save_grid
+        from genzoo.sampling import sample_with_defaults
 
         name = self.objective.sampled_player
         model = self.ema.players[name] if name in self.ema.players else self.objective.players[name]
@@ -442,8 +460,9 @@ class Trainer:
         model.config = to_json_safe(self.config)
         model.eval()
         try:
-            images, _, _ = sample(model, self.config["sample_seeds"], batch_size=self.per_device,
-                                  device=self.device)
+            images, _, _ = sample_with_defaults(model, self.config["sample_seeds"],
+                                                batch_size=self.per_device,
+                                                device=self.device)
         finally:
             model.train(was_training)
         path = save_grid(images, self.out / "samples" / f"step-{self.progress.step:06d}.png")
