@@ -258,8 +258,8 @@ class Trainer:
             self.say(f"already at step {p.step} (--steps {target}); nothing to train")
             return self.out
         loader = iter(self._loader())
-        self.feedback.start(p.step, target, budget)
         start = time.monotonic()
+        self.feedback.start(p.step, target, budget, started=start)
         restore_signals = self._stop_on_signals()
         try:
             while True:

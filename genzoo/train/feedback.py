@@ -37,10 +37,12 @@ class Feedback:
             if config.get("tensorboard"):
                 self.tb = _tensorboard_writer(out / "tensorboard")
 
-    def start(self, step: int, target: int | None, budget_seconds: float) -> None:
-        self.interval_start = time.monotonic()
+    def start(self, step: int, target: int | None, budget_seconds: float,
+              started: float | None = None) -> None:
+        """``started``: the engine's clock for the budget, so ``time_s`` and the stopping rule agree."""
+        self.run_start = time.monotonic() if started is None else started
+        self.interval_start = self.run_start
         self.interval_images = 0
-        self.run_start = time.monotonic()
         if self.enabled:
             self.bar = progress(target, "train", unit="step", initial=step, mininterval=1.0)
             self.budget = budget_seconds
