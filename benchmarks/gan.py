@@ -76,7 +76,7 @@ def truncation_sweep(
 
     model = genzoo.load(ckpt, ema=not raw)
     classifier = load_shapes_classifier()
-    k = int(model.config["num_classes"])
+    k = genzoo.record_of(model).num_classes
     labels = [c for c in range(k) for _ in range(per_class)]
     print(
         f"{ckpt}: {k} classes x {per_class} samples, same seeds for every psi, standing stats {standing}, "

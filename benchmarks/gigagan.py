@@ -132,7 +132,7 @@ def curve(run: Path, prompts: list[str], labels: list[int], classifier, with_pro
     rows = []
     for ckpt in checkpoints(run):
         model = genzoo.load(ckpt)
-        options = {"prompt": prompts} if model.config.get("arch") == "gigagan" else {}
+        options = {"prompt": prompts} if genzoo.record_of(model).arch == "gigagan" else {}
         seeds = list(range(len(labels)))
         if options:
             images, _, _ = genzoo.sample(model, seeds, batch_size=64, **options)
@@ -140,7 +140,7 @@ def curve(run: Path, prompts: list[str], labels: list[int], classifier, with_pro
             images, _, _ = genzoo.sample(model, seeds, class_labels=labels, batch_size=64)
         row = {"images": images_seen(ckpt), "acc": accuracy(classifier, images, labels)}
         if with_probes:
-            row["probes"] = gigagan_probes(ckpt, prompts, model.config["resolution"])
+            row["probes"] = gigagan_probes(ckpt, prompts, genzoo.record_of(model).config["resolution"])
         rows.append(row)
     return rows
 

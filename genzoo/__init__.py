@@ -3,6 +3,7 @@ side by side with one API.
 
     model = genzoo.load("runs/edm")             # a run, checkpoint or converted official model
     images, labels, nfe = genzoo.sample(model, "0-63", sampler="heun", steps=18)
+    genzoo.record_of(model)                      # what it is: family, config, where it came from
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ def sample(*args: Any, **kwargs: Any):
     from genzoo.api import sample as _sample
 
     return _sample(*args, **kwargs)
+
+
+def record_of(model: Any):
+    """See :func:`genzoo.checkpoints.record.record_of`: a loaded model's :class:`ModelRecord`."""
+    from genzoo.checkpoints.record import record_of as _record_of
+
+    return _record_of(model)
 
 
 def train(*args: Any, **kwargs: Any):

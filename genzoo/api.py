@@ -12,12 +12,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from genzoo.checkpoints.record import ModelRecord, find_record, record_of
 from genzoo.errors import UserError
 from genzoo.family import get_family, load_model
 from genzoo.options import Options
 from genzoo.sampling import SampleBatch, collect, iter_batches, model_device, sample_options
 
-__all__ = ["SampleBatch", "iter_samples", "load", "posthoc_ema", "sample", "sample_options", "write_samples"]
+__all__ = ["ModelRecord", "SampleBatch", "iter_samples", "load", "posthoc_ema", "record_of", "sample",
+           "sample_options", "write_samples"]
 from genzoo.seeds import StackedRandomGenerator, labels_for_seeds, parse_seeds
 
 
@@ -26,7 +28,9 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     """Open a run directory (its latest checkpoint), a checkpoint or a converted model directory.
 
     Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
-    ones); its ``config`` attribute holds the saved ``config.json``. An official network-snapshot
+    ones). ``record_of(model)`` tells what it is: a :class:`ModelRecord` with its family, saved
+    ``config.json``, where it came from (run, checkpoint, model directory or snapshot; the path, weights
+    file and source format). An official network-snapshot
     ``.pkl`` (EDM, EDM2) is imported on the fly, as ``genzoo convert`` would, without running its code.
     ``compile=True`` compiles it for inference (``genzoo.nets.compiled``; minutes on the first batch,
     a warning and eager execution where no compiler is available).
@@ -51,7 +55,7 @@ def iter_samples(model: nn.Module, seeds: str | Sequence[int],
     per batch. Options are as :func:`sample`'s.
     """
     checked = sample_options(model, options, device, **values)
-    checked = get_family(model.config["family"]).prepare_sampling(model, checked)
+    checked = get_family(record_of(model).family).prepare_sampling(model, checked)
     yield from iter_batches(model, seeds, checked, class_labels, batch_size, device)
 
 
@@ -101,9 +105,10 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
     group = Distributed.current()
     seed_list = parse_seeds(seeds)
     options = sample_options(model, options, device, **values)
-    settings = {k: str(getattr(v, "model_dir", "")) if isinstance(v, nn.Module) else v  # a model: its path
+    settings = {k: _model_path(v) if isinstance(v, nn.Module) else v  # a model: its path
                 for k, v in options.items() if isinstance(v, (int, float, str, bool, type(None), nn.Module))}
-    options = get_family(model.config["family"]).prepare_sampling(model, options)  # once, before the clock
+    record = record_of(model)
+    options = get_family(record.family).prepare_sampling(model, options)  # once, before the clock
     kept: list[torch.Tensor] = []
     nfe, latencies = 0, []
     flops = _flops_per_image(model, seed_list[0], class_labels, device, options, count_flops) \
@@ -135,7 +140,7 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
             "peak_memory_mb": memory["peak_memory_mb"], "device": device_type, "processes": group.world,
             "flops_per_image": flops, "parameters": params, "params_x_nfe": params * nfe,
             "sampler": settings,
-            "model": str(getattr(model, "model_dir", "")), "family": model.config.get("family"),
+            "model": _model_path(model), "family": record.family,
         })
         if grid is not None and kept:
             save_grid(torch.cat(kept), grid)
@@ -158,14 +163,21 @@ def write_samples(model: nn.Module, seeds: str | Sequence[int], out: str | Path 
 def _flops_per_image(model: nn.Module, seed: int, class_labels: Any, device: Any, options: Options,
                      count_flops: Callable) -> int | None:
     """FLOPs of sampling one image (the first seed's), counted once before the timed run."""
-    family = get_family(model.config["family"])
+    record = record_of(model)
+    family = get_family(record.family)
     first_label = class_labels[:1] if isinstance(class_labels, (list, tuple)) else class_labels
-    labels = labels_for_seeds([seed], first_label, int(model.config.get("num_classes", 0) or 0))
+    labels = labels_for_seeds([seed], first_label, record.num_classes)
     device = model_device(model, device)
     label_tensor = torch.tensor(labels, device=device) if labels is not None else None
     with torch.no_grad():
         return count_flops(lambda: family.sample(model, StackedRandomGenerator(device, [seed]), label_tensor,
                                                  options)) or None
+
+
+def _model_path(model: nn.Module) -> str:
+    """The model directory a loaded model's weights came from ("" for a snapshot or a bare module)."""
+    record = find_record(model)
+    return str(record.model_dir) if record is not None and record.model_dir is not None else ""
 
 
 def posthoc_ema(run: str | Path, out: str | Path, std: float | None = None, sweep: str | None = None,

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from genzoo.checkpoints.record import record_of
 from genzoo.errors import UserError
 
 #: Training runs in two lanes that run side by side, one CPU thread each, when the machine has two cores
@@ -303,10 +304,10 @@ def eval_stage(stage: EvalStage, plan: DemoPlan, out: Path, shown: str, extracto
     if metrics_path.is_file():
         return metrics_path
     model = load(out / "runs" / stage.run)
-    family = model.config["family"]
+    family, arch = record_of(model).family, record_of(model).arch
     seeds = list(range(plan.num_samples))
     batches = [seeds[i:i + plan.sample_batch] for i in range(0, len(seeds), plan.sample_batch)]
-    gigagan = model.config.get("arch") == "gigagan"
+    gigagan = arch == "gigagan"
     prompt_labels = _gigagan_labels(model, seeds, stage.options) if gigagan else None
     samples_path = target / "samples.npz"
     grid_images: list[torch.Tensor] = []
@@ -351,7 +352,7 @@ def eval_stage(stage: EvalStage, plan: DemoPlan, out: Path, shown: str, extracto
         f"--ref-count {plan.ref_count} --model {stage.name} --family {family} --nfe {cost.nfe:g}",
     ]
     record = {
-        "model": stage.name, "family": family, "arch": model.config.get("arch"), "run": stage.run,
+        "model": stage.name, "family": family, "arch": arch, "run": stage.run,
         "sampler": dict(stage.options), "title": stage.title, "features": "shapes",
         "ref": "reference.npz", "samples": "samples.npz", "grid": "grid.png",
         "nfe": cost.nfe, "images_per_s": cost.images_per_s, "latency_s": cost.latency_s,

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from genzoo.checkpoints.record import config_of, describe
 from genzoo.errors import UserError
-from genzoo.options import Options, add_arguments, options_from_argparse
+from genzoo.options import Options, add_arguments
 from genzoo.seeds import StackedRandomGenerator
 
 _FAMILY_MODULES = {
@@ -32,9 +33,7 @@ class Family:
     """Base class: override what the family supports.
 
     ``SampleOptions`` and ``TrainOptions`` are the family's typed options (:mod:`genzoo.options`); the
-    CLI flags, the API's keyword checks and the web app's controls derive from them. A family without
-    them may still declare argparse flags in ``add_sample_arguments`` / ``add_train_arguments``; their
-    options type is then derived from those declarations.
+    CLI flags, the API's keyword checks and the web app's controls derive from them.
     """
 
     name: str = ""
@@ -54,19 +53,18 @@ class Family:
 
     def sample_option_types(self) -> list[type[Options]]:
         """Every sample options type of the family (one per kind of model it samples)."""
-        if self.SampleOptions is not None:
-            return [self.SampleOptions]
-        return [_declared_options(self, "sample")]
+        return [self.SampleOptions] if self.SampleOptions is not None else []
 
     def train_option_types(self) -> list[type[Options]]:
         """Every train options type of the family; their fields are the train keys it takes."""
-        if self.TrainOptions is not None:
-            return [self.TrainOptions]
-        return [_declared_options(self, "train")]
+        return [self.TrainOptions] if self.TrainOptions is not None else []
 
     def sample_options_type(self, model: nn.Module) -> type[Options]:
         """The options this model samples with (a family with several kinds of model overrides this)."""
-        return self.sample_option_types()[0]
+        kinds = self.sample_option_types()
+        if not kinds:
+            raise UserError(f"the {self.name} family does not sample")
+        return kinds[0]
 
     def sample_options(self, model: nn.Module, values: Mapping[str, Any] | Options | None = None) -> Options:
         """Checked sample options for ``model``: an option the family does not take is a UserError naming
@@ -78,7 +76,7 @@ class Family:
             return values
         given = {k: v for k, v in dict(values or {}).items() if v is not None}
         kind.build(given)  # unknown names and bad values are refused as given, before any default
-        config = getattr(model, "config", None) or {}
+        config = config_of(model)
         published = {k: v for k, v in (config.get("sampling_defaults") or {}).items() if k in kind.names()}
         return kind.build({**published, **given})
 
@@ -112,19 +110,6 @@ class Family:
         raise NotImplementedError
 
 
-_DECLARED: dict[tuple[int, str], type[Options]] = {}
-
-
-def _declared_options(family: Family, what: str) -> type[Options]:
-    """The options type of a family that declares argparse flags instead of dataclasses."""
-    key = (id(family), what)
-    if key not in _DECLARED:
-        declare = family.add_sample_arguments if what == "sample" else family.add_train_arguments
-        _DECLARED[key] = options_from_argparse(declare, f"{family.name.title()}{what.title()}Options",
-                                               family.name)
-    return _DECLARED[key]
-
-
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
     """``genzoo.load`` (see :func:`genzoo.api.load`), here for the layers below the API that are handed a
     path in a config (a teacher, a guide model)."""
@@ -135,7 +120,7 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
     candidates = model_dir_candidates(path)
     for i, model_dir in enumerate(candidates):
         try:
-            model = _load_dir(model_dir, ema)
+            model = _load_dir(model_dir, ema, Path(path))
             break
         except UserError:
             # a run's checkpoint pruned (or broken) while we read it: the next newest complete one
@@ -144,8 +129,8 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
     return model.to(device).eval()
 
 
-def _load_dir(model_dir: Path, ema: bool) -> nn.Module:
-    from genzoo.checkpoints import load_safetensors, load_state_into, read_json
+def _load_dir(model_dir: Path, ema: bool, opened: Path) -> nn.Module:
+    from genzoo.checkpoints import CHECKPOINT_PATTERN, load_safetensors, load_state_into, read_json
 
     config = read_json(model_dir / "config.json")
     if not isinstance(config, dict) or "family" not in config:
@@ -171,9 +156,13 @@ def _load_dir(model_dir: Path, ema: bool) -> nn.Module:
     if bad is not None:
         raise UserError(f"{weights_file}: weights hold NaN or Inf values (first: {bad}); the model is broken")
     load_state_into(model, state, str(weights_file))
-    model.weights_file = weights_file
-    model.config = config
-    model.model_dir = model_dir
+    if model_dir != opened:
+        source = "run"
+    elif CHECKPOINT_PATTERN.match(model_dir.name) or (model_dir / "state.json").is_file():
+        source = "checkpoint"
+    else:
+        source = "model"
+    describe(model, config, source, path=opened, model_dir=model_dir, weights_file=weights_file, ema=ema)
     return model
 
 
@@ -187,9 +176,7 @@ def _load_snapshot(path: Path, ema: bool, device: str | torch.device) -> nn.Modu
     model = source.load(snapshot)
     config, _ = source.to_genzoo(model, {})
     config["converted_from"] = {"source": source.name, "preset": None, "file": str(path), "flags": {}}
-    model.config = config
-    model.model_dir = None
-    model.weights_file = path
+    describe(model, config, "snapshot", path=path, weights_file=path, ema=ema)
     return model.to(device).eval()
 
 
@@ -207,20 +194,3 @@ def get_family(name: str) -> Family:
     if name not in _FAMILY_MODULES or importlib.util.find_spec(_FAMILY_MODULES[name]) is None:
         raise UserError(f"--family: unknown family {name!r}; available: {', '.join(family_names())}")
     return importlib.import_module(_FAMILY_MODULES[name]).FAMILY
-
-
-def add_argument_once(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
-    """``parser.add_argument`` unless another family already added the same flag.
-
-    A flag two families share with different ``choices`` (``--loss``: edm, vp, ... and hinge, ns) accepts
-    the union; each family checks the value it gets.
-    """
-    for action in parser._actions:
-        if set(action.option_strings).intersection(flags):
-            choices = kwargs.get("choices")
-            if choices is not None and action.choices is not None:
-                action.choices = list(dict.fromkeys([*action.choices, *choices]))
-                if kwargs.get("help") and action.help and kwargs["help"] not in action.help:
-                    action.help = f"{action.help}; {kwargs['help']}"
-            return
-    parser.add_argument(*flags, **kwargs)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -213,34 +213,3 @@ def _merge(action: argparse.Action, spec: OptionSpec, family: str) -> None:
     text = spec.help_text().replace("%", "%%")
     if text and action.help and text not in action.help:
         action.help = f"{action.help}; {family}: {text}"
-
-
-def options_from_argparse(declare: Callable[[argparse.ArgumentParser], None], name: str,
-                          family: str) -> type[Options]:
-    """An options type from argparse declarations (``add_sample_arguments(parser)``), for a family or
-    module that still declares its options with argparse: the same checks, defaults and help."""
-    parser = argparse.ArgumentParser(add_help=False)
-    declare(parser)
-    fields = []
-    for action in parser._actions:
-        if not action.option_strings:
-            continue
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            kind, default = "switch", bool(action.default) if action.default is not None else False
-        elif isinstance(action, argparse._AppendAction):
-            kind, default = "repeat", None
-        else:
-            kind, default = "value", action.default
-        default = None if default is argparse.SUPPRESS else default
-        field = option(default, action.type, (action.help or "").replace("%%", "%"), choices=action.choices,
-                       kind=kind, metavar=action.metavar if isinstance(action.metavar, str) else None)
-        fields.append((action.dest, Any, field))
-    return dataclasses.make_dataclass(name, fields, bases=(Options,), frozen=True,
-                                      namespace={"family": family})
-
-
-def cached(function: Callable[..., type[Options]]) -> Callable[..., type[Options]]:
-    """Memoise an options-type factory (one class per declaration, so isinstance checks hold)."""
-    import functools
-
-    return functools.lru_cache(maxsize=None)(function)

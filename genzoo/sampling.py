@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
+from genzoo.checkpoints.record import record_of
 from genzoo.errors import UserError
 from genzoo.family import get_family, load_model
 from genzoo.options import Options, OptionSpec
@@ -47,7 +48,8 @@ def iter_batches(model: nn.Module, seeds: str | Sequence[int], options: Options,
     from genzoo.train.distributed import map_in_order
 
     seeds = parse_seeds(seeds)
-    family = get_family(model.config["family"])
+    record = record_of(model)
+    family = get_family(record.family)
     device = model_device(model, device)
     fixed = family.labels_for(model, seeds, options)
     if fixed is not None:
@@ -55,7 +57,7 @@ def iter_batches(model: nn.Module, seeds: str | Sequence[int], options: Options,
             raise UserError("--class: these samples' classes are fixed by the sample options (the "
                             "--low-res base samples' labels); drop --class")
         class_labels = fixed
-    labels_all = labels_for_seeds(seeds, class_labels, int(model.config.get("num_classes", 0) or 0))
+    labels_all = labels_for_seeds(seeds, class_labels, record.num_classes)
 
     def make(positions: list[int]) -> SampleBatch:
         start = time.perf_counter()
@@ -78,7 +80,7 @@ def sample_options(model: nn.Module, options: Options | None = None, device: str
     """The model's checked sample options (``options``, updated by keyword ``values``): a keyword the
     model's family does not take is a UserError naming it and the family. Paths given for options that
     name a model (``guide_model``, ``classifier``) are loaded here, so the families get models."""
-    family = get_family(model.config["family"])
+    family = get_family(record_of(model).family)
     if options is not None:
         values = {**dict(options), **values}
     options = family.sample_options(model, values)
@@ -95,7 +97,7 @@ def _load_option_model(spec: OptionSpec, path: Any, device: str | torch.device) 
         other = load_model(path, device=device)
     except UserError as err:
         raise UserError(f"{spec.flag}: {err}") from None
-    family = other.config.get("family")
+    family = record_of(other).family
     if spec.loads != "denoiser" and family != spec.loads:
         raise UserError(f"{spec.flag} {path}: not a {spec.loads} model (family {family!r})")
     return other
@@ -125,6 +127,6 @@ def sample_with_defaults(model: nn.Module, seeds: str | Sequence[int], batch_siz
                          device: str | torch.device | None = None, **values: Any
                          ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Samples with the family's options (defaults unless given): the training engine's sample grids."""
-    family = get_family(model.config["family"])
+    family = get_family(record_of(model).family)
     options = family.prepare_sampling(model, family.sample_options(model, values))
     return collect(iter_batches(model, seeds, options, batch_size=batch_size, device=device))

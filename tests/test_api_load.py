@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -31,14 +33,15 @@ def run(tmp_path_factory):
 
 def test_load_run_checkpoint_ema_and_raw(run):
     model = genzoo.load(run)
-    assert model.model_dir.name == "checkpoint-000004" and not model.training
+    assert genzoo.record_of(model).model_dir.name == "checkpoint-000004" and not model.training
     ema = load_file(str(run / "checkpoint-000004" / "ema.safetensors"))
     raw = load_file(str(run / "checkpoint-000004" / "model.safetensors"))
     assert torch.equal(model.conv1.weight, ema["net.conv1.weight"])
     assert not torch.equal(ema["net.conv1.weight"], raw["net.conv1.weight"])
     assert torch.equal(genzoo.load(run, ema=False).conv1.weight, raw["net.conv1.weight"])
     older = genzoo.load(run / "checkpoint-000002")
-    assert older.config["family"] == "toy" and older.model_dir.name == "checkpoint-000002"
+    assert genzoo.record_of(older).family == "toy"
+    assert genzoo.record_of(older).model_dir.name == "checkpoint-000002"
 
 
 def test_sample_cli_on_a_run(run, tmp_path, monkeypatch, capsys):
@@ -81,3 +84,35 @@ def test_load_errors_name_the_file(run, tmp_path):
     (broken / "model.safetensors").write_bytes((run / "checkpoint-000004" / "model.safetensors").read_bytes())
     with pytest.raises(UserError, match=r"broken/model.safetensors: does not match the model.*shape"):
         genzoo.load(broken)
+
+
+def test_record_of_a_run_a_checkpoint_and_a_model_directory(run, tmp_path):
+    """genzoo.load describes what it opened in one typed record: family, config, where it came from."""
+    import shutil
+
+    from genzoo.checkpoints import read_json
+
+    record = genzoo.record_of(genzoo.load(run))
+    newest = run / "checkpoint-000004"
+    assert (record.family, record.source, record.path, record.model_dir) == ("toy", "run", run, newest)
+    assert (record.weights_file, record.source_format, record.ema) == (newest / "ema.safetensors", "genzoo",
+                                                                       True)
+    assert record.config == read_json(newest / "config.json") and record.arch == "toy"
+    raw = genzoo.record_of(genzoo.load(newest, ema=False))
+    assert (raw.source, raw.path, raw.weights_file, raw.ema) == ("checkpoint", newest,
+                                                                 newest / "model.safetensors", False)
+    copy = tmp_path / "model"  # a model directory (as genzoo convert or phema write): no training state
+    copy.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(newest / name, copy / name)
+    plain = genzoo.record_of(genzoo.load(copy))
+    assert (plain.source, plain.model_dir, plain.weights_file) == ("model", copy, copy / "model.safetensors")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.family = "gan"
+
+
+def test_a_loaded_model_carries_no_attributes_from_outside(run):
+    model = genzoo.load(run)
+    assert not [a for a in ("config", "model_dir", "weights_file", "_standing_key") if hasattr(model, a)]
+    with pytest.raises(TypeError, match="not a model loaded by genzoo.load"):
+        genzoo.record_of(torch.nn.Linear(1, 1))

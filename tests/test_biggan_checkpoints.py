@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from genzoo.checkpoints import load_official, save_model_dir
+from genzoo.checkpoints.record import record_of
 from genzoo.errors import UserError
 
 # ----------------------------------------------------------------------------- helpers
@@ -471,7 +472,7 @@ def test_genzoo_convert_cli_reads_string_flags_and_the_result_samples(tmp_path, 
     assert (
         main(["convert", "--from", "biggan-hf", str(tmp_path / "hf.bin"), str(tmp_path / "hf"), *flags]) == 0
     )
-    assert load(tmp_path / "hf").config["net"]["n_stats"] == 3
+    assert record_of(load(tmp_path / "hf")).config["net"]["n_stats"] == 3
     grid = tmp_path / "grid.png"
     assert (
         main(
@@ -501,7 +502,7 @@ def test_genzoo_convert_cli_reads_string_flags_and_the_result_samples(tmp_path, 
         )
         == 0
     )
-    assert load(tmp_path / "bp").config["net"]["hier"] is True
+    assert record_of(load(tmp_path / "bp")).config["net"]["hier"] is True
     assert (
         main(
             [

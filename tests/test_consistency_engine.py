@@ -199,10 +199,11 @@ def test_cli_flags_of_trajectory_targets():
 
 
 def test_post_hoc_ema_for_a_consistency_student(runs, tmp_path):
-    from genzoo.api import load, posthoc_ema, sample
+    from genzoo.api import load, posthoc_ema, record_of, sample
 
     (model_dir,) = posthoc_ema(runs / "cd", tmp_path / "m", std=0.08)
     model = load(model_dir)
-    assert model.config["posthoc_ema"]["std"] == 0.08 and model.config["family"] == "consistency"
+    record = record_of(model)
+    assert record.config["posthoc_ema"]["std"] == 0.08 and record.family == "consistency"
     images, _, nfe = sample(model, "0-1")
     assert images.shape == (2, 3, 8, 8) and nfe == 1

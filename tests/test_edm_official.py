@@ -358,3 +358,21 @@ def test_sample_refuses_a_snapshot_no_importer_knows(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'ema' is MysteryNet, which no genzoo importer knows" in err and len(err.strip().splitlines()) == 1
     assert not target.exists() and not (tmp_path / "s.npz").exists()
+
+
+def test_record_of_a_converted_model_and_of_a_snapshot(tmp_path):
+    """A converted official model and a .pkl imported on the fly say which format they came from."""
+    import genzoo
+
+    _, pkl = snapshot(tmp_path, "ddpmpp-vp")
+    assert main(["convert", "--from", "edm", str(pkl), str(tmp_path / "converted")]) == 0
+    converted = genzoo.record_of(genzoo.load(tmp_path / "converted"))
+    assert (converted.family, converted.arch, converted.source, converted.source_format) == (
+        "diffusion", "songunet", "model", "edm")
+    assert converted.weights_file == tmp_path / "converted" / "model.safetensors"
+    assert converted.config["converted_from"]["file"] == str(pkl)
+    direct = genzoo.record_of(genzoo.load(pkl))
+    assert (direct.source, direct.source_format, direct.path, direct.model_dir, direct.weights_file) == (
+        "snapshot", "edm", pkl, None, pkl)
+    assert {k: v for k, v in direct.config.items() if k != "converted_from"} == {
+        k: v for k, v in converted.config.items() if k != "converted_from"}

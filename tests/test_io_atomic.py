@@ -151,9 +151,9 @@ def test_pruning_renames_first_so_no_half_deleted_checkpoint_is_visible(toy_run,
 def test_readers_fall_back_to_the_newest_complete_checkpoint(toy_run):
     (toy_run / "checkpoint-000004" / "model.safetensors").unlink()  # vanished while being pruned
     assert resolve_model_dir(toy_run).name == "checkpoint-000003"
-    assert genzoo.load(toy_run).model_dir.name == "checkpoint-000003"
+    assert genzoo.record_of(genzoo.load(toy_run)).model_dir.name == "checkpoint-000003"
     shutil.rmtree(toy_run / "checkpoint-000004")
-    assert genzoo.load(toy_run).model_dir.name == "checkpoint-000003"
+    assert genzoo.record_of(genzoo.load(toy_run)).model_dir.name == "checkpoint-000003"
 
 
 def test_a_non_integer_step_falls_back_to_the_previous_checkpoint(toy_run, monkeypatch):

@@ -104,3 +104,38 @@ def test_the_checker_finds_a_cycle_and_a_relative_import(tmp_path):
     (pkg / "m.py").write_text("def f():\n    from ..api import load\n    from . import n\n")
     known = {"genzoo.api", "genzoo.x.m", "genzoo.x.n", "genzoo.x"}
     assert _imports("genzoo.x.m", pkg / "m.py", known) == {"genzoo.api", "genzoo.x.n"}
+
+
+#: what a loaded model once carried as attributes set from outside; its ModelRecord holds them now
+RECORD_ATTRIBUTES = {"config", "model_dir", "weights_file", "_standing_key"}
+
+
+def _outside_assignments(tree: ast.AST) -> list[tuple[int, str]]:
+    """Lines that set one of RECORD_ATTRIBUTES on an object other than ``self`` (``x.config = ...``,
+    ``setattr(x, "config", ...)``)."""
+    found = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            targets = [t for t in targets if isinstance(t, ast.Attribute)]
+            names = [t.attr for t in targets if not (isinstance(t.value, ast.Name) and t.value.id == "self")]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)):
+            names = [node.args[1].value]
+        else:
+            continue
+        found += [(node.lineno, name) for name in names if name in RECORD_ATTRIBUTES]
+    return found
+
+
+def test_no_module_sets_a_record_attribute_on_a_model():
+    """genzoo.load describes a model by one ModelRecord (genzoo.checkpoints.record), kept beside it."""
+    offenders = [f"{name}:{line} .{attr}" for name, path in _modules().items()
+                 for line, attr in _outside_assignments(ast.parse(path.read_text(), str(path)))]
+    assert not offenders, f"attributes set on a model from outside: {offenders}"
+
+
+def test_the_record_checker_finds_outside_assignments():
+    tree = ast.parse("model.config = c\nself.config = c\nsetattr(m, 'weights_file', p)\nnet.other = 1\n")
+    assert _outside_assignments(tree) == [(1, "config"), (3, "weights_file")]

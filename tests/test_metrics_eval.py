@@ -172,3 +172,22 @@ def test_measure_cost_counts_network_evaluations():
     assert cost.peak_memory_mb is None or cost.peak_memory_mb > 1
     reported = measure_cost(lambda n: (torch.zeros(n, 3, 8, 8), 35), batch_size=4, batches=1)
     assert reported.nfe == 35 and reported.latency_s >= 0
+
+
+def test_one_nfe_counter_serves_the_samplers_and_cost_measurements():
+    """Wrapped in the denoiser's place or hooked on the module, the same counter gives the same count."""
+    from genzoo.diffusion import samplers as S
+    from genzoo.nfe import NFECounter
+
+    assert S.NFECounter is NFECounter and issubclass(CallCounter, NFECounter)
+    net = nn.Linear(4, 4)
+    hooked, wrapped = NFECounter(net, images=3, hook=True), NFECounter(net, images=3)
+    x = torch.randn(3, 4)
+    for _ in range(4):  # 4 plain calls and one on a doubled (guided) batch: 6 evaluations per image
+        x = wrapped(x)
+    wrapped(torch.cat([x, x]))
+    assert (hooked.calls, hooked.rows, hooked.nfe) == (wrapped.calls, wrapped.rows, wrapped.nfe) == (5, 18, 6)
+    assert hooked.per_image(3, 1) == 6.0
+    hooked.remove()
+    wrapped(x)
+    assert (hooked.calls, wrapped.calls) == (5, 6)

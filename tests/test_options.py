@@ -126,7 +126,7 @@ def test_each_family_samples_with_its_own_options(models, name, options):
     model = genzoo.load(models[name])
     images, _, nfe = genzoo.sample(model, "0-1", **options)
     assert images.shape[:2] == (2, 3) and images.dtype == torch.uint8 and nfe >= 1
-    kind = get_family(model.config["family"]).sample_options_type(model)
+    kind = get_family(genzoo.record_of(model).family).sample_options_type(model)
     typed = kind.build(options)
     again, _, _ = genzoo.sample(model, "0-1", options=typed)  # the dataclass itself, same images
     assert torch.equal(images, again)
@@ -166,7 +166,7 @@ def test_sample_help_shows_each_default_once_per_option(capsys):
 def test_published_settings_apply_unless_given(models):
     """A converted model's ``sampling_defaults`` (EDM's published steps) fill what the caller leaves unset."""
     model = genzoo.load(models["edm"])
-    model.config["sampling_defaults"] = {"steps": 5, "churn": 1.5}
+    genzoo.record_of(model).config["sampling_defaults"] = {"steps": 5, "churn": 1.5}
     family = get_family("diffusion")
     assert (family.sample_options(model, {}).steps, family.sample_options(model, {}).churn) == (5, 1.5)
     assert family.sample_options(model, {"steps": 3}).steps == 3
@@ -187,3 +187,38 @@ def test_train_checks_a_shared_flag_against_the_familys_choices(tmp_path):
     with pytest.raises(UserError, match="--loss: expected one of .* for the diffusion family, got 'hinge'"):
         genzoo.train({"family": "diffusion", "data": "shapes:8", "out": str(tmp_path / "a"), "steps": 1,
                       "loss": "hinge"})
+
+
+#: GigaGAN's flags as users have them (issue #17 moved them from argparse to dataclasses): flag -> default
+GIGAGAN_TRAIN_FLAGS = {
+    "--text-encoder": "learned", "--text-weights": None, "--text-dim": 128, "--text-depth": 2, "--kernels": 4,
+    "--w-dim": 128, "--match-weight": 1.0, "--match-negatives": None, "--text-tokenizer": None,
+    "--text-lr-mul": None, "--r1-interval": 4, "--upsample-scale": 4, "--upsampler-text": False,
+    "--degrade": None, "--lpips-weight": None, "--lpips-weights": None, "--l1-weight": 10.0,
+}
+GIGAGAN_SAMPLE_FLAGS = {"--prompt": None, "--prompt-fine": None, "--style-seed": None, "--mix-layer": None,
+                        "--truncation": None}
+
+
+def test_gigagan_declares_typed_options_with_the_flags_users_have():
+    import argparse
+    import dataclasses
+
+    from genzoo.gan import gigagan
+    from genzoo.train.config import add_train_arguments
+
+    train_kind, sample_kind = gigagan.GigaGANTrainOptions, gigagan.GigaGANSampleOptions
+    assert dataclasses.is_dataclass(train_kind) and get_family("gan").train_option_types()[1] is train_kind
+    assert get_family("gan").sample_option_types()[1] is sample_kind
+    assert {s.flag: s.default for s in train_kind.specs()} == GIGAGAN_TRAIN_FLAGS
+    assert {s.flag: s.default for s in sample_kind.specs()} == GIGAGAN_SAMPLE_FLAGS
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    assert {f: defaults[f[2:].replace("-", "_")] for f in GIGAGAN_TRAIN_FLAGS} == GIGAGAN_TRAIN_FLAGS
+    args = parser.parse_args(["--text-tokenizer", "hash", "--degrade", "0.25", "--upsampler-text"])
+    assert (args.text_tokenizer, args.degrade, args.upsampler_text) == ("hash", 0.25, True)
+    with pytest.raises(UserError, match="--text-dim: expected an integer >= 1, got 0"):
+        train_kind.build({"text_dim": 0})
+    with pytest.raises(UserError, match=r"--stpes: not an option of the gan \(GigaGAN\) family"):
+        sample_kind.build({"stpes": 3})

@@ -160,12 +160,12 @@ def test_tracking_class_matches_the_formula():
 
 
 def test_phema_cli_writes_loadable_models_and_rejects_bad_input(tmp_path, toy_family, capsys):
-    from genzoo.api import load
+    from genzoo.api import load, record_of
 
     run = train(toy_config(tmp_path / "run", steps=4), dataset=ToyDataset(count=12))
     assert main(["phema", str(run), "--std", "0.13", "--out", str(tmp_path / "m")]) == 0
     model = load(tmp_path / "m")
-    assert model.config["posthoc_ema"]["std"] == 0.13
+    assert record_of(model).config["posthoc_ema"]["std"] == 0.13
     assert main(["phema", str(run), "--sweep", "0.02:0.2:4", "--out", str(tmp_path / "sweep")]) == 0
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [
         "std-0.020", "std-0.080", "std-0.140", "std-0.200"]

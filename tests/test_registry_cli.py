@@ -1,6 +1,7 @@
 """The network registry, the family table and the CLI's handling of user errors."""
 
 import argparse
+import dataclasses
 
 import pytest
 import torch.nn as nn
@@ -8,7 +9,8 @@ import torch.nn as nn
 from genzoo import nets
 from genzoo.cli import main
 from genzoo.errors import UserError
-from genzoo.family import add_argument_once, family_names, get_family
+from genzoo.family import family_names, get_family
+from genzoo.options import Options, add_arguments, option
 
 
 def test_register_and_build_roundtrip():
@@ -39,17 +41,29 @@ def test_unknown_family_lists_available():
     assert set(family_names()) <= {"diffusion", "consistency", "gan", "classifier"}
 
 
-def test_add_argument_once_skips_a_flag_already_added():
+@dataclasses.dataclass(frozen=True)
+class _DiffusionLike(Options):
+    steps: int = option(3, int, "steps")
+    loss: str = option("edm", help="diffusion loss", choices=("edm", "vp"))
+
+
+@dataclasses.dataclass(frozen=True)
+class _GANLike(Options):
+    steps: int = option(99, int, "steps")
+    loss: str = option("hinge", help="GAN loss", choices=("hinge", "ns"))
+
+
+def test_a_flag_two_families_declare_is_added_once():
     parser = argparse.ArgumentParser()
-    add_argument_once(parser, "--steps", type=int, default=3)
-    add_argument_once(parser, "--steps", type=int, default=99)
-    assert parser.parse_args([]).steps == 3
+    add_arguments(parser, _DiffusionLike, family="diffusion")
+    add_arguments(parser, _GANLike, family="gan")
+    assert parser.parse_args([]).steps == 3  # the first declaration's default
 
 
 def test_a_flag_shared_with_different_choices_accepts_each_familys_values():
     parser = argparse.ArgumentParser()
-    add_argument_once(parser, "--loss", choices=["edm", "vp"], help="diffusion loss")
-    add_argument_once(parser, "--loss", choices=["hinge", "ns"], help="GAN loss")
+    add_arguments(parser, _DiffusionLike, family="diffusion")
+    add_arguments(parser, _GANLike, family="gan")
     assert parser.parse_args(["--loss", "ns"]).loss == "ns"
     assert parser.parse_args(["--loss", "vp"]).loss == "vp"
     with pytest.raises(SystemExit):

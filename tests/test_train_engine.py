@@ -214,6 +214,27 @@ def test_loader_workers_keep_the_order(tmp_path):
     assert_same(weights(a, 2), weights(b, 2))
 
 
+def _unresolved(value, where=""):
+    """Paths in a config.json whose value is "auto"."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _unresolved(v, f"{where}.{k}")]
+    return [where] if value == "auto" else []
+
+
+def test_config_json_records_the_values_used(tmp_path, capsys):
+    """Unset engine settings are resolved (device, micro-batch, loader workers) and recorded as such; a
+    resume re-resolves the machine's own (workers) and carries the rest."""
+    run = train(toy_config(tmp_path / "run", steps=2, batch=8, device="auto"), dataset=ToyDataset())
+    config = json.loads((run / "config.json").read_text())
+    assert not _unresolved(config)
+    assert (config["device"], config["batch_per_device"], config["workers"], config["precision"]) == \
+        ("cpu", 8, 0, "fp32")
+    train(toy_config(tmp_path / "acc", steps=2, batch=8, batch_per_device=2, workers=1), dataset=ToyDataset())
+    again = train({"out": str(tmp_path / "acc"), "resume": True, "steps": 3}, dataset=ToyDataset())
+    config = json.loads((again / "config.json").read_text())
+    assert (config["batch_per_device"], config["workers"]) == (2, 0)
+
+
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import genzoo.train.checkpoint as ck
 

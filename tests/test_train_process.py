@@ -99,7 +99,7 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path, driver, monk
     assert complete == ["checkpoint-000001", "checkpoint-000002"]
     read_checkpoint(out / "checkpoint-000002")  # every file reads
     model = genzoo.load(out)
-    assert model.model_dir.name == "checkpoint-000002"
+    assert genzoo.record_of(model).model_dir.name == "checkpoint-000002"
     torch.set_num_threads(1)
     assert main(toy_args(out, "--steps", "4", "--checkpoint-every", "1", "--resume")) == 0
     assert not partial.exists()

@@ -3,15 +3,17 @@ tests of its pieces that need no training run: EMA rules, data order, config fil
 
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 import torch.nn as nn
 
 import genzoo.family
-from genzoo.family import Family, add_argument_once
+from genzoo.family import Family
+from genzoo.options import Options, option
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
 
 
@@ -78,18 +80,28 @@ class ToyObjective(Objective):
         self.grad_norms.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
 
 
+@dataclass(frozen=True)
+class ToyTrainOptions(Options):
+    family: ClassVar[str] = "toy"
+
+    toy_width: int = option(4, int, "channels of the toy network")
+    toy_dropout: float = option(0.0, float, "dropout of the toy network")
+    toy_players: int = option(1, int, "players (2: a second one updated every other step)")
+    toy_nan_from: int | None = option(None, int, "a NaN loss from this step on")
+    toy_nan_grad: bool = option(False, help="a NaN gradient in one bias entry", kind="switch")
+
+
+@dataclass(frozen=True)
+class ToySampleOptions(Options):
+    family: ClassVar[str] = "toy"
+
+    toy_scale: float = option(1.0, float, "scale of the output")
+
+
 class ToyFamily(Family):
     name = "toy"
-
-    def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_argument_once(parser, "--toy-width", type=int, default=4)
-        add_argument_once(parser, "--toy-dropout", type=float, default=0.0)
-        add_argument_once(parser, "--toy-players", type=int, default=1)
-        add_argument_once(parser, "--toy-nan-from", type=int, default=None)
-        add_argument_once(parser, "--toy-nan-grad", action="store_true")
-
-    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_argument_once(parser, "--toy-scale", type=float, default=1.0)
+    TrainOptions = ToyTrainOptions
+    SampleOptions = ToySampleOptions
 
     def build_objective(self, config: dict, dataset) -> ToyObjective:
         config["arch"] = "toy"
@@ -104,7 +116,8 @@ class ToyFamily(Family):
         return ToyNet(**config["net"])
 
     def sample(self, model, rng, class_labels, options):
-        res, ch = model.config["resolution"], model.config["channels"]
+        config = genzoo.record_of(model).config
+        res, ch = config["resolution"], config["channels"]
         x = rng.randn([len(rng), ch, res, res])
         scale = options.get("toy_scale")
         return (model(x, class_labels) * (1.0 if scale is None else float(scale))).clamp(-1, 1), 1

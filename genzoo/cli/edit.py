@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from genzoo import validate as V
+from genzoo.checkpoints.record import record_of
 from genzoo.seeds import seeds_text
 
 ORDER = 35
@@ -122,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
         if not is_denoiser(model):
             raise UserError(
                 f"--ckpt {args.ckpt}: editing needs a consistency or diffusion model (a denoiser), got a "
-                f"{model.config.get('family')} model"
+                f"{record_of(model).family} model"
             )
-        config = model.config
+        config = record_of(model).config
         channels = int(config.get("channels") or 3)
         op = args.operation
         ts = parse_ts(args.ts)
@@ -201,7 +202,7 @@ def _edit_batch(args, model, op, images, seeds, labels, mask, steps, ts, device)
     from genzoo.seeds import StackedRandomGenerator
 
     rng = StackedRandomGenerator(device, seeds)
-    resolution = int(model.config.get("resolution") or model.resolution)
+    resolution = int(record_of(model).config.get("resolution") or model.resolution)
     if op == "inpaint":
         inputs = torch.where(mask, torch.zeros_like(images), images)
         return inputs, edit.inpaint(model, images, mask, rng, steps, ts, labels)

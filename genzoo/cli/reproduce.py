@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from genzoo import validate as V
+from genzoo.checkpoints.record import record_of
 
 ORDER = 45
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt = Path(args.ckpt)  # a model directory's config.json says its kind without building the network
     config = (read_json(resolve_model_dir(ckpt) / "config.json") if ckpt.is_dir()
-              else load(args.ckpt, device="cpu").config)
+              else record_of(load(args.ckpt, device="cpu")).config)
     _check_kind(config, preset, args.ckpt)
     for argv in (sample_args, eval_args, dinov2_args):
         code = main(argv) if argv else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from genzoo import validate as V
+from genzoo.checkpoints.record import record_of
 from genzoo.family import family_names, get_family
 from genzoo.options import add_arguments
 from genzoo.seeds import seeds_text
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         check_image_name(args.grid)
     with process_group(args.device) as (device, group):
         model = load(args.ckpt, ema=not args.raw, device=device, compile=args.compile)
-        family = get_family(model.config["family"])
+        family = get_family(record_of(model).family)
         # checked against the model's family, then resolved once before the clock starts (a search over
         # sampling settings is not part of the sampling cost)
         options = family.prepare_sampling(model, sample_options_api(model, None, device,

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from genzoo import nets
 from genzoo import validate as V
+from genzoo.checkpoints.record import config_of, record_of
 from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
@@ -56,7 +57,7 @@ def _load_teacher(path: str, flag: str = "--teacher") -> nn.Module:
         raise UserError(f"{flag}: {err}") from None
     if not is_denoiser(teacher):
         raise UserError(f"{flag} {path}: expected a diffusion model (a denoiser), got a "
-                        f"{teacher.config.get('family')} model")
+                        f"{record_of(teacher).family} model")
     return teacher
 
 
@@ -292,7 +293,7 @@ class ConsistencyFamily(Family):
             teacher = _load_teacher(teacher_path) if mode == "cd" else None
         resolution = int(getattr(dataset, "resolution", 0) or 0)
         if teacher is not None:
-            tcfg = teacher.config
+            tcfg = record_of(teacher).config
             if tcfg.get("resolution") and resolution and int(tcfg["resolution"]) != resolution:
                 raise UserError(f"--teacher {teacher_path}: makes {tcfg['resolution']} px images, "
                                 f"the data is {resolution} px")
@@ -355,7 +356,7 @@ class ConsistencyFamily(Family):
 
         if options.get("ts"):
             raise UserError("--search-middle chooses the --ts schedule itself; give one or the other")
-        config = getattr(model, "config", {}) or {}
+        config = config_of(model)
         steps = int(options.get("steps") or config.get("num_scales") or 40)
         if steps < 4:
             raise UserError(f"--search-middle: the --steps grid needs at least 4 points, got {steps}")
@@ -377,7 +378,7 @@ class ConsistencyFamily(Family):
                options: Any) -> tuple[torch.Tensor, int]:
         """One step f(σ_max·z, σ_max) by default; ``steps`` evaluations; or the grid indices ``ts``."""
         options = self.sample_options(model, options)
-        config = getattr(model, "config", {}) or {}
+        config = config_of(model)
         ts = parse_ts(options.get("ts"))
         steps = options.get("steps")
         if ts is not None and steps is None:

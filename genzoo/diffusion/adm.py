@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from genzoo.checkpoints.record import config_of
 from genzoo.diffusion.discrete_denoiser import (
     DiscreteClassifier,
     DiscreteDenoiser,
@@ -35,9 +36,9 @@ def load_classifier(path: Any, device: torch.device) -> nn.Module:
         from genzoo.family import load_model
 
         model = load_model(path, device=device)
-        if getattr(model, "config", {}).get("family") != "classifier":
+        if config_of(model).get("family") != "classifier":
             raise UserError(
-                f"--classifier {path}: not a classifier model (family {model.config.get('family')!r})"
+                f"--classifier {path}: not a classifier model (family {config_of(model).get('family')!r})"
             )
         _CLASSIFIERS[key] = model
     return _CLASSIFIERS[key]
@@ -56,7 +57,7 @@ def classifier_scale(options: dict[str, Any], model: Any) -> float:
     """``--classifier-scale``, else the converted checkpoint's README value (``classifier_scale``), else 1."""
     if options.get("classifier_scale") is not None:
         return float(options["classifier_scale"])
-    return float((getattr(model, "config", None) or {}).get("classifier_scale", 1.0))
+    return float(config_of(model).get("classifier_scale", 1.0))
 
 
 def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], rng: Any) -> Any:
@@ -71,7 +72,7 @@ def with_classifier_guidance(net: Any, denoiser: Any, options: dict[str, Any], r
     if isinstance(denoiser, DiscreteDenoiser):
         diffusion = denoiser.diffusion
     else:
-        diffusion = discrete_from_config(classifier.config.get("discrete") or {})
+        diffusion = discrete_from_config(config_of(classifier).get("discrete") or {})
     scale = classifier_scale(options, denoiser)
     sigma_classifier = DiscreteClassifier(classifier, diffusion)
     if int(getattr(denoiser, "label_dim", 0) or 0):

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from genzoo import nets
 from genzoo import validate as V
+from genzoo.checkpoints.record import config_of
 from genzoo.diffusion import adm, edm2
 from genzoo.diffusion import samplers as S
 from genzoo.diffusion.augment import AUGMENT_DIM, AugmentPipe
@@ -376,7 +377,7 @@ def guided_denoiser(denoiser: Any, guide: Any, class_labels: torch.Tensor | None
 def check_guide(denoiser: Any, guide: Any, flag: str = "--guide-model") -> Any:
     """The guide model of autoguidance must be a denoiser for the same images and conditioning."""
     if not S.is_denoiser(guide):
-        family = (getattr(guide, "config", None) or {}).get("family")
+        family = config_of(guide).get("family")
         raise UserError(f"{flag}: expected a diffusion model (a denoiser), got "
                         f"{family or type(guide).__name__}")
     for name in ("label_dim", "img_channels", "img_resolution", "resolution", "sigma_data"):
@@ -422,7 +423,10 @@ class DiffusionFamily(Family):
             config["precond_kwargs"] = {"logvar_channels": edm2.LOGVAR_CHANNELS}
         denoiser = build_diffusion_model(config)
         loss_kwargs = _edm_loss_kwargs(config, denoiser) if loss_name in ("edm", "edm2") else {}
-        return DiffusionObjective(denoiser, build_loss(loss_name, **loss_kwargs), lr=config["lr"],
+        loss = build_loss(loss_name, **loss_kwargs)
+        if loss_name in ("edm", "edm2"):  # config.json records the σ distribution trained on
+            config.update(p_mean=float(loss.P_mean), p_std=float(loss.P_std))
+        return DiffusionObjective(denoiser, loss, lr=config["lr"],
                                   label_dropout=label_dropout,
                                   augment_pipe=AugmentPipe(p=augment) if augment > 0 else None,
                                   decay_images=config["decay_kimg"] * 1000,
@@ -452,7 +456,7 @@ class DiffusionFamily(Family):
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
                options: DiffusionSampleOptions | dict[str, Any]) -> tuple[torch.Tensor, int]:
         options = self.sample_options(model, options)
-        config = getattr(model, "config", None) or {}
+        config = config_of(model)
         net = getattr(model, "model", model)
         resolution = int(config.get("resolution") or net.resolution)
         channels = int(config.get("channels") or getattr(net, "in_channels", 3))

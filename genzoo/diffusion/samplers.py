@@ -1,8 +1,9 @@
 """Samplers: small pure functions over a denoiser ``D(x, σ, class_labels)``.
 
 Every sampler takes unit-variance ``latents`` and returns float64 samples at σ = 0. The number of
-network evaluations (NFE) is reported one way everywhere: wrap the denoiser in :class:`NFECounter`
-and read ``counter.nfe`` afterwards (each call evaluates the whole batch once, so NFE is per image).
+network evaluations (NFE) is reported one way everywhere: wrap the denoiser in
+:class:`genzoo.nfe.NFECounter` (the counter cost measurements hook on too) and read ``counter.nfe``
+afterwards (each call evaluates the whole batch once, so NFE is per image).
 
 Noise levels follow EDM (Karras et al. 2022): ``x = s(t)·(x0 + σ(t)·n)``. :func:`edm_sampler` is
 EDM's Algorithm 2 with the reference sampler's signature; :func:`ablation_sampler` is the general
@@ -20,6 +21,7 @@ import torch
 
 from genzoo.diffusion.precond import iddpm_sigmas, vp_sigma, vp_sigma_inv
 from genzoo.errors import UserError
+from genzoo.nfe import NFECounter  # noqa: F401  (re-exported: samplers.NFECounter)
 
 Tensor = torch.Tensor
 Labels = torch.Tensor | None
@@ -50,26 +52,6 @@ SCALINGS = ("none", "vp")
 NUM_STEPS = 18
 #: EDM's reference sampler's noise range
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
-
-
-class NFECounter:
-    """A denoiser that counts its evaluations (``nfe``); every other attribute is the wrapped denoiser's.
-
-    Without ``images`` each call counts 1; with ``images`` (the batch being sampled) a call counts the
-    rows it evaluates per image, so a classifier-free guided call on the doubled batch counts 2.
-    """
-
-    def __init__(self, net: Any, images: int | None = None):
-        self.net = net
-        self.images = images
-        self.nfe = 0
-
-    def __call__(self, x: torch.Tensor, sigma: Any, class_labels: torch.Tensor | None = None, **cond: Any):
-        self.nfe += max(1, x.shape[0] // self.images) if self.images else 1
-        return self.net(x, sigma, class_labels, **cond)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["net"], name)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ genzoo sample --ckpt runs/biggan --truncation 0.5 --class 3 --grid grid.png
 from __future__ import annotations
 
 import argparse
+import weakref
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ import torch.nn as nn
 
 from genzoo import nets
 from genzoo import validate as V
+from genzoo.checkpoints.record import config_of
 from genzoo.errors import UserError
 from genzoo.family import Family
 from genzoo.gan import gigagan
@@ -25,7 +27,7 @@ from genzoo.gan.parse import parse_betas, parse_resolutions
 from genzoo.gan.sampling import generate, standing_stats
 from genzoo.nets.biggan import BigGANDeepGenerator, BigGANGenerator
 from genzoo.nets.r3gan import R3GANGenerator
-from genzoo.options import Options, add_arguments, cached, option, options_from_argparse
+from genzoo.options import Options, add_arguments, option
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train.adversarial import LOSSES, check_loss_name
 
@@ -171,15 +173,12 @@ class BigGANSampleOptions(Options):
                                                        "many batches of 64 samples", metavar="BATCHES")
 
 
-@cached
-def _gigagan_options(what: str) -> type[Options]:
-    """GigaGAN's options, from the argparse declarations of :mod:`genzoo.gan.gigagan`."""
-    declare = gigagan.add_sample_arguments if what == "sample" else gigagan.add_train_arguments
-    return options_from_argparse(declare, f"GigaGAN{what.title()}Options", "gan (GigaGAN)")
+#: the (batches, truncation) each generator's batch-norm statistics were last recomputed for
+_STANDING: weakref.WeakKeyDictionary[nn.Module, tuple[int, float]] = weakref.WeakKeyDictionary()
 
 
 def _arch_of(model: nn.Module) -> str:
-    arch = (getattr(model, "config", None) or {}).get("arch")
+    arch = config_of(model).get("arch")
     if arch is None:  # a bare module: BigGAN's generators are recognised by class
         arch = ("biggan" if isinstance(model, BigGANGenerators)
                 else "r3gan" if isinstance(model, R3GANGenerator) else "gigagan")
@@ -192,17 +191,18 @@ class GANFamily(Family):
 
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
         super().add_train_arguments(parser)
-        gigagan.add_train_arguments(parser)
+        kind = gigagan.GigaGANTrainOptions
+        add_arguments(parser.add_argument_group(kind.group), kind)
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         for kind in self.sample_option_types():
             add_arguments(parser, kind)
 
     def train_option_types(self) -> list[type[Options]]:
-        return [BigGANTrainOptions, _gigagan_options("train")]
+        return [BigGANTrainOptions, gigagan.GigaGANTrainOptions]
 
     def sample_option_types(self) -> list[type[Options]]:
-        return [BigGANSampleOptions, _gigagan_options("sample")]
+        return [BigGANSampleOptions, gigagan.GigaGANSampleOptions]
 
     def sample_options_type(self, model: nn.Module) -> type[Options]:
         """BigGAN's options, or GigaGAN's for a GigaGAN generator."""
@@ -287,9 +287,9 @@ class GANFamily(Family):
         batches = int(options.standing_stats)
         if batches > 0 and arch == "r3gan":
             raise UserError("--standing-stats: R3GAN has no batch norm; leave the option out")
-        if batches > 0 and getattr(model, "_standing_key", None) != (batches, truncation):
+        if batches > 0 and _STANDING.get(model) != (batches, truncation):
             standing_stats(model, batches, truncation=truncation)
-            model._standing_key = (batches, truncation)
+            _STANDING[model] = (batches, truncation)
         return generate(model, rng, class_labels, truncation), 1
 
 

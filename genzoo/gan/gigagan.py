@@ -1,7 +1,7 @@
 """GigaGAN (Kang et al., CVPR 2023): training objectives, sampling and the latent/prompt controls.
 
-The ``gan`` family dispatches ``--arch gigagan`` here through the hooks ``add_train_arguments``,
-``add_sample_arguments``, ``build_objective``, ``build_model`` and ``sample``.
+The ``gan`` family dispatches ``--arch gigagan`` here: its options are :class:`GigaGANTrainOptions` and
+:class:`GigaGANSampleOptions`; the hooks are ``build_objective``, ``build_model`` and ``sample``.
 
 Two tasks share the hooks (``--gigagan-task``):
 
@@ -19,10 +19,10 @@ prompts at different scales), :func:`interpolate_latents` and :func:`interpolate
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from genzoo import nets
 from genzoo import validate as V
 from genzoo.errors import UserError
-from genzoo.family import add_argument_once
 from genzoo.gan.latents import slerp
 from genzoo.gan.parse import parse_betas, parse_resolutions
 from genzoo.nets.gigagan import GigaGANGenerator, image_pyramid
 from genzoo.nets.text import TextEmbedding, build_vocabulary
+from genzoo.options import Options, option
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train.adversarial import discriminator_loss, frozen, generator_loss
 from genzoo.train.objective import Batch, Objective, OptimizerSpec, StepResult
@@ -47,6 +47,8 @@ TOKENIZERS = ("vocab", "hash")
 NEGATIVES = ("rolled", "shape", "color", "size", "position")
 DEFAULT_LR = 2e-3  # StyleGAN2-style settings (Adam beta (0, 0.99)) at the CPU scale
 MAX_DEFAULT_PROMPTS = 64
+#: gigagan-upsampler: the probability of each input degradation (``--degrade``)
+DEGRADE_PROBABILITY = 0.5
 
 
 # -- controls -------------------------------------------------------------------------------------
@@ -390,7 +392,7 @@ class UpsamplerObjective(_TwoPlayer):
     the multi-scale D (which also sees the low-res input), + L1 and, with a weights file, LPIPS."""
 
     def __init__(self, G: nn.Module, D: nn.Module, l1_weight: float = 10.0, lpips_weight: float = 0.0,
-                 lpips: nn.Module | None = None, degrade: float = 0.5, **kwargs: Any):
+                 lpips: nn.Module | None = None, degrade: float = DEGRADE_PROBABILITY, **kwargs: Any):
         super().__init__(G, D, **kwargs)
         self.l1_weight, self.lpips_weight = float(l1_weight), float(lpips_weight)
         self.degrade = float(degrade)
@@ -454,86 +456,66 @@ DEFAULTS = {
 }
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """GigaGAN's own flags; it also reads the gan family's --z-dim, --g-ch, --d-ch, --attn-res,
-    --r1-gamma, --g-lr, --d-lr, --betas and --loss (with the defaults in ``DEFAULTS``)."""
-    group = parser.add_argument_group("gan family (GigaGAN: --arch gigagan | gigagan-upsampler)")
-    add = lambda *flags, **kw: add_argument_once(group, *flags, **kw)  # noqa: E731
-    add(
-        "--text-encoder",
-        choices=TEXT_ENCODERS,
-        default="learned",
-        help="text encoder: learned (trains with the GAN), minilm (frozen all-MiniLM-L6-v2 from "
-        "genzoo[text]) or clip (frozen open_clip text tower from --text-weights)",
-    )
-    add("--text-weights", help="local open_clip weights file for --text-encoder clip")
-    add("--text-dim", type=V.positive_int, default=128,
-        help="width of GigaGAN's learned text layers (default 128)")
-    add("--text-depth", type=V.positive_int, default=2,
-        help="learned attention layers over the text (default 2)")
-    add("--kernels", type=V.positive_int, default=4,
-        help="GigaGAN: kernels per adaptive-kernel bank (default 4)")
-    add("--w-dim", type=V.positive_int, default=128, help="GigaGAN: style size (default 128)")
-    add(
-        "--match-weight",
-        type=V.nonnegative_float,
-        default=1.0,
-        help="GigaGAN: weight of the matching-aware loss (real image + wrong caption = fake; default 1)",
-    )
-    add(
-        "--match-negatives",
-        default=None,
-        help="GigaGAN: kinds of wrong caption for the matching-aware loss, a comma list of "
-        f"{', '.join(NEGATIVES)} (default: all; the paper's: rolled = another item's caption)",
-    )
-    add("--text-tokenizer", choices=TOKENIZERS, default=None,
-        help="--text-encoder learned: vocab (the training captions' words, one id each; default) or hash "
-        "(CRC32 buckets, which can collide: the old default)")
-    add("--text-lr-mul", type=V.positive_float, default=None,
-        help="GigaGAN: learning-rate multiplier of G's and D's text encoders (default 0.1; 1: the "
-        "players' lr)")
-    add("--r1-interval", type=V.positive_int, default=4,
-        help="GigaGAN: lazy R1 (and R2) every N steps (default 4)")
-    add("--upsample-scale", type=V.positive_int, default=4,
-        help="gigagan-upsampler: scale factor (default 4)")
-    add("--upsampler-text", action="store_true", help="gigagan-upsampler: condition on the captions too")
-    add("--degrade", type=V.nonnegative_float, default=None,
-        help="gigagan-upsampler: probability of each input degradation (blur, resize kernel, noise; "
-        "default 0.5; 0: area downsampling only)")
-    add("--lpips-weight", type=V.nonnegative_float, default=None,
-        help="gigagan-upsampler: LPIPS loss weight (default 1 with --lpips-weights, else 0)")
-    add_argument_once(parser, "--lpips-weights", default=None,
-                      help="LPIPS (VGG) weights file, never downloaded (see genzoo.nets.lpips)")
-    add(
-        "--l1-weight",
-        type=V.nonnegative_float,
-        default=10.0,
-        help="gigagan-upsampler: L1 reconstruction weight (default 10)",
-    )
+@dataclass(frozen=True)
+class GigaGANTrainOptions(Options):
+    """GigaGAN's own ``genzoo train --family gan`` options; it also reads the gan family's --z-dim, --g-ch,
+    --d-ch, --attn-res, --r1-gamma, --g-lr, --d-lr, --betas and --loss (unset: ``DEFAULTS`` above)."""
+
+    family: ClassVar[str] = "gan (GigaGAN)"
+    #: the help group of these flags in ``genzoo train --help``
+    group: ClassVar[str] = "gan family (GigaGAN: --arch gigagan | gigagan-upsampler)"
+
+    text_encoder: str = option("learned", help="text encoder: learned (trains with the GAN), minilm (frozen "
+                               "all-MiniLM-L6-v2 from genzoo[text]) or clip (frozen open_clip text tower "
+                               "from --text-weights)", choices=TEXT_ENCODERS)
+    text_weights: str | None = option(None, None, "local open_clip weights file for --text-encoder clip")
+    text_dim: int = option(128, V.positive_int, "width of GigaGAN's learned text layers (default 128)")
+    text_depth: int = option(2, V.positive_int, "learned attention layers over the text (default 2)")
+    kernels: int = option(4, V.positive_int, "GigaGAN: kernels per adaptive-kernel bank (default 4)")
+    w_dim: int = option(128, V.positive_int, "GigaGAN: style size (default 128)")
+    match_weight: float = option(1.0, V.nonnegative_float, "GigaGAN: weight of the matching-aware loss (real "
+                                 "image + wrong caption = fake; default 1)")
+    match_negatives: str | None = option(None, None, "GigaGAN: kinds of wrong caption for the matching-aware "
+                                         f"loss, a comma list of {', '.join(NEGATIVES)} (default: all; the "
+                                         "paper's: rolled = another item's caption)")
+    text_tokenizer: str | None = option(None, help="--text-encoder learned: vocab (the training captions' "
+                                        "words, one id each; default) or hash (CRC32 buckets, which can "
+                                        "collide: the old default)", choices=TOKENIZERS)
+    text_lr_mul: float | None = option(None, V.positive_float, "GigaGAN: learning-rate multiplier of G's and "
+                                       f"D's text encoders (default {DEFAULTS['text_lr_mul']}; 1: the "
+                                       "players' lr)")
+    r1_interval: int = option(4, V.positive_int, "GigaGAN: lazy R1 (and R2) every N steps (default 4)")
+    upsample_scale: int = option(4, V.positive_int, "gigagan-upsampler: scale factor (default 4)")
+    upsampler_text: bool = option(False, help="gigagan-upsampler: condition on the captions too",
+                                  kind="switch")
+    degrade: float | None = option(None, V.nonnegative_float, "gigagan-upsampler: probability of each input "
+                                   "degradation (blur, resize kernel, noise; default "
+                                   f"{DEGRADE_PROBABILITY}; 0: area downsampling only)")
+    lpips_weight: float | None = option(None, V.nonnegative_float, "gigagan-upsampler: LPIPS loss weight "
+                                        "(default 1 with --lpips-weights, else 0)")
+    lpips_weights: str | None = option(None, None, "LPIPS (VGG) weights file, never downloaded (see "
+                                       "genzoo.nets.lpips)")
+    l1_weight: float = option(10.0, V.nonnegative_float, "gigagan-upsampler: L1 reconstruction weight "
+                              "(default 10)")
 
 
-def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    add = lambda *flags, **kw: add_argument_once(parser, *flags, **kw)  # noqa: E731
-    add(
-        "--prompt",
-        action="append",
-        help="GigaGAN: text prompt; repeat for several (seed s takes prompt s mod count); default: "
-        "captions saved with the run",
-    )
-    add("--prompt-fine", help="GigaGAN prompt mixing: this prompt drives the fine layers (>= --mix-layer)")
-    add(
-        "--style-seed", type=V.nonnegative_int,
-            help="GigaGAN style mixing: fine layers (>= --mix-layer) take this seed's w"
-    )
-    add(
-        "--mix-layer", type=V.nonnegative_int,
-            help="GigaGAN: first style layer of the fine part (default: half the layers)"
-    )
-    add(
-        "--truncation",
-        type=V.positive_float,
-        help="truncation psi (GigaGAN: in w-space, toward the prompt's mean style)",
-    )
+@dataclass(frozen=True)
+class GigaGANSampleOptions(Options):
+    """``genzoo sample`` options of a GigaGAN generator."""
+
+    family: ClassVar[str] = "gan (GigaGAN)"
+
+    prompt: list[str] | None = option(None, None, "GigaGAN: text prompt; repeat for several (seed s takes "
+                                      "prompt s mod count); default: captions saved with the run",
+                                      kind="repeat")
+    prompt_fine: str | None = option(None, None, "GigaGAN prompt mixing: this prompt drives the fine layers "
+                                     "(>= --mix-layer)")
+    style_seed: int | None = option(None, V.nonnegative_int, "GigaGAN style mixing: fine layers (>= "
+                                    "--mix-layer) take this seed's w")
+    mix_layer: int | None = option(None, V.nonnegative_int, "GigaGAN: first style layer of the fine part "
+                                   "(default: half the layers)")
+    truncation: float | None = option(None, V.positive_float, "truncation psi (GigaGAN: in w-space, toward "
+                                      "the prompt's mean style)")
 
 
 def _get(config: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -652,7 +634,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         lpips_file = config.get("lpips_weights")
         lpips_weight = config.get("lpips_weight")
         lpips_weight = float(1.0 if lpips_weight is None and lpips_file else lpips_weight or 0.0)
-        degrade_p = float(_get(config, "degrade", 0.5))
+        degrade_p = float(_get(config, "degrade", DEGRADE_PROBABILITY))
         if not 0 <= degrade_p <= 1:
             raise UserError(f"--degrade: expected a probability in [0, 1], got {degrade_p}")
         config.update({"lpips_weight": lpips_weight, "degrade": degrade_p})

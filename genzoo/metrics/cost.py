@@ -1,8 +1,8 @@
 """Cost of generating images: network evaluations per image (NFE), images/s, latency per batch, peak memory.
 
 Works for any sampler or generator callable: ``measure_cost(lambda n: ..., batch_size=...)``. NFE is
-taken from the callable's return value ``(images, nfe)`` when it gives one, otherwise counted with
-:class:`CallCounter` on the network it calls.
+taken from the callable's return value ``(images, nfe)`` when it gives one, otherwise counted by an
+:class:`~genzoo.nfe.NFECounter` hooked on the network it calls (the samplers' counter).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from genzoo.errors import UserError
+from genzoo.nfe import NFECounter
 
 
 @dataclass
@@ -40,24 +41,11 @@ class Cost:
         return asdict(self)
 
 
-class CallCounter:
-    """Counts forward calls of a module and the batch rows they processed (NFE per image)."""
+class CallCounter(NFECounter):
+    """The :class:`~genzoo.nfe.NFECounter` hooked on ``module``'s forward calls."""
 
     def __init__(self, module: nn.Module):
-        self.calls = 0
-        self.rows = 0
-        self._handle = module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: tuple) -> None:
-        self.calls += 1
-        if args and isinstance(args[0], torch.Tensor) and args[0].ndim > 0:
-            self.rows += args[0].shape[0]
-
-    def reset(self) -> None:
-        self.calls = self.rows = 0
-
-    def remove(self) -> None:
-        self._handle.remove()
+        super().__init__(module, hook=True)
 
 
 def _rss_peak_kb() -> int | None:
@@ -107,13 +95,13 @@ def peak_memory(device: str | torch.device = "cpu") -> Iterator[dict[str, float 
 
 
 def measure_cost(generate: Callable[[int], Any], batch_size: int, batches: int = 3, warmup: int = 1,
-                 nfe: float | None = None, counter: CallCounter | None = None,
+                 nfe: float | None = None, counter: NFECounter | None = None,
                  device: str | torch.device = "cpu") -> Cost:
     """Time ``generate(batch_size)`` over ``batches`` batches after ``warmup`` untimed ones.
 
     ``generate`` returns images, or ``(images, nfe)``; otherwise NFE comes from ``nfe`` or from a
-    :class:`CallCounter` on the network (rows processed / images made, so a classifier-free-guidance
-    pass over a doubled batch counts as two evaluations per image).
+    hooked :class:`~genzoo.nfe.NFECounter` on the network (rows processed / images made, so a
+    classifier-free-guidance pass over a doubled batch counts as two evaluations per image).
     """
     device = torch.device(device)
 
@@ -138,7 +126,7 @@ def measure_cost(generate: Callable[[int], Any], batch_size: int, batches: int =
     if reported is not None:
         nfe = reported
     elif nfe is None and counter is not None and counter.calls:
-        nfe = counter.rows / (batch_size * batches) if counter.rows else counter.calls / batches
+        nfe = counter.per_image(batch_size * batches, batches)
     total = sum(times)
     return Cost(nfe=nfe, images_per_s=batch_size * batches / total, latency_s=statistics.median(times),
                 latency_std_s=statistics.pstdev(times), batch_size=batch_size,

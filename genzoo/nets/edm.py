@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -298,15 +299,9 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                attn = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
+            attention = (num_blocks,) if res in attn_resolutions else ()  # the level's last block only
+            cout = _decoder_level(self.dec, res, level == len(channel_mult) - 1, cout, model_channels * mult,
+                                  skips, num_blocks, attention, block)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
@@ -351,6 +346,22 @@ class SongUNet(nn.Module):
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = block(x, emb)
         return aux
+
+
+def _decoder_level(dec: nn.ModuleDict, res: int, lowest: bool, cout: int, width: int, skips: list[int],
+                   num_blocks: int, attention: Sequence[int], block: dict[str, Any]) -> int:
+    """One decoder resolution of EDM's UNets: the two middle blocks (at the lowest resolution) or the
+    upsampling block, then ``num_blocks + 1`` blocks that each take an encoder skip (those whose index is
+    in ``attention`` with self-attention). Returns the channels out."""
+    if lowest:
+        dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
+        dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+    for idx in range(num_blocks + 1):
+        cin, cout = cout + skips.pop(), width
+        dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=idx in attention, **block)
+    return cout
 
 
 @register("dhariwalunet")
@@ -398,15 +409,9 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions,
-                                                                **block)
+            attention = range(num_blocks + 1) if res in attn_resolutions else ()
+            cout = _decoder_level(self.dec, res, level == len(channel_mult) - 1, cout, model_channels * mult,
+                                  skips, num_blocks, attention, block)
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3, **init_zero)
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genzoo.checkpoints.record import record_of
 from genzoo.errors import UserError
 
 Progress = Callable[[int, int], None]
@@ -159,7 +160,7 @@ def run_sample(model: str | Path, seeds: str = "0-15", class_labels: Sequence[in
     cache = cache or ModelCache()
     args.device = str(pick_device(args.device))  # "auto" (from a caller) -> the device it names
     net, lock = cache.get(args.ckpt, ema=not args.raw, device=args.device)
-    family = get_family(net.config["family"])
+    family = get_family(record_of(net).family)
     done = 0
 
     def on_batch(images: torch.Tensor, _labels: Any, _seeds: list[int]) -> None:

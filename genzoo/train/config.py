@@ -90,7 +90,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Engine flags, then each family's (families share flags via ``add_argument_once``)."""
+    """Engine flags, then each family's (a flag two families declare is added once, by
+    ``options.add_arguments``)."""
     add_engine_arguments(parser)
     for name in family_names():
         get_family(name).add_train_arguments(parser)
@@ -141,8 +142,9 @@ def load_config_file(path: str | Path, valid_keys: Iterable[str]) -> dict[str, A
     valid = set(valid_keys)
     if "sampled_player" in data:
         # A run's own config.json: keep the flags, drop what the engine and family resolved from them.
+        # The machine's own settings (device, loader workers) are resolved again by each invocation.
         dropped = {"sampled_player", "num_classes", "channels", "net", "resume", "config", "device",
-                   *RESOLVED_KEYS}
+                   "workers", *RESOLVED_KEYS}
         data = {k: v for k, v in data.items() if k in valid and k not in dropped}
     unknown = sorted(set(data) - valid)
     if unknown:

@@ -117,6 +117,10 @@ class Trainer:
                             f"x processes ({self.world})")
         self.per_device = int(per_device)
         self.rounds = self.batch // (self.per_device * self.world)
+        workers = config.get("workers")
+        # config.json records the values used, not "auto"
+        config.update(batch_per_device=self.per_device,
+                      workers=int(workers if workers is not None else 4 if device.type == "cuda" else 0))
         self.resume_from = self._checkpoint_to_resume()
 
         torch.manual_seed(mix_seed(self.seed, _STREAM_INIT))
@@ -308,11 +312,8 @@ class Trainer:
     def _loader(self):
         order = MicroBatchIndices(self.seed, len(self.dataset), self.batch, self.per_device, self.dist.rank,
                                   self.world, self.progress.data_position)
-        workers = self.config.get("workers")
-        if workers is None:
-            workers = 4 if self.device.type == "cuda" else 0
         return torch.utils.data.DataLoader(IndexedDataset(self.dataset), batch_sampler=order,
-                                           collate_fn=collate, num_workers=int(workers),
+                                           collate_fn=collate, num_workers=self.config["workers"],
                                            pin_memory=self.device.type == "cuda")
 
     def _train_step(self, loader) -> dict[str, float]:
@@ -451,13 +452,14 @@ class Trainer:
     def _sample_grid(self) -> None:
         if not self.dist.is_main:
             return
+        from genzoo.checkpoints.record import describe
         from genzoo.io import save_grid
         from genzoo.sampling import sample_with_defaults
 
         name = self.objective.sampled_player
         model = self.ema.players[name] if name in self.ema.players else self.objective.players[name]
         was_training = model.training
-        model.config = to_json_safe(self.config)
+        describe(model, to_json_safe(self.config), "training", path=self.out)
         model.eval()
         try:
             images, _, _ = sample_with_defaults(model, self.config["sample_seeds"],
