@@ -154,6 +154,29 @@ def unet_block(
 # ----------------------------------------------------------------------------- networks
 
 
+def _encoder_blocks(mk, enc, res, cout, width, num_blocks, attention, emb, blk):
+    """The ``num_blocks`` blocks of one encoder resolution (both UNets); returns the channels out."""
+    for idx in range(num_blocks):
+        cin, cout = cout, width
+        enc[f"{res}x{res}_block{idx}"] = unet_block(mk, cin, cout, emb, attention=attention, **blk)
+    return cout
+
+
+def _decoder_level(mk, dec, res, lowest, cout, width, skips, num_blocks, attention, emb, blk):
+    """One decoder resolution (both UNets): the two middle blocks at the lowest resolution or the
+    upsampling block, then ``num_blocks + 1`` blocks taking a skip each (those indexed in ``attention``
+    with self-attention); returns the channels out."""
+    if lowest:
+        dec[f"{res}x{res}_in0"] = unet_block(mk, cout, cout, emb, attention=True, **blk)
+        dec[f"{res}x{res}_in1"] = unet_block(mk, cout, cout, emb, **blk)
+    else:
+        dec[f"{res}x{res}_up"] = unet_block(mk, cout, cout, emb, up=True, **blk)
+    for idx in range(num_blocks + 1):
+        cin, cout = cout + skips.pop(), width
+        dec[f"{res}x{res}_block{idx}"] = unet_block(mk, cin, cout, emb, attention=idx in attention, **blk)
+    return cout
+
+
 def song_unet(
     mk,
     img_resolution,
@@ -222,24 +245,14 @@ def song_unet(
                     mk, caux, cout, 3, down=True, resample_filter=resample_filter, fused_resample=True
                 )
                 caux = cout
-        for idx in range(num_blocks):
-            cin, cout = cout, model_channels * mult
-            enc[f"{res}x{res}_block{idx}"] = unet_block(
-                mk, cin, cout, emb, attention=res in attn_resolutions, **blk
-            )
+        cout = _encoder_blocks(mk, enc, res, cout, model_channels * mult, num_blocks,
+                               res in attn_resolutions, emb, blk)
     skips = [n.kwargs["out_channels"] for name, n in enc.items() if "aux" not in name]
     for level, mult in reversed(list(enumerate(channel_mult))):
         res = img_resolution >> level
-        if level == len(channel_mult) - 1:
-            dec[f"{res}x{res}_in0"] = unet_block(mk, cout, cout, emb, attention=True, **blk)
-            dec[f"{res}x{res}_in1"] = unet_block(mk, cout, cout, emb, **blk)
-        else:
-            dec[f"{res}x{res}_up"] = unet_block(mk, cout, cout, emb, up=True, **blk)
-        for idx in range(num_blocks + 1):
-            cin, cout = cout + skips.pop(), model_channels * mult
-            dec[f"{res}x{res}_block{idx}"] = unet_block(
-                mk, cin, cout, emb, attention=idx == num_blocks and res in attn_resolutions, **blk
-            )
+        attention = (num_blocks,) if res in attn_resolutions else ()  # the last block of a level only
+        cout = _decoder_level(mk, dec, res, level == len(channel_mult) - 1, cout, model_channels * mult,
+                              skips, num_blocks, attention, emb, blk)
         if decoder_type == "skip" or level == 0:
             if decoder_type == "skip" and level < len(channel_mult) - 1:
                 dec[f"{res}x{res}_aux_up"] = conv(
@@ -290,24 +303,14 @@ def dhariwal_unet(
             enc[f"{res}x{res}_conv"] = conv(mk, cin, cout, 3)
         else:
             enc[f"{res}x{res}_down"] = unet_block(mk, cout, cout, emb, down=True, **blk)
-        for idx in range(num_blocks):
-            cin, cout = cout, model_channels * mult
-            enc[f"{res}x{res}_block{idx}"] = unet_block(
-                mk, cin, cout, emb, attention=res in attn_resolutions, **blk
-            )
+        cout = _encoder_blocks(mk, enc, res, cout, model_channels * mult, num_blocks,
+                               res in attn_resolutions, emb, blk)
     skips = [n.kwargs["out_channels"] for n in enc.values()]
     for level, mult in reversed(list(enumerate(channel_mult))):
         res = img_resolution >> level
-        if level == len(channel_mult) - 1:
-            dec[f"{res}x{res}_in0"] = unet_block(mk, cout, cout, emb, attention=True, **blk)
-            dec[f"{res}x{res}_in1"] = unet_block(mk, cout, cout, emb, **blk)
-        else:
-            dec[f"{res}x{res}_up"] = unet_block(mk, cout, cout, emb, up=True, **blk)
-        for idx in range(num_blocks + 1):
-            cin, cout = cout + skips.pop(), model_channels * mult
-            dec[f"{res}x{res}_block{idx}"] = unet_block(
-                mk, cin, cout, emb, attention=res in attn_resolutions, **blk
-            )
+        attention = range(num_blocks + 1) if res in attn_resolutions else ()
+        cout = _decoder_level(mk, dec, res, level == len(channel_mult) - 1, cout, model_channels * mult,
+                              skips, num_blocks, attention, emb, blk)
     c["enc"], c["dec"] = enc, dec
     c["out_norm"] = group_norm(mk, cout)
     c["out_conv"] = conv(mk, cout, out_channels, 3)

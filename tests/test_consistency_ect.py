@@ -121,19 +121,12 @@ def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
     import json
 
     from genzoo.api import load, sample
-    from genzoo.checkpoints import save_model_dir
     from genzoo.cli import build_parser
     from genzoo.cli.train import config_from_args
-    from genzoo.diffusion.family import build_diffusion_model
     from genzoo.train.engine import train
-    from tests.test_consistency_engine import FLAGS, TEACHER_NET
+    from tests.test_consistency_engine import FLAGS, TEACHER_NET, save_teacher
 
-    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
-              "channels": 3, "num_classes": 0, "sampled_player": "net"}
-    torch.manual_seed(0)
-    teacher = build_diffusion_model(config)
-    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
-    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    save_teacher(tmp_path / "dm")
     train({**FLAGS, "mode": "ect", "init": str(tmp_path / "dm"), "out": str(tmp_path / "ect"),
            "ect_stages": 2})
     saved = json.loads((tmp_path / "ect" / "checkpoint-000002" / "config.json").read_text())

@@ -14,17 +14,29 @@ FLAGS = dict(family="consistency", data="shapes:8", steps=2, batch=4, sample_eve
              log_every=1, tensorboard=False, seed=0, ema=0.9)
 
 
+def save_teacher(path, seed=0, num_classes=0, jitter=0.0):
+    """A random-weights EDM DDPM++ diffusion model (``TEACHER_NET``) saved as a model directory: a CD or
+    sCM teacher, ECT's ``--init``. ``jitter`` perturbs every weight (the zero-initialised output layers
+    otherwise make D(x, σ) = c_skip·x)."""
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": {**TEACHER_NET, "label_dim": num_classes},
+              "precond": "edm", "resolution": 8, "channels": 3, "num_classes": num_classes,
+              "sampled_player": "net"}
+    torch.manual_seed(seed)
+    teacher = build_diffusion_model(config)
+    if jitter:
+        with torch.no_grad():
+            for p in teacher.parameters():
+                p.add_(torch.randn_like(p) * jitter)
+    save_model_dir(path, config, {"model": {f"net.{k}": v for k, v in teacher.state_dict().items()}})
+    return path
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from genzoo.train.engine import train
 
     root = tmp_path_factory.mktemp("cm")
-    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
-              "channels": 3, "num_classes": 0, "sampled_player": "net"}
-    torch.manual_seed(0)
-    teacher = build_diffusion_model(config)
-    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
-    save_model_dir(root / "teacher", config, {"model": weights})
+    save_teacher(root / "teacher")
     train({**FLAGS, "teacher": str(root / "teacher"), "out": str(root / "cd"), "num_scales": 10})
     train({**FLAGS, "mode": "ict", "arch": "ddpmpp", "model_channels": 32, "out": str(root / "ict")})
     train({**FLAGS, "teacher": str(root / "teacher"), "out": str(root / "cd_gan"), "num_scales": 4,
@@ -103,15 +115,7 @@ def test_cd_teacher_guidance_distils_the_guided_teacher(runs, tmp_path):
     from genzoo.diffusion.guidance import ClassifierFreeGuidance
     from genzoo.errors import UserError
 
-    config = {"family": "diffusion", "arch": "ddpmpp", "net": {**TEACHER_NET, "label_dim": 4},
-              "precond": "edm", "resolution": 8, "channels": 3, "num_classes": 4, "sampled_player": "net"}
-    torch.manual_seed(1)
-    teacher = build_diffusion_model(config)
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
-    save_model_dir(tmp_path / "teacher", config, {"model": weights})
+    save_teacher(tmp_path / "teacher", seed=1, num_classes=4, jitter=0.05)
     data = SimpleNamespace(resolution=8, num_channels=3, num_classes=4)
     objective = FAMILY.build_objective({"mode": "cd", "teacher": str(tmp_path / "teacher"),
                                         "teacher_guidance": 3.0}, data)

@@ -170,17 +170,10 @@ def test_scm_distillation_run_round_trips_and_samples_in_one_and_two_steps(tmp_p
     import json
 
     from genzoo.api import load, sample
-    from genzoo.checkpoints import save_model_dir
-    from genzoo.diffusion.family import build_diffusion_model
     from genzoo.train.engine import train
-    from tests.test_consistency_engine import FLAGS, TEACHER_NET
+    from tests.test_consistency_engine import FLAGS, TEACHER_NET, save_teacher
 
-    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
-              "channels": 3, "num_classes": 0, "sampled_player": "net"}
-    torch.manual_seed(0)
-    teacher = build_diffusion_model(config)
-    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
-    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    save_teacher(tmp_path / "dm")
     train({**FLAGS, "mode": "scm", "teacher": str(tmp_path / "dm"), "out": str(tmp_path / "scm")})
     saved = json.loads((tmp_path / "scm" / "checkpoint-000002" / "config.json").read_text())
     assert (saved["mode"], saved["tangent_warmup"], saved["net"]) == ("scm", 0, TEACHER_NET)
