@@ -355,11 +355,11 @@ def test_discrete_classifier_takes_edm_inputs():
 
 
 def test_classifier_scale_flag_then_the_checkpoints_readme_value():
-    from types import SimpleNamespace
-
+    from genzoo.checkpoints.record import describe
     from genzoo.diffusion.adm import classifier_scale
 
-    converted = SimpleNamespace(config={"classifier_scale": 10.0})  # 256x256_diffusion_uncond's README value
+    converted = torch.nn.Identity()  # a converted model with 256x256_diffusion_uncond's README value
+    describe(converted, {"family": "diffusion", "classifier_scale": 10.0}, "model")
     assert classifier_scale({"classifier_scale": 2.0}, converted) == 2.0
     assert classifier_scale({"classifier_scale": None}, converted) == 10.0
-    assert classifier_scale({}, SimpleNamespace()) == 1.0
+    assert classifier_scale({}, torch.nn.Identity()) == 1.0
