@@ -222,3 +222,34 @@ def test_gigagan_declares_typed_options_with_the_flags_users_have():
         train_kind.build({"text_dim": 0})
     with pytest.raises(UserError, match=r"--stpes: not an option of the gan \(GigaGAN\) family"):
         sample_kind.build({"stpes": 3})
+
+
+@pytest.mark.parametrize("name, family, arch", [
+    ("edm", "diffusion", "ddpmpp"), ("adm", "diffusion", "adm"), ("edm2", "diffusion", "edm2"),
+    ("consistency", "consistency", "ddpmpp"), ("biggan", "gan", "biggan"), ("gigagan", "gan", "gigagan"),
+])
+def test_every_family_loads_with_its_record_and_no_attributes_from_outside(models, name, family, arch):
+    from genzoo.checkpoints import read_json
+
+    model = genzoo.load(models[name])
+    record = genzoo.record_of(model)
+    assert (record.family, record.arch, record.source, record.source_format) == (family, arch, "model", "genzoo")
+    assert (record.path, record.model_dir, record.weights_file) == (
+        models[name], models[name], models[name] / "model.safetensors")
+    assert record.config == read_json(models[name] / "config.json")
+    assert not [a for a in ("config", "model_dir", "weights_file", "_standing_key") if hasattr(model, a)]
+
+
+def test_standing_statistics_are_remembered_beside_the_generator(models, monkeypatch):
+    """BigGAN's standing statistics are recomputed once per (batches, truncation), kept by the gan family
+    rather than on the model."""
+    import genzoo.gan.family as gan_family
+
+    calls = []
+    real = gan_family.standing_stats
+    monkeypatch.setattr(gan_family, "standing_stats", lambda *a, **k: calls.append(a[1:]) or real(*a, **k))
+    model = genzoo.load(models["biggan"])
+    for _ in range(2):
+        genzoo.sample(model, "0-1", standing_stats=1, truncation=0.5)
+    assert calls == [(1,)] and gan_family._STANDING[model] == (1, 0.5)
+    assert not hasattr(model, "_standing_key")
