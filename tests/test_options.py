@@ -233,7 +233,8 @@ def test_every_family_loads_with_its_record_and_no_attributes_from_outside(model
 
     model = genzoo.load(models[name])
     record = genzoo.record_of(model)
-    assert (record.family, record.arch, record.source, record.source_format) == (family, arch, "model", "genzoo")
+    assert (record.family, record.arch, record.source, record.source_format) == (family, arch, "model",
+                                                                                 "genzoo")
     assert (record.path, record.model_dir, record.weights_file) == (
         models[name], models[name], models[name] / "model.safetensors")
     assert record.config == read_json(models[name] / "config.json")
