@@ -30,8 +30,8 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     Returns the sampling model in eval mode with EMA weights when present (``ema=False`` for the raw
     ones). ``record_of(model)`` tells what it is: a :class:`ModelRecord` with its family, saved
     ``config.json``, where it came from (run, checkpoint, model directory or snapshot; the path, weights
-    file and source format). An official network-snapshot
-    ``.pkl`` (EDM, EDM2) is imported on the fly, as ``genzoo convert`` would, without running its code.
+    file and source format). An official network-snapshot ``.pkl`` (EDM, EDM2) is imported on the fly,
+    as ``genzoo convert`` would, without running its code.
     ``compile=True`` compiles it for inference (``genzoo.nets.compiled``; minutes on the first batch,
     a warning and eager execution where no compiler is available).
     """
