@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from genzoo.checkpoints import get_source, load_official
+from genzoo.checkpoints.record import official_import
 from genzoo.cli import main
 from genzoo.diffusion.samplers import edm_sampler
 from genzoo.errors import UserError
@@ -194,7 +195,7 @@ def test_preset_expectations_and_unknown_flags_are_checked(tmp_path):
     with pytest.raises(UserError, match="--num_channels: not a flag"):
         load_official("edm", path, num_channels=3)
     model = load_official("edm", path, resolution=8, label_dim=3, precond="VPPrecond", arch="ddpmpp", steps=7)
-    assert model.official_flags["sampling"]["steps"] == 7
+    assert official_import(model).flags["sampling"]["steps"] == 7
 
 
 def test_unknown_classes_and_structures_are_refused_in_one_line(tmp_path):

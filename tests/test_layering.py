@@ -106,8 +106,9 @@ def test_the_checker_finds_a_cycle_and_a_relative_import(tmp_path):
     assert _imports("genzoo.x.m", pkg / "m.py", known) == {"genzoo.api", "genzoo.x.n"}
 
 
-#: what a loaded model once carried as attributes set from outside; its ModelRecord holds them now
-RECORD_ATTRIBUTES = {"config", "model_dir", "weights_file", "_standing_key"}
+#: attributes once set on models from outside: a ModelRecord (genzoo.load) or OfficialImport holds them now
+RECORD_ATTRIBUTES = {"config", "model_dir", "weights_file", "_standing_key", "official_source",
+                     "official_flags", "official_path"}
 
 
 def _outside_assignments(tree: ast.AST) -> list[tuple[int, str]]:

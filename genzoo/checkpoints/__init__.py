@@ -27,6 +27,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from genzoo.checkpoints.record import note_import, official_import
 from genzoo.errors import UserError
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -263,7 +264,8 @@ def load_official(
     else:
         path, state = None, dict(path_or_state_dict)
     module = src.load(state, **resolved)
-    module.official_path = path  # lets a converter find companion files (BigGAN-PyTorch's D.pth)
+    noted = official_import(module)  # a converter finds companion files beside it (BigGAN-PyTorch's D.pth)
+    note_import(module, noted.source if noted is not None else src.name, path=path)
     return module
 
 

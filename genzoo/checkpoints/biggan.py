@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.checkpoints import OfficialSource, load_state_into, read_state_dict, register_source
+from genzoo.checkpoints.record import official_import
 from genzoo.errors import UserError
 from genzoo.nets.biggan import (
     D_CHANNEL_MULTS,
@@ -438,7 +439,8 @@ def to_genzoo(
     }
     state = {f"G.{k}": v.detach().float() for k, v in net.state_dict().items()}
     discriminator = getattr(module, "discriminator", None)
-    official_path = getattr(module, "official_path", None)
+    info = official_import(module)
+    official_path = info.path if info is not None else None
     if discriminator is None and isinstance(module, BigGANPyTorchG) and official_path is not None:
         d_path = companion_discriminator(Path(official_path))
         if d_path is not None:

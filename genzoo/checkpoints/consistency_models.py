@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from genzoo.checkpoints import OfficialSource, load_state_into, register_source
 from genzoo.checkpoints.guided_diffusion import GUIDED_DEFAULTS, UNET_KEYS, coerce_flags
+from genzoo.checkpoints.record import note_import, official_import
 from genzoo.consistency.model import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.errors import UserError
 from genzoo.nets.adm import ADMUNet
@@ -101,14 +102,15 @@ def load(state: Mapping[str, torch.Tensor], **flags: Any) -> ConsistencyModel:
         raise UserError(f"{err}; {fix}") from None
     model = ConsistencyModel(net, sigma_min=merged["sigma_min"], sigma_max=merged["sigma_max"],
                              sigma_data=merged["sigma_data"], time_scale=TIME_SCALE)
-    model.official_flags = merged
+    note_import(model, "consistency-models", merged)
     return model.eval()
 
 
 def to_genzoo(module: nn.Module, flags: Mapping[str, Any]
               ) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
     """config.json and weights of a genzoo ``consistency`` model directory."""
-    flags = dict(getattr(module, "official_flags", None) or _resolve(flags))
+    info = official_import(module)
+    flags = dict(info.flags if info is not None and info.flags else _resolve(flags))
     net = module.model
     config = {"family": "consistency", "arch": "adm", "net": network_kwargs(flags), "sampled_player": "net",
               "num_classes": net.label_dim, "resolution": net.resolution, "channels": net.in_channels,

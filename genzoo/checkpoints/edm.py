@@ -33,6 +33,7 @@ from genzoo.checkpoints.nvlabs_pickle import (
     read_nvlabs_pickle,
     record_state_dict,
 )
+from genzoo.checkpoints.record import note_import, official_import
 from genzoo.diffusion.precond import DTYPES, Denoiser, build_denoiser
 from genzoo.errors import UserError
 from genzoo.nets.edm import DhariwalUNet, SongUNet
@@ -263,13 +264,12 @@ def load_edm(snapshot: Mapping[str, Any], **flags: Any) -> Denoiser:
 
     sampling = default_sampling(resolution, label_dim)
     sampling.update({k: v for k, v in flags.items() if k in SAMPLE_KEYS and v is not None})
-    denoiser.official_source = "edm"
-    denoiser.official_flags = dict(
+    note_import(denoiser, "edm", dict(
         class_name=record.class_name, model_type=model_type, arch=arch, net=_plain(net_kwargs),
         precond=precond,
         precond_kwargs=_plain(precond_kwargs),
         sigma_min=denoiser.sigma_min, sigma_max=denoiser.sigma_max, use_fp16=use_fp16, dtype=dtype,
-        sampling=sampling, module_src_sha256=record.module_src_sha256)
+        sampling=sampling, module_src_sha256=record.module_src_sha256))
     return denoiser.eval()
 
 
@@ -298,7 +298,7 @@ def paper_arch(model_type: str, net_kwargs: Mapping[str, Any]) -> str:
 def to_genzoo(module: nn.Module, flags: Mapping[str, Any]
               ) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
     """A genzoo model directory (family ``diffusion``) for a loaded EDM denoiser."""
-    info = module.official_flags
+    info = official_import(module).flags
     config = {
         "family": "diffusion",
         "arch": info["arch"],

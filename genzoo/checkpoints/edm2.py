@@ -36,6 +36,7 @@ from genzoo.checkpoints.nvlabs_pickle import (
     read_nvlabs_pickle,
     record_state_dict,
 )
+from genzoo.checkpoints.record import note_import, official_import
 from genzoo.diffusion.encoders import VAE_RAW_MEAN, VAE_RAW_STD, StabilityVAEEncoder, StandardRGBEncoder
 from genzoo.diffusion.precond import DTYPES, EDM2Denoiser
 from genzoo.errors import UserError
@@ -263,18 +264,17 @@ def load_edm2(snapshot: Mapping[str, Any], **flags: Any) -> EDM2Denoiser:
     denoiser.encoder = build_encoder_from_record(snapshot.get("encoder"), flags.pop("vae", None), what)
 
     sampling = dict(SAMPLING, **{k: flags[k] for k in _SAMPLE_KEYS if flags.get(k) is not None})
-    denoiser.official_source = "edm2"
-    denoiser.official_flags = dict(net=_plain(net_kwargs), precond_kwargs=precond_kwargs, sampling=sampling,
-                                   use_fp16=bool(precond["use_fp16"]), dtype=dtype,
-                                   published={k: v for k, v in flags.items() if k not in _SAMPLE_KEYS},
-                                   module_src_sha256=record.module_src_sha256)
+    note_import(denoiser, "edm2", dict(net=_plain(net_kwargs), precond_kwargs=precond_kwargs,
+                                       sampling=sampling, use_fp16=bool(precond["use_fp16"]), dtype=dtype,
+                                       published={k: v for k, v in flags.items() if k not in _SAMPLE_KEYS},
+                                       module_src_sha256=record.module_src_sha256))
     return denoiser.eval()
 
 
 def to_genzoo(module: nn.Module, flags: Mapping[str, Any]
               ) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
     """A genzoo model directory (family ``diffusion``, arch ``edm2``) for a loaded EDM2 denoiser."""
-    info = module.official_flags
+    info = official_import(module).flags
     config = {
         "family": "diffusion",
         "arch": "edm2",

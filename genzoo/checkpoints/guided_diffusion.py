@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from genzoo.checkpoints import OfficialSource, load_state_into, register_source
+from genzoo.checkpoints.record import note_import, official_import
 from genzoo.errors import UserError
 from genzoo.nets.adm import ADMClassifier, ADMSuperRes, ADMUNet
 
@@ -488,8 +489,7 @@ def _load(
         raise UserError(f"{err}; {fix}") from None
     module = build_module(kind, net)
     load_state_into(module, state, f"{source} checkpoint")
-    module.official_source = source
-    module.official_flags = merged
+    note_import(module, source, merged)
     return module.eval()
 
 
@@ -510,7 +510,8 @@ def to_genzoo(
     the model's own schedule, the discrete process in ``config["discrete"]``); classifiers become family
     ``classifier`` models.
     """
-    flags = dict(getattr(module, "official_flags", flags))
+    info = official_import(module)
+    flags = dict(info.flags if info is not None and info.flags else flags)
     kind, net, _ = split_flags(flags)
     if kind == "classifier":
         config = {
@@ -535,7 +536,7 @@ def to_genzoo(
             "resolution": module.resolution,
             "channels": module.in_channels,
             "discrete": discrete_config(flags),
-            "source": getattr(module, "official_source", None),
+            "source": info.source if info is not None else None,
         }
         if "classifier_scale" in flags:
             config["classifier_scale"] = flags["classifier_scale"]

@@ -2,7 +2,8 @@
 and read by everything downstream (sampling, the CLI, the web app, reproduce, guidance, teachers).
 
 The record is kept beside the model, not on it: :func:`record_of` looks it up. A model built by hand
-(``Family.build_model``) has none until :func:`describe` gives it one.
+(``Family.build_model``) has none until :func:`describe` gives it one. An official importer notes what
+it read into a module the same way (:class:`OfficialImport`, for its converter).
 """
 
 from __future__ import annotations
@@ -92,3 +93,33 @@ def config_of(model: Any) -> dict[str, Any]:
     """The saved config of a loaded model; {} for a model built by hand."""
     record = find_record(model)
     return record.config if record is not None else {}
+
+
+@dataclass(frozen=True)
+class OfficialImport:
+    """What an official importer (:func:`genzoo.checkpoints.load_official`) read into a module: the
+    released format, the resolved flags its converter writes into ``config.json``, and the file it came
+    from (a converter looks for companion files beside it, e.g. BigGAN-PyTorch's ``D.pth``)."""
+
+    source: str
+    flags: dict[str, Any]
+    path: Path | None = None
+
+
+_IMPORTS: weakref.WeakKeyDictionary[nn.Module, OfficialImport] = weakref.WeakKeyDictionary()
+
+
+def note_import(module: nn.Module, source: str | None = None, flags: dict[str, Any] | None = None,
+                path: Path | None = None) -> None:
+    """Record (or complete) what an importer read into ``module``; a value left None keeps the noted one."""
+    before = _IMPORTS.get(module) or OfficialImport(source or "", {})
+    _IMPORTS[module] = OfficialImport(source or before.source, before.flags if flags is None else flags,
+                                      before.path if path is None else Path(path))
+
+
+def official_import(module: Any) -> OfficialImport | None:
+    """What :func:`note_import` recorded for ``module``, or None (a module no importer made)."""
+    try:
+        return _IMPORTS.get(module)
+    except TypeError:
+        return None
