@@ -372,7 +372,10 @@ def test_record_of_a_converted_model_and_of_a_snapshot(tmp_path):
         "diffusion", "songunet", "model", "edm")
     assert converted.weights_file == tmp_path / "converted" / "model.safetensors"
     assert converted.config["converted_from"]["file"] == str(pkl)
-    direct = genzoo.record_of(genzoo.load(pkl))
+    model = genzoo.load(pkl)
+    outside = ("config", "official_flags", "official_source", "official_path")
+    assert not [a for a in outside if hasattr(model, a)]
+    direct = genzoo.record_of(model)
     assert (direct.source, direct.source_format, direct.path, direct.model_dir, direct.weights_file) == (
         "snapshot", "edm", pkl, None, pkl)
     assert {k: v for k, v in direct.config.items() if k != "converted_from"} == {
