@@ -119,7 +119,7 @@ def test_bf16_attention_that_autograd_records_on_cpu_is_the_explicit_product():
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in {e.key for e in prof.key_averages()}
 
 
-def reference_norm_silu(x, norm, scale=None, shift=None):
+def reference_norm_silu(x, norm, scale=None, shift=None, silu=True):
     """SiLU(GroupNorm(x)·(1 + scale) + shift) in float64 from the definition (Wu & He 2018, Eq. 1-2)."""
     n, c = x.shape[:2]
     g = x.double().reshape(n, norm.num_groups, -1)
@@ -127,35 +127,38 @@ def reference_norm_silu(x, norm, scale=None, shift=None):
     h = xhat.reshape(x.shape) * norm.weight.double()[:, None, None] + norm.bias.double()[:, None, None]
     if scale is not None:
         h = h * (1 + scale.double()) + shift.double()
-    return torch.nn.functional.silu(h)
+    return torch.nn.functional.silu(h) if silu else h
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("adaptive", [False, True], ids=["plain", "scale-shift"])
+@pytest.mark.parametrize("adaptive", [None, False, True], ids=["norm only", "plain", "scale-shift"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "cl"])
 def test_norm_silu_equals_the_definition_in_value_and_gradient(dtype, adaptive, fmt):
-    """Both paths (the library GroupNorm on contiguous maps, the explicit-backward one on channels_last CPU
-    maps) give the definition's output and the gradients of x, weight, bias, scale and shift: to 1e-4
-    relative in float32, to a few bfloat16 roundings in bfloat16. Offset inputs (mean 3, std 2) check
-    that the group variance does not cancel."""
+    """Both paths of ``norm_silu`` and ``group_norm`` (the library GroupNorm on contiguous maps, the
+    explicit-backward one on channels_last CPU maps) give the definition's output and the gradients of x,
+    weight, bias, scale and shift: to 1e-4 relative in float32, to a few bfloat16 roundings in bfloat16.
+    Offset inputs (mean 3, std 2) check that the group variance does not cancel."""
     gen = torch.Generator().manual_seed(5)
     n, c, h, w = 3, 16, 5, 6
     norm = torch.nn.GroupNorm(4, c)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(c, generator=gen))
         norm.bias.copy_(torch.randn(c, generator=gen))
-    x = (torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * 2 + 3)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * 2 + 3
     x = x.to(dtype).contiguous(memory_format=fmt).requires_grad_()
-    ss = [torch.randn(n, c, 1, 1, generator=gen).to(dtype).requires_grad_() for _ in range(2 * adaptive)]
+    ss = [torch.randn(n, c, 1, 1, generator=gen).to(dtype).requires_grad_() for _ in range(2)]
+    ss = ss if adaptive else []
     assert fusedmod.group_norm_silu_pays(norm, x) == (fmt == torch.channels_last)
-    got = fusedmod.norm_silu(norm, x, tuple(ss) if adaptive else None)
+    silu = adaptive is not None
+    got = (fusedmod.norm_silu(norm, x, tuple(ss) if adaptive else None)
+           if silu else fusedmod.group_norm(norm, x))
     assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)
-    ref = reference_norm_silu(x.detach(), norm, *(s.detach() for s in ss))
+    ref = reference_norm_silu(x.detach(), norm, *(s.detach() for s in ss), silu=silu)
     weight = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     inputs = (x, norm.weight, norm.bias, *ss)
     grads = torch.autograd.grad((got.double() * weight).sum(), inputs)
     ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
-    ref_again = reference_norm_silu(ref_inputs[0], _Norm(norm, *ref_inputs[1:3]), *ref_inputs[3:])
+    ref_again = reference_norm_silu(ref_inputs[0], _Norm(norm, *ref_inputs[1:3]), *ref_inputs[3:], silu=silu)
     ref_grads = torch.autograd.grad((ref_again * weight).sum(), ref_inputs)
     tol = 1e-4 if dtype == torch.float32 else 16 * 2.0**-8
     assert (got.double() - ref).abs().max() <= tol * ref.abs().max()

@@ -108,13 +108,14 @@ def _group_moments(rows: torch.Tensor, groups: int, eps: float) -> tuple[torch.T
 
 
 class _GroupNormSiLU(torch.autograd.Function):
-    """SiLU(GroupNorm(x)·(1 + scale) + shift) over a channels_last map with an explicit backward: per
+    """SiLU(GroupNorm(x)·(1 + scale) + shift) (or without the SiLU when ``silu`` is False) over a
+    channels_last map with an explicit backward: per
     (sample, channel) y = a·x + b, so forward and backward are a few vectorised passes over the rows
     ([N, H·W, C]) where the CPU's channels_last GroupNorm kernels are 3-4x slower than on contiguous maps
     (docs/performance.md)."""
 
     @staticmethod
-    def forward(ctx, x, groups, weight, bias, eps, scale, shift):  # noqa: ANN001, ANN205
+    def forward(ctx, x, groups, weight, bias, eps, scale, shift, silu):  # noqa: ANN001, ANN205
         n, c, h, w = x.shape
         rows = _channel_rows(x)
         mean, rstd = _group_moments(rows, groups, eps)
@@ -127,8 +128,8 @@ class _GroupNormSiLU(torch.autograd.Function):
         b = offset - mean * a
         y = torch.addcmul(b[:, None].to(x.dtype), rows, a[:, None].to(x.dtype))
         ctx.save_for_backward(x, a, b, mean, rstd, gain, weight, bias, scale)
-        ctx.groups = groups
-        return F.silu(y, inplace=True).view(n, h, w, c).permute(0, 3, 1, 2)
+        ctx.groups, ctx.silu = groups, silu
+        return (F.silu(y, inplace=True) if silu else y).view(n, h, w, c).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
@@ -137,10 +138,15 @@ class _GroupNormSiLU(torch.autograd.Function):
         groups = ctx.groups
         rows = _channel_rows(x)
         a_rows = a[:, None].to(x.dtype)
-        y = torch.addcmul(b[:, None].to(x.dtype), rows, a_rows)
-        dy = torch.ops.aten.silu_backward(_channel_rows(grad), y)
+        if ctx.silu:
+            y = torch.addcmul(b[:, None].to(x.dtype), rows, a_rows)
+            dy = torch.ops.aten.silu_backward(_channel_rows(grad), y)
+            dyx = torch.mul(dy, rows, out=y)  # in y's memory
+        else:
+            dy = _channel_rows(grad)
+            dyx = dy * rows
         s1 = dy.sum(1, dtype=torch.float32)  # Σ dy per (sample, channel)
-        s2 = torch.mul(dy, rows, out=y).sum(1, dtype=torch.float32)  # Σ dy·x, in y's memory
+        s2 = dyx.sum(1, dtype=torch.float32)  # Σ dy·x
         p = rstd * (s2 - mean * s1)  # Σ dy·x̂
         count = h * w * (c // groups)
         m1 = (gain * s1).view(n, groups, -1).sum(-1, keepdim=True) / count  # mean of dL/dx̂ in the group
@@ -163,7 +169,7 @@ class _GroupNormSiLU(torch.autograd.Function):
             beta = bias.float()[None] if bias is not None else 0.0
             d_scale = (gamma * p + beta * s1).to(scale.dtype).view(scale.shape)
             d_shift = s1.to(scale.dtype).view(scale.shape)
-        return dx, None, d_weight, d_bias, None, d_scale, d_shift
+        return dx, None, d_weight, d_bias, None, d_scale, d_shift, None
 
 
 def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
@@ -172,6 +178,13 @@ def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.
     return (isinstance(norm, nn.GroupNorm) and x.device.type == "cpu" and x.dim() == 4
             and x.dtype in (torch.float32, torch.bfloat16) and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def group_norm(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, through ``_GroupNormSiLU`` (without the SiLU) where that beats the library kernel."""
+    if group_norm_silu_pays(norm, x):
+        return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, None, None, False)
+    return norm(x)
 
 
 def norm_silu(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -184,7 +197,7 @@ def norm_silu(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     """
     if group_norm_silu_pays(norm, x):
         scale, shift = scale_shift if scale_shift is not None else (None, None)
-        return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift)
+        return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift, True)
     h = norm(x)
     if scale_shift is not None:
         scale, shift = scale_shift
