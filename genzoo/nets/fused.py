@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def explicit_attention_pays(q: torch.Tensor) -> bool:
@@ -96,8 +97,9 @@ def _group_moments(rows: torch.Tensor, groups: int, eps: float) -> tuple[torch.T
     per-channel sums over [N, L, C] rows: the group variance combines the channels' centred second moments
     and the spread of their means (Chan et al.'s pairwise formula), so nothing cancels."""
     n, length, c = rows.shape
-    mean_c = rows.sum(1, dtype=torch.float32) / length
-    centred = rows - mean_c[:, None] if rows.dtype == torch.float32 else rows.float() - mean_c[:, None]
+    wide = rows.float()  # one conversion pass: bfloat16 reductions into float32 convert as they read
+    mean_c = wide.sum(1) / length
+    centred = wide - mean_c[:, None] if wide is rows else wide.sub_(mean_c[:, None])
     m2_c = centred.square_().sum(1) / length
     means = mean_c.view(n, groups, -1)
     mean_g = means.mean(-1, keepdim=True)
@@ -127,21 +129,21 @@ class _GroupNormSiLU(torch.autograd.Function):
         a = gain * rstd
         b = offset - mean * a
         y = torch.addcmul(b[:, None].to(x.dtype), rows, a[:, None].to(x.dtype))
-        ctx.save_for_backward(x, a, b, mean, rstd, gain, weight, bias, scale)
+        ctx.save_for_backward(x, y if silu else None, a, mean, rstd, gain, weight, bias, scale)
         ctx.groups, ctx.silu = groups, silu
-        return (F.silu(y, inplace=True) if silu else y).view(n, h, w, c).permute(0, 3, 1, 2)
+        return (F.silu(y) if silu else y).view(n, h, w, c).permute(0, 3, 1, 2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, a, b, mean, rstd, gain, weight, bias, scale = ctx.saved_tensors
+        x, y, a, mean, rstd, gain, weight, bias, scale = ctx.saved_tensors
         n, c, h, w = x.shape
         groups = ctx.groups
         rows = _channel_rows(x)
         a_rows = a[:, None].to(x.dtype)
         if ctx.silu:
-            y = torch.addcmul(b[:, None].to(x.dtype), rows, a_rows)
-            dy = torch.ops.aten.silu_backward(_channel_rows(grad), y)
-            dyx = torch.mul(dy, rows, out=y)  # in y's memory
+            dy = torch.ops.aten.silu_backward(_channel_rows(grad), y)  # y: the normalised rows, saved
+            dyx = dy * rows
         else:
             dy = _channel_rows(grad)
             dyx = dy * rows
