@@ -111,10 +111,9 @@ def _group_moments(rows: torch.Tensor, groups: int, eps: float) -> tuple[torch.T
 
 class _GroupNormSiLU(torch.autograd.Function):
     """SiLU(GroupNorm(x)·(1 + scale) + shift) (or without the SiLU when ``silu`` is False) over a
-    channels_last map with an explicit backward: per
-    (sample, channel) y = a·x + b, so forward and backward are a few vectorised passes over the rows
-    ([N, H·W, C]) where the CPU's channels_last GroupNorm kernels are 3-4x slower than on contiguous maps
-    (docs/performance.md)."""
+    channels_last map with an explicit backward: per (sample, channel) y = a·x + b, so forward and backward
+    are a few vectorised passes over the rows ([N, H·W, C]) where the CPU's channels_last GroupNorm kernels
+    are 3-4x slower than on contiguous maps (docs/performance.md)."""
 
     @staticmethod
     def forward(ctx, x, groups, weight, bias, eps, scale, shift, silu):  # noqa: ANN001, ANN205
