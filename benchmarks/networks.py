@@ -14,8 +14,10 @@ Sections (each prints a table):
   official  with ``--official PATH`` (a checkout of openai/guided-diffusion, not part of genzoo): the
             official ``UNetModel`` and genzoo's ADM UNet holding the same weights, 32 px, 64 channels,
             mult 1,2,2, attention 16,8, batch 16; ratios against official fp32;
-  demo      with ``--before REV``: the demo's EDM training lane (DDPM++, bf16) with ``genzoo/nets`` as at
-            git revision REV against the working tree.
+  demo      with ``--before REV``: the demo's EDM training lane (DDPM++, bf16) with ``genzoo/nets/unet.py`` as
+            at git revision REV against the working tree (the modules it imports, such as
+            ``genzoo/nets/fused.py``, are the working tree's on both sides: ``benchmarks/demo_lanes.py``
+            compares whole packages through the training engine).
 
 Timings that are compared are interleaved (A, B, A, B, ...) and the medians compared, so a shared, loaded
 machine slows both sides alike; ``--threads`` fixes torch's thread count (state the load with the result).

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.profiler import profile
 
+import genzoo.nets.fused as fusedmod
 from genzoo.nets.biggan import SelfAttention
 from genzoo.nets.fused import attend_channels, attend_packed_tokens, upsample_nearest2x
 
@@ -92,3 +93,90 @@ def test_upsample_nearest2x_equals_interpolate_with_its_gradient(fmt):
     grad = torch.autograd.grad((got * w).sum(), x)[0]
     block_sums = w.double().view(2, 3, 4, 2, 5, 2).sum((3, 5))  # each input pixel feeds a 2×2 block
     torch.testing.assert_close(grad.double(), block_sums, rtol=4 * torch.finfo(torch.float32).eps, atol=1e-6)
+
+
+def test_bf16_attention_that_autograd_records_on_cpu_is_the_explicit_product():
+    """bfloat16 CPU attention under autograd: two matrix multiplies (the fused CPU backward is slow there),
+    equal to the formula to bfloat16 accuracy, masks included; float32 keeps the fused kernel (above)."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 3, 8, 20, generator=gen, dtype=torch.float64) for _ in range(3))
+    mask = torch.randn(2, 1, 1, 20, generator=gen)
+    keep = torch.rand(2, 1, 20, 20, generator=gen) > 0.3
+    keep[..., 0] = True  # every query keeps a key
+    bf = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    for attn_mask, ref_mask in ((None, None), (mask, mask), (keep, torch.where(keep, 0.0, float("-inf")))):
+        with profile() as prof:
+            got = attend_channels(*bf, scale=0.4, attn_mask=attn_mask)
+            got.float().sum().backward()
+        names = {e.key for e in prof.key_averages()}
+        assert not any("flash" in n for n in names) and "aten::bmm" in names
+        ref = explicit(*(t.bfloat16().double() for t in (q, k, v)), 0.4, ref_mask)
+        tol = 8 * 2.0**-8  # a few bfloat16 roundings of O(1) values
+        assert (got.double() - ref).abs().max() <= tol * ref.abs().max()
+    with torch.no_grad():  # sampling keeps the fused kernel
+        with profile() as prof:
+            attend_channels(*bf, scale=0.4)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in {e.key for e in prof.key_averages()}
+
+
+def reference_norm_silu(x, norm, scale=None, shift=None, silu=True):
+    """SiLU(GroupNorm(x)·(1 + scale) + shift) in float64 from the definition (Wu & He 2018, Eq. 1-2)."""
+    n, c = x.shape[:2]
+    g = x.double().reshape(n, norm.num_groups, -1)
+    xhat = ((g - g.mean(-1, keepdim=True)) / (g.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt())
+    h = xhat.reshape(x.shape) * norm.weight.double()[:, None, None] + norm.bias.double()[:, None, None]
+    if scale is not None:
+        h = h * (1 + scale.double()) + shift.double()
+    return torch.nn.functional.silu(h) if silu else h
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("adaptive", [None, False, True], ids=["norm only", "plain", "scale-shift"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "cl"])
+def test_norm_silu_equals_the_definition_in_value_and_gradient(dtype, adaptive, fmt):
+    """Both paths of ``norm_silu`` and ``group_norm`` (the library GroupNorm on contiguous maps, the
+    explicit-backward one on channels_last CPU maps) give the definition's output and the gradients of x,
+    weight, bias, scale and shift: to 1e-4 relative in float32, to a few bfloat16 roundings in bfloat16.
+    Offset inputs (mean 3, std 2) check that the group variance does not cancel."""
+    gen = torch.Generator().manual_seed(5)
+    n, c, h, w = 3, 16, 5, 6
+    norm = torch.nn.GroupNorm(4, c)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(c, generator=gen))
+        norm.bias.copy_(torch.randn(c, generator=gen))
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * 2 + 3
+    x = x.to(dtype).contiguous(memory_format=fmt).requires_grad_()
+    ss = [torch.randn(n, c, 1, 1, generator=gen).to(dtype).requires_grad_() for _ in range(2)]
+    ss = ss if adaptive else []
+    assert fusedmod.group_norm_silu_pays(norm, x) == (fmt == torch.channels_last)
+    silu = adaptive is not None
+    got = (fusedmod.norm_silu(norm, x, tuple(ss) if adaptive else None)
+           if silu else fusedmod.group_norm(norm, x))
+    assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)
+    ref = reference_norm_silu(x.detach(), norm, *(s.detach() for s in ss), silu=silu)
+    weight = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    inputs = (x, norm.weight, norm.bias, *ss)
+    grads = torch.autograd.grad((got.double() * weight).sum(), inputs)
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    ref_again = reference_norm_silu(ref_inputs[0], _Norm(norm, *ref_inputs[1:3]), *ref_inputs[3:], silu=silu)
+    ref_grads = torch.autograd.grad((ref_again * weight).sum(), ref_inputs)
+    tol = 1e-4 if dtype == torch.float32 else 16 * 2.0**-8
+    assert (got.double() - ref).abs().max() <= tol * ref.abs().max()
+    for a, b in zip(grads, ref_grads):
+        assert (a.double() - b).norm() <= tol * b.norm()
+
+
+class _Norm:
+    """A GroupNorm's settings with float64 weight and bias (for the reference's gradients)."""
+
+    def __init__(self, norm, weight, bias):
+        self.num_groups, self.eps, self.weight, self.bias = norm.num_groups, norm.eps, weight, bias
+
+
+def test_norm_silu_under_autograd_copies_nothing():
+    """SiLU's backward reads its input: an in-place SiLU that autograd records would first clone it."""
+    norm = torch.nn.GroupNorm(4, 16)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    with profile() as prof:
+        fusedmod.norm_silu(norm, x).sum().backward()
+    assert "aten::clone" not in {e.key for e in prof.key_averages()}

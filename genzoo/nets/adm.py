@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genzoo.errors import UserError
 from genzoo.nets import register
-from genzoo.nets.fused import attend_channels, attend_packed_tokens, norm_silu, upsample_nearest2x
+from genzoo.nets.fused import attend_channels, attend_packed_tokens, group_norm, norm_silu, upsample_nearest2x
 
 #: channel multipliers the public scripts pick from the image size when ``channel_mult`` is empty
 DEFAULT_CHANNEL_MULT = {
@@ -274,7 +274,8 @@ class AttentionBlock(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """x + proj_out(attention(qkv(norm(x)))), computed over tokens: the 1×1 convolutions as linear
         layers on [N, L, C], so q, k and v reach the fused kernel without a copy each."""
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [N, L, C]; a view for channels_last maps
+        # [N, L, C]: a view for channels_last maps
+        tokens = group_norm(self.norm, x).flatten(2).transpose(1, 2)
         qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
         d = x.shape[1] // self.num_heads
         h = attend_packed_tokens(qkv, self.num_heads, self.new_order, scale=1.0 / math.sqrt(d))

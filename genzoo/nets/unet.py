@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genzoo.nets import register
-from genzoo.nets.fused import attend_channels, norm_silu, upsample_nearest2x
+from genzoo.nets.fused import attend_channels, group_norm, norm_silu, upsample_nearest2x
 
 
 def positional_embedding(positions: torch.Tensor, channels: int, max_positions: int = 10000,
@@ -85,7 +85,8 @@ class ResBlock(nn.Module):
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * math.sqrt(0.5)
         if self.num_heads:
             n, c, h, w = x.shape
-            qkv = self.qkv(self.norm2(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
+            qkv = self.qkv(group_norm(self.norm2, x))
+            qkv = qkv.reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
             q, k, v = qkv.unbind(1)
             a = attend_channels(q, k, v)
             x = (x + self.proj(a.reshape(n, c, h, w))) * math.sqrt(0.5)
