@@ -164,7 +164,8 @@ class ConsistencyTrainOptions(NetworkOptions):
 
     mode: str | None = option(None, help="cd: distil a diffusion teacher; ct: consistency training; ict: "
                                          "improved CT; ect: easy consistency tuning of a diffusion model "
-                                         "(--init or --teacher); scm: continuous-time consistency "
+                                         "(--init RUN), or ECT's schedule distilling --teacher (the point "
+                                         "at r is a step of its ODE); scm: continuous-time consistency "
                                          "(TrigFlow), distilled from --teacher or trained from data, "
                                          "optionally starting from --init (default cd with --teacher, else "
                                          "ict)", choices=MODES)
@@ -281,7 +282,7 @@ class ConsistencyFamily(Family):
         if config.get("init") and mode not in ("ect", "scm"):
             raise UserError(f"--init: only --mode ect and scm start from a diffusion model (--mode {mode} "
                             "does not)")
-        distill_path = teacher_path if mode == "scm" else None
+        distill_path = teacher_path if mode in ("ect", "scm") else None
         if mode in ("ect", "scm"):
             teacher_path = config.get("init") or teacher_path
             if not teacher_path and mode == "ect":
@@ -305,7 +306,7 @@ class ConsistencyFamily(Family):
             if mode == "scm" and tcfg.get("precond") not in (None, "edm"):
                 raise UserError(f"{flag} {teacher_path}: sCM's TrigFlow student needs an EDM-preconditioned "
                                 f"network, got precond {tcfg.get('precond')!r}")
-            if mode == "scm" and distill_path:
+            if mode in ("ect", "scm") and distill_path:
                 distill = teacher if distill_path == teacher_path else _load_teacher(distill_path)
                 teacher = _guided_teacher(distill, config, distill_path)
             else:
