@@ -195,7 +195,8 @@ class ConsistencyTrainOptions(NetworkOptions):
                                                              f"{SIGMA_MAX:g})")
     sigma_data: float | None = option(None, V.positive_float, f"data standard deviation σ_data (default "
                                                               f"{SIGMA_DATA}, or the teacher's)")
-    teacher_solver: str = option("heun", help="CD: ODE step of the teacher", choices=SOLVERS)
+    teacher_solver: str = option("heun", help="CD and ECT with --teacher: ODE step of the teacher",
+                                 choices=SOLVERS)
     teacher_steps: int | None = option(None, V.positive_int,
                                        "CD: teacher ODE steps per grid interval, on the ρ-spaced points "
                                        "between "
@@ -235,7 +236,8 @@ class ConsistencyTrainOptions(NetworkOptions):
     teacher_guidance_interval: str | None = option(None, None, "CD: guide the teacher only for SIGMA_LO < σ "
                                                                "<= SIGMA_HI", metavar="SIGMA_LO,SIGMA_HI")
     teacher_guidance: float | None = option(None, V.any_float,
-                                            "CD: classifier-free guidance scale w of the teacher's ODE step "
+                                            "CD, ECT and sCM with --teacher: classifier-free guidance scale "
+                                            "w of the teacher's ODE step "
                                             "(default 1 = none); the student learns the guided teacher's "
                                             "trajectories (guided distillation)")
 

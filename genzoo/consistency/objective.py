@@ -335,7 +335,8 @@ def ect_weight(t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 def teacher_point(teacher: Any, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
-                  labels: torch.Tensor | None, solver: str = "heun", sigma_min: float = 0.002) -> torch.Tensor:
+                  labels: torch.Tensor | None, solver: str = "heun",
+                  sigma_min: float = 0.002) -> torch.Tensor:
     """x_r: one step of the teacher's probability-flow ODE from x_t at t to r (per item). Euler lands on the
     teacher's x₀ estimate D(x_t, t) at r = 0; the Heun correction is applied where r > σ_min."""
     shape = (-1,) + (1,) * (x_t.ndim - 1)
