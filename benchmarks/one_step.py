@@ -4,10 +4,12 @@ seeds, shapes features, FD and conditional accuracy against 2000 reference image
     python benchmarks/one_step.py consistency --teacher RUN [--images 26300] [--out DIR] [--only scm,ect]
     python benchmarks/one_step.py gan [--images 120000] [--out DIR] [--only r3gan,biggan]
 
-consistency: ECT, sCM and CD (trajectory targets) from one EDM teacher, each in one and two steps, beside the
-teacher's guided Heun-12. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default
-`genzoo demo` reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training
-job at a time on 1 thread, skips runs and evaluations whose outputs exist, and prints a markdown table.
+consistency: sCM, ECT (tuned on data), ECT distilling the guided teacher (ect-cfg3) and the demo's CD
+(trajectory targets) from one EDM teacher, each in one and two steps, beside the teacher's guided
+Heun-12. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default `genzoo demo`
+reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training job at a time
+on 1 thread, skips runs and evaluations whose outputs exist, and prints a markdown table with each run's
+training CPU minutes (docs/consistency.md and docs/gan.md hold the measured tables).
 """
 
 from __future__ import annotations
