@@ -190,3 +190,36 @@ def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
         train({**FLAGS, "mode": "ect", "out": str(tmp_path / "x")})
     with pytest.raises(UserError, match="--init: only --mode ect"):
         train({**FLAGS, "mode": "ict", "init": str(tmp_path / "dm"), "out": str(tmp_path / "y")})
+
+
+def test_ect_with_a_teacher_distils_it_and_with_init_tunes_on_data(tmp_path):
+    """``--teacher`` makes the point at r a step of the teacher's ODE (the objective holds the teacher and
+    the student starts from its network); ``--init`` alone tunes on data (no teacher)."""
+    from types import SimpleNamespace
+
+    from genzoo.checkpoints import save_model_dir
+    from genzoo.consistency.family import FAMILY
+    from genzoo.diffusion.family import build_diffusion_model
+    from tests.test_consistency_engine import TEACHER_NET
+
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
+              "channels": 3, "num_classes": 0, "sampled_player": "net"}
+    torch.manual_seed(0)
+    teacher = build_diffusion_model(config)
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=0)
+    distil = FAMILY.build_objective({"mode": "ect", "teacher": str(tmp_path / "dm"), "steps": 10}, data)
+    tune = FAMILY.build_objective({"mode": "ect", "init": str(tmp_path / "dm"), "steps": 10}, data)
+    assert distil.teacher is not None and tune.teacher is None
+    for objective in (distil, tune):
+        student = objective.players["net"].model.state_dict()
+        assert all(torch.equal(student[k], v) for k, v in teacher.model.state_dict().items())
+    batch = Batch(images=torch.zeros(4, 3, 8, 8), labels=torch.full((4,), -1))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        a = float(distil.loss("net", batch, 5).loss)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        b = float(tune.loss("net", batch, 5).loss)
+    assert a != b  # same noise, same student: only the point at r differs
