@@ -4,10 +4,12 @@ seeds, shapes features, FD and conditional accuracy against 2000 reference image
     python benchmarks/one_step.py consistency --teacher RUN [--images 26300] [--out DIR] [--only scm,ect]
     python benchmarks/one_step.py gan [--images 120000] [--out DIR] [--only r3gan,biggan]
 
-consistency: ECT, sCM and CD (trajectory targets) from one EDM teacher, each in one and two steps, beside the
-teacher's guided Heun-12. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default
-`genzoo demo` reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training
-job at a time on 1 thread, skips runs and evaluations whose outputs exist, and prints a markdown table.
+consistency: sCM, ECT (tuned on data), ECT distilling the guided teacher (ect-cfg3) and the demo's CD
+(trajectory targets) from one EDM teacher, each in one and two steps, beside the teacher's guided
+Heun-12. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default `genzoo demo`
+reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training job at a time
+on 1 thread, skips runs and evaluations whose outputs exist, and prints a markdown table with each run's
+training CPU minutes (docs/consistency.md and docs/gan.md hold the measured tables).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +31,16 @@ BATCH = 32
 
 def consistency_runs(teacher: str) -> dict[str, list[str]]:
     return {
-        "scm": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "2e-4"],
+        # sCM distilled from the teacher guided at w = 3 (the demo's guidance)
+        # (warm-up 82 steps, a tenth of the 822-step run at batch 32, also in shorter probes)
+        "scm": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "1e-4",
+                "--tangent-warmup", "82"],
+        # ECT tuned on data from the teacher's weights (unguided: bounded by the unguided teacher)
         "ect": ["--mode", "ect", "--init", teacher, "--lr", "1e-3", "--ect-stages", "5"],
+        # ECT's schedule distilling the guided teacher (the point at r is one teacher ODE step from t)
+        "ect-cfg3": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "1e-3",
+                     "--ect-stages", "5"],
+        # the demo's CD (genzoo/demo.py)
         "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
     }
@@ -48,9 +59,13 @@ GAN_RUNS = {
 }
 
 
-def genzoo(*args: str) -> None:
+def genzoo(*args: str) -> float:
+    """Run a genzoo command on 1 thread; returns the CPU seconds it used."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "genzoo", *args], check=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def images_seen(run: Path) -> int:
@@ -69,18 +84,27 @@ def evaluate(out: Path, name: str, ckpt: Path, *flags: str) -> dict:
     return json.loads(result.read_text())
 
 
-def train(out: Path, family: str, flags: list[str], images: int) -> None:
-    steps = str(-(-images // BATCH))
+def train(out: Path, family: str, flags: list[str], images: int) -> float:
+    """Train (or resume) a run to ``images``; returns its training CPU minutes (kept in ``OUT/cpu.json``)."""
+    batch = int(flags[flags.index("--batch") + 1]) if "--batch" in flags else BATCH
+    steps = str(-(-images // batch))
+    record = out / "cpu.json"
+    minutes = json.loads(record.read_text())["cpu_minutes"] if record.is_file() else 0.0
     if images_seen(out) < images:
-        genzoo("train", "--family", family, "--out", str(out), *flags, "--steps", steps,
-               "--batch", str(BATCH), "--resume", *COMMON)
+        batch_flags = [] if "--batch" in flags else ["--batch", str(BATCH)]
+        minutes += genzoo("train", "--family", family, "--out", str(out), *flags, "--steps", steps,
+                          *batch_flags, "--resume", *COMMON) / 60
+        record.write_text(json.dumps({"cpu_minutes": minutes}))
+    return minutes
 
 
-def table(rows: list[tuple[str, int, str, dict]]) -> str:
-    lines = ["| model | images seen | NFE | FD (shapes) | cond. accuracy |", "|---|---|---|---|---|"]
-    for name, seen, nfe, metrics in rows:
+def table(rows: list[tuple[str, int, float, str, dict]]) -> str:
+    lines = ["| model | images seen | training CPU min | NFE | FD (shapes) | cond. accuracy |",
+             "|---|---|---|---|---|---|"]
+    for name, seen, cpu, nfe, metrics in rows:
         fd, acc = metrics.get("fd", float("nan")), metrics.get("accuracy", float("nan"))
-        lines.append(f"| {name} | {seen:,} | {nfe} | {fd:.4g} | {acc:.3f} |")
+        cpu_text = f"{cpu:.1f}" if cpu == cpu else "—"
+        lines.append(f"| {name} | {seen:,} | {cpu_text} | {nfe} | {fd:.4g} | {acc:.3f} |")
     return "\n".join(lines)
 
 
@@ -101,17 +125,17 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(runs)
     rows = []
     for name in names:
-        train(out / name, args.part, runs[name], images)
+        cpu = train(out / name, args.part, runs[name], images)
         seen = images_seen(out / name)
         if args.part == "gan":
-            rows.append((name, seen, "1", evaluate(out, name, out / name)))
+            rows.append((name, seen, cpu, "1", evaluate(out, name, out / name)))
             continue
         for steps in (1, 2):
-            rows.append((f"{name}-{steps}step", seen, str(steps),
+            rows.append((f"{name}-{steps}step", seen, cpu, str(steps),
                          evaluate(out, f"{name}-{steps}step", out / name, "--steps", str(steps))))
     if args.part == "consistency":
         teacher = Path(args.teacher)
-        rows.append(("teacher-heun12-cfg3", images_seen(teacher), "46",
+        rows.append(("teacher-heun12-cfg3", images_seen(teacher), float("nan"), "46",
                      evaluate(out, "teacher", teacher, "--sampler", "heun", "--steps", "12",
                               "--guidance", "3")))
     print(table(rows))

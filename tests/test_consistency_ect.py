@@ -9,7 +9,7 @@ import torch.nn as nn
 from genzoo.consistency import ConsistencyModel
 from genzoo.consistency.distances import l2, pseudo_huber
 from genzoo.consistency.model import scalings
-from genzoo.consistency.objective import ConsistencyObjective, ect_loss, ect_weight
+from genzoo.consistency.objective import ConsistencyObjective, ect_loss, ect_weight, teacher_point
 from genzoo.consistency.schedules import ect_r, ect_stage
 from genzoo.errors import UserError
 from genzoo.train.objective import Batch
@@ -83,6 +83,44 @@ def test_ect_loss_on_a_constructed_batch_equals_the_hand_computed_value():
     torch.testing.assert_close(got_l2, ((out - target) ** 2).flatten(1).mean(1) / (t - r), rtol=rtol, atol=0)
 
 
+def _point_teacher(point):
+    """The exact denoiser of a point mass: its ODE trajectories are x_σ = a + σ·n, straight lines."""
+    return lambda x, sigma, labels=None: point.to(x.dtype).expand_as(x)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_teacher_point_is_the_exact_ode_solution_for_a_point_mass(solver):
+    point = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64).reshape(1, 3, 1, 1)
+    g = torch.Generator().manual_seed(1)
+    n = torch.randn(4, 3, 1, 1, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.5, 3.0, 80.0], dtype=torch.float64)
+    r = torch.tensor([0.0, 0.25, 2.9, 0.001], dtype=torch.float64)  # r = 0: the teacher's x0 estimate
+    x_t = point + t.reshape(-1, 1, 1, 1) * n
+    got = teacher_point(_point_teacher(point), x_t, t, r, None, solver)
+    torch.testing.assert_close(got, point + r.reshape(-1, 1, 1, 1) * n, rtol=0, atol=256 * EPS64)
+
+
+def test_ect_distillation_loss_uses_the_teachers_ode_step():
+    """With a teacher the target is f_θ⁻ at the teacher's ODE point (x_r itself where r ≤ σ_min), not at
+    x + r·z: a point-mass teacher puts x_r on the straight line through its point, whatever the data."""
+    student = ConsistencyModel(Zero()).double()
+    point = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64).reshape(1, 3, 1, 1)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 3, 2, 2, generator=g, dtype=torch.float64)  # data elsewhere than the teacher's point
+    z = torch.randn(3, 3, 2, 2, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.5, 2.0, 10.0], dtype=torch.float64)
+    r = torch.tensor([0.0, 1.0, 9.0], dtype=torch.float64)
+    t4, r4 = t.reshape(-1, 1, 1, 1), r.reshape(-1, 1, 1, 1)
+    x_t = x + t4 * z
+    x_r = point + r4 / t4 * (x_t - point)
+    c_skip_t = scalings(t)[0].reshape(-1, 1, 1, 1)
+    c_skip_r = scalings(r[1:])[0].reshape(-1, 1, 1, 1)
+    target = torch.cat([x_r[:1], c_skip_r * x_r[1:]])
+    expected = ((c_skip_t * x_t - target) ** 2).flatten(1).mean(1) / (t - r)
+    got = ect_loss(student, x, z, t, r, None, l2, teacher=_point_teacher(point), solver="heun").double()
+    torch.testing.assert_close(got, expected, rtol=64 * torch.finfo(torch.float32).eps, atol=0)
+
+
 def test_ect_training_lowers_the_loss():
     """On a one-point data set f ≡ the point has zero loss at every stage, so the loss must fall."""
     torch.manual_seed(0)
@@ -145,3 +183,36 @@ def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
         train({**FLAGS, "mode": "ect", "out": str(tmp_path / "x")})
     with pytest.raises(UserError, match="--init: only --mode ect"):
         train({**FLAGS, "mode": "ict", "init": str(tmp_path / "dm"), "out": str(tmp_path / "y")})
+
+
+def test_ect_with_a_teacher_distils_it_and_with_init_tunes_on_data(tmp_path):
+    """``--teacher`` makes the point at r a step of the teacher's ODE (the objective holds the teacher and
+    the student starts from its network); ``--init`` alone tunes on data (no teacher)."""
+    from types import SimpleNamespace
+
+    from genzoo.checkpoints import save_model_dir
+    from genzoo.consistency.family import FAMILY
+    from genzoo.diffusion.family import build_diffusion_model
+    from tests.test_consistency_engine import TEACHER_NET
+
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
+              "channels": 3, "num_classes": 0, "sampled_player": "net"}
+    torch.manual_seed(0)
+    teacher = build_diffusion_model(config)
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=0)
+    distil = FAMILY.build_objective({"mode": "ect", "teacher": str(tmp_path / "dm"), "steps": 10}, data)
+    tune = FAMILY.build_objective({"mode": "ect", "init": str(tmp_path / "dm"), "steps": 10}, data)
+    assert distil.teacher is not None and tune.teacher is None
+    for objective in (distil, tune):
+        student = objective.players["net"].model.state_dict()
+        assert all(torch.equal(student[k], v) for k, v in teacher.model.state_dict().items())
+    batch = Batch(images=torch.zeros(4, 3, 8, 8), labels=torch.full((4,), -1))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        a = float(distil.loss("net", batch, 5).loss)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        b = float(tune.loss("net", batch, 5).loss)
+    assert a != b  # same noise, same student: only the point at r differs

@@ -84,9 +84,40 @@ def test_jvp_tangent_matches_central_finite_differences():
         dF_dt = (F_along(h) - F_along(-h)) / (2 * h)  # error O(h²) ≈ 1e-10
         F0 = F_along(0.0)
     c, s = torch.cos(t).reshape(-1, 1, 1, 1), torch.sin(t).reshape(-1, 1, 1, 1)
-    expected = -c ** 2 * (sd * F0 - dxt_dt) - 0.6 * c * s * (x_t + sd * c * s * dF_dt)
+    expected = -c ** 2 * (sd * F0 - dxt_dt) - 0.6 * (c * s * x_t + sd * c * s * dF_dt)
     torch.testing.assert_close(F_minus, F0, rtol=0, atol=0)
     torch.testing.assert_close(tangent, expected, rtol=1e-7, atol=1e-8)
+
+
+class ExactPointMassNet(torch.nn.Module):
+    """The network whose TrigFlow model is the exact consistency function of a point mass a:
+    F(y, t) = (cos t·σ_d·y − a)/(σ_d sin t), so f(x_t, t) = a for every x_t and t (t read back from
+    c_noise = ¼ ln(σ_d tan t))."""
+
+    def __init__(self, point, sigma_data):
+        super().__init__()
+        self.point, self.sigma_data = point, sigma_data
+
+    def forward(self, y, noise_labels, class_labels=None):
+        t = torch.atan((4 * noise_labels).exp() / self.sigma_data).reshape(-1, 1, 1, 1)
+        return -(torch.cos(t) * self.sigma_data * y - self.point) / (self.sigma_data * torch.sin(t))
+
+
+def test_tangent_vanishes_at_the_exact_consistency_function():
+    """With the warm-up done, g = cos t·df_θ⁻/dt along the ODE: zero for the exact consistency function of a
+    point mass fed its true velocity, at every t (a cos t·sin t factor too many or too few breaks this)."""
+    sd = 0.5
+    point = torch.tensor([0.3, -0.2], dtype=torch.float64).reshape(1, 2, 1, 1)
+    student = TrigFlowModel(ExactPointMassNet(point, sd), sigma_data=sd)
+    g = torch.Generator().manual_seed(4)
+    t = torch.tensor([0.05, 0.4, 0.8, 1.2, 1.5], dtype=torch.float64)
+    c, s = torch.cos(t).reshape(-1, 1, 1, 1), torch.sin(t).reshape(-1, 1, 1, 1)
+    x_t = c * point + s * sd * torch.randn(5, 2, 1, 1, generator=g, dtype=torch.float64)
+    velocity = teacher_velocity(PointDenoiser(point), x_t, t, sd, None)
+    torch.testing.assert_close(student.f(x_t, t), point.expand_as(x_t), rtol=0, atol=1e3 * EPS64)
+    _, tangent = scm_tangent(student, x_t, t, velocity, None, warmup=1.0, normalise=False)
+    # |F| ≤ ~1/(σ_d sin t) ≈ 40 at t = 0.05: allow round-off of a few hundred ulps of that
+    torch.testing.assert_close(tangent, torch.zeros_like(tangent), rtol=0, atol=1e4 * EPS64)
 
 
 def test_jvp_tangent_runs_in_fp32_under_bf16_autocast():

@@ -165,7 +165,8 @@ class ConsistencyTrainOptions(NetworkOptions):
 
     mode: str | None = option(None, help="cd: distil a diffusion teacher; ct: consistency training; ict: "
                                          "improved CT; ect: easy consistency tuning of a diffusion model "
-                                         "(--init or --teacher); scm: continuous-time consistency "
+                                         "(--init RUN), or ECT's schedule distilling --teacher (the point "
+                                         "at r is a step of its ODE); scm: continuous-time consistency "
                                          "(TrigFlow), distilled from --teacher or trained from data, "
                                          "optionally starting from --init (default cd with --teacher, else "
                                          "ict)", choices=MODES)
@@ -195,7 +196,8 @@ class ConsistencyTrainOptions(NetworkOptions):
                                                              f"{SIGMA_MAX:g})")
     sigma_data: float | None = option(None, V.positive_float, f"data standard deviation σ_data (default "
                                                               f"{SIGMA_DATA}, or the teacher's)")
-    teacher_solver: str = option("heun", help="CD: ODE step of the teacher", choices=SOLVERS)
+    teacher_solver: str = option("heun", help="CD and ECT with --teacher: ODE step of the teacher",
+                                 choices=SOLVERS)
     teacher_steps: int | None = option(None, V.positive_int,
                                        "CD: teacher ODE steps per grid interval, on the ρ-spaced points "
                                        "between "
@@ -235,7 +237,8 @@ class ConsistencyTrainOptions(NetworkOptions):
     teacher_guidance_interval: str | None = option(None, None, "CD: guide the teacher only for SIGMA_LO < σ "
                                                                "<= SIGMA_HI", metavar="SIGMA_LO,SIGMA_HI")
     teacher_guidance: float | None = option(None, V.any_float,
-                                            "CD: classifier-free guidance scale w of the teacher's ODE step "
+                                            "CD, ECT and sCM with --teacher: classifier-free guidance scale "
+                                            "w of the teacher's ODE step "
                                             "(default 1 = none); the student learns the guided teacher's "
                                             "trajectories (guided distillation)")
 
@@ -282,7 +285,7 @@ class ConsistencyFamily(Family):
         if config.get("init") and mode not in ("ect", "scm"):
             raise UserError(f"--init: only --mode ect and scm start from a diffusion model (--mode {mode} "
                             "does not)")
-        distill_path = teacher_path if mode == "scm" else None
+        distill_path = teacher_path if mode in ("ect", "scm") else None
         if mode in ("ect", "scm"):
             teacher_path = config.get("init") or teacher_path
             if not teacher_path and mode == "ect":
@@ -306,7 +309,7 @@ class ConsistencyFamily(Family):
             if mode == "scm" and tcfg.get("precond") not in (None, "edm"):
                 raise UserError(f"{flag} {teacher_path}: sCM's TrigFlow student needs an EDM-preconditioned "
                                 f"network, got precond {tcfg.get('precond')!r}")
-            if mode == "scm" and distill_path:
+            if mode in ("ect", "scm") and distill_path:
                 distill = teacher if distill_path == teacher_path else _load_teacher(distill_path)
                 teacher = _guided_teacher(distill, config, distill_path)
             else:

@@ -10,7 +10,8 @@ improved training (iCT).
 - ECT (Geng et al. 2024, "Consistency Models Made Easy"): the student starts from a diffusion model;
   t ~ lognormal(P_mean, P_std), r = t − Δt with Δt shrinking in stages (stage 0: r = 0, diffusion
   training); no EMA target (θ⁻ = stopgrad θ, same dropout mask); target x where r ≤ σ_min; loss
-  d(f_θ(x+tz, t), f_θ⁻(x+rz, r)) / (t − r) with the pseudo-Huber (or L2) distance d.
+  d(f_θ(x+tz, t), f_θ⁻(x+rz, r)) / (t − r) with the pseudo-Huber (or L2) distance d. With a teacher the
+  point at r is one step of the (guided) teacher's ODE from x+tz instead (distillation on ECT's schedule).
 - sCM (Lu & Song 2024): TrigFlow student (:mod:`genzoo.consistency.trigflow`), continuous-time loss from the
   JVP tangent, tangent normalisation and warm-up, adaptive weighting; dx_t/dt from data (training) or from
   the teacher's PF-ODE (distillation).
@@ -231,7 +232,8 @@ class ConsistencyObjective(Objective):
         t = (torch.randn(len(x), device=x.device) * self.p_std + self.p_mean).exp()
         t = t.clamp(student.sigma_min, student.sigma_max)
         r = ect_r(t, self.ect_stage_at(step), self.ect_q)
-        per_item = ect_loss(student, x, torch.randn_like(x), t, r, labels, self.distance)
+        per_item = ect_loss(student, x, torch.randn_like(x), t, r, labels, self.distance, self.teacher,
+                            self.solver)
         loss = per_item.mean()
         logs = {"ect_stage": float(self.ect_stage_at(step)), "mean_dt": float((t - r).mean())}
         return StepResult(loss=loss, logs=logs)
@@ -332,16 +334,42 @@ def ect_weight(t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return 1.0 / (t - r)
 
 
+def teacher_point(teacher: Any, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
+                  labels: torch.Tensor | None, solver: str = "heun",
+                  sigma_min: float = 0.002) -> torch.Tensor:
+    """x_r: one step of the teacher's probability-flow ODE from x_t at t to r (per item). Euler lands on the
+    teacher's x₀ estimate D(x_t, t) at r = 0; the Heun correction is applied where r > σ_min."""
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    denoised = teacher(x_t, t, labels).to(x_t.dtype)
+    x_r = denoised + (r / t).reshape(shape) * (x_t - denoised)  # the Euler step, written to be exact at r = 0
+    heun = r > sigma_min
+    if solver == "heun" and bool(heun.any()):
+        r_safe = torch.where(heun, r, t)
+        d_next = (x_r - teacher(x_r, r_safe, labels).to(x_t.dtype)) / r_safe.reshape(shape)
+        d_cur = (x_t - denoised) / t.reshape(shape)
+        corrected = x_t + (r - t).reshape(shape) * 0.5 * (d_cur + d_next)
+        x_r = torch.where(heun.reshape(shape), corrected, x_r)
+    return x_r
+
+
 def ect_loss(student: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
-             labels: torch.Tensor | None, distance: Any) -> torch.Tensor:
-    """Per-item ECT loss w(t, r)·d(f_θ(x + t·z, t), sg f_θ(x + r·z, r)); the target is x + r·z where r ≤ σ_min
-    (the boundary condition f(x, σ_min) = x; r = 0 makes it the data, i.e. diffusion training). The target
-    pass reuses the student pass's dropout mask."""
+             labels: torch.Tensor | None, distance: Any, teacher: Any = None,
+             solver: str = "heun") -> torch.Tensor:
+    """Per-item ECT loss w(t, r)·d(f_θ(x_t, t), sg f_θ(x_r, r)) with x_t = x + t·z and x_r = x + r·z, or with
+    a ``teacher`` one step of its ODE from x_t to r (:func:`teacher_point`, consistency distillation);
+    the target is x_r itself where r ≤ σ_min (the boundary condition f(x, σ_min) = x; r = 0 makes it the
+    data, i.e. diffusion training, or the teacher's x₀ estimate). The target pass reuses the student pass's
+    dropout mask."""
     shape = (-1,) + (1,) * (x.ndim - 1)
-    x_r = x + z * r.reshape(shape)
+    x_t = x + z * t.reshape(shape)
+    if teacher is None:
+        x_r = x + z * r.reshape(shape)
+    else:
+        with torch.no_grad():
+            x_r = teacher_point(teacher, x_t, t, r, labels, solver, student.sigma_min)
     rng = global_rng_state(x.device)
     dtype = torch.promote_types(x.dtype, torch.float32)  # bf16 network outputs compared in fp32
-    out = student(x + z * t.reshape(shape), t, labels).to(dtype)
+    out = student(x_t, t, labels).to(dtype)
     with torch.no_grad():
         boundary = r <= student.sigma_min
         target = x_r.to(dtype)

@@ -113,9 +113,10 @@ def scm_tangent(student: TrigFlowModel, x_t: torch.Tensor, t: torch.Tensor, dxt_
                 labels: torch.Tensor | None, warmup: float = 1.0, normalise: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F_θ⁻, g): sCM Algorithm 1's stop-gradient network output and tangent
-    g = −cos²t·(σ_d F_θ⁻ − dx_t/dt) − r·cos t sin t·(x_t + σ_d·Ḟ), Ḟ = cos t sin t·dF_θ⁻/dt from one
+    g = −cos²t·(σ_d F_θ⁻ − dx_t/dt) − r·(cos t sin t·x_t + σ_d·Ḟ), Ḟ = cos t sin t·dF_θ⁻/dt from one
     forward-mode JVP (dual numbers) along cos t sin t·(dx_t/dt / σ_d, 1), r the warm-up ratio; normalised
-    by :func:`normalise_tangent` unless ``normalise`` is False."""
+    by :func:`normalise_tangent` unless ``normalise`` is False. With r = 1, g = cos t·df_θ⁻/dt, which is
+    zero where f_θ⁻ is constant along the ODE (the exact consistency function)."""
     shape = (-1,) + (1,) * (x_t.ndim - 1)
     cos, sin = torch.cos(t).reshape(shape), torch.sin(t).reshape(shape)
     sd = student.sigma_data
@@ -130,7 +131,8 @@ def scm_tangent(student: TrigFlowModel, x_t: torch.Tensor, t: torch.Tensor, dxt_
         F_minus, dF_dt = fwAD.unpack_dual(student.F(y, s, labels).to(dtype))
         F_minus = F_minus.clone()
         dF_dt = torch.zeros_like(F_minus) if dF_dt is None else dF_dt.clone()
-    g = -cos ** 2 * (sd * F_minus - dxt_dt) - warmup * cos * sin * (x_t + sd * dF_dt)
+    # dF_dt already carries the cos t·sin t factor (the JVP's tangents do): it is not multiplied again
+    g = -cos ** 2 * (sd * F_minus - dxt_dt) - warmup * (cos * sin * x_t + sd * dF_dt)
     return F_minus, normalise_tangent(g) if normalise else g
 
 
