@@ -230,7 +230,12 @@ class Trainer:
         if problems:
             raise UserError(f"--resume {ckpt.path}: the checkpoint does not fit this config:\n  "
                             + "\n  ".join(problems))
-        changed = other_differences(ckpt.config, self.record())
+        saved, current = ckpt.config, self.record()
+        if any(value is None for value in saved.values()):
+            # an older config.json: null stood for "unset" and may be resolved now; compare what both record
+            saved = {k: v for k, v in saved.items() if v is not None and k in current}
+            current = {k: v for k, v in current.items() if k in saved}
+        changed = other_differences(saved, current)
         if changed:
             self.say(f"--resume: settings changed since {ckpt.path.name} (the run continues with the new "
                      "ones): " + "; ".join(changed))
