@@ -23,6 +23,7 @@ RUNS = {
     "edm2": dict(COMMON, family="diffusion", arch="edm2", **NET),
     "adm": dict(COMMON, family="diffusion", arch="adm", precond="iddpm", model_channels=32, num_blocks=1,
                 channel_mult="1", attn_res="4"),
+    "classifier": dict(COMMON, family="classifier", classifier_width=32, classifier_depth=1),
     "cd": dict(CONSISTENCY, steps=1, mode="cd"),
     "ect": dict(CONSISTENCY, steps=1, mode="ect"),
     "biggan": dict(GAN, arch="biggan", shared_dim=4),
@@ -35,6 +36,8 @@ APPLIED = {
             "lr_warmup_kimg": 10.0, "lr": 1e-3},
     "edm2": {"dropout": 0.0, "uncond": False, "ema_halflife_kimg": 500.0},
     "adm": {"dropout": 0.0, "diffusion_steps": 1000, "noise_schedule": "cosine"},
+    "classifier": {"classifier_attention_resolutions": "32,16,8", "classifier_pool": "attention",
+                   "channel_mult": "1,2", "diffusion_steps": 1000, "noise_schedule": "linear", "lr": 3e-4},
     "cd": {"model_channels": 32, "channel_mult": "1,2", "num_blocks": 1, "attn_res": "", "dropout": 0.0,
            "adaptive_scale": False, "gan_weight": 0.0, "teacher_guidance": 1.0, "ema": 0.9, "ema_start": 0,
            "lr_warmup_kimg": 0.0},
@@ -50,6 +53,7 @@ NOT_APPLIED = {
             "config", "phema_snapshot_kimg"},
     "edm2": {"adaptive_scale", "diffusion_steps", "ema"},
     "adm": {"adaptive_scale"},
+    "classifier": {"ema", "ema_halflife_kimg", "phema_stds", "model_channels"},
     "cd": {"uncond", "augment", "d_ch", "d_lr", "r1_gamma", "ect_q", "ect_stages", "init", "tangent_warmup",
            "teacher_guide_model", "ema_halflife_kimg", "ema_rampup"},
     "ect": {"uncond", "augment", "tangent_warmup", "teacher_guidance"},
@@ -91,7 +95,8 @@ def test_config_json_records_applied_values_only(runs, name):
             assert config.get(key) == pytest.approx(value) if isinstance(value, float) else \
                 config.get(key) == value, (key, config.get(key))
         assert not NOT_APPLIED[name] & set(config), NOT_APPLIED[name] & set(config)
-        other = {"diffusion": "gan", "consistency": "gan", "gan": "diffusion"}[config["family"]]
+        other = {"diffusion": "gan", "consistency": "gan", "gan": "diffusion",
+                 "classifier": "gan"}[config["family"]]
         assert not (set(family_train_keys(other)) - set(family_train_keys(config["family"]))) & set(config)
 
 
