@@ -26,6 +26,7 @@ RUNS = {
     "classifier": dict(COMMON, family="classifier", classifier_width=32, classifier_depth=1),
     "cd": dict(CONSISTENCY, steps=1, mode="cd"),
     "ect": dict(CONSISTENCY, steps=1, mode="ect"),
+    "scm": dict(CONSISTENCY, steps=1, mode="scm"),
     "biggan": dict(GAN, arch="biggan", shared_dim=4),
     "r3gan": dict(GAN, arch="r3gan"),
     "gigagan": dict(GAN, arch="gigagan", w_dim=16, text_dim=16, text_depth=1, kernels=2, attn_res="8"),
@@ -42,6 +43,7 @@ APPLIED = {
            "adaptive_scale": False, "gan_weight": 0.0, "teacher_guidance": 1.0, "ema": 0.9, "ema_start": 0,
            "lr_warmup_kimg": 0.0},
     "ect": {"model_channels": 32, "channel_mult": "1,2", "num_blocks": 1, "dropout": 0.0},
+    "scm": {"model_channels": 32, "dropout": 0.0, "tangent_warmup": 0, "teacher_guidance": 1.0},
     "biggan": {"ema": 0.9999, "g_lr": 1e-4, "d_lr": 4e-4, "attn_res": "8", "lr_warmup_kimg": 0.0},
     "r3gan": {"r1_gamma": 0.0125, "g_lr": 2e-4},
     "gigagan": {"ema_halflife_kimg": 10.0, "text_tokenizer": "vocab", "ema_rampup": 0.05},
@@ -57,6 +59,7 @@ NOT_APPLIED = {
     "cd": {"uncond", "augment", "d_ch", "d_lr", "r1_gamma", "ect_q", "ect_stages", "init", "tangent_warmup",
            "teacher_guide_model", "ema_halflife_kimg", "ema_rampup"},
     "ect": {"uncond", "augment", "tangent_warmup", "teacher_guidance"},
+    "scm": {"uncond", "augment", "ect_q", "ect_stages", "init"},
     "biggan": {"lr", *GIGAGAN_ONLY},
     "r3gan": {"lr", "shared_dim", *GIGAGAN_ONLY},
     "gigagan": {"lr", *gigagan.NOT_READ, *gigagan.NOT_READ_BY["gigagan"], "ema", "ema_start"},
@@ -71,7 +74,7 @@ def runs(tmp_path_factory):
     save_teacher(root / "teacher")
     out = {}
     for name, config in RUNS.items():
-        extra = {"teacher": str(root / "teacher")} if name == "cd" else \
+        extra = {"teacher": str(root / "teacher")} if name in ("cd", "scm") else \
             {"init": str(root / "teacher")} if name == "ect" else {}
         out[name] = train({**config, **extra, "out": str(root / name)})
     yield out
@@ -100,7 +103,7 @@ def test_config_json_records_applied_values_only(runs, name):
         assert not (set(family_train_keys(other)) - set(family_train_keys(config["family"]))) & set(config)
 
 
-@pytest.mark.parametrize("name", ["cd", "ect"])
+@pytest.mark.parametrize("name", ["cd", "ect", "scm"])
 def test_a_student_records_its_teachers_network(runs, name):
     config = json.loads((runs[name] / "config.json").read_text())
     assert config["net"] == TEACHER_NET
