@@ -84,6 +84,13 @@ class Family:
         """The training :class:`~genzoo.train.Objective` for a resolved config and dataset."""
         raise UserError(f"--family {self.name}: training is not available")
 
+    def record_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """What a run's ``config.json`` records of a config resolved by :meth:`build_objective`: the family
+        fills in the values it applied without writing them back and leaves out the options that do not
+        apply to this run (another arch's, another mode's); unset (None) values are left out by the
+        engine. Default: the config as it is."""
+        return config
+
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         """The sampling model (random weights) described by a saved ``config.json``."""
         raise NotImplementedError

@@ -23,7 +23,7 @@ from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
 from genzoo.consistency.sampling import parse_ts, sample
-from genzoo.diffusion.family import NetworkOptions
+from genzoo.diffusion.family import NetworkOptions, record_network
 from genzoo.diffusion.samplers import is_denoiser
 from genzoo.errors import UserError
 from genzoo.family import Family, load_model
@@ -338,6 +338,23 @@ class ConsistencyFamily(Family):
                       mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr,
                       teacher_steps=objective.teacher_steps)
         return objective
+
+    def record_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The student's network flags as built: the teacher's (CD; ECT/sCM from a diffusion model, where
+        ``--uncond``/``--augment`` do not apply) or the flags' resolved defaults; the teacher's guidance
+        scale; ``--gan-weight`` 0 leaves the discriminator's options out."""
+        mode = config.get("mode")
+        from_teacher = mode == "cd" or (mode in ("ect", "scm")
+                                        and bool(config.get("init") or config.get("teacher")))
+        record = record_network(config, from_flags=not from_teacher)
+        record["gan_weight"] = float(config.get("gan_weight") or 0.0)
+        if mode == "cd" or (mode == "scm" and config.get("teacher")):  # the guided teacher (1 = none)
+            guidance = config.get("teacher_guidance")
+            record["teacher_guidance"] = 1.0 if guidance is None else float(guidance)
+        if record["gan_weight"] <= 0:
+            for key in ("d_ch", "d_lr", "r1_gamma"):
+                record.pop(key, None)
+        return record
 
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         if not config.get("arch") or "net" not in config:

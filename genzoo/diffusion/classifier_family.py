@@ -139,6 +139,15 @@ class ClassifierFamily(Family):
             nets.build("adm-classifier", **net), discrete_from_config(discrete), lr=config["lr"]
         )
 
+    def record_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The classifier flags and the discrete process as applied (defaults resolved)."""
+        net, discrete = config.get("net") or {}, config.get("discrete") or {}
+        applied = {"classifier_width": net.get("width"), "classifier_depth": net.get("depth"),
+                   "classifier_attention_resolutions": net.get("attention_resolutions") or None,
+                   "classifier_pool": net.get("pool"), "channel_mult": net.get("channel_mult") or None,
+                   "diffusion_steps": discrete.get("steps"), "noise_schedule": discrete.get("noise_schedule")}
+        return {**config, **{k: v for k, v in applied.items() if v is not None}}
+
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         if "net" not in config:
             raise UserError("config.json: a classifier model needs a 'net' entry")

@@ -98,6 +98,43 @@ def network_config(config: dict[str, Any], dataset: Any) -> tuple[str, dict[str,
     return arch, ARCH_KWARGS.get(arch, lambda _c, b: b)(config, base)
 
 
+#: archs whose network kwargs the shared network flags fill with the same names (``_ddpmpp_kwargs``)
+_FLAG_ARCHES = ("ddpmpp", "songunet", "dhariwalunet", "edm2")
+
+
+def network_flags(arch: str, net: dict[str, Any]) -> dict[str, Any]:
+    """The network flags (``--model-channels``, ``--channel-mult``, ``--num-blocks``, ``--attn-res``,
+    ``--dropout``, ``--adaptive-scale``) with the values that built ``net``: what config.json records of a
+    run's network; {} for a network they do not describe."""
+    if arch == "adm" and "num_channels" in net:
+        flags = {"model_channels": int(net["num_channels"]), "num_blocks": int(net["num_res_blocks"]),
+                 "channel_mult": str(net["channel_mult"]), "attn_res": str(net["attention_resolutions"]),
+                 "dropout": float(net["dropout"])}
+        return {k: v for k, v in flags.items() if v != ""}  # "": ADM's own default for the image size
+    if arch not in _FLAG_ARCHES or "model_channels" not in net:
+        return {}
+    flags = {"model_channels": int(net["model_channels"]),
+             "channel_mult": ",".join(str(m) for m in net["channel_mult"]),
+             "num_blocks": int(net["num_blocks"]),
+             "attn_res": ",".join(str(r) for r in net["attn_resolutions"]),
+             "dropout": float(net["dropout"])}
+    if arch == "ddpmpp":
+        flags["adaptive_scale"] = bool(net.get("adaptive_scale", False))
+    return flags
+
+
+def record_network(config: dict[str, Any], from_flags: bool) -> dict[str, Any]:
+    """``config`` with the network flags as the network was built: from the flags (``from_flags``: their
+    defaults resolved, plus ``--uncond``) or from another model (a teacher: the flags do not apply, only
+    the network's values are recorded)."""
+    record = {k: v for k, v in config.items() if k not in NetworkOptions.names()}
+    if from_flags:
+        record.update({k: config[k] for k in NetworkOptions.names() if k in config})
+        record["uncond"] = bool(config.get("uncond"))
+    record.update(network_flags(str(config.get("arch")), dict(config.get("net") or {})))
+    return record
+
+
 def build_diffusion_model(config: dict[str, Any]) -> Denoiser:
     """The denoiser a config describes: ``nets.build(arch, **net)`` inside ``config["precond"]``."""
     if not config.get("arch") or "net" not in config:
@@ -431,6 +468,14 @@ class DiffusionFamily(Family):
                                   augment_pipe=AugmentPipe(p=augment) if augment > 0 else None,
                                   decay_images=config["decay_kimg"] * 1000,
                                   betas=edm2.ADAM_BETAS if arch == "edm2" else (0.9, 0.999))
+
+    def record_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The network flags as applied; ``--diffusion-steps`` / ``--noise-schedule`` of the discrete
+        process (``--precond iddpm``), left out of a continuous (EDM) run."""
+        record = record_network(config, from_flags=True)
+        discrete = config.get("discrete") or {}
+        record.update(diffusion_steps=discrete.get("steps"), noise_schedule=discrete.get("noise_schedule"))
+        return record
 
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         return build_diffusion_model(config)

@@ -255,6 +255,16 @@ class GANFamily(Family):
             ortho_parameters=G.ortho_parameters,
         )
 
+    def record_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Only the options of this run's arch: BigGAN and R3GAN runs leave GigaGAN's out, GigaGAN runs
+        the BigGAN options GigaGAN does not read (and the other GigaGAN network's)."""
+        arch = config.get("arch") or "biggan"
+        if _delegate_for_arch(arch) is None:
+            foreign = set(gigagan.GigaGANTrainOptions.names()) - set(BigGANTrainOptions.names())
+        else:
+            foreign = set(gigagan.NOT_READ) | set(gigagan.NOT_READ_BY.get(arch, ()))
+        return {k: v for k, v in config.items() if k not in foreign}
+
     def build_model(self, config: dict[str, Any]) -> nn.Module:
         arch = config.get("arch") or "biggan"
         delegate = _delegate_for_arch(arch)

@@ -455,6 +455,14 @@ DEFAULTS = {
     "text_lr_mul": 0.1,
 }
 
+#: gan family (BigGAN) options GigaGAN does not read
+NOT_READ = ("d_steps", "adam_eps", "ortho_reg", "diffaugment", "shared_dim")
+#: GigaGAN options one of its networks does not read
+NOT_READ_BY = {
+    "gigagan": ("upsample_scale", "upsampler_text", "degrade", "lpips_weight", "lpips_weights", "l1_weight"),
+    "gigagan-upsampler": ("match_weight", "match_negatives"),
+}
+
 
 @dataclass(frozen=True)
 class GigaGANTrainOptions(Options):

@@ -179,6 +179,29 @@ class Trainer:
         return (f"{c['family']} ({what}) on {self.device}, {self.world} process(es), data {c['data']}, "
                 f"batch {self.batch}, {c['precision']}, until {until} -> {self.out}")
 
+    def record(self) -> dict[str, Any]:
+        """What ``config.json`` holds: every option with the value this run applies (defaults resolved:
+        the EMA rule, the learning-rate ramp-up, the family's network, ...), none that does not apply to it.
+        An option left unset is left out: unset is the off state of the options that have no value when
+        off (``--grad-clip``, ``--minutes``, ``--phema-snapshot-kimg``, ...); see docs/training.md."""
+        record = dict(self.config)
+        warmups = {float(spec.warmup_images) for spec in self.specs.values()}
+        if record.get("lr_warmup_kimg") is None and len(warmups) == 1:
+            record["lr_warmup_kimg"] = warmups.pop() / 1000  # the objective's own ramp-up, the one applied
+        if not self.ema.players:  # no averaged player: no EMA, no post-hoc EMA
+            for key in ("ema", "ema_start", "ema_halflife_kimg", "ema_rampup", "phema_stds",
+                        "phema_snapshot_kimg"):
+                record.pop(key, None)
+        elif self.ema.rule.halflife_kimg is not None:  # EDM's rule: a constant decay does not apply
+            record.pop("ema", None)
+            record.pop("ema_start", None)
+        else:
+            record.pop("ema_rampup", None)
+        if self.phema is None:
+            record.pop("phema_snapshot_kimg", None)
+        record = self.family.record_config(record)
+        return to_json_safe({key: value for key, value in record.items() if value is not None})
+
     def say(self, message: str) -> None:
         if self.dist.is_main:
             print(f"genzoo train: {message}", file=sys.stderr, flush=True)
@@ -207,7 +230,12 @@ class Trainer:
         if problems:
             raise UserError(f"--resume {ckpt.path}: the checkpoint does not fit this config:\n  "
                             + "\n  ".join(problems))
-        changed = other_differences(ckpt.config, self.config)
+        saved, current = ckpt.config, self.record()
+        if any(value is None for value in saved.values()):
+            # an older config.json: null stood for "unset" and may be resolved now; compare what both record
+            saved = {k: v for k, v in saved.items() if v is not None and k in current}
+            current = {k: v for k, v in current.items() if k in saved}
+        changed = other_differences(saved, current)
         if changed:
             self.say(f"--resume: settings changed since {ckpt.path.name} (the run continues with the new "
                      "ones): " + "; ".join(changed))
@@ -254,7 +282,7 @@ class Trainer:
         config, p = self.config, self.progress
         config.update(provenance(config.get("command_line")), device=str(self.device))  # what ran it, where
         if self.dist.is_main:
-            write_json_atomic(self.out / "config.json", to_json_safe(config))
+            write_json_atomic(self.out / "config.json", self.record())
             self.say(self._summary())
         target = config.get("steps")
         budget = config["minutes"] * 60 if config.get("minutes") is not None else math.inf
@@ -438,7 +466,7 @@ class Trainer:
                      "nonfinite_streak": p.nonfinite_streak, "train_seconds": p.train_seconds,
                      "seed": self.seed, "world_size": self.world, "rng": rng_states()}
             try:
-                save_checkpoint(path, to_json_safe(self.config), weights, optimizer_state, state)
+                save_checkpoint(path, self.record(), weights, optimizer_state, state)
             except OSError as err:
                 raise UserError(f"{path}: cannot write the checkpoint ({err}); the previous checkpoint "
                                 f"{p.last_checkpoint or '(none)'} is intact") from None
