@@ -34,7 +34,7 @@ from genzoo.errors import UserError
 from genzoo.family import add_argument_once
 from genzoo.gan.latents import slerp
 from genzoo.gan.parse import parse_betas, parse_resolutions
-from genzoo.nets.gigagan import GigaGANGenerator, image_pyramid
+from genzoo.nets.gigagan import D_HEADS, D_NORMS, D_POOLS, GigaGANGenerator, image_pyramid
 from genzoo.nets.text import TextEmbedding, build_vocabulary
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train.adversarial import discriminator_loss, frozen, generator_loss
@@ -451,6 +451,9 @@ DEFAULTS = {
     "match_negatives": ",".join(NEGATIVES),
     "text_tokenizer": "vocab",
     "text_lr_mul": 0.1,
+    "d_head": "projection",
+    "d_norm": "none",
+    "d_pool": "avg",
 }
 
 
@@ -492,6 +495,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--text-lr-mul", type=V.positive_float, default=None,
         help="GigaGAN: learning-rate multiplier of G's and D's text encoders (default 0.1; 1: the "
         "players' lr)")
+    add("--d-head", choices=D_HEADS, default=None,
+        help="GigaGAN: D's prediction head at each scale: projection (linear + <proj(t_global), f> on "
+        "averaged features; default) or cmap (StyleGAN2-ADA: minibatch stddev, conv, fully connected over "
+        "the flattened map, projected onto the mapped text, no unconditional term)")
+    add("--d-norm", choices=D_NORMS, default=None,
+        help="GigaGAN: normalisation after each conv of D's trunk: none (default) or batch (BatchNorm)")
+    add("--d-pool", choices=D_POOLS, default=None,
+        help="GigaGAN: pooling of the residual branch of D's down stages: avg (default) or max")
     add("--r1-interval", type=V.positive_int, default=4,
         help="GigaGAN: lazy R1 (and R2) every N steps (default 4)")
     add("--upsample-scale", type=V.positive_int, default=4,
@@ -565,6 +576,13 @@ def _text_config(config: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     return text
 
 
+def _choice(config: dict[str, Any], key: str, choices: Sequence[str]) -> str:
+    value = _get(config, key)
+    if value not in choices:
+        raise UserError(f"--{key.replace('_', '-')}: expected one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
 def _check_resolution(resolution: int) -> None:
     if resolution < 8 or resolution & (resolution - 1):
         raise UserError(f"--resolution: GigaGAN needs a power-of-two resolution >= 8, got {resolution}")
@@ -596,6 +614,9 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
     if loss not in ("ns", "rpgan"):
         raise UserError(f"--loss {loss}: GigaGAN trains with ns (non-saturating, the paper's) or rpgan")
     negatives = parse_negatives(_get(config, "match_negatives"))
+    d_head = _get(config, "d_head")
+    if d_head not in D_HEADS:
+        raise UserError(f"--d-head: expected one of {', '.join(D_HEADS)}, got {d_head!r}")
     for key in DEFAULTS:  # resolved values are saved in config.json
         config[key] = _get(config, key)
     if config.get("ema") is None and config.get("ema_halflife_kimg") is None:
@@ -630,6 +651,8 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         text = _text_config(config, dataset) if config.get("upsampler_text") else None
         if text is not None and not getattr(dataset, "captions", None):
             raise UserError(f"--upsampler-text: the dataset {config.get('data')} has no captions")
+        if d_head == "cmap" and text is None:
+            raise UserError("--d-head cmap: the upsampler's D needs text to project onto (--upsampler-text)")
         net = {
             "img_channels": channels,
             "scale": scale,
@@ -648,6 +671,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
             channel_max=d_ch,
             text=text,
             cond_channels=channels,
+            head=d_head,
         )
         lpips_file = config.get("lpips_weights")
         lpips_weight = config.get("lpips_weight")
@@ -699,6 +723,9 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         pyramid=G.pyramid,
         attn_res=[r for r in attn if r < resolution],
         text=text,
+        head=d_head,
+        norm=_choice(config, "d_norm", D_NORMS),
+        pool=_choice(config, "d_pool", D_POOLS),
     )
     return GigaGANObjective(
         G,
