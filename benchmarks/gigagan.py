@@ -146,10 +146,15 @@ def curve(run: Path, prompts: list[str], labels: list[int], classifier, with_pro
 
 
 def print_curve(name: str, rows: list[dict], cpu_minutes: float) -> None:
-    print(f"\n{name}: {cpu_minutes:.1f} process CPU minutes for {rows[-1]['images'] if rows else 0} images")
-    print(f"{'images':>8} | {'class acc':>9} | {'shape acc':>9} | {'colour acc':>10}")
+    """The learning curve; the CPU-minutes column is the run's total pro rata of the images seen
+    (the cost of a step does not change during training)."""
+    total = rows[-1]["images"] if rows else 0
+    print(f"\n{name}: {cpu_minutes:.1f} process CPU minutes for {total} images")
+    print(f"{'images':>8} | {'CPU min':>7} | {'class acc':>9} | {'shape acc':>9} | {'colour acc':>10}")
     for r in rows:
-        print(f"{r['images']:8d} | {r['acc'][0]:9.3f} | {r['acc'][1]:9.3f} | {r['acc'][2]:10.3f}")
+        minutes = cpu_minutes * r["images"] / max(total, 1)
+        acc = " | ".join(f"{a:{w}.3f}" for a, w in zip(r["acc"], (9, 9, 10)))
+        print(f"{r['images']:8d} | {minutes:7.1f} | {acc}")
     probe_rows = [r for r in rows if "probes" in r]
     if probe_rows:
         attrs = list(ATTRIBUTE_WORDS)
@@ -159,6 +164,75 @@ def print_curve(name: str, rows: list[dict], cpu_minutes: float) -> None:
             for probe, values in r["probes"].items():
                 cells = " | ".join(f"{values.get(a, float('nan')):8.3f}" for a in attrs)
                 print(f"{'':32}{r['images']:8d} | {probe:>12} | {cells}")
+
+
+def reference_cnn(width: int = 32, norm: bool = True, pool: str = "max") -> torch.nn.Module:
+    """The bundled shapes classifier's body (conv-BN-ReLU, max-pooling; genzoo.metrics.shapes_features),
+    with its BatchNorm and max-pooling switchable: the reference the D trunk is probed against."""
+    import torch.nn as nn
+
+    def unit(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), *([nn.BatchNorm2d(c_out)] if norm else []), nn.ReLU()]
+
+    down = (lambda: nn.MaxPool2d(2)) if pool == "max" else (lambda: nn.AvgPool2d(2))
+    w = width
+    return nn.Sequential(*unit(3, w), *unit(w, w), down(), *unit(w, 2 * w), down(), *unit(2 * w, 4 * w),
+                         down())
+
+
+def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 3) -> None:
+    """Can D's image path learn shape at all? Its trunk (fromRGB and the down stages at full resolution),
+    globally averaged, plus a linear 4-way head, trained as a supervised shape classifier (cross-entropy,
+    Adam at the GAN's lr 2e-3, beta (0, 0.99), batch 32) on real images; held-out shape accuracy against
+    images, next to the reference CNN with and without BatchNorm / max-pooling. Chance is 0.25."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from genzoo.gan import gigagan
+    from genzoo.nets.gigagan import lrelu
+
+    data = load_dataset(f"shapes:{resolution}?count=8192")
+    x = torch.stack([data[i][0] for i in range(len(data))]).float() / 127.5 - 1
+    y = torch.as_tensor(data.shape_index[: len(data)])
+    held = load_dataset(f"shapes:{resolution}?seed=1&count=512")
+    hx = torch.stack([held[i][0] for i in range(512)]).float() / 127.5 - 1
+    hy = torch.as_tensor(held.shape_index[:512])
+    config = {"family": "gan", "arch": "gigagan", "data": f"shapes:{resolution}?count=64", **recipe}
+    D = gigagan.build_objective(config, load_dataset(config["data"])).players["D"]
+
+    def trunk(images: torch.Tensor) -> torch.Tensor:
+        h, res = D.from_rgb[str(resolution)](images), resolution
+        while res > min(D.out_res):
+            h, res = D.stages[str(res)](h), res // 2
+        return lrelu(h).mean((2, 3))
+
+    stage = D.stages[str(resolution)]
+    label = f"GigaGAN D trunk ({type(stage.norm1).__name__}, {stage.pool.__name__})"
+    nets = {label: (trunk, list(D.parameters()), int(recipe["d_ch"]))}
+    for name, norm, pool in (("reference CNN (BatchNorm, max-pool)", True, "max"),
+                             ("reference CNN without BatchNorm", False, "max"),
+                             ("reference CNN with average pooling", True, "avg")):
+        body = reference_cnn(norm=norm, pool=pool)
+        nets[name] = (lambda t, body=body: body(t).mean((2, 3)), list(body.parameters()), 128)
+    print("\nD shape probe (supervised 4-way shape accuracy on 512 held-out images, chance 0.25):")
+    for name, (features, params, dim) in nets.items():
+        torch.manual_seed(0)
+        head = nn.Linear(dim, 4)
+        opt = torch.optim.Adam(params + list(head.parameters()), lr=2e-3, betas=(0.0, 0.99))
+        generator, seen, row = torch.Generator().manual_seed(0), 0, []
+        checkpoints = [images * (k + 1) // points for k in range(points)]
+        while seen < images:
+            idx = torch.randint(len(x), (32,), generator=generator)
+            loss = F.cross_entropy(head(features(x[idx])), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += 32
+            if checkpoints and seen >= checkpoints[0]:
+                checkpoints.pop(0)
+                with torch.no_grad():
+                    row.append(f"{seen}: {float((head(features(hx)).argmax(1) == hy).float().mean()):.2f}")
+        print(f"  {name:45s} " + ", ".join(row))
 
 
 def tokenizer_probe(resolution: int) -> None:
@@ -177,9 +251,14 @@ def main() -> int:
     parser.add_argument("--points", type=int, default=4, help="learning-curve checkpoints (default 4)")
     parser.add_argument("--resolution", type=int, default=16)
     parser.add_argument("--biggan", action="store_true", help="also BigGAN (demo recipe) on the same images")
+    parser.add_argument("--biggan-images", type=int,
+                        help="BigGAN's budget if not GigaGAN's (say, what it sees in GigaGAN's CPU time)")
     parser.add_argument("--no-gigagan", action="store_true", help="skip GigaGAN (e.g. only --biggan)")
     parser.add_argument("--eval-run", help="only evaluate the checkpoints of this GigaGAN run directory")
     parser.add_argument("--no-probes", action="store_true", help="skip the word-swap probes")
+    parser.add_argument("--d-probe", type=int, default=0, metavar="IMAGES",
+                        help="first train D's trunk as a supervised shape classifier on this many images, "
+                        "against a reference CNN (does D's architecture learn shape at all?)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a GigaGAN training option, e.g. --set match_negatives=rolled")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -193,6 +272,8 @@ def main() -> int:
     tokenizer_probe(args.resolution)
     classifier = load_shapes_classifier()
     prompts, labels = eval_prompts(args.resolution)
+    if args.d_probe:
+        d_shape_probe({**GIGAGAN, **parse_set(args.set)}, args.resolution, args.d_probe)
     if args.eval_run:
         print_curve(f"GigaGAN run {args.eval_run}", curve(Path(args.eval_run), prompts, labels, classifier,
                                                          not args.no_probes), float("nan"))
@@ -203,9 +284,10 @@ def main() -> int:
             run, cpu = train_run("gigagan", recipe, args.images, args.points, data, root / "gigagan")
             print_curve("GigaGAN", curve(run, prompts, labels, classifier, not args.no_probes), cpu)
         if args.biggan:
-            run, cpu = train_run("biggan", BIGGAN, args.images, args.points, data, root / "biggan")
+            images = args.biggan_images or args.images
+            run, cpu = train_run("biggan", BIGGAN, images, args.points, data, root / "biggan")
             rows = curve(run, prompts, labels, classifier, False)
-            print_curve("BigGAN (demo recipe, same images)", rows, cpu)
+            print_curve(f"BigGAN (demo recipe, {images} images)", rows, cpu)
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -1,20 +1,23 @@
 """The GigaGAN upsampler against bicubic and bilinear at 4x, on held-out images (docs/gigagan.md table).
 
-    python benchmarks/gigagan_upsampler.py --images 4000                 # train on shapes:64, then compare
+    python benchmarks/gigagan_upsampler.py --images 16000                 # train on shapes:64, then compare
+    python benchmarks/gigagan_upsampler.py --data npz:edm_train.npz --eval edm_heldout.npz --images 16000
     python benchmarks/gigagan_upsampler.py --upsampler runs/up --eval edm_samples.npz
 
-Trains ``--arch gigagan-upsampler`` (16 -> 64 px on ``shapes:64``; budget in training images, the
-process CPU time it took printed beside it), then, for each evaluation set, downsamples the images 4x
-by area averaging and prints PSNR (images in [-1, 1], peak-to-peak 2) of bilinear, bicubic and the
-upsampler (z = 0, no noise) against the originals, and LPIPS when ``--lpips-weights`` names a weights
-file. Evaluation sets: 64 held-out shapes (dataset seed 7), plus any ADM ``.npz`` sample files given
-with ``--eval`` (e.g. diffusion samples: their own pixels are the reference).
+Trains ``--arch gigagan-upsampler`` (default: 16 -> 64 px on ``shapes:64``; any dataset with ``--data``,
+e.g. diffusion samples as an ADM ``.npz``: 4 -> 16 px for 16-px samples), with the paper's recipe: the
+GAN loss with the multi-scale D, the input degradations (``--degrade``), L1, and LPIPS when
+``--lpips-weights`` names a weights file (none ships or can be downloaded here). Budget: training
+images; the process CPU time it took is printed beside it. Then, for each evaluation set, downsamples
+the images 4x by area averaging and prints PSNR and SSIM (images in [-1, 1]; genzoo.metrics.fidelity)
+of bilinear, bicubic and the upsampler (z = 0, no noise) against the originals, and LPIPS with a
+weights file. Evaluation sets: 64 held-out shapes (dataset seed 7) when training on shapes, plus any
+ADM ``.npz`` sample files given with ``--eval`` (their own pixels are the reference).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,22 +29,16 @@ import torch.nn.functional as F
 import genzoo
 from genzoo.data import load_dataset
 from genzoo.gan.gigagan import upsample
+from genzoo.metrics.fidelity import psnr, ssim
 from genzoo.train.engine import train as run_training
 
-
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+sys.path.insert(0, str(Path(__file__).parent))
+from gigagan import cpu_seconds, parse_set  # noqa: E402  (the sibling benchmark's helpers)
 
 
-def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean over images of 10·log10(2² / MSE) for images in [-1, 1]."""
-    mse = (x.clamp(-1, 1) - reference).square().flatten(1).mean(1)
-    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-12))).mean())
-
-
-def compare(U: torch.nn.Module, hr: torch.Tensor, lpips=None) -> list[tuple[str, float, float | None]]:
-    """(method, PSNR, LPIPS or None) of bilinear, bicubic and the upsampler on ``hr`` (float in [-1, 1])."""
+def compare(U: torch.nn.Module, hr: torch.Tensor, lpips=None) -> list[tuple[str, float, float, float | None]]:
+    """(method, PSNR, SSIM, LPIPS or None) of bilinear, bicubic and the upsampler on ``hr`` (float in
+    [-1, 1]), each a mean over the images."""
     scale = U.scale
     low = F.adaptive_avg_pool2d(hr, hr.shape[-1] // scale)
     outputs = {
@@ -55,13 +52,18 @@ def compare(U: torch.nn.Module, hr: torch.Tensor, lpips=None) -> list[tuple[str,
         if lpips is not None:
             with torch.no_grad():
                 perceptual = float(lpips((out.clamp(-1, 1) + 1) / 2, (hr + 1) / 2).mean())
-        rows.append((name, psnr(out, hr), perceptual))
+        out = out.clamp(-1, 1)
+        rows.append((name, float(psnr(out, hr).mean()), float(ssim(out, hr).mean()), perceptual))
     return rows
 
 
-def eval_sets(files: list[str]) -> dict[str, torch.Tensor]:
-    held = load_dataset("shapes:64?seed=7&count=64")
-    sets = {"shapes 16->64 (64 held-out)": torch.stack([held[i][0] for i in range(64)]).float() / 127.5 - 1}
+def eval_sets(data: str, files: list[str]) -> dict[str, torch.Tensor]:
+    sets = {}
+    if data.startswith("shapes"):
+        res = load_dataset(data).resolution
+        held = load_dataset(f"shapes:{res}?seed=7&count=64")
+        images = torch.stack([held[i][0] for i in range(64)]).float() / 127.5 - 1
+        sets[f"shapes {res // 4}->{res} (64 held-out)"] = images
     for path in files:
         images = np.load(path)["arr_0"][:256]
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -72,7 +74,10 @@ def eval_sets(files: list[str]) -> dict[str, torch.Tensor]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=4000, help="training images (default 4000)")
+    parser.add_argument("--images", type=int, default=16000, help="training images (default 16000)")
+    parser.add_argument("--data", default="shapes:64", help="training data (default shapes:64: 16 -> 64 px)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training option, e.g. --set degrade=0 --set l1_weight=1")
     parser.add_argument("--upsampler", help="evaluate this trained upsampler run instead of training one")
     parser.add_argument("--eval", action="append", default=[], help="extra ADM .npz file to evaluate on")
     parser.add_argument("--lpips-weights", help="LPIPS (VGG) weights file: train with LPIPS and report it")
@@ -91,20 +96,20 @@ def main() -> int:
         lpips = LPIPS.from_file(args.lpips_weights)
     run = args.upsampler
     if run is None:
-        config = {"family": "gan", "arch": "gigagan-upsampler", "data": "shapes:64", "out": str(root / "up"),
+        config = {"family": "gan", "arch": "gigagan-upsampler", "data": args.data, "out": str(root / "up"),
                   "steps": max(1, args.images // args.batch), "batch": args.batch, "g_ch": args.channels,
                   "d_ch": args.channels, "upsample_scale": 4, "sample_every": 0, "checkpoint_every": 10**9,
                   "log_every": 50, "seed": 0, "device": "cpu", "tensorboard": False, "precision": "fp32",
-                  "lpips_weights": args.lpips_weights}
+                  "lpips_weights": args.lpips_weights, **parse_set(args.set)}
         start = cpu_seconds()
         run = run_training(config)
-        print(f"trained the upsampler on {args.images} images of shapes:64 in "
+        print(f"trained the upsampler on {args.images} images of {args.data} in "
               f"{(cpu_seconds() - start) / 60:.1f} process CPU minutes")
     U = genzoo.load(run)
-    print("\n| images | method | PSNR (dB) | LPIPS |\n| --- | --- | --- | --- |")
-    for name, hr in eval_sets(args.eval).items():
-        for method, p, d in compare(U, hr, lpips):
-            print(f"| {name} | {method} | {p:.2f} | {'n/a' if d is None else f'{d:.4f}'} |")
+    print("\n| images | method | PSNR (dB) | SSIM | LPIPS |\n| --- | --- | --- | --- | --- |")
+    for name, hr in eval_sets(args.data, args.eval).items():
+        for method, p, q, d in compare(U, hr, lpips):
+            print(f"| {name} | {method} | {p:.2f} | {q:.4f} | {'n/a' if d is None else f'{d:.4f}'} |")
     if tmp is not None:
         tmp.cleanup()
     return 0

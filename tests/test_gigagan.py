@@ -356,3 +356,105 @@ def test_truncation_pulls_w_to_the_prompt_mean():
     torch.testing.assert_close(w0[0], w0[1])  # same prompt: one centre whatever z
     assert (w0[0] - w0[2]).abs().max() > 1e-4  # the centre depends on the prompt
     torch.testing.assert_close(half, (w0 + w1) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_minibatch_stddev_matches_the_group_formula():
+    from genzoo.nets.gigagan import minibatch_stddev
+
+    x = torch.randn(8, 3, 4, 4, dtype=torch.float64)
+    out = minibatch_stddev(x, group_size=4)
+    assert out.shape == (8, 4, 4, 4) and torch.equal(out[:, :3], x)
+    # StyleGAN's grouping: sample i is in group i mod (N / G) with the samples N/G, 2N/G, ... apart
+    for i in range(8):
+        group = x[[j for j in range(8) if j % 2 == i % 2]]
+        expected = group.var(0, unbiased=False).add(1e-8).sqrt().mean()
+        torch.testing.assert_close(out[i, 3], expected.expand(4, 4))
+    # 7 samples: groups {0, 2, 4, 6} and {1, 3, 5}, never a group of one
+    odd = minibatch_stddev(x[:7], group_size=4)
+    for i in range(7):
+        group = x[[j for j in range(7) if j % 2 == i % 2]]
+        expected = group.var(0, unbiased=False).add(1e-8).sqrt().mean()
+        torch.testing.assert_close(odd[i, 3], expected.expand(4, 4))
+
+
+def test_cmap_head_is_a_pure_projection_onto_the_mapped_text():
+    D = tiny_discriminator(head="cmap")
+    prompts = ["a red circle", "a blue square", "a green cross", "a yellow triangle"]
+    images = torch.randn(4, 3, 16, 16)
+    out = D(images, prompts=prompts)
+    assert set(out) == {(8, 4), (16, 8), (16, 4)} and all(v.shape == (4,) for v in out.values())
+    assert all(not torch.allclose(out[k], D(images, prompts=prompts[::-1])[k]) for k in out)
+    # The logit is <h, cmap> / sqrt(cmap_dim): a zero condition map gives exactly zero (no
+    # unconditional term), where the projection head keeps its linear(f) term.
+    with torch.no_grad():
+        D.cmap.text_proj.weight.zero_()
+        D.cmap.text_proj.bias.zero_()
+    assert all(torch.equal(v, torch.zeros(4)) for v in D(images, prompts=prompts).values())
+    plain = tiny_discriminator()
+    with torch.no_grad():
+        for head in plain.heads.values():
+            head.proj.weight.zero_()
+            head.proj.bias.zero_()
+    assert all(v.abs().sum() > 0 for v in plain(images, prompts=prompts).values())
+    with pytest.raises(ValueError, match="cmap"):
+        tiny_discriminator(head="cmap", text=None)
+    with pytest.raises(ValueError, match="head"):
+        tiny_discriminator(head="patch")
+
+
+def test_d_head_option_builds_and_steps():
+    from genzoo.data import load_dataset
+    from genzoo.errors import UserError
+    from genzoo.train.data import collate, to_batch
+
+    dataset = load_dataset("shapes:16?count=64")
+    config = _tiny_config(d_head="cmap")
+    objective = giga.build_objective(config, dataset)
+    assert config["d_head"] == "cmap" and objective.players["D"].head == "cmap"
+    batch = to_batch(collate([(*dataset[i], i) for i in range(4)]), dataset.captions, torch.device("cpu"))
+    for player, step in (("D", 0), ("G", 1)):
+        result = objective.loss(player, batch, step)
+        result.loss.backward()
+        assert math.isfinite(float(result.loss.detach()))
+    assert giga.build_objective(_tiny_config(), dataset).players["D"].head == "projection"
+    with pytest.raises(UserError, match="--d-head"):
+        giga.build_objective(_tiny_config(d_head="patch"), dataset)
+    with pytest.raises(UserError, match="--d-head cmap"):
+        giga.build_objective(_tiny_config("gigagan-upsampler", d_head="cmap"), dataset)
+
+
+def test_discriminator_stage_pooling_and_norm_options():
+    from genzoo.nets.gigagan import DiscriminatorStage, lrelu
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    stage = DiscriminatorStage(4, 6, attention=False, head_dim=8, pool="max").double()
+    y = stage.conv1(lrelu(stage.conv0(lrelu(x))))
+    expected = (F.max_pool2d(y, 2) + F.avg_pool2d(stage.skip(x), 2)) / math.sqrt(2)
+    torch.testing.assert_close(stage(x), expected)
+    batch = DiscriminatorStage(4, 6, attention=False, head_dim=8, norm="batch").double()
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in batch.modules()) == 2
+    with pytest.raises(ValueError, match="norm"):
+        tiny_discriminator(norm="layer")
+
+
+def test_d_norm_and_pool_options_build_and_step():
+    from genzoo.data import load_dataset
+    from genzoo.errors import UserError
+    from genzoo.train.data import collate, to_batch
+
+    dataset = load_dataset("shapes:16?count=64")
+    config = _tiny_config(d_norm="batch", d_pool="max")
+    objective = giga.build_objective(config, dataset)
+    D = objective.players["D"]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+    assert all(stage.pool is F.max_pool2d for stage in D.stages.values())
+    batch = to_batch(collate([(*dataset[i], i) for i in range(4)]), dataset.captions, torch.device("cpu"))
+    for player, step in (("D", 0), ("G", 1)):
+        result = objective.loss(player, batch, step)
+        result.loss.backward()
+        assert math.isfinite(float(result.loss.detach()))
+    with pytest.raises(UserError, match="--d-norm"):
+        giga.build_objective(_tiny_config(d_norm="layer"), dataset)
+    with pytest.raises(UserError, match="--d-pool"):
+        giga.build_objective(_tiny_config(d_pool="median"), dataset)

@@ -58,3 +58,18 @@ def test_upsampler_objective_adds_the_lpips_term_and_refuses_it_without_weights(
     rest = float(b.loss.detach()) - b.logs["G/loss"] - 10 * b.logs["G/l1"]
     assert rest == pytest.approx(3 * b.logs["G/lpips"], rel=1e-4)
     assert "G/lpips" not in a.logs
+
+
+def test_upsampler_encoder_keeps_the_feature_scale():
+    # std 1/sqrt(fan_in) with lrelu's sqrt(2) gain: unit-variance inputs keep unit-scale features through
+    # the encoder (PyTorch's default init shrinks them ~0.6x per conv, ~0.07 after the five convs here,
+    # and the demodulated decoder then kept the residual near zero)
+    torch.manual_seed(0)
+    U = nets.build("gigagan-upsampler", scale=4, down=2, channels=64, num_kernels=2, in_resolution=16)
+    with torch.no_grad():
+        x = U.from_rgb(torch.randn(16, 3, 16, 16))
+        assert 0.6 < float(x.std()) < 1.6
+        for stage in U.encoder:
+            y = stage(x)
+            assert 0.6 < float(y.std() / x.std()) < 1.6
+            x = F.avg_pool2d(y, 2)

@@ -33,7 +33,7 @@ from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.gan.latents import slerp
 from genzoo.gan.parse import parse_betas, parse_resolutions
-from genzoo.nets.gigagan import GigaGANGenerator, image_pyramid
+from genzoo.nets.gigagan import D_HEADS, D_NORMS, D_POOLS, GigaGANGenerator, image_pyramid
 from genzoo.nets.text import TextEmbedding, build_vocabulary
 from genzoo.options import Options, option
 from genzoo.seeds import StackedRandomGenerator
@@ -453,6 +453,9 @@ DEFAULTS = {
     "match_negatives": ",".join(NEGATIVES),
     "text_tokenizer": "vocab",
     "text_lr_mul": 0.1,
+    "d_head": "projection",
+    "d_norm": "none",
+    "d_pool": "avg",
 }
 
 #: gan family (BigGAN) options GigaGAN does not read
@@ -460,7 +463,7 @@ NOT_READ = ("d_steps", "adam_eps", "ortho_reg", "diffaugment", "shared_dim")
 #: GigaGAN options one of its networks does not read
 NOT_READ_BY = {
     "gigagan": ("upsample_scale", "upsampler_text", "degrade", "lpips_weight", "lpips_weights", "l1_weight"),
-    "gigagan-upsampler": ("match_weight", "match_negatives"),
+    "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool"),
 }
 
 
@@ -492,6 +495,15 @@ class GigaGANTrainOptions(Options):
     text_lr_mul: float | None = option(None, V.positive_float, "GigaGAN: learning-rate multiplier of G's and "
                                        f"D's text encoders (default {DEFAULTS['text_lr_mul']}; 1: the "
                                        "players' lr)")
+    d_head: str | None = option(None, help="GigaGAN: D's prediction head at each scale: projection (linear "
+                                "+ <proj(t_global), f> on averaged features; default) or cmap "
+                                "(StyleGAN2-ADA: minibatch stddev, conv, fully connected over the flattened "
+                                "map, projected onto the mapped text, no unconditional term)",
+                                choices=D_HEADS)
+    d_norm: str | None = option(None, help="GigaGAN: normalisation after each conv of D's trunk: none "
+                                "(default) or batch (BatchNorm)", choices=D_NORMS)
+    d_pool: str | None = option(None, help="GigaGAN: pooling of the residual branch of D's down stages: avg "
+                                "(default) or max", choices=D_POOLS)
     r1_interval: int = option(4, V.positive_int, "GigaGAN: lazy R1 (and R2) every N steps (default 4)")
     upsample_scale: int = option(4, V.positive_int, "gigagan-upsampler: scale factor (default 4)")
     upsampler_text: bool = option(False, help="gigagan-upsampler: condition on the captions too",
@@ -555,6 +567,13 @@ def _text_config(config: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     return text
 
 
+def _choice(config: dict[str, Any], key: str, choices: Sequence[str]) -> str:
+    value = _get(config, key)
+    if value not in choices:
+        raise UserError(f"--{key.replace('_', '-')}: expected one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
 def _check_resolution(resolution: int) -> None:
     if resolution < 8 or resolution & (resolution - 1):
         raise UserError(f"--resolution: GigaGAN needs a power-of-two resolution >= 8, got {resolution}")
@@ -586,6 +605,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
     if loss not in ("ns", "rpgan"):
         raise UserError(f"--loss {loss}: GigaGAN trains with ns (non-saturating, the paper's) or rpgan")
     negatives = parse_negatives(_get(config, "match_negatives"))
+    d_head = _choice(config, "d_head", D_HEADS)
     for key in DEFAULTS:  # resolved values are saved in config.json
         config[key] = _get(config, key)
     if config.get("ema") is None and config.get("ema_halflife_kimg") is None:
@@ -620,6 +640,8 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         text = _text_config(config, dataset) if config.get("upsampler_text") else None
         if text is not None and not getattr(dataset, "captions", None):
             raise UserError(f"--upsampler-text: the dataset {config.get('data')} has no captions")
+        if d_head == "cmap" and text is None:
+            raise UserError("--d-head cmap: the upsampler's D needs text to project onto (--upsampler-text)")
         net = {
             "img_channels": channels,
             "scale": scale,
@@ -638,6 +660,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
             channel_max=d_ch,
             text=text,
             cond_channels=channels,
+            head=d_head,
         )
         lpips_file = config.get("lpips_weights")
         lpips_weight = config.get("lpips_weight")
@@ -689,6 +712,9 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         pyramid=G.pyramid,
         attn_res=[r for r in attn if r < resolution],
         text=text,
+        head=d_head,
+        norm=_choice(config, "d_norm", D_NORMS),
+        pool=_choice(config, "d_pool", D_POOLS),
     )
     return GigaGANObjective(
         G,

@@ -30,6 +30,11 @@ from genzoo.nets.text import TextEmbedding, build_text_encoder
 from genzoo.seeds import normal
 
 ACT_GAIN = math.sqrt(2.0)
+#: discriminator heads: the projection D on averaged features, or StyleGAN2-ADA's cmap epilogue
+D_HEADS = ("projection", "cmap")
+#: discriminator trunk: normalisation after each conv, pooling of the residual branch
+D_NORMS = ("none", "batch")
+D_POOLS = ("avg", "max")
 
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -226,8 +231,15 @@ class CrossAttention(nn.Module):
         return x + self.gain * self.out(out)
 
 
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """x / sqrt(mean(x^2)) per row (StyleGAN's normalisation of z and of the embedded condition)."""
+    return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + eps)
+
+
 class MappingNetwork(nn.Module):
-    """w = M(z, t_global): normalised z concatenated with a projection of t_global, through an MLP."""
+    """w = M(z, t_global): normalised z concatenated with a normalised projection of t_global, through an
+    MLP (StyleGAN2-ADA's conditional mapping, the class embedding replaced by t_global). ``z_dim`` 0:
+    the condition alone (StyleGAN2-ADA's discriminator maps its condition this way into cmap)."""
 
     def __init__(self, z_dim: int, w_dim: int, text_dim: int, layers: int = 4, lr_mul: float = 0.01):
         super().__init__()
@@ -236,13 +248,14 @@ class MappingNetwork(nn.Module):
         dims = [z_dim + (w_dim if text_dim > 0 else 0)] + [w_dim] * layers
         self.layers = nn.ModuleList(EqualLinear(a, b, lr_mul=lr_mul) for a, b in zip(dims[:-1], dims[1:]))
 
-    def forward(self, z: torch.Tensor, t_global: torch.Tensor | None = None) -> torch.Tensor:
-        x = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
+    def forward(self, z: torch.Tensor | None, t_global: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [normalize_2nd_moment(z)] if self.z_dim > 0 else []
         if self.text_proj is not None:
             if t_global is None:
                 raise ValueError("this mapping network is text-conditioned: give t_global")
-            t = self.text_proj(t_global.to(z.dtype))
-            x = torch.cat([x, t * torch.rsqrt(t.pow(2).mean(1, keepdim=True) + 1e-8)], 1)
+            t = t_global.to(z.dtype if self.z_dim > 0 else t_global.dtype)
+            parts.append(normalize_2nd_moment(self.text_proj(t)))
+        x = torch.cat(parts, 1)
         for layer in self.layers:
             x = lrelu(layer(x))
         return x
@@ -427,24 +440,36 @@ class GigaGANGenerator(nn.Module):
 
 
 class DiscriminatorStage(nn.Module):
-    """Residual down block: two 3x3 convs (+ optional L2 self-attention), 2x average-pool."""
+    """Residual down block: two 3x3 convs (+ optional L2 self-attention), 2x pooling.
 
-    def __init__(self, in_channels: int, out_channels: int, attention: bool, head_dim: int):
+    ``norm`` "batch" puts BatchNorm after each conv; ``pool`` "max" max-pools the residual branch (the
+    skip is always average-pooled). Measured on shapes at 16 px (docs/gigagan.md): trained as a
+    supervised shape classifier, the plain stage is at chance after 32k images, BatchNorm with
+    max-pooling reaches 0.98 in 9.6k -- either alone does not.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, attention: bool, head_dim: int,
+                 norm: str = "none", pool: str = "avg"):
         super().__init__()
         self.conv0 = nn.Conv2d(in_channels, in_channels, 3, padding=1)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.attn = L2SelfAttention(in_channels, head_dim) if attention else None
+        batch = norm == "batch"
+        self.norm0 = nn.BatchNorm2d(in_channels) if batch else nn.Identity()
+        self.norm1 = nn.BatchNorm2d(out_channels) if batch else nn.Identity()
+        self.pool = F.max_pool2d if pool == "max" else F.avg_pool2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.attn is not None:
             x = self.attn(x)
-        y = self.conv1(lrelu(self.conv0(lrelu(x))))
-        return (F.avg_pool2d(y, 2) + F.avg_pool2d(self.skip(x), 2)) / math.sqrt(2)
+        y = self.norm1(self.conv1(lrelu(self.norm0(self.conv0(lrelu(x))))))
+        return (self.pool(y, 2) + F.avg_pool2d(self.skip(x), 2)) / math.sqrt(2)
 
 
 class ProjectionHead(nn.Module):
-    """Text-conditioned prediction at one scale: linear(f) + <proj(t_global), f> (projection D)."""
+    """Text-conditioned prediction at one scale: linear(f) + <proj(t_global), f> (projection D) on
+    globally averaged features f (``--d-head projection``)."""
 
     def __init__(self, channels: int, text_dim: int):
         super().__init__()
@@ -460,6 +485,43 @@ class ProjectionHead(nn.Module):
         return out
 
 
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+    """StyleGAN's minibatch standard deviation: one extra channel holding, for each group of samples,
+    the mean over features of their standard deviation across the group. Sample i is in group
+    i mod ceil(N / group_size) (StyleGAN's grouping when N divides; otherwise the groups differ in size
+    by at most one, so a batch of any size -- such as the matching-aware negatives -- gets the same
+    statistic as a full one, instead of a telltale zero)."""
+    n = x.shape[0]
+    groups = -(-n // max(1, min(group_size, n)))
+    gid = torch.arange(n, device=x.device) % groups
+    y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    count = torch.bincount(gid, minlength=groups).to(y.dtype).view(-1, 1, 1, 1)
+    mean = torch.zeros(groups, *y.shape[1:], device=y.device, dtype=y.dtype).index_add(0, gid, y) / count
+    var = torch.zeros_like(mean).index_add(0, gid, (y - mean[gid]).pow(2)) / count
+    std = var.add(1e-8).sqrt().mean((1, 2, 3))[gid]
+    return torch.cat([x, std.view(n, 1, 1, 1).expand(n, 1, *x.shape[2:]).to(x.dtype)], 1)
+
+
+class CmapHead(nn.Module):
+    """StyleGAN2-ADA's conditional epilogue at one scale (``--d-head cmap``): minibatch stddev, 3x3 conv,
+    a fully connected layer over the flattened r x r map (so where things are counts, not only which
+    features occur), a linear map to ``cmap_dim``, and the output <h, cmap> / sqrt(cmap_dim) with cmap
+    the mapped condition: purely a projection, no unconditional term."""
+
+    def __init__(self, channels: int, resolution: int, cmap_dim: int, mbstd_group: int = 4):
+        super().__init__()
+        self.mbstd_group = mbstd_group
+        self.conv = nn.Conv2d(channels + (1 if mbstd_group > 1 else 0), channels, 3, padding=1)
+        self.fc = nn.Linear(channels * resolution * resolution, channels)
+        self.out = nn.Linear(channels, cmap_dim)
+
+    def forward(self, x: torch.Tensor, cmap: torch.Tensor) -> torch.Tensor:
+        if self.mbstd_group > 1:
+            x = minibatch_stddev(x, self.mbstd_group)
+        h = self.out(lrelu(self.fc(lrelu(self.conv(x)).flatten(1))))
+        return (h * cmap.to(h.dtype)).sum(1) / math.sqrt(h.shape[1])
+
+
 def image_pyramid(images: torch.Tensor, resolutions: Sequence[int]) -> dict[int, torch.Tensor]:
     """Area-downsampled copies of ``images`` at each resolution (real images for the multi-scale D)."""
     return {
@@ -471,6 +533,9 @@ def image_pyramid(images: torch.Tensor, resolutions: Sequence[int]) -> dict[int,
 @register("gigagan-discriminator")
 class GigaGANDiscriminator(nn.Module):
     """Multi-scale input, multi-scale output, text-conditioned discriminator (GigaGAN Sec. 3.3).
+
+    ``head``: "projection" (each scale: linear(f) + <proj(t_global), f> on averaged features) or "cmap"
+    (StyleGAN2-ADA's epilogue at each scale, projected onto cmap = M(t_global), :class:`CmapHead`).
 
     ``D(pyramid, text)`` -> {(r_in, r_out): logits [N]}: input level r_in enters the shared trunk
     at its resolution via its own fromRGB and is judged at every output scale r_out < r_in.
@@ -490,9 +555,19 @@ class GigaGANDiscriminator(nn.Module):
         head_dim: int = 32,
         text: dict[str, Any] | None = None,
         cond_channels: int = 0,
+        head: str = "projection",
+        cmap_dim: int | None = None,
+        mapping_layers: int = 2,
+        mbstd_group: int = 4,
+        norm: str = "none",
+        pool: str = "avg",
     ):
         super().__init__()
-        self.resolution = resolution
+        if norm not in D_NORMS or pool not in D_POOLS:
+            raise ValueError(f"D norm / pool: expected one of {D_NORMS} / {D_POOLS}, got {norm} / {pool}")
+        if head not in D_HEADS:
+            raise ValueError(f"discriminator head: expected one of {', '.join(D_HEADS)}, got {head!r}")
+        self.resolution, self.head = resolution, head
         self.trunk_res = resolutions_between(4, resolution)
         self.pyramid = sorted(int(r) for r in (pyramid or [r for r in self.trunk_res if r >= 8]))
         self.out_res = sorted(int(r) for r in (out_res or [r for r in self.trunk_res if r < resolution]))
@@ -509,12 +584,22 @@ class GigaGANDiscriminator(nn.Module):
         )
         self.stages = nn.ModuleDict(
             {
-                str(r): DiscriminatorStage(ch[r], ch[r // 2], r in set(attn_res), head_dim)
+                str(r): DiscriminatorStage(ch[r], ch[r // 2], r in set(attn_res), head_dim, norm, pool)
                 for r in self.trunk_res
                 if r > 4
             }
         )
-        self.heads = nn.ModuleDict({str(r): ProjectionHead(ch[r], text_dim) for r in self.out_res})
+        self.cmap = None
+        if head == "cmap":
+            if text_dim == 0:
+                raise ValueError("the cmap discriminator head projects onto the mapped text: give text=")
+            cmap_dim = int(cmap_dim or ch[min(self.out_res)])
+            self.cmap = MappingNetwork(0, cmap_dim, text_dim, mapping_layers)
+            self.heads = nn.ModuleDict(
+                {str(r): CmapHead(ch[r], r, cmap_dim, mbstd_group) for r in self.out_res}
+            )
+        else:
+            self.heads = nn.ModuleDict({str(r): ProjectionHead(ch[r], text_dim) for r in self.out_res})
 
     def output_keys(self) -> list[tuple[int, int]]:
         return [(i, j) for i in self.pyramid for j in self.out_res if j < i]
@@ -536,6 +621,8 @@ class GigaGANDiscriminator(nn.Module):
                 raise ValueError("this discriminator is text-conditioned: give prompts=[...] or text=")
             text = self.encode_text(prompts)
         t_global = text.global_ if text is not None else None
+        if self.cmap is not None:
+            t_global = self.cmap(None, t_global)  # every head projects onto the one mapped condition
         out = {}
         for r_in in self.pyramid:
             x = images[r_in]
@@ -600,6 +687,12 @@ class GigaGANUpsampler(nn.Module):
         self.mapping = MappingNetwork(z_dim, w_dim, text_dim, mapping_layers)
         self.from_rgb = nn.Conv2d(img_channels, channels, 3, padding=1)
         self.encoder = nn.ModuleList(EncoderStage(channels, channels) for _ in range(down))
+        for conv in [self.from_rgb, *(m for m in self.encoder.modules() if isinstance(m, nn.Conv2d))]:
+            # variance-preserving with lrelu's sqrt(2) gain (std 1/sqrt(fan_in), as StyleGAN's equalised
+            # layers): with PyTorch's default init the features shrink ~0.6x per conv, the demodulated
+            # decoder keeps that scale, and the residual stayed ~1e-3 after 4k images (docs/gigagan.md)
+            nn.init.normal_(conv.weight, 0.0, 1 / math.sqrt(conv.weight[0].numel()))
+            nn.init.zeros_(conv.bias)
         self.bottleneck = SynthesisLayer(channels, channels, w_dim, num_kernels)
         ups = down + int(math.log2(scale))
         self.up_layers = nn.ModuleList()
