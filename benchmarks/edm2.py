@@ -14,9 +14,11 @@ sampling speed (images/s over all samples, one thread):
 
   * each arm with the engine's EMA and with post-hoc EMA lengths ``--sweep`` (Heun, 12 steps, unguided);
   * on the edm arm at equal NFE (Heun, 6 and 12 steps = 22 and 46 evaluations guided, the demo's guided
-    configurations): classifier-free guidance (w = 3, the demo's), autoguidance by the run's checkpoint
-    at ``--guide-step`` (w = 2, and 3 at 6 steps), and both with the guidance interval (0.28, 5.42]
-    (Kynkäänniemi et al. 2024, EDM2 ImageNet-512) at the most steps whose NFE stays within the budget.
+    configurations): classifier-free guidance (w = 3, the demo's), autoguidance (w = 2, and 3 at 6 steps)
+    by the run's checkpoint at ``--guide-step`` or (``--guide small``) by a half-width edm trained
+    ``--guide-steps`` steps, as EDM2 guides by a smaller, less-trained model, and both with the guidance
+    interval (0.28, 5.42] (Kynkäänniemi et al. 2024, EDM2 ImageNet-512) at the most steps whose NFE
+    stays within the budget.
 
 Prints a markdown table (and writes ``OUT/table.md``, ``OUT/results.json`` and
 ``OUT/phema.png``: FD and accuracy against the EMA length). Run:
@@ -41,6 +43,9 @@ ARMS = {
     "edm": dict(COMMON, family="diffusion", arch="ddpmpp", lr=2e-3, adaptive_scale=True),
     "edm2": dict(COMMON, family="diffusion", arch="edm2", lr_ref=1e-2, decay_kimg=16),
 }
+#: autoguidance's guide as EDM2 trains it: the same recipe at half the width, trained for a fraction of the
+#: main run (``--guide small``); ``--guide checkpoint`` uses the edm run's own checkpoint instead
+GUIDE_ARM = dict(ARMS["edm"], model_channels=16)
 GUIDANCE = 3.0  # the demo's classifier-free guidance scale
 INTERVAL = (0.28, 5.42)
 
@@ -97,7 +102,31 @@ def sample_and_score(model: Any, options: dict[str, Any], path: Path, count: int
             "images_per_s": count / seconds}
 
 
-def configurations(out: Path, sweep: str, guide_step: int,
+def train_guide(out: Path, steps: int) -> Path:
+    """The half-width guide of autoguidance, trained ``steps`` steps (reused when already there)."""
+    from genzoo.train.engine import train
+
+    run = out / "runs" / "guide"
+    print(f"training the half-width guide for {steps} steps -> {run}", flush=True)
+    train(dict(GUIDE_ARM, out=str(run), steps=steps))
+    return run
+
+
+def guide_model(out: Path, guide: str, guide_step: int) -> tuple[Path, str]:
+    """(model directory, description) of autoguidance's guide."""
+    from genzoo.checkpoints import list_checkpoints
+
+    if guide == "small":
+        run = out / "runs" / "guide"
+        return run, f"the half-width edm at {list_checkpoints(run)[-1].name}"
+    run = out / "runs" / "edm"
+    found = next((c for c in list_checkpoints(run) if int(c.name.split("-")[1]) >= guide_step), None)
+    if found is None:
+        raise SystemExit(f"{run}: no checkpoint at or after step {guide_step} to guide with")
+    return found, found.name
+
+
+def configurations(out: Path, sweep: str, guide: tuple[Path, str],
                    arms: list[str]) -> list[tuple[str, str, Path, dict[str, Any]]]:
     """(group, name, model directory, sample options) of every row."""
     from genzoo.api import posthoc_ema
@@ -120,12 +149,10 @@ def configurations(out: Path, sweep: str, guide_step: int,
         last = step(list_checkpoints(out / "runs" / "edm2")[-1])
         edm = list_checkpoints(out / "runs" / "edm")
         same = min(edm, key=lambda c: abs(step(c) - last))
-        if same != edm[-1]:
+        if same != edm[-1] and abs(step(same) - last) <= 0.1 * last:
             rows.insert(0, ("EMA", f"edm at {same.name} (≈ edm2's images), engine EMA", same, {"steps": 12}))
     run = out / "runs" / "edm"
-    guide = next((c for c in list_checkpoints(run) if int(c.name.split("-")[1]) >= guide_step), None)
-    if guide is None:
-        raise SystemExit(f"{run}: no checkpoint at or after step {guide_step} to guide with")
+    guide_dir, guide_name = guide
     interval = f"{INTERVAL[0]},{INTERVAL[1]}"
     for full, weights in ((6, (2.0, 3.0)), (12, (2.0,))):  # the demo's guided configurations: 6, 12 steps
         steps = steps_for_nfe(heun_nfe(full, None, True), INTERVAL)
@@ -137,10 +164,11 @@ def configurations(out: Path, sweep: str, guide_step: int,
         ]
         for w in weights:
             rows += [
-                ("guidance", f"edm, autoguidance w={w:g} by {guide.name}, {full} steps", run,
-                 {"steps": full, "guidance": w, "guide_model": str(guide)}),
-                ("guidance", f"edm, autoguidance w={w:g} by {guide.name} in ({interval}], {steps} steps", run,
-                 {"steps": steps, "guidance": w, "guide_model": str(guide), "guidance_interval": interval}),
+                ("guidance", f"edm, autoguidance w={w:g} by {guide_name}, {full} steps", run,
+                 {"steps": full, "guidance": w, "guide_model": str(guide_dir)}),
+                ("guidance", f"edm, autoguidance w={w:g} by {guide_name} in ({interval}], {steps} steps", run,
+                 {"steps": steps, "guidance": w, "guide_model": str(guide_dir),
+                  "guidance_interval": interval}),
             ]
         if full == 6:
             rows.append(("guidance", "edm, unguided, 11 steps (NFE 21)", run, {"steps": 11}))
@@ -185,8 +213,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512, help="samples per configuration")
     parser.add_argument("--ref-count", type=int, default=2000, help="data images of the FD reference")
     parser.add_argument("--sweep", default="0.02:0.2:10", help="post-hoc EMA lengths LO:HI:N")
+    parser.add_argument("--guide", choices=("checkpoint", "small"), default="checkpoint",
+                        help="autoguidance's guide: the edm run's checkpoint at --guide-step, or a "
+                             "half-width edm trained --guide-steps steps (smaller, less trained: EDM2's)")
     parser.add_argument("--guide-step", type=int, default=200,
-                        help="checkpoint step of the autoguidance guide")
+                        help="checkpoint step of the autoguidance guide (--guide checkpoint)")
+    parser.add_argument("--guide-steps", type=int, default=200,
+                        help="training steps of the half-width guide (--guide small)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arms", default=",".join(ARMS), help="arms to train and measure (default all)")
     parser.add_argument("--no-train", action="store_true", help="measure the runs in OUT/runs as they are")
@@ -198,6 +231,8 @@ def main() -> None:
         raise SystemExit(f"--arms: expected some of {', '.join(ARMS)}")
     if not args.no_train:
         train_arms(out, args.steps, arms)
+        if args.guide == "small" and "edm" in arms:
+            train_guide(out, args.guide_steps)
 
     from genzoo.api import load
     from genzoo.demo import reference_stage
@@ -208,7 +243,8 @@ def main() -> None:
     cache = out / "results.json"
     done = {(r["group"], r["name"]): r for r in json.loads(cache.read_text())} if cache.is_file() else {}
     results = []
-    for group, name, model_dir, options in configurations(out, args.sweep, args.guide_step, arms):
+    guide = guide_model(out, args.guide, args.guide_step) if "edm" in arms else (out, "")
+    for group, name, model_dir, options in configurations(out, args.sweep, guide, arms):
         if (group, name) not in done:
             print(f"{group}: {name}", flush=True)
             model = load(model_dir)
