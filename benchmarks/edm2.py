@@ -222,7 +222,9 @@ def main() -> None:
                         help="training steps of the half-width guide (--guide small)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arms", default=",".join(ARMS), help="arms to train and measure (default all)")
-    parser.add_argument("--no-train", action="store_true", help="measure the runs in OUT/runs as they are")
+    parser.add_argument("--no-train", action="store_true",
+                        help="measure the runs in OUT/runs as they are (the --guide small guide is still "
+                        "trained when missing)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -231,8 +233,8 @@ def main() -> None:
         raise SystemExit(f"--arms: expected some of {', '.join(ARMS)}")
     if not args.no_train:
         train_arms(out, args.steps, arms)
-        if args.guide == "small" and "edm" in arms:
-            train_guide(out, args.guide_steps)
+    if args.guide == "small" and "edm" in arms:
+        train_guide(out, args.guide_steps)  # resumes: an already trained guide is reused as it is
 
     from genzoo.api import load
     from genzoo.demo import reference_stage
