@@ -95,7 +95,8 @@ def _good_file(path: Path) -> bytes:
 def test_a_killed_or_interrupted_sample_leaves_the_previous_output(tmp_path, driver, toy_run, sig):
     out = tmp_path / "good.npz"
     good = _good_file(out)
-    proc = _start_sample(driver, toy_run, out, "0-100000")
+    # far more seeds than can be written before the signal lands, even with this process descheduled
+    proc = _start_sample(driver, toy_run, out, "0-999999")
     try:
         wait_for(lambda: any(p.stat().st_size > 0 for p in temporaries(tmp_path, out.name)), proc)
         os.kill(proc.pid, sig)
