@@ -80,10 +80,19 @@ def toy_run(tmp_path, monkeypatch):
     return tmp_path / "run"
 
 
+def _default_signal_dispositions() -> None:
+    """In the child before exec: Ctrl-C and SIGTERM as a shell gives them to a command. A test worker may
+    have SIGINT ignored or blocked (both are inherited through exec), and then the child would never see
+    the signal this test sends."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start_sample(driver, run, out, seeds, *more):
     argv = ["sample", "--ckpt", str(run), "--seeds", seeds, "--batch", "64", "--out", str(out), *more]
     return subprocess.Popen([sys.executable, str(driver), *argv], env=child_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_default_signal_dispositions)
 
 
 def _good_file(path: Path) -> bytes:
