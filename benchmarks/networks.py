@@ -392,11 +392,20 @@ def part_step(kind: str, items: list, train: bool, layout: torch.memory_format) 
         def fn(q, h, o, kw):
             return attend_packed_tokens(q, h, o, **kw)
     calls = [lambda fn=fn, a=a: fn(*a) for a in args]
+    def tensors(a: tuple) -> list[torch.Tensor]:
+        flat = [t for v in a for t in (v if isinstance(v, tuple) else (v,))]
+        flat += [p for v in a if isinstance(v, torch.nn.Module) for p in v.parameters()]
+        return [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
+    leaves = [tensors(a) for a in args]
+    grads: list[torch.Tensor] = []  # dense output gradients in the outputs' layout, as in the network
 
     def step() -> None:
-        for call in calls:
+        for i, call in enumerate(calls):
             if train:
-                call().sum().backward()
+                out = call()
+                if len(grads) <= i:
+                    grads.append(torch.randn_like(out))
+                torch.autograd.grad(out, leaves[i], grads[i])  # no accumulation into .grad
             else:
                 with torch.inference_mode():
                     call()
