@@ -206,6 +206,7 @@ def norm_silu(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     recorded = torch.is_grad_enabled() and h.requires_grad
     if scale_shift is not None:
         scale, shift = scale_shift
-        fresh = not recorded and h.dtype == shift.dtype == scale.dtype and h is not x
+        fresh = (not recorded and h.dtype == shift.dtype == scale.dtype and h is not x
+                 and not torch.compiler.is_compiling())  # inductor fuses it; Dynamo breaks at out=
         h = torch.addcmul(shift, h, scale + 1, out=h if fresh else None)
     return F.silu(h, inplace=not recorded)
