@@ -14,6 +14,9 @@ Sections (each prints a table):
   official  with ``--official PATH`` (a checkout of openai/guided-diffusion, not part of genzoo): the
             official ``UNetModel`` and genzoo's ADM UNet holding the same weights, 32 px, 64 channels,
             mult 1,2,2, attention 16,8, batch 16; ratios against official fp32;
+  bound     with ``--official PATH``: genzoo's fp32 ADM step taken apart (its convolutions, norms and
+            attention cores replayed alone, NCHW and NHWC) against the official step: the speed-up genzoo
+            would reach if everything but its convolutions were free, and the convolutions' fraction of peak;
   demo      with ``--before REV``: the demo's EDM training lane (DDPM++, bf16) with ``genzoo/nets/unet.py`` as
             at git revision REV against the working tree (the modules it imports, such as
             ``genzoo/nets/fused.py``, are the working tree's on both sides: ``benchmarks/demo_lanes.py``
@@ -254,25 +257,33 @@ def load_official(path: str) -> Callable[..., torch.nn.Module]:
     return create_model
 
 
-def section_official(args: argparse.Namespace, device: torch.device, sync) -> None:
+def official_and_genzoo(args: argparse.Namespace, device: torch.device
+                        ) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The official ``UNetModel`` and genzoo's ADM UNet at the issue's configuration, holding the same
+    random weights (the zero-initialised layers randomised too), and an input batch."""
     create_model = load_official(args.official)
     cfg = dict(adm_config(64), class_cond=False, dropout=0.0)
     torch.manual_seed(0)
     official = create_model(**cfg).to(device)
     ours = nets.build("adm", **cfg).to(device)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(args.official_batch, 3, 32, 32, generator=gen).to(device)
+    t = torch.randint(0, 1000, (args.official_batch,), generator=gen).to(device)
+    with torch.no_grad():
+        for p in official.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     ours.load_state_dict(official.state_dict())
+    return official, ours, x, t
+
+
+def section_official(args: argparse.Namespace, device: torch.device, sync) -> None:
+    official, ours, x, t = official_and_genzoo(args, device)
+    cfg = dict(adm_config(64), class_cond=False, dropout=0.0)
     ours_cl = nets.build("adm", **cfg).to(device)
     ours_cl.load_state_dict(official.state_dict())
     ours_cl = ours_cl.to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(args.official_batch, 3, 32, 32, generator=gen).to(device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    t = torch.randint(0, 1000, (args.official_batch,), generator=gen).to(device)
-    with torch.no_grad():  # same weights -> same outputs (randomise the zero-initialised layers first)
-        for p in official.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-        ours.load_state_dict(official.state_dict())
-        ours_cl.load_state_dict(official.state_dict())
+    with torch.no_grad():  # same weights -> same outputs
         ref = official(x, t)
         err = max((ours(x, t) - ref).abs().max().item(), (ours_cl(x_cl, t) - ref).abs().max().item())
     print(f"\n## ADM vs official guided-diffusion (32 px, ch 64, mult 1,2,2, attention 16,8, "
@@ -316,6 +327,135 @@ def section_official(args: argparse.Namespace, device: torch.device, sync) -> No
                 step()
             print(f"\n### profile: {k}, forward+backward\n"
                   + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+# ------------------------------------------------------------------------------------------ bound
+
+
+def record_adm_parts(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> dict[str, list]:
+    """The inputs of every 2-D convolution, GroupNorm(+SiLU) and attention core in one forward of genzoo's
+    ADM UNet (its module-level helpers swapped for recorders for the duration of the call)."""
+    from genzoo.nets import adm
+
+    rec: dict[str, list] = {"conv": [], "norm": [], "attention": []}
+    saved = adm.norm_silu, adm.group_norm, adm.attend_packed_tokens
+
+    def norm_silu(norm, h, scale_shift=None):
+        ss = None if scale_shift is None else tuple(s.detach().clone() for s in scale_shift)
+        rec["norm"].append((saved[0], norm, h.detach().clone(), ss))
+        return saved[0](norm, h, scale_shift)
+
+    def group_norm(norm, h):
+        rec["norm"].append((lambda n, a, s: saved[1](n, a), norm, h.detach().clone(), None))
+        return saved[1](norm, h)
+
+    def attend(qkv, heads, new_order, **kw):
+        rec["attention"].append((qkv.detach().clone(), heads, new_order, kw))
+        return saved[2](qkv, heads, new_order, **kw)
+
+    def conv_hook(m, inp, out):
+        rec["conv"].append((inp[0].detach().clone(), m.weight.detach(), m.bias.detach(), m.stride, m.padding,
+                            inp[0].requires_grad))
+    hooks = [m.register_forward_hook(conv_hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    adm.norm_silu, adm.group_norm, adm.attend_packed_tokens = norm_silu, group_norm, attend
+    try:
+        net(x.requires_grad_(False), t)
+    finally:
+        adm.norm_silu, adm.group_norm, adm.attend_packed_tokens = saved
+        for h in hooks:
+            h.remove()
+    return rec
+
+
+def part_step(kind: str, items: list, train: bool, layout: torch.memory_format) -> Step:
+    """All recorded calls of one kind replayed in isolation, forward (inference_mode) or forward+backward."""
+    import torch.nn.functional as F
+
+    from genzoo.nets.fused import attend_packed_tokens
+
+    def prep(t: torch.Tensor, grad: bool) -> torch.Tensor:
+        t = t.contiguous(memory_format=layout) if t.dim() == 4 else t.clone()
+        return t.requires_grad_(grad and train)
+
+    if kind == "conv":
+        args = [(prep(a, g), prep(w, True), prep(b, True), s, p) for a, w, b, s, p, g in items]
+        fn = F.conv2d
+    elif kind == "norm":
+        args = [(n, prep(a, True), None if ss is None else tuple(prep(q, True) for q in ss), f)
+                for f, n, a, ss in items]
+
+        def fn(n, a, ss, f):
+            return f(n, a, ss)
+    else:
+        args = [(prep(q, True), h, o, kw) for q, h, o, kw in items]
+
+        def fn(q, h, o, kw):
+            return attend_packed_tokens(q, h, o, **kw)
+    calls = [lambda fn=fn, a=a: fn(*a) for a in args]
+    def tensors(a: tuple) -> list[torch.Tensor]:
+        flat = [t for v in a for t in (v if isinstance(v, tuple) else (v,))]
+        flat += [p for v in a if isinstance(v, torch.nn.Module) for p in v.parameters()]
+        return [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
+    leaves = [tensors(a) for a in args]
+    grads: list[torch.Tensor] = []  # dense output gradients in the outputs' layout, as in the network
+
+    def step() -> None:
+        for i, call in enumerate(calls):
+            if train:
+                out = call()
+                if len(grads) <= i:
+                    grads.append(torch.randn_like(out))
+                torch.autograd.grad(out, leaves[i], grads[i])  # no accumulation into .grad
+            else:
+                with torch.inference_mode():
+                    call()
+    return step
+
+
+def copy_pass(maps: list[torch.Tensor]) -> Step:
+    """One read and one write of every map (into preallocated outputs): the memory-traffic unit."""
+    outs = [torch.empty_like(m) for m in maps]
+
+    def step() -> None:
+        for m, o in zip(maps, outs):
+            o.copy_(m)
+    return step
+
+
+def section_bound(args: argparse.Namespace, device: torch.device, sync) -> None:
+    """Where genzoo's fp32 ADM step goes, and the speed-up over the official code it could reach if all
+    but its convolutions were free: the recorded convolutions, norms and attention cores replayed alone."""
+    official, ours, x, t = official_and_genzoo(args, device)
+    ours_cl = ours.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    rec = record_adm_parts(ours_cl, x_cl, t)
+    m1, m2 = (torch.randn(2048, 2048, device=device) for _ in range(2))
+    print(f"\n## fp32 bound: genzoo ADM channels_last vs official (batch {args.official_batch}, "
+          f"{torch.get_num_threads()} threads, CPU ms per step, medians of {args.repeats}; "
+          f"{len(rec['conv'])} convolutions, {len(rec['norm'])} norms, {len(rec['attention'])} attention "
+          "cores)")
+    for train, make in ((False, forward_step), (True, train_step)):
+        steps = {"official": make(official, lambda: official(x, t), device, False),
+                 "genzoo channels_last": make(ours_cl, lambda: ours_cl(x_cl, t), device, False),
+                 "convolutions NCHW": part_step("conv", rec["conv"], train, torch.contiguous_format),
+                 "convolutions NHWC": part_step("conv", rec["conv"], train, torch.channels_last),
+                 "GroupNorm(+SiLU) NHWC": part_step("norm", rec["norm"], train, torch.channels_last),
+                 "attention cores": part_step("attention", rec["attention"], train, torch.channels_last),
+                 "one copy of the norm maps": copy_pass([m for _, _, m, _ in rec["norm"]]),
+                 "fp32 matmul 2048": lambda: m1 @ m2}
+        conv_flops = flops(part_step("conv", rec["conv"], train, torch.contiguous_format))
+        sec = interleaved(steps, args.repeats, sync)
+        base, ours_s = sec["official"], sec["genzoo channels_last"]
+        print(f"{'forward+backward' if train else 'forward'}: convolutions {conv_flops / 1e9:.1f} GFLOP")
+        for k, v in sec.items():
+            peak_flops = 2 * 2048**3 / sec["fp32 matmul 2048"]
+            extra = (f"  {conv_flops / v / peak_flops * 100:4.0f}% of the fp32 matmul peak "
+                     f"({peak_flops / 1e9:.0f} GFLOP/s in this run)" if k.startswith("conv") else "")
+            print(f"  {k:24s} {v * 1e3:8.1f} ms  {100 * v / ours_s:5.1f}% of genzoo's step{extra}")
+        parts = sec["convolutions NHWC"] + sec["GroupNorm(+SiLU) NHWC"] + sec["attention cores"]
+        print(f"  measured genzoo/official x{base / ours_s:.2f}; bound if all but the NHWC convolutions were "
+              f"free x{base / sec['convolutions NHWC']:.2f}; if all but convolutions, norms and attention "
+              f"were free x{base / parts:.2f}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------ demo lane
@@ -403,6 +543,8 @@ def main() -> None:
         section_sampling(args, device, sync)
     if "official" in sections and args.official:
         section_official(args, device, sync)
+    if "bound" in sections and args.official:
+        section_bound(args, device, sync)
     if "demo" in sections and args.before:
         section_demo(args, device, sync)
 

@@ -63,3 +63,19 @@ def test_compiled_blocks_equal_the_eager_ones_in_float32():
         got = model(x, emb)
     assert set(model.state_dict()) == set(TinyBlocks().state_dict())  # compiled in place: same keys
     assert (got - ref).norm() <= 1e-4 * ref.norm()
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "cl"])
+def test_sampling_blocks_trace_as_one_graph(fmt):
+    """A graph break splits the compiled network into per-block frames, each recompiled per input shape
+    until Dynamo's recompile limit leaves the rest eager (an in-place ``out=`` into a channels_last map
+    did that): the blocks must trace whole, in both layouts."""
+    import torch._dynamo as dynamo
+
+    if not dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile does not support this Python")
+    model, x, emb = tiny_inputs()
+    model = model.to(memory_format=fmt)
+    with torch.inference_mode():
+        explained = dynamo.explain(model)(x.contiguous(memory_format=fmt), emb)
+    assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]

@@ -180,3 +180,31 @@ def test_norm_silu_under_autograd_copies_nothing():
     with profile() as prof:
         fusedmod.norm_silu(norm, x).sum().backward()
     assert "aten::clone" not in {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("adaptive", [None, False, True], ids=["norm only", "plain", "scale-shift"])
+def test_float32_channels_last_sampling_takes_the_library_kernel_in_place(adaptive):
+    """Where autograd records nothing, a float32 channels_last map goes through the library GroupNorm with
+    the scale-shift and SiLU in place (faster there, docs/performance.md): same definition to 1e-4 relative,
+    channels_last kept, the input untouched; bfloat16 keeps the explicit path."""
+    gen = torch.Generator().manual_seed(7)
+    n, c = 3, 16
+    norm = torch.nn.GroupNorm(4, c)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(c, generator=gen))
+        norm.bias.copy_(torch.randn(c, generator=gen))
+    x = (torch.randn(n, c, 5, 6, generator=gen, dtype=torch.float64) * 2 + 3).float()
+    x = x.contiguous(memory_format=torch.channels_last)
+    ss = [torch.randn(n, c, 1, 1, generator=gen) for _ in range(2)] if adaptive else []
+    before = x.clone()
+    with torch.inference_mode():
+        assert not fusedmod.group_norm_silu_pays(norm, x)
+        assert fusedmod.group_norm_silu_pays(norm, x.bfloat16())
+        with profile() as prof:
+            got = (fusedmod.norm_silu(norm, x, tuple(ss) if adaptive else None) if adaptive is not None
+                   else fusedmod.group_norm(norm, x))
+    keys = {e.key for e in prof.key_averages()}
+    assert "aten::native_group_norm" in keys and "_GroupNormSiLU" not in keys
+    ref = reference_norm_silu(x, norm, *ss, silu=adaptive is not None)
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, before)
+    assert (got.double() - ref).abs().max() <= 1e-4 * ref.abs().max()

@@ -175,10 +175,12 @@ class _GroupNormSiLU(torch.autograd.Function):
 
 def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
     """True where ``_GroupNormSiLU`` beats the library's GroupNorm: a float32/bfloat16 channels_last CPU
-    map (not also contiguous) normalised by an ``nn.GroupNorm``."""
+    map (not also contiguous) normalised by an ``nn.GroupNorm``, except a float32 map where autograd
+    records nothing: there the library kernel with an in-place scale-shift and SiLU is faster
+    (docs/performance.md)."""
     return (isinstance(norm, nn.GroupNorm) and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype in (torch.float32, torch.bfloat16) and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last))
+            and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.is_grad_enabled()))
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def group_norm(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -192,15 +194,19 @@ def norm_silu(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
               scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """SiLU(norm(x)), or SiLU(norm(x)·(1 + scale) + shift) (ADM §3 adaptive group normalisation).
 
-    channels_last CPU maps take ``_GroupNormSiLU``; otherwise the scale-shift is one ``addcmul`` and the
-    SiLU runs in place on the fresh normalised tensor only where autograd does not record it (SiLU's backward
-    reads its input, so a recorded in-place SiLU first copies that input: a full extra pass over the map).
+    channels_last CPU maps take ``_GroupNormSiLU`` where that pays (``group_norm_silu_pays``); otherwise the
+    scale-shift is one ``addcmul`` and both it and the SiLU run in place on the fresh normalised tensor only
+    where autograd does not record them (SiLU's backward reads its input, so a recorded in-place SiLU first
+    copies that input: a full extra pass over the map).
     """
     if group_norm_silu_pays(norm, x):
         scale, shift = scale_shift if scale_shift is not None else (None, None)
         return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift, True)
     h = norm(x)
+    recorded = torch.is_grad_enabled() and h.requires_grad
     if scale_shift is not None:
         scale, shift = scale_shift
-        h = torch.addcmul(shift, h, scale + 1)
-    return F.silu(h, inplace=not (torch.is_grad_enabled() and h.requires_grad))
+        fresh = (not recorded and h.dtype == shift.dtype == scale.dtype and h is not x
+                 and not torch.compiler.is_compiling())  # inductor fuses it; Dynamo breaks at out=
+        h = torch.addcmul(shift, h, scale + 1, out=h if fresh else None)
+    return F.silu(h, inplace=not recorded)
