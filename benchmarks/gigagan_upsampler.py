@@ -51,7 +51,7 @@ def compare(U: torch.nn.Module, hr: torch.Tensor, lpips=None) -> list[tuple[str,
         perceptual = None
         if lpips is not None:
             with torch.no_grad():
-                perceptual = float(lpips((out.clamp(-1, 1) + 1) / 2, (hr + 1) / 2).mean())
+                perceptual = float(lpips(out.clamp(-1, 1), hr).mean())
         out = out.clamp(-1, 1)
         rows.append((name, float(psnr(out, hr).mean()), float(ssim(out, hr).mean()), perceptual))
     return rows

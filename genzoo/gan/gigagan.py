@@ -33,7 +33,7 @@ from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.gan.latents import slerp
 from genzoo.gan.parse import parse_betas, parse_resolutions
-from genzoo.nets.gigagan import D_HEADS, D_NORMS, D_POOLS, GigaGANGenerator, image_pyramid
+from genzoo.nets.gigagan import D_HEADS, D_NORMS, D_POOLS, UPSAMPLER_BASES, GigaGANGenerator, image_pyramid
 from genzoo.nets.text import TextEmbedding, build_vocabulary
 from genzoo.options import Options, option
 from genzoo.seeds import StackedRandomGenerator
@@ -428,7 +428,7 @@ class UpsamplerObjective(_TwoPlayer):
             loss = adv + self.l1_weight * l1
             logs = {"G/loss": float(adv.detach()), "G/l1": float(l1.detach())}
             if self.lpips_weight > 0:
-                perceptual = self.lpips.to(hr.device)((fake.float() + 1) / 2, (hr.float() + 1) / 2).mean()
+                perceptual = self.lpips.to(hr.device)(fake.float(), hr.float()).mean()  # both in [-1, 1]
                 loss = loss + self.lpips_weight * perceptual
                 logs["G/lpips"] = float(perceptual.detach())
             return StepResult(loss, logs)
@@ -456,13 +456,15 @@ DEFAULTS = {
     "d_head": "projection",
     "d_norm": "none",
     "d_pool": "avg",
+    "upsampler_base": "bicubic",
 }
 
 #: gan family (BigGAN) options GigaGAN does not read
 NOT_READ = ("d_steps", "adam_eps", "ortho_reg", "diffaugment", "shared_dim")
 #: GigaGAN options one of its networks does not read
 NOT_READ_BY = {
-    "gigagan": ("upsample_scale", "upsampler_text", "degrade", "lpips_weight", "lpips_weights", "l1_weight"),
+    "gigagan": ("upsample_scale", "upsampler_text", "upsampler_base", "degrade", "lpips_weight",
+                "lpips_weights", "l1_weight"),
     "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool"),
 }
 
@@ -508,6 +510,9 @@ class GigaGANTrainOptions(Options):
     upsample_scale: int = option(4, V.positive_int, "gigagan-upsampler: scale factor (default 4)")
     upsampler_text: bool = option(False, help="gigagan-upsampler: condition on the captions too",
                                   kind="switch")
+    upsampler_base: str | None = option(None, help="gigagan-upsampler: the fixed upsampling the network adds "
+                                        "its residual to: bicubic (default) or bilinear (before issue #23)",
+                                        choices=UPSAMPLER_BASES)
     degrade: float | None = option(None, V.nonnegative_float, "gigagan-upsampler: probability of each input "
                                    "degradation (blur, resize kernel, noise; default "
                                    f"{DEGRADE_PROBABILITY}; 0: area downsampling only)")
@@ -650,6 +655,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
             "num_kernels": kernels,
             "in_resolution": resolution // scale,
             "text": text,
+            "base": _choice(config, "upsampler_base", UPSAMPLER_BASES),
         }
         config["net"] = net
         D = nets.build(
