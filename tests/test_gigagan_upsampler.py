@@ -113,3 +113,30 @@ def test_the_residual_learns_beyond_the_base_path():
     opt.step()
     with torch.no_grad():
         assert float((U(low) - U.base_path(low)).abs().max()) > 0
+
+
+def test_upsampler_latent_zero_trains_and_samples_with_z_zero():
+    assert giga.DEFAULTS["upsampler_latent"] == "zero"
+    with pytest.raises(UserError, match="--upsampler-latent: expected one of zero, random"):
+        giga.GigaGANTrainOptions.build({"upsampler_latent": "gaussian"})
+    with pytest.raises(ValueError, match="upsampler latent must be one of zero, random"):
+        nets.build("gigagan-upsampler", scale=4, channels=8, in_resolution=8, latent="gaussian")
+    low = (torch.rand(3, 3, 4, 4) * 255).to(torch.uint8)
+    outputs = {}
+    for latent in ("zero", "random"):
+        torch.manual_seed(0)
+        U = nets.build("gigagan-upsampler", scale=2, down=1, channels=8, z_dim=4, w_dim=8, num_kernels=2,
+                       head_dim=8, in_resolution=4, latent=latent)
+        torch.nn.init.normal_(U.torgb.conv.bank)  # a trained-looking tRGB, so z shows in the output
+        seen = []
+        U.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[1]))
+        D = nets.build("gigagan-discriminator", resolution=8, channel_base=64, channel_max=8, attn_res=(),
+                       cond_channels=3)
+        batch = Batch(images=torch.rand(2, 3, 8, 8) * 2 - 1, labels=torch.full((2,), -1))
+        giga.UpsamplerObjective(U, D, degrade=0.0).loss("G", batch, 1)
+        assert (seen[-1] is None) == (latent == "zero")  # None: the network's z = 0
+        outputs[latent] = (giga.upsample(U, low, seeds=[0, 1, 2]), giga.upsample(U, low))
+    with_seeds, without = outputs["zero"]
+    torch.testing.assert_close(with_seeds, without)  # seeds fix noise only; the noise strengths start at 0
+    with_seeds, without = outputs["random"]
+    assert float((with_seeds - without).abs().max()) > 1e-3  # seeds draw z for a random-latent upsampler

@@ -195,6 +195,7 @@ GIGAGAN_TRAIN_FLAGS = {
     "--w-dim": 128, "--match-weight": 1.0, "--match-negatives": None, "--text-tokenizer": None,
     "--text-lr-mul": None, "--d-head": None, "--d-norm": None, "--d-pool": None,
     "--r1-interval": 4, "--upsample-scale": 4, "--upsampler-text": False, "--upsampler-base": None,
+    "--upsampler-latent": None,
     "--degrade": None, "--lpips-weight": None, "--lpips-weights": None, "--l1-weight": 10.0,
 }
 GIGAGAN_SAMPLE_FLAGS = {"--prompt": None, "--prompt-fine": None, "--style-seed": None, "--mix-layer": None,

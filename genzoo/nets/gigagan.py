@@ -652,6 +652,8 @@ class EncoderStage(nn.Module):
 
 #: the upsampler's fixed base path (``--upsampler-base``), which the network adds a residual to
 UPSAMPLER_BASES = ("bicubic", "bilinear")
+#: the upsampler's latent in training and sampling (``--upsampler-latent``): z = 0 or z ~ N(0, I)
+UPSAMPLER_LATENTS = ("zero", "random")
 
 
 @register("gigagan-upsampler")
@@ -665,7 +667,10 @@ class GigaGANUpsampler(nn.Module):
     (``UPSAMPLER_BASES``: bicubic or bilinear; a run saved before the option existed is bilinear). The tRGB
     kernel starts at zero, so an untrained upsampler is exactly its base path and training adds detail
     (with a random tRGB the residual starts as noise of std ~0.3, the L1 term first learns to switch it
-    off, and it stayed ~0 after thousands of images: docs/gigagan.md).
+    off, and it stayed ~0 after thousands of images: docs/gigagan.md). ``latent`` (``UPSAMPLER_LATENTS``):
+    ``random`` trains with z ~ N(0, I) (style-based, as the generator), ``zero`` with z = 0 (a deterministic
+    mapping: with random z and no caption, the per-sample styles carry nothing about the target and the
+    L1 term kept the residual at ~3e-4 over 4,800 images; docs/gigagan.md).
     Fully convolutional: any input whose sides divide by 2**down.
     """
 
@@ -684,13 +689,17 @@ class GigaGANUpsampler(nn.Module):
         text: dict[str, Any] | None = None,
         in_resolution: int = 16,
         base: str = "bilinear",
+        latent: str = "random",
     ):
         super().__init__()
         if scale < 2 or scale & (scale - 1):
             raise ValueError(f"upsampler scale must be a power of two >= 2, got {scale}")
         if base not in UPSAMPLER_BASES:
             raise ValueError(f"upsampler base must be one of {', '.join(UPSAMPLER_BASES)}, got {base!r}")
-        self.base = base
+        if latent not in UPSAMPLER_LATENTS:
+            raise ValueError(f"upsampler latent must be one of {', '.join(UPSAMPLER_LATENTS)}, "
+                             f"got {latent!r}")
+        self.base, self.latent = base, latent
         self.img_channels, self.scale, self.down, self.z_dim = img_channels, scale, down, z_dim
         self.in_channels = self.out_channels = img_channels
         self.in_resolution, self.resolution = in_resolution, in_resolution * scale
