@@ -21,11 +21,14 @@ checkpoint with the rest of its time share, so running the same command again co
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +38,7 @@ from typing import Any
 import torch
 
 from genzoo.checkpoints.record import record_of
-from genzoo.errors import UserError
+from genzoo.errors import Terminated, UserError
 
 #: Training runs in two lanes that run side by side, one CPU thread each, when the machine has two cores
 #: or more: a small network gains little from a second thread (measured: EDM 490 images/s alone on two
@@ -473,13 +476,26 @@ def run_demo(out_dir: str | Path = "demo-out", minutes: float = DEFAULT_MINUTES,
         torch.set_num_threads(threads_before)
 
 
+#: a lane worker is running its stages (SIGTERM then raises, so training saves and finally blocks run)
+_lane_busy = False
+
+
 def _train_lane(stages: list[TrainStage], out: Path, threads: int,
                 position: int) -> dict[str, dict[str, Any]]:
     """Train one lane's runs in order (in a worker process): ``threads`` torch threads, progress bars on
     terminal line ``position``."""
+    global _lane_busy
     torch.set_num_threads(threads)
     os.environ["TQDM_POSITION"] = str(position)  # tqdm reads TQDM_* defaults from the environment
-    return {stage.name: train_stage(stage, out) for stage in stages}
+    _lane_busy = True
+    try:
+        return {stage.name: train_stage(stage, out) for stage in stages}
+    except Terminated:
+        # saved and stopped: the demo is stopping or gone (its queue would keep an idle worker alive)
+        sys.stderr.flush()
+        os._exit(143)
+    finally:
+        _lane_busy = False
 
 
 def _train_all(plan: DemoPlan, out: Path, lanes: bool, total: int) -> dict[str, dict[str, Any]]:
@@ -497,12 +513,50 @@ def _train_all(plan: DemoPlan, out: Path, lanes: bool, total: int) -> dict[str, 
     groups = [[s for s in plan.train if s.lane == lane] for lane in sorted({s.lane for s in plan.train})]
     threads = max(1, torch.get_num_threads() // len(groups))
     summaries: dict[str, dict[str, Any]] = {}
-    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_lane_worker_signals, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_train_lane, group, out, threads, position)
                    for position, group in enumerate(groups)]
-        for future in futures:
-            summaries.update(future.result())  # a failed run raises here, with its own error
+        try:
+            for future in futures:
+                summaries.update(future.result())  # a failed run raises here, with its own error
+        except BaseException:
+            _stop_lanes(pool)  # Ctrl-C, SIGTERM or a failed lane: the others save and stop too
+            raise
     return {stage.name: summaries[stage.name] for stage in plan.train}
+
+
+def _lane_worker_signals(parent: int) -> None:
+    """A lane worker stops only when the demo tells it to (:func:`_stop_lanes`, or the demo's death):
+    it ignores SIGINT, which a terminal's Ctrl-C sends to every process of the group, and SIGTERM raises
+    :class:`~genzoo.errors.Terminated` outside training (inside, the engine saves a checkpoint first)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    threading.Thread(target=_terminate_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _terminate_when_orphaned(parent: int) -> None:
+    """SIGTERM this worker once when the demo is gone (even by SIGKILL), so it saves and stops."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    if not _lane_busy:
+        os._exit(143)  # an idle worker has nothing to save (and a traceback would be noise)
+    raise Terminated()
+
+
+def _stop_lanes(pool: Any) -> None:
+    """SIGTERM each live lane worker: its training saves a checkpoint at the end of the step and stops;
+    the pool's exit then waits for them, so no worker outlives the demo."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
 
 
 def _run(out_dir: str | Path, minutes: float, resolution: int, num_samples: int | None, tiny: bool,

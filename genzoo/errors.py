@@ -6,3 +6,8 @@ class UserError(Exception):
 
     The message must name the offending file or flag and say what was expected.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so ``finally`` blocks remove temporaries before exiting (the CLI
+    exits with 143); a training run stopped by SIGTERM raises it after saving its checkpoint."""

@@ -3,9 +3,15 @@ and resuming."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,7 +19,7 @@ import numpy as np
 import pytest
 from closed_forms import heun_nfe
 
-from genzoo.demo import DONE_FILE, GUIDANCE, plan_demo, run_demo
+from genzoo.demo import DONE_FILE, GUIDANCE, LANES, plan_demo, run_demo
 from genzoo.errors import UserError
 from genzoo.metrics.record import LABELS, read_metrics
 
@@ -237,3 +243,58 @@ def test_cli_flags():
     args = build_parser().parse_args(["demo", "--out", "d", "--minutes", "3", "--resolution", "32",
                                       "--no-gigagan"])
     assert (args.out, args.minutes, args.resolution, args.gigagan) == ("d", 3.0, 32, False)
+
+
+LANE_DRIVER = """
+import signal, sys
+from genzoo.cli import _raise_terminated
+from genzoo.demo import run_demo
+signal.signal(signal.SIGTERM, _raise_terminated)  # as `genzoo demo` does
+run_demo(sys.argv[1], minutes=1, tiny=True, train_steps=10**7, num_samples=8, threads=2, lanes=True, log=None)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The live descendants of ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *_children(child)]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_the_demo_stops_its_lanes_with_their_checkpoints(tmp_path, how):
+    """SIGTERM to the demo makes both training lanes save and stop, and the stopped runs are not marked
+    done (a rerun resumes them); after a SIGKILL the lanes notice the demo is gone and do the same instead
+    of training on unseen."""
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    parent = subprocess.Popen([sys.executable, "-c", LANE_DRIVER, str(out)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_runs = [out / "runs" / lane[0] for lane in LANES]
+    deadline = time.monotonic() + 300
+    while not all((run / "config.json").is_file() for run in first_runs):  # both lanes are training
+        assert parent.poll() is None, parent.stderr.read()
+        assert time.monotonic() < deadline, "the lanes did not start training"
+        time.sleep(0.2)
+    workers = _children(parent.pid)
+    assert workers
+    parent.send_signal(getattr(signal, how))
+    parent.wait(timeout=120)
+    deadline = time.monotonic() + 120
+    while any(map(_alive, workers)):
+        assert time.monotonic() < deadline, "a lane worker outlived the demo"
+        time.sleep(0.2)
+    for run in first_runs:  # each lane's engine finished its step and saved before stopping
+        assert not (run / DONE_FILE).is_file()
+        assert list(run.glob("checkpoint-*")), f"{run.name}: no checkpoint saved"

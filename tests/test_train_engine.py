@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from test_train_toy import ToyDataset, register, toy_config
 
-from genzoo.errors import UserError
+from genzoo.errors import Terminated, UserError
 from genzoo.train.engine import NonFiniteLoss, train
 
 
@@ -268,7 +269,34 @@ def test_sigterm_finishes_the_step_and_saves(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(ToyObjective, "after_update", after_update)
     before = signal.getsignal(signal.SIGTERM)
-    run = train(toy_config(tmp_path, steps=50, checkpoint_every=100), dataset=ToyDataset())
+    config = toy_config(tmp_path, steps=50, checkpoint_every=100)
+    # the stop is raised after the save, so a caller (the demo) cannot take the run for a finished one
+    with pytest.raises(Terminated):
+        train(config, dataset=ToyDataset())
+    run = Path(config["out"])
     assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000003"]
     assert "stopped by SIGTERM at step 3" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, monkeypatch):
+    """A background job (nohup, `cmd &`) starts with SIGINT ignored; training must not take it up."""
+    import signal
+
+    from test_train_toy import ToyObjective
+
+    original = ToyObjective.after_update
+
+    def after_update(self, player, step):
+        original(self, player, step)
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(ToyObjective, "after_update", after_update)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = train(toy_config(tmp_path, steps=5, checkpoint_every=100), dataset=ToyDataset())
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000005"]

@@ -20,7 +20,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 
-from genzoo.errors import UserError
+from genzoo.errors import Terminated, UserError
 
 
 class CommandLineError(SystemExit):
@@ -29,10 +29,6 @@ class CommandLineError(SystemExit):
     def __init__(self, prog: str, message: str):
         super().__init__(2)
         self.prog, self.message = prog, message
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so ``finally`` blocks remove temporaries before exiting."""
 
 
 class OneLineParser(argparse.ArgumentParser):

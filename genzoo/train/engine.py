@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from genzoo.checkpoints import list_checkpoints, load_state_into, write_json_atomic
-from genzoo.errors import UserError
+from genzoo.errors import Terminated, UserError
 from genzoo.family import get_family
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train import distributed as ddp
@@ -88,6 +88,8 @@ def train(config: Mapping[str, Any], dataset: Any = None) -> Path:
     ``dataset`` (optional) replaces ``genzoo.data.load_dataset(config["data"])``: any sequence of
     ``(uint8 [C, H, W], label)`` with ``resolution``, ``num_channels``, ``num_classes`` and
     (optionally) ``captions`` attributes. Started by ``torchrun``, every process runs this function.
+    SIGINT or SIGTERM finishes the current step, saves a checkpoint and raises ``KeyboardInterrupt`` or
+    :class:`genzoo.errors.Terminated` (``--resume`` continues the run).
     """
     config = resolve_config(config)
     device = ddp.pick_device(config.get("device"), int(os.environ.get("LOCAL_RANK", "0")))
@@ -314,18 +316,22 @@ class Trainer:
         if self.stop_signal is not None:
             self.say(f"stopped by {self.stop_signal} at step {p.step}; continue with --resume --out "
                      f"{self.out}")
+            # the caller asked to stop: a run that returned would pass for a finished one (the demo)
+            raise KeyboardInterrupt() if self.stop_signal == "SIGINT" else Terminated()
         else:
             self.say(f"done: step {p.step}, {p.images_seen} images; run directory {self.out}")
         return self.out
 
     def _stop_on_signals(self) -> Callable[[], None]:
         """SIGINT/SIGTERM (Ctrl-C, a cluster's pre-emption notice) finish the current step, save a
-        checkpoint and return; a second signal acts as usual. Returns the function restoring the old
-        handlers."""
+        checkpoint and raise KeyboardInterrupt / :class:`~genzoo.errors.Terminated`; a second signal acts
+        as usual. A signal the process ignores (a background job's SIGINT) stays ignored. Returns the
+        function restoring the old handlers."""
         self.stop_signal: str | None = None
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: old for sig, old in previous.items() if old is not signal.SIG_IGN}
 
         def handler(signum, frame):
             self.stop_signal = signal.Signals(signum).name
