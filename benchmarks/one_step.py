@@ -43,6 +43,10 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # the same at w = 6 (the teacher's Heun-12 accuracy 0.770 there, against 0.723 at w = 3)
         "ect-cfg6": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
                      "--ect-stages", "5"],
+        # plus the adversarial term (class-conditional projection D, adaptive weight λ = 1): against the
+        # blur of one-step estimates regressed to a mean, and for samples of the asked class
+        "ect-cfg6-gan": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                         "--ect-stages", "5", "--gan-weight", "1"],
         # the demo's CD (genzoo/demo.py)
         "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
