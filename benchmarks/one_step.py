@@ -43,7 +43,10 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # the same at w = 6 (the teacher's Heun-12 accuracy 0.770 there, against 0.723 at w = 3)
         "ect-cfg6": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
                      "--ect-stages", "5"],
-        # plus the adversarial term (class-conditional projection D, adaptive weight λ = 1): against the
+        # at w = 10
+        "ect-cfg10": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "10", "--lr", "1e-3",
+                      "--ect-stages", "5"],
+        # ect-cfg6 plus the adversarial term (class-conditional projection D, adaptive weight λ = 1): against the
         # blur of one-step estimates regressed to a mean, and for samples of the asked class
         "ect-cfg6-gan": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
                          "--ect-stages", "5", "--gan-weight", "1"],
