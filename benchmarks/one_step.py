@@ -35,6 +35,11 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # (warm-up 82 steps, a tenth of the 822-step run at batch 32, also in shorter probes)
         "scm": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "1e-4",
                 "--tangent-warmup", "82"],
+        # the same at w = 6 and 10 (more of the guided teacher's class sharpness to inherit)
+        "scm-cfg6": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-4",
+                     "--tangent-warmup", "82"],
+        "scm-cfg10": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "10", "--lr", "1e-4",
+                      "--tangent-warmup", "82"],
         # ECT tuned on data from the teacher's weights (unguided: bounded by the unguided teacher)
         "ect": ["--mode", "ect", "--init", teacher, "--lr", "1e-3", "--ect-stages", "5"],
         # ECT's schedule distilling the guided teacher (the point at r is one teacher ODE step from t)
