@@ -54,6 +54,9 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # from σ_max down to the boundary, so the one-step map sheds stage 0's denoiser mean sooner
         "ect-cfg6-s3": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
                         "--ect-stages", "3"],
+        # and in 8 stages (ECT's default; last Δt = t/128 at large t)
+        "ect-cfg6-s8": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                        "--ect-stages", "8"],
         # at w = 10
         "ect-cfg10": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "10", "--lr", "1e-3",
                       "--ect-stages", "5"],
