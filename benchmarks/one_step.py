@@ -54,6 +54,9 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # from σ_max down to the boundary, so the one-step map sheds stage 0's denoiser mean sooner
         "ect-cfg6-s3": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
                         "--ect-stages", "3"],
+        # ect-cfg6 again with another training seed (how much of a difference between runs is the seed's)
+        "ect-cfg6-seed1": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                           "--ect-stages", "5", "--seed", "1"],
         # and in 8 stages (ECT's default; last Δt = t/128 at large t)
         "ect-cfg6-s8": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
                         "--ect-stages", "8"],
@@ -119,8 +122,9 @@ def train(out: Path, family: str, flags: list[str], images: int) -> float:
     minutes = json.loads(record.read_text())["cpu_minutes"] if record.is_file() else 0.0
     if images_seen(out) < images:
         batch_flags = [] if "--batch" in flags else ["--batch", str(BATCH)]
+        common = COMMON[:-2] if "--seed" in flags else COMMON  # a run's own --seed replaces seed 0
         minutes += genzoo("train", "--family", family, "--out", str(out), *flags, "--steps", steps,
-                          *batch_flags, "--resume", *COMMON) / 60
+                          *batch_flags, "--resume", *common) / 60
         record.write_text(json.dumps({"cpu_minutes": minutes}))
     return minutes
 
