@@ -54,6 +54,9 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # from σ_max down to the boundary, so the one-step map sheds stage 0's denoiser mean sooner
         "ect-cfg6-s3": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
                         "--ect-stages", "3"],
+        # with λ = 0.1 (λ = 1 shrank the objects to dots)
+        "ect-cfg6-gan0.1": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                            "--ect-stages", "5", "--gan-weight", "0.1"],
         # ect-cfg6 again with another training seed (how much of a difference between runs is the seed's)
         "ect-cfg6-seed1": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
                            "--ect-stages", "5", "--seed", "1"],
