@@ -2,14 +2,16 @@
 seeds, shapes features, FD and conditional accuracy against 2000 reference images).
 
     python benchmarks/one_step.py consistency --teacher RUN [--images 26300] [--out DIR] [--only scm,ect]
+        [--teacher-guidance 3,6]
     python benchmarks/one_step.py gan [--images 120000] [--out DIR] [--only r3gan,biggan]
 
-consistency: sCM, ECT (tuned on data), ECT distilling the guided teacher (ect-cfg3) and the demo's CD
-(trajectory targets) from one EDM teacher, each in one and two steps, beside the teacher's guided
-Heun-12. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default `genzoo demo`
-reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training job at a time
-on 1 thread, skips runs and evaluations whose outputs exist, and prints a markdown table with each run's
-training CPU minutes (docs/consistency.md and docs/gan.md hold the measured tables).
+consistency: sCM, ECT (tuned on data), ECT distilling the guided teacher (ect-cfg3; at w = 6 and 10,
+with the adversarial term, in 3 stages) and the demo's CD (trajectory targets) from one EDM teacher, each
+in one and two steps, beside the teacher's guided Heun-12 at each --teacher-guidance w. gan: R3GAN beside
+the demo's BigGAN. The budgets default to what the default `genzoo demo` reaches on an idle machine
+(docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training job at a time on 1 thread, skips runs
+and evaluations whose outputs exist, and prints a markdown table with each run's training CPU minutes
+(docs/consistency.md and docs/gan.md hold the measured tables).
 """
 
 from __future__ import annotations
@@ -35,11 +37,39 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # (warm-up 82 steps, a tenth of the 822-step run at batch 32, also in shorter probes)
         "scm": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "1e-4",
                 "--tangent-warmup", "82"],
+        # the same at w = 6 and 10 (more of the guided teacher's class sharpness to inherit)
+        "scm-cfg6": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-4",
+                     "--tangent-warmup", "82"],
+        "scm-cfg10": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "10", "--lr", "1e-4",
+                      "--tangent-warmup", "82"],
         # ECT tuned on data from the teacher's weights (unguided: bounded by the unguided teacher)
         "ect": ["--mode", "ect", "--init", teacher, "--lr", "1e-3", "--ect-stages", "5"],
         # ECT's schedule distilling the guided teacher (the point at r is one teacher ODE step from t)
         "ect-cfg3": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "1e-3",
                      "--ect-stages", "5"],
+        # the same at w = 6 (the teacher's Heun-12 accuracy 0.770 there, against 0.723 at w = 3)
+        "ect-cfg6": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                     "--ect-stages", "5"],
+        # w = 6 in 3 stages (last Δt = t/4 instead of t/16 at large t): fewer links in the chain of targets
+        # from σ_max down to the boundary, so the one-step map sheds stage 0's denoiser mean sooner
+        "ect-cfg6-s3": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                        "--ect-stages", "3"],
+        # with λ = 0.1 (λ = 1 shrank the objects to dots)
+        "ect-cfg6-gan0.1": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                            "--ect-stages", "5", "--gan-weight", "0.1"],
+        # ect-cfg6 again with another training seed (how much of a difference between runs is the seed's)
+        "ect-cfg6-seed1": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                           "--ect-stages", "5", "--seed", "1"],
+        # and in 8 stages (ECT's default; last Δt = t/128 at large t)
+        "ect-cfg6-s8": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                        "--ect-stages", "8"],
+        # at w = 10
+        "ect-cfg10": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "10", "--lr", "1e-3",
+                      "--ect-stages", "5"],
+        # ect-cfg6 plus the adversarial term (class-conditional projection D, adaptive weight λ = 1):
+        # against the blur of one-step estimates regressed to a mean, and for samples of the asked class
+        "ect-cfg6-gan": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
+                         "--ect-stages", "5", "--gan-weight", "1"],
         # the demo's CD (genzoo/demo.py)
         "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
@@ -95,8 +125,9 @@ def train(out: Path, family: str, flags: list[str], images: int) -> float:
     minutes = json.loads(record.read_text())["cpu_minutes"] if record.is_file() else 0.0
     if images_seen(out) < images:
         batch_flags = [] if "--batch" in flags else ["--batch", str(BATCH)]
+        common = COMMON[:-2] if "--seed" in flags else COMMON  # a run's own --seed replaces seed 0
         minutes += genzoo("train", "--family", family, "--out", str(out), *flags, "--steps", steps,
-                          *batch_flags, "--resume", *COMMON) / 60
+                          *batch_flags, "--resume", *common) / 60
         record.write_text(json.dumps({"cpu_minutes": minutes}))
     return minutes
 
@@ -117,6 +148,9 @@ def main() -> None:
     parser.add_argument("--teacher", help="consistency: a class-conditional EDM diffusion run on shapes:16")
     parser.add_argument("--images", type=int, default=None, help="training images per run (default: demo's)")
     parser.add_argument("--only", default=None, help="comma-separated run names (default: all)")
+    parser.add_argument("--teacher-guidance", default="3",
+                        help="consistency: comma-separated CFG scales of the teacher's Heun-12 rows "
+                             "(default 3, the demo's); `--only teacher` evaluates just these rows")
     parser.add_argument("--out", default="/tmp/genzoo-one-step")
     args = parser.parse_args()
     out = Path(args.out)
@@ -125,7 +159,10 @@ def main() -> None:
     if args.part == "consistency" and not args.teacher:
         parser.error("consistency: give --teacher RUN")
     runs = consistency_runs(args.teacher) if args.part == "consistency" else GAN_RUNS
-    names = args.only.split(",") if args.only else list(runs)
+    names = [n for n in args.only.split(",") if n != "teacher"] if args.only else list(runs)
+    unknown = [n for n in names if n not in runs]
+    if unknown:
+        parser.error(f"--only: unknown run(s) {', '.join(unknown)}; expected {', '.join(runs)} or teacher")
     rows = []
     for name in names:
         cpu = train(out / name, args.part, runs[name], images)
@@ -138,9 +175,10 @@ def main() -> None:
                          evaluate(out, f"{name}-{steps}step", out / name, "--steps", str(steps))))
     if args.part == "consistency":
         teacher = Path(args.teacher)
-        rows.append(("teacher-heun12-cfg3", images_seen(teacher), float("nan"), "46",
-                     evaluate(out, "teacher", teacher, "--sampler", "heun", "--steps", "12",
-                              "--guidance", "3")))
+        for w in args.teacher_guidance.split(","):
+            name = "teacher" if float(w) == 3 else f"teacher-cfg{w}"  # w = 3 keeps session 7's file name
+            rows.append((f"teacher-heun12-cfg{w}", images_seen(teacher), float("nan"), "46",
+                         evaluate(out, name, teacher, "--sampler", "heun", "--steps", "12", "--guidance", w)))
     print(table(rows))
 
 

@@ -216,3 +216,36 @@ def test_ect_with_a_teacher_distils_it_and_with_init_tunes_on_data(tmp_path):
     with torch.no_grad():
         b = float(tune.loss("net", batch, 5).loss)
     assert a != b  # same noise, same student: only the point at r differs
+
+
+def test_ect_adversarial_term_adds_the_adaptively_weighted_generator_loss():
+    """``--gan-weight`` with ECT: D trains on data against the student's estimates, and the student's loss is
+    the ECT loss plus λ·w·ns_G on a separate pass at Karras-grid σ; sCM still refuses it."""
+    from tests.test_consistency_train import PointD
+
+    torch.manual_seed(0)
+    student = ConsistencyModel(MLP())
+    objective = ConsistencyObjective(student, "ect", total_steps=10, discriminator=PointD(), gan_weight=0.5)
+    assert objective.schedule() == [("D", 1), ("net", 1)]
+    point = torch.tensor([0.3, -0.2]).reshape(1, 2, 1, 1)
+    batch = Batch(images=point.expand(64, -1, -1, -1) + 0.1 * torch.randn(64, 2, 1, 1),
+                  labels=torch.full((64,), -1))
+    d_result = objective.loss("D", batch, 0)
+    d_result.loss.backward()
+    assert all(p.grad is None for p in student.parameters())
+    assert all(p.grad is not None for p in objective.players["D"].parameters())
+    objective.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    ect_only = float(ConsistencyObjective(student, "ect", total_steps=10).loss("net", batch, 9).loss.detach())
+    torch.manual_seed(1)
+    result = objective.loss("net", batch, 9)
+    logs = result.logs
+    assert logs["G/adaptive_weight"] > 0
+    expected = ect_only + 0.5 * logs["G/adaptive_weight"] * logs["G/adv"]
+    assert float(result.loss.detach()) == pytest.approx(expected, rel=1e-5)
+    result.loss.backward()
+    assert all(p.grad is None for p in objective.players["D"].parameters())  # D is frozen in the net's step
+    from genzoo.consistency.trigflow import TrigFlowModel
+
+    with pytest.raises(UserError, match="--gan-weight.*scm"):
+        ConsistencyObjective(TrigFlowModel(MLP()), "scm", discriminator=PointD(), gan_weight=0.5)

@@ -18,8 +18,9 @@ improved training (iCT).
 - CD with trajectory targets (``cd_targets="trajectory"``): the student maps every point x_n of the teacher's
   ODE trajectories (from σ_max·z down the N-point grid) to the trajectory's end, the exact consistency
   target, instead of bootstrapping f_θ⁻ one teacher step at a time (:mod:`genzoo.consistency.trajectories`).
-- Optional adversarial term (any mode, as Consistency Trajectory Models, Kim et al. 2024, Sec. 4.2): a
-  discriminator D tells data from the student's estimates f_θ(x_{n+1}, σ_{n+1}); the student adds
+- Optional adversarial term (every mode but sCM, as Consistency Trajectory Models, Kim et al. 2024,
+  Sec. 4.2): a discriminator D tells data from the student's estimates f_θ(x_{n+1}, σ_{n+1}) (σ_{n+1} a
+  point of the Karras grid; ECT draws its own pass at such σ beside its t, r pair); the student adds
   λ·w·ns_G with w = ‖∇_L d‖ / ‖∇_L ns_G‖ at its last layer L (VQGAN's adaptive weight, Esser et al. 2021,
   eq. 7), so λ needs no retuning across datasets; D uses the non-saturating loss with R1.
 """
@@ -121,7 +122,7 @@ class ConsistencyObjective(Objective):
         self.gan_weight, self.d_lr, self.r1_gamma = float(gan_weight), float(d_lr), float(r1_gamma)
         if (discriminator is None) != (self.gan_weight <= 0):
             raise UserError("--gan-weight: the adversarial term needs a discriminator and a weight > 0")
-        if discriminator is not None and mode in ("ect", "scm"):
+        if discriminator is not None and mode == "scm":
             raise UserError(f"--gan-weight: the adversarial term is not available with --mode {mode}")
         if discriminator is not None:
             self.players["D"] = discriminator
@@ -236,6 +237,12 @@ class ConsistencyObjective(Objective):
                             self.solver)
         loss = per_item.mean()
         logs = {"ect_stage": float(self.ect_stage_at(step)), "mean_dt": float((t - r).mean())}
+        if "D" in self.players:
+            # the estimates D judges are drawn as in its own step (σ uniform over the Karras grid's points),
+            # not at ECT's t, whose lognormal rarely reaches the large σ one- and two-step sampling start from
+            sigma, _ = self._pair(len(x), step, x.device)
+            out = student(x + torch.randn_like(x) * sigma.reshape(-1, 1, 1, 1), sigma, labels)
+            loss = loss + self._adversarial_term(loss, out, labels, logs)
         return StepResult(loss=loss, logs=logs)
 
     def _scm_loss(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
