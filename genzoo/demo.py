@@ -478,6 +478,8 @@ def run_demo(out_dir: str | Path = "demo-out", minutes: float = DEFAULT_MINUTES,
 
 #: a lane worker is running its stages (SIGTERM then raises, so training saves and finally blocks run)
 _lane_busy = False
+#: the demo process a lane worker serves
+_demo_pid = -1
 
 
 def _train_lane(stages: list[TrainStage], out: Path, threads: int,
@@ -491,9 +493,10 @@ def _train_lane(stages: list[TrainStage], out: Path, threads: int,
     try:
         return {stage.name: train_stage(stage, out) for stage in stages}
     except Terminated:
-        # saved and stopped: the demo is stopping or gone (its queue would keep an idle worker alive)
-        sys.stderr.flush()
-        os._exit(143)
+        if os.getppid() != _demo_pid:  # saved and stopped, and the demo is gone: its queue would keep us
+            sys.stderr.flush()
+            os._exit(143)
+        raise  # the demo is stopping: it shuts the pool down (an abrupt exit would make it kill the others)
     finally:
         _lane_busy = False
 
@@ -528,8 +531,11 @@ def _train_all(plan: DemoPlan, out: Path, lanes: bool, total: int) -> dict[str, 
 
 def _lane_worker_signals(parent: int) -> None:
     """A lane worker stops only when the demo tells it to (:func:`_stop_lanes`, or the demo's death):
-    it ignores SIGINT, which a terminal's Ctrl-C sends to every process of the group, and SIGTERM raises
-    :class:`~genzoo.errors.Terminated` outside training (inside, the engine saves a checkpoint first)."""
+    it ignores SIGINT, which a terminal's Ctrl-C sends to every process of the group, and SIGTERM stops
+    its lane with :class:`~genzoo.errors.Terminated` (in training, after the engine saves a checkpoint);
+    an idle worker leaves the exit to the pool's shutdown, or exits at once if the demo is gone."""
+    global _demo_pid
+    _demo_pid = parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_terminated)
     threading.Thread(target=_terminate_when_orphaned, args=(parent,), daemon=True).start()
@@ -543,9 +549,11 @@ def _terminate_when_orphaned(parent: int) -> None:
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    if not _lane_busy:
-        os._exit(143)  # an idle worker has nothing to save (and a traceback would be noise)
-    raise Terminated()
+    if _lane_busy:
+        raise Terminated()
+    if os.getppid() != _demo_pid:  # idle and orphaned: nothing to save
+        os._exit(143)
+    # idle with the demo alive: it shuts the pool down itself
 
 
 def _stop_lanes(pool: Any) -> None:

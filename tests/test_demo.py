@@ -264,6 +264,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _logged(metrics: Path) -> bool:
+    try:
+        return metrics.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] not in "ZX"
@@ -283,18 +290,19 @@ def test_stopping_the_demo_stops_its_lanes_with_their_checkpoints(tmp_path, how)
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first_runs = [out / "runs" / lane[0] for lane in LANES]
     deadline = time.monotonic() + 300
-    while not all((run / "config.json").is_file() for run in first_runs):  # both lanes are training
+    # both lanes are in their training loops (a run stopped before its first step has nothing to save)
+    while not all(_logged(run / "metrics.jsonl") for run in first_runs):
         assert parent.poll() is None, parent.stderr.read()
         assert time.monotonic() < deadline, "the lanes did not start training"
         time.sleep(0.2)
     workers = _children(parent.pid)
     assert workers
     parent.send_signal(getattr(signal, how))
-    parent.wait(timeout=120)
+    _, stderr = parent.communicate(timeout=120)
     deadline = time.monotonic() + 120
     while any(map(_alive, workers)):
         assert time.monotonic() < deadline, "a lane worker outlived the demo"
         time.sleep(0.2)
     for run in first_runs:  # each lane's engine finished its step and saved before stopping
         assert not (run / DONE_FILE).is_file()
-        assert list(run.glob("checkpoint-*")), f"{run.name}: no checkpoint saved"
+        assert list(run.glob("checkpoint-*")), f"{run.name}: no checkpoint saved; the demo said:\n{stderr}"
