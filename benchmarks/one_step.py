@@ -32,44 +32,41 @@ BATCH = 32
 
 
 def consistency_runs(teacher: str) -> dict[str, list[str]]:
+    def ect_distil(guidance: str, stages: str = "5", *extra: str) -> list[str]:
+        return ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", guidance, "--lr", "1e-3",
+                "--ect-stages", stages, *extra]
+
+    def scm_distil(guidance: str) -> list[str]:
+        return ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", guidance, "--lr", "1e-4",
+                "--tangent-warmup", "82"]
+
     return {
         # sCM distilled from the teacher guided at w = 3 (the demo's guidance)
         # (warm-up 82 steps, a tenth of the 822-step run at batch 32, also in shorter probes)
-        "scm": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "1e-4",
-                "--tangent-warmup", "82"],
+        "scm": scm_distil("3"),
         # the same at w = 6 and 10 (more of the guided teacher's class sharpness to inherit)
-        "scm-cfg6": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-4",
-                     "--tangent-warmup", "82"],
-        "scm-cfg10": ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", "10", "--lr", "1e-4",
-                      "--tangent-warmup", "82"],
+        "scm-cfg6": scm_distil("6"),
+        "scm-cfg10": scm_distil("10"),
         # ECT tuned on data from the teacher's weights (unguided: bounded by the unguided teacher)
         "ect": ["--mode", "ect", "--init", teacher, "--lr", "1e-3", "--ect-stages", "5"],
         # ECT's schedule distilling the guided teacher (the point at r is one teacher ODE step from t)
-        "ect-cfg3": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "3", "--lr", "1e-3",
-                     "--ect-stages", "5"],
+        "ect-cfg3": ect_distil("3"),
         # the same at w = 6 (the teacher's Heun-12 accuracy 0.770 there, against 0.723 at w = 3)
-        "ect-cfg6": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
-                     "--ect-stages", "5"],
+        "ect-cfg6": ect_distil("6"),
         # w = 6 in 3 stages (last Δt = t/4 instead of t/16 at large t): fewer links in the chain of targets
         # from σ_max down to the boundary, so the one-step map sheds stage 0's denoiser mean sooner
-        "ect-cfg6-s3": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
-                        "--ect-stages", "3"],
+        "ect-cfg6-s3": ect_distil("6", "3"),
         # with λ = 0.1 (λ = 1 shrank the objects to dots)
-        "ect-cfg6-gan0.1": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
-                            "--ect-stages", "5", "--gan-weight", "0.1"],
+        "ect-cfg6-gan0.1": ect_distil("6", "5", "--gan-weight", "0.1"),
         # ect-cfg6 again with another training seed (how much of a difference between runs is the seed's)
-        "ect-cfg6-seed1": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
-                           "--ect-stages", "5", "--seed", "1"],
+        "ect-cfg6-seed1": ect_distil("6", "5", "--seed", "1"),
         # and in 8 stages (ECT's default; last Δt = t/128 at large t)
-        "ect-cfg6-s8": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
-                        "--ect-stages", "8"],
+        "ect-cfg6-s8": ect_distil("6", "8"),
         # at w = 10
-        "ect-cfg10": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "10", "--lr", "1e-3",
-                      "--ect-stages", "5"],
+        "ect-cfg10": ect_distil("10"),
         # ect-cfg6 plus the adversarial term (class-conditional projection D, adaptive weight λ = 1):
         # against the blur of one-step estimates regressed to a mean, and for samples of the asked class
-        "ect-cfg6-gan": ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", "6", "--lr", "1e-3",
-                         "--ect-stages", "5", "--gan-weight", "1"],
+        "ect-cfg6-gan": ect_distil("6", "5", "--gan-weight", "1"),
         # the demo's CD (genzoo/demo.py)
         "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],

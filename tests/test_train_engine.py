@@ -4,6 +4,7 @@ time budget, checkpoints (keep-last, corrupt fallback, config differences), feed
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -255,9 +256,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     ck.read_checkpoint(tmp_path / "checkpoint-000002")
 
 
-def test_sigterm_finishes_the_step_and_saves(tmp_path, monkeypatch, capsys):
-    import signal
-
+def _raise_signal_at_step_2(monkeypatch, signum: int) -> None:
     from test_train_toy import ToyObjective
 
     original = ToyObjective.after_update
@@ -265,9 +264,13 @@ def test_sigterm_finishes_the_step_and_saves(tmp_path, monkeypatch, capsys):
     def after_update(self, player, step):
         original(self, player, step)
         if step == 2:
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signum)
 
     monkeypatch.setattr(ToyObjective, "after_update", after_update)
+
+
+def test_sigterm_finishes_the_step_and_saves(tmp_path, monkeypatch, capsys):
+    _raise_signal_at_step_2(monkeypatch, signal.SIGTERM)
     before = signal.getsignal(signal.SIGTERM)
     config = toy_config(tmp_path, steps=50, checkpoint_every=100)
     # the stop is raised after the save, so a caller (the demo) cannot take the run for a finished one
@@ -281,18 +284,7 @@ def test_sigterm_finishes_the_step_and_saves(tmp_path, monkeypatch, capsys):
 
 def test_an_ignored_sigint_stays_ignored(tmp_path, monkeypatch):
     """A background job (nohup, `cmd &`) starts with SIGINT ignored; training must not take it up."""
-    import signal
-
-    from test_train_toy import ToyObjective
-
-    original = ToyObjective.after_update
-
-    def after_update(self, player, step):
-        original(self, player, step)
-        if step == 2:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(ToyObjective, "after_update", after_update)
+    _raise_signal_at_step_2(monkeypatch, signal.SIGINT)
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         run = train(toy_config(tmp_path, steps=5, checkpoint_every=100), dataset=ToyDataset())
