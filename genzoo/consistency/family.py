@@ -200,30 +200,26 @@ class ConsistencyTrainOptions(NetworkOptions):
                                  choices=SOLVERS)
     teacher_steps: int | None = option(None, V.positive_int,
                                        "CD: teacher ODE steps per grid interval, on the ρ-spaced points "
-                                       "between "
-                                       "its ends (default 1, the paper's); a coarse --num-scales grid with K "
-                                       "steps keeps the teacher's accuracy of the K-times finer grid")
+                                       "between its ends (default 1, the paper's); a coarse --num-scales "
+                                       "grid with K steps keeps the teacher's accuracy of the K-times finer "
+                                       "grid")
     cd_targets: str | None = option(None, help="CD: step (default, the paper's: the EMA student one teacher "
                                                "ODE step nearer the data) or trajectory (the end of the "
-                                               "teacher's ODE trajectory through x_n, exact; "
-                                               "trajectories are "
-                                               "solved from σ_max down the --num-scales grid into a pool, so "
-                                               "no bootstrapping)", choices=CD_TARGETS)
+                                               "teacher's ODE trajectory through x_n, exact; trajectories "
+                                               "are solved from σ_max down the --num-scales grid into a "
+                                               "pool, so no bootstrapping)", choices=CD_TARGETS)
     trajectory_pool: int | None = option(None, V.nonnegative_int,
                                          f"CD with --cd-targets trajectory: teacher trajectories kept "
-                                         f"(default "
-                                         f"{DEFAULT_TRAJECTORY_POOL})")
+                                         f"(default {DEFAULT_TRAJECTORY_POOL})")
     trajectory_refresh: int | None = option(None, V.nonnegative_int,
                                             "CD with --cd-targets trajectory: trajectories replaced per "
                                             f"training step (default {DEFAULT_TRAJECTORY_REFRESH}); each is "
                                             "reused about pool/refresh steps")
     gan_weight: float | None = option(None, V.nonnegative_float,
                                       "weight λ of an adversarial term on the student's estimates "
-                                      "(default 0 = "
-                                      "none): a BigGAN projection discriminator, non-saturating loss "
-                                      "with R1, "
-                                      "adaptively weighted against the consistency loss as in CTM (--d-ch, "
-                                      "--d-lr, --r1-gamma set D)")
+                                      "(default 0 = none): a BigGAN projection discriminator, "
+                                      "non-saturating loss with R1, adaptively weighted against the "
+                                      "consistency loss as in CTM (--d-ch, --d-lr, --r1-gamma set D)")
     d_ch: int | None = option(None, V.positive_int, f"--gan-weight: discriminator channel width (default "
                                                     f"{DEFAULT_D_CH})")
     d_lr: float | None = option(None, V.positive_float, f"--gan-weight: discriminator learning rate (default "
@@ -238,9 +234,8 @@ class ConsistencyTrainOptions(NetworkOptions):
                                                                "<= SIGMA_HI", metavar="SIGMA_LO,SIGMA_HI")
     teacher_guidance: float | None = option(None, V.any_float,
                                             "CD, ECT and sCM with --teacher: classifier-free guidance scale "
-                                            "w of the teacher's ODE step "
-                                            "(default 1 = none); the student learns the guided teacher's "
-                                            "trajectories (guided distillation)")
+                                            "w of the teacher's ODE step (default 1 = none); the student "
+                                            "learns the guided teacher's trajectories (guided distillation)")
 
 
 @dataclass(frozen=True)
@@ -256,11 +251,9 @@ class ConsistencySampleOptions(Options):
                                         "grid")
     search_middle: str | None = option(None, None,
                                        "sample with the two-step schedule 0,m,N−1 on the --steps N grid "
-                                       "whose "
-                                       "middle index m has the lowest Fréchet distance to REF (a "
-                                       "dataset spec, "
-                                       "reference or real-image .npz), found by ternary search as the "
-                                       "released ternary_search does", metavar="REF")
+                                       "whose middle index m has the lowest Fréchet distance to REF (a "
+                                       "dataset spec, reference or real-image .npz), found by ternary "
+                                       "search as the released ternary_search does", metavar="REF")
     search_features: str | None = option(None, help="feature network of --search-middle (default: shapes for "
                                                     "a shapes REF, else inception, with weights from "
                                                     "$GENZOO_INCEPTION)", choices=("inception", "shapes"))
