@@ -67,6 +67,10 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # ect-cfg6 plus the adversarial term (class-conditional projection D, adaptive weight λ = 1):
         # against the blur of one-step estimates regressed to a mean, and for samples of the asked class
         "ect-cfg6-gan": ect_distil("6", "5", "--gan-weight", "1"),
+        # per-pixel L1 instead of ECT's pseudo-Huber (a norm of the whole difference, mean-seeking per
+        # pixel): a median-seeking regression, against the blurred outlines of one-step samples
+        "ect-cfg6-l1": ect_distil("6", "5", "--distance", "l1"),
+        "ect-cfg6-l1-seed1": ect_distil("6", "5", "--distance", "l1", "--seed", "1"),
         # the demo's CD (genzoo/demo.py)
         "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
