@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from genzoo.nets import cpu_kernels
+
 
 def explicit_attention_pays(q: torch.Tensor) -> bool:
     """True where softmax(scale·qkᵀ)·v as two matrix multiplies trains faster than the fused kernel: a
@@ -159,18 +161,50 @@ class _GroupNormSiLU(torch.autograd.Function):
         const = (r * (mu * r * m2 - m1)).expand(n, groups, c // groups).reshape(n, 1, c)
         dx = torch.addcmul(const.to(x.dtype), rows, coef.to(x.dtype)).addcmul_(dy, a_rows)
         dx = dx.view(n, h, w, c).permute(0, 3, 1, 2)
-        factor = scale.float().reshape(n, c) + 1 if scale is not None else None
-        d_weight = d_bias = d_scale = d_shift = None
-        if weight is not None and ctx.needs_input_grad[2]:
-            d_weight = (p if factor is None else p * factor).sum(0).to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[3]:
-            d_bias = (s1 if factor is None else s1 * factor).sum(0).to(bias.dtype)
-        if scale is not None:
-            gamma = weight.float()[None] if weight is not None else 1.0
-            beta = bias.float()[None] if bias is not None else 0.0
-            d_scale = (gamma * p + beta * s1).to(scale.dtype).view(scale.shape)
-            d_shift = s1.to(scale.dtype).view(scale.shape)
-        return dx, None, d_weight, d_bias, None, d_scale, d_shift, None
+        return dx, None, *_parameter_grads(ctx.needs_input_grad, s1, p, weight, bias, scale)
+
+
+def _parameter_grads(needs: tuple[bool, ...], s1: torch.Tensor, p: torch.Tensor, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, scale: torch.Tensor | None) -> tuple:
+    """(dweight, dbias, None for eps, dscale, dshift, None for silu) of SiLU(GroupNorm(x)·(1 + scale) +
+    shift) from s1 = Σ dy and p = Σ dy·x̂ per (sample, channel) (float32 [N, C]; dy the gradient at the
+    modulated map, x̂ the normalised one), in the order ``_GroupNormSiLU``'s inputs take them."""
+    n, c = s1.shape
+    factor = scale.float().reshape(n, c) + 1 if scale is not None else None
+    d_weight = d_bias = d_scale = d_shift = None
+    if weight is not None and needs[2]:
+        d_weight = (p if factor is None else p * factor).sum(0).to(weight.dtype)
+    if bias is not None and needs[3]:
+        d_bias = (s1 if factor is None else s1 * factor).sum(0).to(bias.dtype)
+    if scale is not None:
+        gamma = weight.float()[None] if weight is not None else 1.0
+        beta = bias.float()[None] if bias is not None else 0.0
+        d_scale = (gamma * p + beta * s1).to(scale.dtype).view(scale.shape)
+        d_shift = s1.to(scale.dtype).view(scale.shape)
+    return d_weight, d_bias, None, d_scale, d_shift, None
+
+
+class _NativeGroupNormSiLU(torch.autograd.Function):
+    """SiLU(GroupNorm(x)·(1 + scale) + shift) (or without the SiLU) through the hand-written CPU kernel
+    (``cpu_kernels``; two passes over the map forward, two backward, the normalised map recomputed from x
+    and the saved float32 mean and 1/sqrt(var + eps) per (sample, group)). Same inputs as
+    ``_GroupNormSiLU``; contiguous and channels_last maps, float32 and bfloat16."""
+
+    @staticmethod
+    def forward(ctx, x, groups, weight, bias, eps, scale, shift, silu):  # noqa: ANN001, ANN205
+        out, mean, rstd = cpu_kernels.group_norm_silu_forward(x, groups, weight, bias, eps, scale, shift,
+                                                              silu)
+        ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
+        ctx.groups, ctx.silu = groups, silu
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
+        dx, s1, p = cpu_kernels.group_norm_silu_backward(x, grad, ctx.groups, weight, bias, scale, shift,
+                                                         ctx.silu, mean, rstd)
+        return dx, None, *_parameter_grads(ctx.needs_input_grad, s1, p, weight, bias, scale)
 
 
 def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
@@ -183,8 +217,19 @@ def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.
             and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
 
 
+def native_group_norm_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
+    """True where ``_NativeGroupNormSiLU`` runs: an ``nn.GroupNorm`` over a map the compiled CPU kernel
+    takes (``cpu_kernels.takes``), outside ``torch.compile`` (which traces the PyTorch path)."""
+    return (isinstance(norm, nn.GroupNorm) and not torch.compiler.is_compiling()
+            and cpu_kernels.takes(x, norm.num_groups))
+
+
 def group_norm(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)``, through ``_GroupNormSiLU`` (without the SiLU) where that beats the library kernel."""
+    """``norm(x)``, through the compiled CPU kernel or ``_GroupNormSiLU`` (without the SiLU) where those beat
+    the library kernel."""
+    if native_group_norm_pays(norm, x):
+        return _NativeGroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, None, None,
+                                          False)
     if group_norm_silu_pays(norm, x):
         return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, None, None, False)
     return norm(x)
@@ -199,13 +244,15 @@ def norm_silu(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     where autograd does not record them (SiLU's backward reads its input, so a recorded in-place SiLU first
     copies that input: a full extra pass over the map).
     """
+    scale, shift = scale_shift if scale_shift is not None else (None, None)
+    if native_group_norm_pays(norm, x):
+        return _NativeGroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift,
+                                          True)
     if group_norm_silu_pays(norm, x):
-        scale, shift = scale_shift if scale_shift is not None else (None, None)
         return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift, True)
     h = norm(x)
     recorded = torch.is_grad_enabled() and h.requires_grad
     if scale_shift is not None:
-        scale, shift = scale_shift
         fresh = (not recorded and h.dtype == shift.dtype == scale.dtype and h is not x
                  and not torch.compiler.is_compiling())  # inductor fuses it; Dynamo breaks at out=
         h = torch.addcmul(shift, h, scale + 1, out=h if fresh else None)
