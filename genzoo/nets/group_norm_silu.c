@@ -155,7 +155,7 @@ INLINE void cl_forward_sample(const void *x, void *out, int bf, int64_t n, int64
 INLINE void cl_backward_sample(const void *x, const void *grad, void *dx, int bf, int64_t n, int64_t C,
                                int64_t L, int64_t G, const float *gamma, const float *beta, const float *scale,
                                const float *shift, int silu, const float *mean, const float *rstd,
-                               float *s1_out, float *p_out, float *work, double *dwork) {
+                               float *s1_out, float *p_out, float *work, double *dwork, float *dys) {
     float *fs = work, *fp = work + C, *centre = work + 2 * C, *a = work + 3 * C, *o = work + 4 * C,
           *k1 = work + 5 * C, *k0 = work + 6 * C;
     double *s1 = dwork, *sp = dwork + C;
@@ -172,6 +172,7 @@ INLINE void cl_backward_sample(const void *x, const void *grad, void *dx, int bf
             for (int64_t c = 0; c < C; c++) {
                 float xc = load(x, row + c, bf) - centre[c];
                 float dy = silu_grad(load(grad, row + c, bf), xc * a[c] + o[c], silu);
+                dys[l * C + c] = dy;
                 fs[c] += dy;
                 fp[c] += dy * xc;
             }
@@ -202,8 +203,7 @@ INLINE void cl_backward_sample(const void *x, const void *grad, void *dx, int bf
         const int64_t row = base + l * C;
         for (int64_t c = 0; c < C; c++) {
             float xc = load(x, row + c, bf) - centre[c];
-            float dy = silu_grad(load(grad, row + c, bf), xc * a[c] + o[c], silu);
-            store(dx, row + c, a[c] * dy + k1[c] * xc + k0[c], bf);
+            store(dx, row + c, a[c] * dys[l * C + c] + k1[c] * xc + k0[c], bf);
         }
     }
 }
@@ -256,11 +256,11 @@ INLINE void nc_forward_group(const void *x, void *out, int bf, int64_t n, int64_
 INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf, int64_t n, int64_t g,
                               int64_t C, int64_t L, int64_t G, const float *gamma, const float *beta,
                               const float *scale, const float *shift, int silu, const float *mean,
-                              const float *rstd, float *s1_out, float *p_out) {
+                              const float *rstd, float *s1_out, float *p_out, float *dys) {
     const int64_t D = C / G, c0 = g * D;
     const double r = rstd[n * G + g];
     const float mu = mean[n * G + g];
-    float a[D], o[D];
+    float a[D];
     double s1[D], sp[D], m1 = 0.0, m2 = 0.0;
     for (int64_t j = 0; j < D; j++) {
         const int64_t c = c0 + j, base = (n * C + c) * L;
@@ -272,7 +272,6 @@ INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf,
         }
         const float aj = (float)(gain * r), oj = (float)offset;
         a[j] = aj;
-        o[j] = oj;
         double s = 0.0, p = 0.0;
         for (int64_t l0 = 0; l0 < L; l0 += 16 * BLOCK) {
             int64_t l1 = l0 + 16 * BLOCK < L ? l0 + 16 * BLOCK : L;
@@ -281,6 +280,7 @@ INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf,
             for (int64_t l = l0; l < l1; l++) {
                 float xc = load(x, base + l, bf) - mu;
                 float dy = silu_grad(load(grad, base + l, bf), xc * aj + oj, silu);
+                dys[j * L + l] = dy;
                 bs += dy;
                 bp += dy * xc;
             }
@@ -297,14 +297,11 @@ INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf,
     const float k1 = (float)(-r * r * m2), k0 = (float)(-r * m1);
     for (int64_t j = 0; j < D; j++) {
         const int64_t c = c0 + j, base = (n * C + c) * L;
-        const float aj = a[j], oj = o[j];
+        const float aj = a[j];
         s1_out[n * C + c] = (float)s1[j];
         p_out[n * C + c] = (float)(sp[j] * r);
-        for (int64_t l = 0; l < L; l++) {
-            float xc = load(x, base + l, bf) - mu;
-            float dy = silu_grad(load(grad, base + l, bf), xc * aj + oj, silu);
-            store(dx, base + l, aj * dy + k1 * xc + k0, bf);
-        }
+        for (int64_t l = 0; l < L; l++)
+            store(dx, base + l, aj * dys[j * L + l] + k1 * (load(x, base + l, bf) - mu) + k0, bf);
     }
 }
 
@@ -367,27 +364,39 @@ int gn_silu_backward(const void *x, const void *grad, void *dx, int bf, int chan
         {
             float *work = malloc(7 * C * sizeof(float));
             double *dwork = malloc(2 * C * sizeof(double));
-            if (!work || !dwork) {
+            float *dys = malloc(L * C * sizeof(float));
+            if (!work || !dwork || !dys) {
 #pragma omp atomic write
                 failed = 1;
             } else {
 #pragma omp for schedule(static)
                 for (int64_t n = 0; n < N; n++)
                     DISPATCH(cl_backward_sample(x, grad, dx, 0, n, C, L, G, gamma, beta, scale, shift, silu, mean,
-                                                rstd, s1, p, work, dwork),
+                                                rstd, s1, p, work, dwork, dys),
                              cl_backward_sample(x, grad, dx, 1, n, C, L, G, gamma, beta, scale, shift, silu, mean,
-                                                rstd, s1, p, work, dwork));
+                                                rstd, s1, p, work, dwork, dys));
             }
+            free(dys);
             free(work);
             free(dwork);
         }
         return failed;
     }
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-    for (int64_t i = 0; i < N * G; i++)
-        DISPATCH(nc_backward_group(x, grad, dx, 0, i / G, i % G, C, L, G, gamma, beta, scale, shift, silu, mean,
-                                   rstd, s1, p),
-                 nc_backward_group(x, grad, dx, 1, i / G, i % G, C, L, G, gamma, beta, scale, shift, silu, mean,
-                                   rstd, s1, p));
-    return 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *dys = malloc(C / G * L * sizeof(float));
+        if (!dys) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < N * G; i++)
+                DISPATCH(nc_backward_group(x, grad, dx, 0, i / G, i % G, C, L, G, gamma, beta, scale, shift, silu,
+                                           mean, rstd, s1, p, dys),
+                         nc_backward_group(x, grad, dx, 1, i / G, i % G, C, L, G, gamma, beta, scale, shift, silu,
+                                           mean, rstd, s1, p, dys));
+        }
+        free(dys);
+    }
+    return failed;
 }
