@@ -126,15 +126,18 @@ ADM = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
            num_head_channels=16, resblock_updown=True, use_scale_shift_norm=True)
 DDPMPP = dict(resolution=16, model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,),
               adaptive_scale=True)
-NETS = {"adm": (ADM, torch.tensor([5, 640])), "ddpmpp": (DDPMPP, torch.tensor([0.3, -1.2]))}
+SONG = dict(img_resolution=16, in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2),
+            num_blocks=1, attn_resolutions=(8,), dropout=0.0)
+NETS = {"adm": (ADM, torch.tensor([5, 640])), "ddpmpp": (DDPMPP, torch.tensor([0.3, -1.2])),
+        "songunet": (SONG, torch.tensor([0.3, -1.2]))}
 
 
 @needs_kernel
 @pytest.mark.parametrize("name", sorted(NETS))
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "cl"])
 def test_networks_with_the_kernel_equal_the_pytorch_path(name, fmt, monkeypatch):
-    """ADM's and DDPM++'s outputs and all gradients with the kernel equal those without it to 1e-4
-    relative in float32 (the issue's tolerance for optimised paths)."""
+    """ADM's, DDPM++'s and EDM's SongUNet's outputs and all gradients with the kernel equal those without it
+    to 1e-4 relative in float32 (the issue's tolerance for optimised paths)."""
     config, noise_labels = NETS[name]
     model = _perturbed(nets.build(name, **config), 1).to(memory_format=fmt)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=fmt)
@@ -149,7 +152,8 @@ def test_networks_with_the_kernel_equal_the_pytorch_path(name, fmt, monkeypatch)
     forward = cpu_kernels.group_norm_silu_forward
     monkeypatch.setattr(cpu_kernels, "group_norm_silu_forward", lambda *a: calls.append(1) or forward(*a))
     out, grads = run()
-    assert len(calls) == sum(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    norms = sum(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    assert len(calls) == norms or name == "songunet" and len(calls) == norms - 1  # its aux norm: library
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     ref_out, ref_grads = run()
     assert (out - ref_out).norm() <= 1e-4 * ref_out.norm()

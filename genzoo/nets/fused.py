@@ -1,5 +1,9 @@
 """Fewer, fused kernels for the layers every network shares: attention and GroupNorm + SiLU.
 
+On the CPU, GroupNorm (+ scale-shift) + SiLU runs through a hand-written kernel compiled at first use
+(``cpu_kernels``: two passes over the map forward, two backward, float32 and bfloat16, contiguous and
+channels_last); where it cannot be built, through the PyTorch paths below (same results, slower).
+
 ``scaled_dot_product_attention`` dispatches to its fused kernels (flash attention on CPU and CUDA,
 memory-efficient attention on CUDA) only when the last dimension of q, k and v is contiguous; the
 transposed views that convolution layouts produce ([N, heads, d, L] seen as [N, heads, L, d]) silently
@@ -239,6 +243,7 @@ def norm_silu(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
               scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """SiLU(norm(x)), or SiLU(norm(x)·(1 + scale) + shift) (ADM §3 adaptive group normalisation).
 
+    CPU maps take the compiled kernel where it is built (``native_group_norm_pays``); without it,
     channels_last CPU maps take ``_GroupNormSiLU`` where that pays (``group_norm_silu_pays``); otherwise the
     scale-shift is one ``addcmul`` and both it and the SiLU run in place on the fresh normalised tensor only
     where autograd does not record them (SiLU's backward reads its input, so a recorded in-place SiLU first

@@ -7,7 +7,8 @@
  * Per (sample, channel) the normalisation is y = (x − μ_g)·a_c + o_c with a_c = γ_c(1 + s_c)·rstd_g and
  * o_c = β_c(1 + s_c) + t_c, so the forward is two passes over a sample (statistics, then the output) and
  * the backward two (the sums Σdy and Σdy·(x − μ), then dx): nothing but μ and rstd per (sample, group)
- * is saved, the SiLU's input is recomputed. Math is float32 per element; sums are taken in float32 over
+ * is saved, the SiLU's input is recomputed (the backward keeps dy of the sample, or group, it works on in a
+ * float32 buffer of its own between its two passes, where it stays in cache). Math is float32 per element; sums are taken in float32 over
  * blocks of rows and added in double, around a per-channel shift (the first value), so neither the
  * variance nor the gradient sums cancel for offset inputs. exp is a vectorisable Cephes-style
  * polynomial (≈ 2 ulp), so gcc -O3 vectorises every inner loop.
