@@ -21,6 +21,19 @@
 #define BLOCK 64 /* rows summed in float32 before the double accumulator */
 #define INLINE static inline __attribute__((always_inline))
 
+/* for (i = start; i < end; i++) BODY over one row (the channels of a pixel, or the pixels of a channel).
+ * gcc vectorises bfloat16 rows 32 elements at a time and runs a shorter row scalar; a ``narrow`` row
+ * (fewer than 32 elements) is vectorised 16 at a time instead. PRAGMA adds clauses (a reduction). */
+#define ROW_LOOP(narrow, PRAGMA_NARROW, PRAGMA_WIDE, i, start, end, ...) \
+    do {                                                                  \
+        if (narrow) {                                                     \
+            _Pragma(PRAGMA_NARROW) for (int64_t i = (start); i < (end); i++) __VA_ARGS__ \
+        } else {                                                          \
+            _Pragma(PRAGMA_WIDE) for (int64_t i = (start); i < (end); i++) __VA_ARGS__   \
+        }                                                                 \
+    } while (0)
+#define ROW(narrow, i, start, end, ...) ROW_LOOP(narrow, "omp simd simdlen(16)", "omp simd", i, start, end, __VA_ARGS__)
+
 INLINE float bf16_load(uint16_t v) {
     uint32_t u = (uint32_t)v << 16;
     float f;
@@ -114,7 +127,7 @@ static void group_moments(int64_t G, int64_t D, int64_t L, const double *sum, co
 
 /* ------------------------------------------------------------------ channels_last: [N, L, C] */
 
-INLINE void cl_forward_sample(const void *x, void *out, int bf, int64_t n, int64_t C, int64_t L, int64_t G,
+INLINE void cl_forward_sample(const void *x, void *out, int bf, int narrow, int64_t n, int64_t C, int64_t L, int64_t G,
                               const float *gamma, const float *beta, const float *scale, const float *shift,
                               double eps, int silu, float *mean, float *rstd, float *work, double *dwork) {
     float *first = work, *fs = work + C, *fq = work + 2 * C, *centre = work + 3 * C, *a = work + 4 * C,
@@ -131,11 +144,11 @@ INLINE void cl_forward_sample(const void *x, void *out, int bf, int64_t n, int64
             fs[c] = fq[c] = 0.0f;
         for (int64_t l = l0; l < l1; l++) {
             const int64_t row = base + l * C;
-            for (int64_t c = 0; c < C; c++) {
+            ROW(narrow, c, 0, C, {
                 float d = load(x, row + c, bf) - first[c];
                 fs[c] += d;
                 fq[c] += d * d;
-            }
+            });
         }
         for (int64_t c = 0; c < C; c++) {
             sum[c] += fs[c];
@@ -146,14 +159,14 @@ INLINE void cl_forward_sample(const void *x, void *out, int bf, int64_t n, int64
     coefficients(n, C, G, gamma, beta, scale, shift, mean, rstd, centre, a, o);
     for (int64_t l = 0; l < L; l++) {
         const int64_t row = base + l * C;
-        for (int64_t c = 0; c < C; c++) {
+        ROW(narrow, c, 0, C, {
             float y = (load(x, row + c, bf) - centre[c]) * a[c] + o[c];
             store(out, row + c, silu ? y * sigmoid(y) : y, bf);
-        }
+        });
     }
 }
 
-INLINE void cl_backward_sample(const void *x, const void *grad, void *dx, int bf, int64_t n, int64_t C,
+INLINE void cl_backward_sample(const void *x, const void *grad, void *dx, int bf, int narrow, int64_t n, int64_t C,
                                int64_t L, int64_t G, const float *gamma, const float *beta, const float *scale,
                                const float *shift, int silu, const float *mean, const float *rstd,
                                float *s1_out, float *p_out, float *work, double *dwork, float *dys) {
@@ -170,13 +183,13 @@ INLINE void cl_backward_sample(const void *x, const void *grad, void *dx, int bf
             fs[c] = fp[c] = 0.0f;
         for (int64_t l = l0; l < l1; l++) {
             const int64_t row = base + l * C;
-            for (int64_t c = 0; c < C; c++) {
+            ROW(narrow, c, 0, C, {
                 float xc = load(x, row + c, bf) - centre[c];
                 float dy = silu_grad(load(grad, row + c, bf), xc * a[c] + o[c], silu);
                 dys[l * C + c] = dy;
                 fs[c] += dy;
                 fp[c] += dy * xc;
-            }
+            });
         }
         for (int64_t c = 0; c < C; c++) {
             s1[c] += fs[c];
@@ -202,16 +215,16 @@ INLINE void cl_backward_sample(const void *x, const void *grad, void *dx, int bf
     }
     for (int64_t l = 0; l < L; l++) {
         const int64_t row = base + l * C;
-        for (int64_t c = 0; c < C; c++) {
+        ROW(narrow, c, 0, C, {
             float xc = load(x, row + c, bf) - centre[c];
             store(dx, row + c, a[c] * dys[l * C + c] + k1[c] * xc + k0[c], bf);
-        }
+        });
     }
 }
 
 /* ------------------------------------------------------------------ contiguous: [N, C, L] */
 
-INLINE void nc_forward_group(const void *x, void *out, int bf, int64_t n, int64_t g, int64_t C, int64_t L,
+INLINE void nc_forward_group(const void *x, void *out, int bf, int narrow, int64_t n, int64_t g, int64_t C, int64_t L,
                              int64_t G, const float *gamma, const float *beta, const float *scale,
                              const float *shift, double eps, int silu, float *mean, float *rstd) {
     const int64_t D = C / G, c0 = g * D;
@@ -224,12 +237,12 @@ INLINE void nc_forward_group(const void *x, void *out, int bf, int64_t n, int64_
         for (int64_t l0 = 0; l0 < L; l0 += 16 * BLOCK) {
             int64_t l1 = l0 + 16 * BLOCK < L ? l0 + 16 * BLOCK : L;
             float bs = 0.0f, bq = 0.0f;
-#pragma omp simd reduction(+ : bs, bq)
-            for (int64_t l = l0; l < l1; l++) {
-                float d = load(x, base + l, bf) - f;
-                bs += d;
-                bq += d * d;
-            }
+            ROW_LOOP(narrow, "omp simd simdlen(16) reduction(+ : bs, bq)", "omp simd reduction(+ : bs, bq)", l, l0,
+                     l1, {
+                         float d = load(x, base + l, bf) - f;
+                         bs += d;
+                         bq += d * d;
+                     });
             s += bs;
             q += bq;
         }
@@ -247,14 +260,14 @@ INLINE void nc_forward_group(const void *x, void *out, int bf, int64_t n, int64_
             offset = offset * f + shift[n * C + c];
         }
         const float mu = mean[n * G + g], a = (float)(gain * rstd[n * G + g]), o = (float)offset;
-        for (int64_t l = 0; l < L; l++) {
+        ROW(narrow, l, 0, L, {
             float y = (load(x, base + l, bf) - mu) * a + o;
             store(out, base + l, silu ? y * sigmoid(y) : y, bf);
-        }
+        });
     }
 }
 
-INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf, int64_t n, int64_t g,
+INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf, int narrow, int64_t n, int64_t g,
                               int64_t C, int64_t L, int64_t G, const float *gamma, const float *beta,
                               const float *scale, const float *shift, int silu, const float *mean,
                               const float *rstd, float *s1_out, float *p_out, float *dys) {
@@ -277,14 +290,14 @@ INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf,
         for (int64_t l0 = 0; l0 < L; l0 += 16 * BLOCK) {
             int64_t l1 = l0 + 16 * BLOCK < L ? l0 + 16 * BLOCK : L;
             float bs = 0.0f, bp = 0.0f;
-#pragma omp simd reduction(+ : bs, bp)
-            for (int64_t l = l0; l < l1; l++) {
-                float xc = load(x, base + l, bf) - mu;
-                float dy = silu_grad(load(grad, base + l, bf), xc * aj + oj, silu);
-                dys[j * L + l] = dy;
-                bs += dy;
-                bp += dy * xc;
-            }
+            ROW_LOOP(narrow, "omp simd simdlen(16) reduction(+ : bs, bp)", "omp simd reduction(+ : bs, bp)", l, l0,
+                     l1, {
+                         float xc = load(x, base + l, bf) - mu;
+                         float dy = silu_grad(load(grad, base + l, bf), xc * aj + oj, silu);
+                         dys[j * L + l] = dy;
+                         bs += dy;
+                         bp += dy * xc;
+                     });
             s += bs;
             p += bp;
         }
@@ -301,8 +314,7 @@ INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf,
         const float aj = a[j];
         s1_out[n * C + c] = (float)s1[j];
         p_out[n * C + c] = (float)(sp[j] * r);
-        for (int64_t l = 0; l < L; l++)
-            store(dx, base + l, aj * dys[j * L + l] + k1 * (load(x, base + l, bf) - mu) + k0, bf);
+        ROW(narrow, l, 0, L, { store(dx, base + l, aj * dys[j * L + l] + k1 * (load(x, base + l, bf) - mu) + k0, bf); });
     }
 }
 
@@ -312,19 +324,28 @@ INLINE void nc_backward_group(const void *x, const void *grad, void *dx, int bf,
  * s1 = Σ dy and p = Σ dy·x̂ per (sample, channel): [N, C]. All float32. Returns 0, or 1 when out of
  * memory. */
 
-#define DISPATCH(body_f32, body_bf16) \
-    do {                              \
-        if (bf) {                     \
-            body_bf16;                \
-        } else {                      \
-            body_f32;                 \
-        }                             \
+/* EXPR compiled four times, with BF and NARROW constants for the runtime ``bf`` and ``narrow``. */
+#define VARIANTS(EXPR)                         \
+    do {                                       \
+        if (bf && narrow) {                    \
+            enum { BF = 1, NARROW = 1 };       \
+            EXPR;                              \
+        } else if (bf) {                       \
+            enum { BF = 1, NARROW = 0 };       \
+            EXPR;                              \
+        } else if (narrow) {                   \
+            enum { BF = 0, NARROW = 1 };       \
+            EXPR;                              \
+        } else {                               \
+            enum { BF = 0, NARROW = 0 };       \
+            EXPR;                              \
+        }                                      \
     } while (0)
 
 int gn_silu_forward(const void *x, void *out, int bf, int channels_last, int64_t N, int64_t C, int64_t L,
                     int64_t G, const float *gamma, const float *beta, const float *scale, const float *shift,
                     double eps, int silu, float *mean, float *rstd, int threads) {
-    int failed = 0;
+    int failed = 0, narrow = (channels_last ? C : L) < 32;
     if (channels_last) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
         {
@@ -336,9 +357,7 @@ int gn_silu_forward(const void *x, void *out, int bf, int channels_last, int64_t
             } else {
 #pragma omp for schedule(static)
                 for (int64_t n = 0; n < N; n++)
-                    DISPATCH(cl_forward_sample(x, out, 0, n, C, L, G, gamma, beta, scale, shift, eps, silu,
-                                               mean, rstd, work, dwork),
-                             cl_forward_sample(x, out, 1, n, C, L, G, gamma, beta, scale, shift, eps, silu,
+                    VARIANTS(cl_forward_sample(x, out, BF, NARROW, n, C, L, G, gamma, beta, scale, shift, eps, silu,
                                                mean, rstd, work, dwork));
             }
             free(work);
@@ -348,9 +367,7 @@ int gn_silu_forward(const void *x, void *out, int bf, int channels_last, int64_t
     }
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t i = 0; i < N * G; i++)
-        DISPATCH(nc_forward_group(x, out, 0, i / G, i % G, C, L, G, gamma, beta, scale, shift, eps, silu, mean,
-                                  rstd),
-                 nc_forward_group(x, out, 1, i / G, i % G, C, L, G, gamma, beta, scale, shift, eps, silu, mean,
+        VARIANTS(nc_forward_group(x, out, BF, NARROW, i / G, i % G, C, L, G, gamma, beta, scale, shift, eps, silu, mean,
                                   rstd));
     return 0;
 }
@@ -359,7 +376,7 @@ int gn_silu_backward(const void *x, const void *grad, void *dx, int bf, int chan
                      int64_t L, int64_t G, const float *gamma, const float *beta, const float *scale,
                      const float *shift, int silu, const float *mean, const float *rstd, float *s1, float *p,
                      int threads) {
-    int failed = 0;
+    int failed = 0, narrow = (channels_last ? C : L) < 32;
     if (channels_last) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
         {
@@ -372,9 +389,7 @@ int gn_silu_backward(const void *x, const void *grad, void *dx, int bf, int chan
             } else {
 #pragma omp for schedule(static)
                 for (int64_t n = 0; n < N; n++)
-                    DISPATCH(cl_backward_sample(x, grad, dx, 0, n, C, L, G, gamma, beta, scale, shift, silu, mean,
-                                                rstd, s1, p, work, dwork, dys),
-                             cl_backward_sample(x, grad, dx, 1, n, C, L, G, gamma, beta, scale, shift, silu, mean,
+                    VARIANTS(cl_backward_sample(x, grad, dx, BF, NARROW, n, C, L, G, gamma, beta, scale, shift, silu, mean,
                                                 rstd, s1, p, work, dwork, dys));
             }
             free(dys);
@@ -392,9 +407,7 @@ int gn_silu_backward(const void *x, const void *grad, void *dx, int bf, int chan
         } else {
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < N * G; i++)
-                DISPATCH(nc_backward_group(x, grad, dx, 0, i / G, i % G, C, L, G, gamma, beta, scale, shift, silu,
-                                           mean, rstd, s1, p, dys),
-                         nc_backward_group(x, grad, dx, 1, i / G, i % G, C, L, G, gamma, beta, scale, shift, silu,
+                VARIANTS(nc_backward_group(x, grad, dx, BF, NARROW, i / G, i % G, C, L, G, gamma, beta, scale, shift, silu,
                                            mean, rstd, s1, p, dys));
         }
         free(dys);
