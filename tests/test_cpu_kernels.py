@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
 import genzoo.nets.fused as fusedmod
 from genzoo import nets
@@ -112,6 +113,25 @@ def test_maps_the_kernel_does_not_take_keep_the_pytorch_path():
         assert got.grad_fn is None or "Native" not in got.grad_fn.name()
         ref = reference_norm_silu(x, n)
         assert (got.double() - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_forward_mode_ad_takes_the_library_path(grad):
+    """A JVP through dual numbers (sCM's training takes one) is left to the library ops, which define it:
+    the kernel and the explicit path have none. Value and tangent equal the float64 definition's.
+    (Contiguous maps: the library's GroupNorm JVP fails on channels_last ones.)"""
+    gen = torch.Generator().manual_seed(8)
+    norm = _norm(16, 4, gen)
+    x, v = (torch.randn(2, 16, 5, 6, generator=gen) for _ in range(2))
+    scale, shift, ds = (torch.randn(2, 16, 1, 1, generator=gen) for _ in range(3))
+    with torch.set_grad_enabled(grad), fwAD.dual_level():
+        out = fusedmod.norm_silu(norm, fwAD.make_dual(x, v), (fwAD.make_dual(scale, ds), shift))
+        value, tangent = fwAD.unpack_dual(out)
+    plain = _Norm(norm, norm.weight.detach().double(), norm.bias.detach().double())
+    ref, ref_tangent = torch.func.jvp(lambda x, s: reference_norm_silu(x, plain, s, shift.double()),
+                                      (x.double(), scale.double()), (v.double(), ds.double()))
+    assert (value.double() - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert (tangent.double() - ref_tangent).norm() <= 1e-4 * ref_tangent.norm()
 
 
 def _perturbed(module, seed):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -211,21 +212,31 @@ class _NativeGroupNormSiLU(torch.autograd.Function):
         return dx, None, *_parameter_grads(ctx.needs_input_grad, s1, p, weight, bias, scale)
 
 
-def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
+def _dual(*tensors: torch.Tensor | None) -> bool:
+    """True where forward-mode AD tracks one of ``tensors`` (a JVP through dual numbers, as sCM's training
+    takes): the explicit and compiled paths define no JVP, the library ops do."""
+    return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                         *scale_shift: torch.Tensor) -> bool:
     """True where ``_GroupNormSiLU`` beats the library's GroupNorm: a float32/bfloat16 channels_last CPU
     map (not also contiguous) normalised by an ``nn.GroupNorm``, except a float32 map where autograd
     records nothing: there the library kernel with an in-place scale-shift and SiLU is faster
-    (docs/performance.md)."""
+    (docs/performance.md); and not under forward-mode AD (``_dual``)."""
     return (isinstance(norm, nn.GroupNorm) and x.device.type == "cpu" and x.dim() == 4
             and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.is_grad_enabled()))
-            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            and not _dual(x, norm.weight, norm.bias, *scale_shift))
 
 
-def native_group_norm_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
+def native_group_norm_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                           *scale_shift: torch.Tensor) -> bool:
     """True where ``_NativeGroupNormSiLU`` runs: an ``nn.GroupNorm`` over a map the compiled CPU kernel
-    takes (``cpu_kernels.takes``), outside ``torch.compile`` (which traces the PyTorch path)."""
+    takes (``cpu_kernels.takes``), outside ``torch.compile`` (which traces the PyTorch path) and
+    forward-mode AD (``_dual``)."""
     return (isinstance(norm, nn.GroupNorm) and not torch.compiler.is_compiling()
-            and cpu_kernels.takes(x, norm.num_groups))
+            and cpu_kernels.takes(x, norm.num_groups) and not _dual(x, norm.weight, norm.bias, *scale_shift))
 
 
 def group_norm(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -250,15 +261,16 @@ def norm_silu(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     copies that input: a full extra pass over the map).
     """
     scale, shift = scale_shift if scale_shift is not None else (None, None)
-    if native_group_norm_pays(norm, x):
+    if native_group_norm_pays(norm, x, *(scale_shift or ())):
         return _NativeGroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift,
                                           True)
-    if group_norm_silu_pays(norm, x):
+    if group_norm_silu_pays(norm, x, *(scale_shift or ())):
         return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift, True)
     h = norm(x)
     recorded = torch.is_grad_enabled() and h.requires_grad
     if scale_shift is not None:
         fresh = (not recorded and h.dtype == shift.dtype == scale.dtype and h is not x
-                 and not torch.compiler.is_compiling())  # inductor fuses it; Dynamo breaks at out=
+                 and not torch.compiler.is_compiling()  # inductor fuses it; Dynamo breaks at out=
+                 and not _dual(h, scale, shift))  # forward-mode AD has no out= formulas
         h = torch.addcmul(shift, h, scale + 1, out=h if fresh else None)
     return F.silu(h, inplace=not recorded)
