@@ -96,15 +96,42 @@ def test_gradients_laid_out_otherwise_are_taken(fmt):
 
 
 @needs_kernel
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "cl"])
+def test_a_sample_gets_the_same_bits_alone_in_a_batch_and_on_two_threads(fmt):
+    """Each sample is normalised on its own: its output and input gradient do not depend on the batch it
+    is in or on the thread count (a seed fixes an image whatever the batch size)."""
+    gen = torch.Generator().manual_seed(9)
+    norm = _norm(32, 8, gen)
+    x = torch.randn(5, 32, 6, 7, generator=gen).bfloat16().contiguous(memory_format=fmt)
+    ss = torch.randn(5, 64, 1, 1, generator=gen).bfloat16().chunk(2, dim=1)
+    g = torch.randn(x.shape, generator=gen).bfloat16().contiguous(memory_format=fmt)
+
+    def run(rows):
+        xs = x[rows].contiguous(memory_format=fmt).requires_grad_()
+        out = fusedmod.norm_silu(norm, xs, (ss[0][rows], ss[1][rows]))
+        return out, torch.autograd.grad(out, xs, g[rows])[0]
+
+    batch, alone = run(slice(0, 5)), run(slice(2, 3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = run(slice(0, 5))
+    finally:
+        torch.set_num_threads(threads)
+    for b, a, t in zip(batch, alone, two):
+        assert torch.equal(b[2:3], a) and torch.equal(b, t)
+
+
+@needs_kernel
 def test_maps_the_kernel_does_not_take_keep_the_pytorch_path():
-    """Strided views, float64 and float16 maps, and norms other than ``nn.GroupNorm`` are not taken; they
-    give the definition through the PyTorch path."""
+    """Strided views, float64, float16 and empty maps, and norms other than ``nn.GroupNorm`` are not taken;
+    they give the definition through the PyTorch path."""
     gen = torch.Generator().manual_seed(4)
     norm = _norm(16, 4, gen)
     wide = torch.randn(2, 16, 6, 10, generator=gen)
     strided = wide[:, :, :, ::2]
     assert not strided.is_contiguous() and not strided.is_contiguous(memory_format=torch.channels_last)
-    for x in (strided, wide.double(), wide.half()):
+    for x in (strided, wide.double(), wide.half(), wide[:0]):
         assert not fusedmod.native_group_norm_pays(norm, x)
     assert not fusedmod.native_group_norm_pays(lambda t: t, wide)
     norm64 = _norm(16, 4, gen).double()
