@@ -124,8 +124,8 @@ def test_a_sample_gets_the_same_bits_alone_in_a_batch_and_on_two_threads(fmt):
 
 @needs_kernel
 def test_maps_the_kernel_does_not_take_keep_the_pytorch_path():
-    """Strided views, float64, float16 and empty maps, and norms other than ``nn.GroupNorm`` are not taken;
-    they give the definition through the PyTorch path."""
+    """Strided views, float64, float16 and empty maps, batches smaller than the thread count and norms other
+    than ``nn.GroupNorm`` are not taken; they give the definition through the PyTorch path."""
     gen = torch.Generator().manual_seed(4)
     norm = _norm(16, 4, gen)
     wide = torch.randn(2, 16, 6, 10, generator=gen)
@@ -134,6 +134,13 @@ def test_maps_the_kernel_does_not_take_keep_the_pytorch_path():
     for x in (strided, wide.double(), wide.half(), wide[:0]):
         assert not fusedmod.native_group_norm_pays(norm, x)
     assert not fusedmod.native_group_norm_pays(lambda t: t, wide)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:  # fewer samples than threads: the library splits groups among them too
+        assert not fusedmod.native_group_norm_pays(norm, wide)
+    finally:
+        torch.set_num_threads(threads)
+    assert fusedmod.native_group_norm_pays(norm, wide)
     norm64 = _norm(16, 4, gen).double()
     for x, n in ((strided, norm), (wide.double(), norm64)):
         got = fusedmod.norm_silu(n, x)

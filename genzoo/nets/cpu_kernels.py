@@ -137,10 +137,11 @@ def _layout(x: torch.Tensor) -> int | None:
 
 def takes(x: torch.Tensor, groups: int) -> bool:
     """True where the kernels take ``x``: a non-empty float32/bfloat16 [N, C, H, W] CPU map, contiguous or
-    channels_last, with C divisible by ``groups``, and the library built."""
+    channels_last, with C divisible by ``groups``, at least one sample per torch thread (the kernels share
+    samples among threads; the library also splits groups), and the library built."""
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
             and x.numel() > 0 and x.shape[1] % groups == 0 and _layout(x) is not None
-            and library() is not None)
+            and x.shape[0] >= torch.get_num_threads() and library() is not None)
 
 
 def _floats(t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
