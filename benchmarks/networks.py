@@ -1,7 +1,7 @@
 """Network throughput against the machine's own peak, and the ADM UNet against the official code.
 
     python benchmarks/networks.py [--quick] [--threads 1] [--device cpu|cuda] [--repeats 5]
-        [--official /tmp/gd] [--before main] [--profile] [--compile]
+        [--official /tmp/gd] [--before main] [--profile] [--compile] [--without-kernel]
         [--sections peak,nets,sampling,official,demo]
 
 Sections (each prints a table):
@@ -111,6 +111,21 @@ def train_step(net: torch.nn.Module, call: Callable[[], torch.Tensor], device: t
             out = call()
         out.float().square().mean().backward()
     return step
+
+
+def without_norm_kernel(call: Callable[[], torch.Tensor], off: bool = True) -> Callable[[], torch.Tensor]:
+    """``call`` with the compiled GroupNorm+SiLU CPU kernel off where ``off``: its norms take the PyTorch path
+    (as before the kernel), and so do their backwards, which follow the forward's choice."""
+    from genzoo.nets import cpu_kernels
+
+    def wrapped() -> torch.Tensor:
+        saved = cpu_kernels.library
+        cpu_kernels.library = lambda: None
+        try:
+            return call()
+        finally:
+            cpu_kernels.library = saved
+    return wrapped if off else call
 
 
 def flops(step: Step) -> int:
@@ -296,10 +311,13 @@ def section_official(args: argparse.Namespace, device: torch.device, sync) -> No
         "genzoo bf16": (ours, x),
         "genzoo bf16 channels_last": (ours_cl, x_cl),
     }
+    if args.without_kernel:
+        cases |= {f"{k} (PyTorch norms)": v for k, v in cases.items() if k.startswith("genzoo")}
     print("speed-up against official fp32: median of per-round ratios [min-max], wall clock | CPU time")
     passes = [("forward+backward", train_step, cases), ("forward", forward_step, cases)]
     for pass_, make, chosen in passes:
-        steps = {k: make(net, (lambda net=net, xx=xx: net(xx, t)), device, "bf16" in k)
+        steps = {k: make(net, without_norm_kernel(lambda net=net, xx=xx: net(xx, t), "PyTorch norms" in k),
+                         device, "bf16" in k)
                  for k, (net, xx) in chosen.items()}
         runs = interleaved_runs(steps, args.repeats, sync)
         for k, v in runs.items():
@@ -524,6 +542,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile table of the ADM steps")
     parser.add_argument("--compile", action="store_true",
                         help="official section: also genzoo's ADM forward compiled (frozen weights)")
+    parser.add_argument("--without-kernel", action="store_true",
+                        help="official section: also each genzoo case with the compiled GroupNorm+SiLU "
+                             "kernel off (the PyTorch path), interleaved")
     parser.add_argument("--sections", default="peak,nets,sampling,official,demo")
     args = parser.parse_args()
     args.repeats = args.repeats or (2 if args.quick else 5)

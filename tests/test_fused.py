@@ -133,11 +133,12 @@ def reference_norm_silu(x, norm, scale=None, shift=None, silu=True):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("adaptive", [None, False, True], ids=["norm only", "plain", "scale-shift"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "cl"])
-def test_norm_silu_equals_the_definition_in_value_and_gradient(dtype, adaptive, fmt):
-    """Both paths of ``norm_silu`` and ``group_norm`` (the library GroupNorm on contiguous maps, the
-    explicit-backward one on channels_last CPU maps) give the definition's output and the gradients of x,
-    weight, bias, scale and shift: to 1e-4 relative in float32, to a few bfloat16 roundings in bfloat16.
-    Offset inputs (mean 3, std 2) check that the group variance does not cancel."""
+def test_norm_silu_equals_the_definition_in_value_and_gradient(dtype, adaptive, fmt, without_native_kernels):
+    """Both PyTorch paths of ``norm_silu`` and ``group_norm``, taken where the compiled kernel is not built
+    (the library GroupNorm on contiguous maps, the explicit-backward one on channels_last CPU maps), give
+    the definition's output and the gradients of x, weight, bias, scale and shift: to 1e-4 relative in
+    float32, to a few bfloat16 roundings in bfloat16. Offset inputs (mean 3, std 2) check that the group
+    variance does not cancel."""
     gen = torch.Generator().manual_seed(5)
     n, c, h, w = 3, 16, 5, 6
     norm = torch.nn.GroupNorm(4, c)
@@ -173,7 +174,7 @@ class _Norm:
         self.num_groups, self.eps, self.weight, self.bias = norm.num_groups, norm.eps, weight, bias
 
 
-def test_norm_silu_under_autograd_copies_nothing():
+def test_norm_silu_under_autograd_copies_nothing(without_native_kernels):
     """SiLU's backward reads its input: an in-place SiLU that autograd records would first clone it."""
     norm = torch.nn.GroupNorm(4, 16)
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
@@ -183,10 +184,11 @@ def test_norm_silu_under_autograd_copies_nothing():
 
 
 @pytest.mark.parametrize("adaptive", [None, False, True], ids=["norm only", "plain", "scale-shift"])
-def test_float32_channels_last_sampling_takes_the_library_kernel_in_place(adaptive):
-    """Where autograd records nothing, a float32 channels_last map goes through the library GroupNorm with
-    the scale-shift and SiLU in place (faster there, docs/performance.md): same definition to 1e-4 relative,
-    channels_last kept, the input untouched; bfloat16 keeps the explicit path."""
+def test_float32_channels_last_sampling_takes_the_library_kernel_in_place(adaptive, without_native_kernels):
+    """Without the compiled kernel, where autograd records nothing, a float32 channels_last map goes through
+    the library GroupNorm with the scale-shift and SiLU in place (faster there, docs/performance.md): same
+    definition to 1e-4 relative, channels_last kept, the input untouched; bfloat16 keeps the explicit
+    path."""
     gen = torch.Generator().manual_seed(7)
     n, c = 3, 16
     norm = torch.nn.GroupNorm(4, c)

@@ -1,5 +1,9 @@
 """Fewer, fused kernels for the layers every network shares: attention and GroupNorm + SiLU.
 
+On the CPU, GroupNorm (+ scale-shift) + SiLU runs through a hand-written kernel compiled at first use
+(``cpu_kernels``: two passes over the map forward, two backward, float32 and bfloat16, contiguous and
+channels_last); where it cannot be built, through the PyTorch paths below (same results, slower).
+
 ``scaled_dot_product_attention`` dispatches to its fused kernels (flash attention on CPU and CUDA,
 memory-efficient attention on CUDA) only when the last dimension of q, k and v is contiguous; the
 transposed views that convolution layouts produce ([N, heads, d, L] seen as [N, heads, L, d]) silently
@@ -16,9 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from genzoo.nets import cpu_kernels
 
 
 def explicit_attention_pays(q: torch.Tensor) -> bool:
@@ -159,32 +166,85 @@ class _GroupNormSiLU(torch.autograd.Function):
         const = (r * (mu * r * m2 - m1)).expand(n, groups, c // groups).reshape(n, 1, c)
         dx = torch.addcmul(const.to(x.dtype), rows, coef.to(x.dtype)).addcmul_(dy, a_rows)
         dx = dx.view(n, h, w, c).permute(0, 3, 1, 2)
-        factor = scale.float().reshape(n, c) + 1 if scale is not None else None
-        d_weight = d_bias = d_scale = d_shift = None
-        if weight is not None and ctx.needs_input_grad[2]:
-            d_weight = (p if factor is None else p * factor).sum(0).to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[3]:
-            d_bias = (s1 if factor is None else s1 * factor).sum(0).to(bias.dtype)
-        if scale is not None:
-            gamma = weight.float()[None] if weight is not None else 1.0
-            beta = bias.float()[None] if bias is not None else 0.0
-            d_scale = (gamma * p + beta * s1).to(scale.dtype).view(scale.shape)
-            d_shift = s1.to(scale.dtype).view(scale.shape)
-        return dx, None, d_weight, d_bias, None, d_scale, d_shift, None
+        return dx, None, *_parameter_grads(ctx.needs_input_grad, s1, p, weight, bias, scale)
 
 
-def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
+def _parameter_grads(needs: tuple[bool, ...], s1: torch.Tensor, p: torch.Tensor, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, scale: torch.Tensor | None) -> tuple:
+    """(dweight, dbias, None for eps, dscale, dshift, None for silu) of SiLU(GroupNorm(x)·(1 + scale) +
+    shift) from s1 = Σ dy and p = Σ dy·x̂ per (sample, channel) (float32 [N, C]; dy the gradient at the
+    modulated map, x̂ the normalised one), in the order ``_GroupNormSiLU``'s inputs take them."""
+    n, c = s1.shape
+    factor = scale.float().reshape(n, c) + 1 if scale is not None else None
+    d_weight = d_bias = d_scale = d_shift = None
+    if weight is not None and needs[2]:
+        d_weight = (p if factor is None else p * factor).sum(0).to(weight.dtype)
+    if bias is not None and needs[3]:
+        d_bias = (s1 if factor is None else s1 * factor).sum(0).to(bias.dtype)
+    if scale is not None:
+        gamma = weight.float()[None] if weight is not None else 1.0
+        beta = bias.float()[None] if bias is not None else 0.0
+        d_scale = (gamma * p + beta * s1).to(scale.dtype).view(scale.shape)
+        d_shift = s1.to(scale.dtype).view(scale.shape)
+    return d_weight, d_bias, None, d_scale, d_shift, None
+
+
+class _NativeGroupNormSiLU(torch.autograd.Function):
+    """SiLU(GroupNorm(x)·(1 + scale) + shift) (or without the SiLU) through the hand-written CPU kernel
+    (``cpu_kernels``; two passes over the map forward, two backward, the normalised map recomputed from x
+    and the saved float32 mean and 1/sqrt(var + eps) per (sample, group)). Same inputs as
+    ``_GroupNormSiLU``; contiguous and channels_last maps, float32 and bfloat16."""
+
+    @staticmethod
+    def forward(ctx, x, groups, weight, bias, eps, scale, shift, silu):  # noqa: ANN001, ANN205
+        out, mean, rstd = cpu_kernels.group_norm_silu_forward(x, groups, weight, bias, eps, scale, shift,
+                                                              silu)
+        ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
+        ctx.groups, ctx.silu = groups, silu
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
+        dx, s1, p = cpu_kernels.group_norm_silu_backward(x, grad, ctx.groups, weight, bias, scale, shift,
+                                                         ctx.silu, mean, rstd)
+        return dx, None, *_parameter_grads(ctx.needs_input_grad, s1, p, weight, bias, scale)
+
+
+def _dual(*tensors: torch.Tensor | None) -> bool:
+    """True where forward-mode AD tracks one of ``tensors`` (a JVP through dual numbers, as sCM's training
+    takes): the explicit and compiled paths define no JVP, the library ops do."""
+    return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def group_norm_silu_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                         *scale_shift: torch.Tensor) -> bool:
     """True where ``_GroupNormSiLU`` beats the library's GroupNorm: a float32/bfloat16 channels_last CPU
     map (not also contiguous) normalised by an ``nn.GroupNorm``, except a float32 map where autograd
     records nothing: there the library kernel with an in-place scale-shift and SiLU is faster
-    (docs/performance.md)."""
+    (docs/performance.md); and not under forward-mode AD (``_dual``)."""
     return (isinstance(norm, nn.GroupNorm) and x.device.type == "cpu" and x.dim() == 4
             and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.is_grad_enabled()))
-            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            and not _dual(x, norm.weight, norm.bias, *scale_shift))
+
+
+def native_group_norm_pays(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                           *scale_shift: torch.Tensor) -> bool:
+    """True where ``_NativeGroupNormSiLU`` runs: an ``nn.GroupNorm`` over a map the compiled CPU kernel
+    takes (``cpu_kernels.takes``), outside ``torch.compile`` (which traces the PyTorch path) and
+    forward-mode AD (``_dual``)."""
+    return (isinstance(norm, nn.GroupNorm) and not torch.compiler.is_compiling()
+            and cpu_kernels.takes(x, norm.num_groups) and not _dual(x, norm.weight, norm.bias, *scale_shift))
 
 
 def group_norm(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)``, through ``_GroupNormSiLU`` (without the SiLU) where that beats the library kernel."""
+    """``norm(x)``, through the compiled CPU kernel or ``_GroupNormSiLU`` (without the SiLU) where those beat
+    the library kernel."""
+    if native_group_norm_pays(norm, x):
+        return _NativeGroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, None, None,
+                                          False)
     if group_norm_silu_pays(norm, x):
         return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, None, None, False)
     return norm(x)
@@ -194,19 +254,23 @@ def norm_silu(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
               scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """SiLU(norm(x)), or SiLU(norm(x)·(1 + scale) + shift) (ADM §3 adaptive group normalisation).
 
+    CPU maps take the compiled kernel where it is built (``native_group_norm_pays``); without it,
     channels_last CPU maps take ``_GroupNormSiLU`` where that pays (``group_norm_silu_pays``); otherwise the
     scale-shift is one ``addcmul`` and both it and the SiLU run in place on the fresh normalised tensor only
     where autograd does not record them (SiLU's backward reads its input, so a recorded in-place SiLU first
     copies that input: a full extra pass over the map).
     """
-    if group_norm_silu_pays(norm, x):
-        scale, shift = scale_shift if scale_shift is not None else (None, None)
+    scale, shift = scale_shift if scale_shift is not None else (None, None)
+    if native_group_norm_pays(norm, x, *(scale_shift or ())):
+        return _NativeGroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift,
+                                          True)
+    if group_norm_silu_pays(norm, x, *(scale_shift or ())):
         return _GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps, scale, shift, True)
     h = norm(x)
     recorded = torch.is_grad_enabled() and h.requires_grad
     if scale_shift is not None:
-        scale, shift = scale_shift
         fresh = (not recorded and h.dtype == shift.dtype == scale.dtype and h is not x
-                 and not torch.compiler.is_compiling())  # inductor fuses it; Dynamo breaks at out=
+                 and not torch.compiler.is_compiling()  # inductor fuses it; Dynamo breaks at out=
+                 and not _dual(h, scale, shift))  # forward-mode AD has no out= formulas
         h = torch.addcmul(shift, h, scale + 1, out=h if fresh else None)
     return F.silu(h, inplace=not recorded)

@@ -1,0 +1,196 @@
+"""Hand-written CPU kernels, compiled at first use: the fused GroupNorm(+scale-shift)+SiLU of
+``group_norm_silu.c``, forward and backward, over float32 and bfloat16 maps.
+
+The C source needs no torch headers, so it compiles in about a second (``gcc -O3 -march=native -fopenmp
+-shared``) with no network; the library is cached under ``$XDG_CACHE_HOME/genzoo/kernels`` (else
+``~/.cache/genzoo/kernels``), keyed by the source, the compiler's version, the flags and the CPU, built in a
+temporary folder beside it and renamed into place, so concurrent processes never see a partial file. It is
+called through ctypes on the tensors' memory. Without a compiler, or when the build or the load fails,
+``library()`` is None (logged once at debug level) and callers keep their PyTorch path: same results,
+only slower. ``GENZOO_NATIVE_KERNELS=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("group_norm_silu.c")
+# the first set that builds is used; the last two need no OpenMP runtime (one thread) and no CPU-specific
+# code (-fopenmp-simd keeps the vectorisation hints)
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp"),
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-fopenmp-simd"),
+    ("-O3",),
+)
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_tried = False
+
+_p = ctypes.c_void_p
+_i64 = ctypes.c_int64
+_int = ctypes.c_int
+_FORWARD_ARGS = (_p, _p, _int, _int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, ctypes.c_double, _int, _p, _p,
+                 _int)
+_BACKWARD_ARGS = (_p, _p, _p, _int, _int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _int, _p, _p, _p, _p, _int)
+
+
+def compiler() -> str | None:
+    """The C compiler: ``$CC``, else gcc, else cc on the PATH; None where there is none."""
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$XDG_CACHE_HOME/genzoo/kernels``, else
+    ``~/.cache/genzoo/kernels``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "genzoo" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and flags (``-march=native`` code runs only on a CPU like the one it was built on)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    keep = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
+    return platform.machine() + "\n" + "\n".join(dict.fromkeys(keep))
+
+
+def _build(cc: str) -> Path:
+    """Compile the source with the first flag set that builds, or return the cached library; raises when
+    none builds."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    source = _SOURCE.read_bytes()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([source, cc.encode(), version.encode(), " ".join(flags).encode(),
+                                         _cpu_signature().encode()])).hexdigest()[:20]
+        target = cache_dir() / f"{_SOURCE.stem}-{key}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+            built = Path(tmp) / target.name
+            run = subprocess.run([cc, *flags, "-shared", "-fPIC", str(_SOURCE), "-o", str(built), "-lm"],
+                                 capture_output=True, text=True, timeout=300)
+            if run.returncode == 0:
+                os.replace(built, target)
+                return target
+            errors.append(f"{' '.join(flags)}: {run.stderr.strip()[-500:]}")
+    raise RuntimeError("; ".join(errors))
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built at the first call; None (logged once) where they cannot be built."""
+    global _library, _tried
+    if _tried:
+        return _library
+    with _lock:
+        if not _tried:
+            _library = _load()
+            _tried = True
+    return _library
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("GENZOO_NATIVE_KERNELS", "1") == "0":
+        _log.debug("native CPU kernels off (GENZOO_NATIVE_KERNELS=0): GroupNorm+SiLU runs through PyTorch")
+        return None
+    cc = compiler()
+    if cc is None:
+        _log.debug("no C compiler found: GroupNorm+SiLU runs through PyTorch")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        _log.debug("native GroupNorm+SiLU kernel not built (%s): it runs through PyTorch", err)
+        return None
+    lib.gn_silu_forward.argtypes, lib.gn_silu_forward.restype = _FORWARD_ARGS, _int
+    lib.gn_silu_backward.argtypes, lib.gn_silu_backward.restype = _BACKWARD_ARGS, _int
+    return lib
+
+
+def reset() -> None:
+    """Forget the loaded library, so the next ``library()`` builds or loads it again (for tests)."""
+    global _library, _tried
+    with _lock:
+        _library, _tried = None, False
+
+
+def _layout(x: torch.Tensor) -> int | None:
+    """1 for a channels_last [N, C, H, W] map, 0 for a contiguous one, None for other strides."""
+    if x.is_contiguous():
+        return 0
+    return 1 if x.is_contiguous(memory_format=torch.channels_last) else None
+
+
+def takes(x: torch.Tensor, groups: int) -> bool:
+    """True where the kernels take ``x``: a non-empty float32/bfloat16 [N, C, H, W] CPU map, contiguous or
+    channels_last, with C divisible by ``groups``, at least one sample per torch thread (the kernels share
+    samples among threads; the library also splits groups), and the library built."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
+            and x.numel() > 0 and x.shape[1] % groups == 0 and _layout(x) is not None
+            and x.shape[0] >= torch.get_num_threads() and library() is not None)
+
+
+def _floats(t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(torch.float32).reshape(shape).contiguous()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def group_norm_silu_forward(x: torch.Tensor, groups: int, weight: torch.Tensor | None,
+                            bias: torch.Tensor | None, eps: float, scale: torch.Tensor | None,
+                            shift: torch.Tensor | None, silu: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SiLU(GroupNorm(x)·(1 + scale) + shift) (ADM §3; Wu & He 2018, Eq. 1-2) of a map that ``takes``
+    accepts, in its dtype and layout; with the float32 [N, groups] mean and 1/sqrt(var + eps)."""
+    n, c, h, w = x.shape
+    out = torch.empty_like(x)
+    mean = x.new_empty((n, groups), dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    params = [_floats(weight, (c,)), _floats(bias, (c,)), _floats(scale, (n, c)), _floats(shift, (n, c))]
+    failed = library().gn_silu_forward(
+        x.data_ptr(), out.data_ptr(), int(x.dtype == torch.bfloat16), _layout(x), n, c, h * w, groups,
+        *map(_ptr, params), float(eps), int(silu), mean.data_ptr(), rstd.data_ptr(), torch.get_num_threads())
+    if failed:
+        raise MemoryError("group_norm_silu_forward: out of memory for its work buffers")
+    return out, mean, rstd
+
+
+def group_norm_silu_backward(x: torch.Tensor, grad: torch.Tensor, groups: int, weight: torch.Tensor | None,
+                             bias: torch.Tensor | None, scale: torch.Tensor | None,
+                             shift: torch.Tensor | None, silu: bool, mean: torch.Tensor, rstd: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dL/dx of ``group_norm_silu_forward`` from dL/d output, recomputing the normalised map from x and
+    the saved moments; with Σ dy and Σ dy·x̂ per (sample, channel) (float32 [N, C], dy the gradient at the
+    normalised-and-modulated map, x̂ the normalised map), from which the parameters' gradients follow."""
+    n, c, h, w = x.shape
+    grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last if _layout(x) else
+                                       torch.contiguous_format)
+    dx = torch.empty_like(x)
+    s1 = x.new_empty((n, c), dtype=torch.float32)
+    p = torch.empty_like(s1)
+    params = [_floats(weight, (c,)), _floats(bias, (c,)), _floats(scale, (n, c)), _floats(shift, (n, c))]
+    failed = library().gn_silu_backward(
+        x.data_ptr(), grad.data_ptr(), dx.data_ptr(), int(x.dtype == torch.bfloat16), _layout(x), n, c, h * w,
+        groups, *map(_ptr, params), int(silu), mean.data_ptr(), rstd.data_ptr(), s1.data_ptr(), p.data_ptr(),
+        torch.get_num_threads())
+    if failed:
+        raise MemoryError("group_norm_silu_backward: out of memory for its work buffers")
+    return dx, s1, p
