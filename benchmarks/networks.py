@@ -29,6 +29,7 @@ machine slows both sides alike; ``--threads`` fixes torch's thread count (state 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 import re
@@ -44,6 +45,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from genzoo import nets
+from genzoo.nets.winograd import use_winograd
 
 Step = Callable[[], None]
 
@@ -296,6 +298,12 @@ def section_official(args: argparse.Namespace, device: torch.device, sync) -> No
         "genzoo bf16": (ours, x),
         "genzoo bf16 channels_last": (ours_cl, x_cl),
     }
+    if args.winograd:  # the same weights, 3×3 convolutions with >= 128 outputs through Winograd F(4×4, 3×3)
+        wino, wino_cl = (use_winograd(copy.deepcopy(net), True) for net in (ours, ours_cl))
+        with torch.no_grad():
+            err = max((wino(x, t) - ref).abs().max().item(), (wino_cl(x_cl, t) - ref).abs().max().item())
+        print(f"Winograd nets: max |Δ| of outputs {err:.1e}")
+        cases |= {"genzoo fp32 winograd": (wino, x), "genzoo fp32 channels_last winograd": (wino_cl, x_cl)}
     print("speed-up against official fp32: median of per-round ratios [min-max], wall clock | CPU time")
     passes = [("forward+backward", train_step, cases), ("forward", forward_step, cases)]
     for pass_, make, chosen in passes:
@@ -525,6 +533,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="official section: also genzoo's ADM forward compiled (frozen weights)")
     parser.add_argument("--sections", default="peak,nets,sampling,official,demo")
+    parser.add_argument("--winograd", action="store_true",
+                        help="official section: also genzoo fp32 with Winograd 3x3 convolutions")
     args = parser.parse_args()
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.batch = args.batch or (4 if args.quick else 16)
