@@ -106,9 +106,16 @@ def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch():
     assert shapes == {k: v.shape for k, v in plain.state_dict().items()}
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))
-    assert not layer.uses_winograd(x)  # off unless asked for
+    assert layer.uses_winograd(x) and not layer.uses_winograd(x.double())  # the suite runs on 1 thread
+    use_winograd(layer, False)
+    assert not layer.uses_winograd(x)
     use_winograd(layer)
-    assert layer.uses_winograd(x) and not layer.uses_winograd(x.double())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not layer.uses_winograd(x)
+    finally:
+        torch.set_num_threads(threads)
     assert not Conv3x3(4, winograd.MIN_OUT_CHANNELS - 1, winograd=True).uses_winograd(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not layer.uses_winograd(x)
