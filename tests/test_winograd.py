@@ -106,6 +106,8 @@ def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch():
     assert shapes == {k: v.shape for k, v in plain.state_dict().items()}
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    assert not layer.uses_winograd(x)  # NCHW keeps F.conv2d
+    x = x.contiguous(memory_format=torch.channels_last)
     assert layer.uses_winograd(x) and not layer.uses_winograd(x.double())  # the suite runs on 1 thread
     use_winograd(layer, False)
     assert not layer.uses_winograd(x)

@@ -236,9 +236,10 @@ MIN_OUT_CHANNELS = 128
 
 class Conv3x3(nn.Conv2d):
     """``nn.Conv2d(in, out, 3, padding=1)`` (same parameters, same ``state_dict``) that runs float32 maps
-    through :func:`winograd_conv2d` where that measured faster: on the CPU with one torch thread, at least
-    ``MIN_OUT_CHANNELS`` output channels, ``winograd`` set (the default). bfloat16 or float16 (autocast
-    included), CUDA, several threads and compiled graphs keep ``F.conv2d``."""
+    through :func:`winograd_conv2d` where that measured faster (docs/performance.md): channels_last maps
+    on the CPU with one torch thread, at least ``MIN_OUT_CHANNELS`` output channels, ``winograd`` set (the
+    default). Contiguous (NCHW) maps, bfloat16 or float16 (autocast included), CUDA, several threads and
+    compiled graphs keep ``F.conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int, winograd: bool = True):
         super().__init__(in_channels, out_channels, 3, padding=1)
@@ -247,6 +248,7 @@ class Conv3x3(nn.Conv2d):
     def uses_winograd(self, x: torch.Tensor) -> bool:
         return (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and self.out_channels >= MIN_OUT_CHANNELS
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
                 and torch.get_num_threads() == 1 and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling())
 
