@@ -167,3 +167,17 @@ def test_adm_unet_with_winograd_equals_without_and_keeps_its_state_dict(monkeypa
     assert rel_err(out, ref_out) < 1e-4
     assert (grads - ref_grads).norm() <= 1e-4 * ref_grads.norm()
     assert adm.Conv3x3 is Conv3x3
+
+
+def test_inference_and_a_workspace_too_large_to_keep_give_the_same_values(monkeypatch):
+    """Without autograd V is a workspace temporary too; a need above the kept size gets a buffer of its
+    own that is not held after the call."""
+    x, weight, b = _conv_case(9, 7, cin=6, cout=5)
+    ref = F.conv2d(x, weight, b, padding=1)
+    with torch.inference_mode():
+        assert rel_err(winograd_conv2d(x, weight, b, 4), ref) < 1e-12
+    monkeypatch.setattr(winograd._WORKSPACE, "buffer", None)
+    monkeypatch.setattr(winograd._WORKSPACE, "max_kept", 0)
+    with torch.no_grad():
+        assert rel_err(winograd_conv2d(x, weight, b, 4), ref) < 1e-12
+    assert winograd._WORKSPACE.buffer is None

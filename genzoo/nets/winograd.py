@@ -2,13 +2,15 @@
 Convolutional Neural Networks").
 
 F(m×m, 3×3) computes an m×m output tile from an (m+2)×(m+2) input tile with (m+2)² multiplies instead of
-9m²: Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A (Lavin & Gray eq. 8). Over channels the element-wise product becomes
-one matrix multiply per tile position (eq. 12), [tiles, C_in] × [C_in, C_out], so a convolution is
-(m+2)² matrix multiplies of 1/(m²)… of the direct convolution's work, plus the transforms. Everything is
-PyTorch ops, so autograd supplies the backward, whose two large products are again the Winograd-domain
-ones.
+9m²: Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A (Lavin & Gray eq. 8). Summed over input channels the element-wise
+product becomes one matrix multiply per tile position (eq. 12), [tiles, C_in] × [C_in, C_out]: for F(4×4)
+36 products of 1/16 of the map each, 4× fewer multiplies than direct convolution, plus the transforms
+(memory-bound passes over 2.25× the map). The transforms come from Toom-Cook interpolation at the points
+0, ±1, ±2, …, ∞ (:func:`winograd_matrices`); everything is PyTorch matrix multiplies and copies, the
+backward written out as the same chain transposed.
 
-The transforms come from Toom-Cook interpolation at the points 0, ±1, ±2, …, ∞ (:func:`winograd_matrices`).
+:class:`Conv3x3` is the drop-in ``nn.Conv2d`` the ADM UNet's blocks use; where the Winograd path measured
+faster on the CPU (docs/performance.md) it takes it, elsewhere ``F.conv2d``.
 """
 
 from __future__ import annotations
@@ -101,13 +103,18 @@ class _Workspace(threading.local):
     the transforms themselves on the CPU."""
 
     buffer: torch.Tensor | None = None
+    #: larger needs get a buffer of their own for the call (memory held between calls stays bounded)
+    max_kept = 1 << 26
 
     def take(self, like: torch.Tensor, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
+        """Disjoint views of the given shapes, valid until the next call on this thread."""
         sizes = [math.prod(shape) for shape in shapes]
         buf = self.buffer
         if buf is None or buf.numel() < sum(sizes) or buf.dtype != like.dtype or buf.device != like.device:
             with torch.inference_mode(False):
-                buf = self.buffer = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+                buf = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+            if sum(sizes) <= self.max_kept:
+                self.buffer = buf
         views, start = [], 0
         for shape, size in zip(shapes, sizes):
             views.append(buf[start:start + size].view(shape))
