@@ -74,14 +74,19 @@ def test_float64_values_and_gradients_equal_conv2d(m, hw, channels_last, bias):
         assert rel_err(g, r) < 1e-12
 
 
-def test_only_the_inputs_that_need_gradients_get_them():
+@pytest.mark.parametrize("needs", ["weight", "bias", "input"])
+def test_only_the_inputs_that_need_gradients_get_them(needs):
+    """One leaf needing a gradient; a second call in between reuses the workspace (nothing the first
+    call's backward reads may live there)."""
     x, weight, b = _conv_case(6, 6)
-    w = weight.clone().requires_grad_()
-    out = winograd_conv2d(x, w, b, 4)
-    (gw,) = torch.autograd.grad(out.sum(), [w])
-    ref = F.conv2d(x, w, b, padding=1)
-    (rw,) = torch.autograd.grad(ref.sum(), [w])
-    assert rel_err(gw, rw) < 1e-12
+    leaves = {"input": x, "weight": weight, "bias": b}
+    leaf = leaves[needs].clone().requires_grad_()
+    args = [leaf if name == needs else t for name, t in leaves.items()]
+    out = winograd_conv2d(*args, 4)
+    other = winograd_conv2d(*(a * 2 for a in args), 4)
+    (got,) = torch.autograd.grad((out * other.detach()).sum(), [leaf])
+    (ref,) = torch.autograd.grad((F.conv2d(*args, padding=1) * other.detach()).sum(), [leaf])
+    assert rel_err(got, ref) < 1e-12
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -180,14 +180,14 @@ class _WinogradConv(torch.autograd.Function):
         if th * m != h or tw * m != w:
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             out = out[:, :, :h, :w].contiguous(memory_format=fmt)
-        ctx.save_for_backward(v, u)
+        ctx.save_for_backward(*((v, u) if keep_v else ()))
         ctx.m, ctx.x_shape, ctx.x_contiguous, ctx.has_bias = m, x.shape, x.is_contiguous(), bias is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        v, u = ctx.saved_tensors
+        v, u = ctx.saved_tensors or (None, None)  # nothing saved when only the bias needs a gradient
         m, (n, ci, h, w) = ctx.m, ctx.x_shape
         co = grad.shape[1]
         th, tw, alpha = *_tiles(h, w, m), m + 2
