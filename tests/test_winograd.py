@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from genzoo.nets import adm, winograd
@@ -131,6 +132,27 @@ def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch():
     assert type(out.grad_fn).__name__ == "_WinogradConvBackward"
     ref = plain(x)
     assert rel_err(out, ref) < 1000 * EPS32
+
+
+def test_dual_and_functorch_inputs_keep_conv2d_and_its_derivatives():
+    """sCM's forward-mode tangents and torch.func transforms go through F.conv2d (the Winograd function
+    has no jvp): values and tangents equal the plain layer's."""
+    torch.manual_seed(0)
+    layer = Conv3x3(4, 128)
+    plain = torch.nn.Conv2d(4, 128, 3, padding=1)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    tangent = torch.randn_like(x)
+    assert layer.uses_winograd(x)
+    with torch.no_grad(), fwAD.dual_level():
+        dual = fwAD.make_dual(x, tangent)
+        assert not layer.uses_winograd(dual)
+        got, ref = fwAD.unpack_dual(layer(dual)), fwAD.unpack_dual(plain(dual))
+    torch.testing.assert_close(got.tangent, ref.tangent)
+    got = torch.func.jvp(layer, (x,), (tangent,))
+    torch.testing.assert_close(got[1], ref.tangent)
+    batched = torch.func.vmap(layer)(x[None].expand(3, *x.shape))
+    torch.testing.assert_close(batched[1], plain(x))
 
 
 def test_adm_unet_with_winograd_equals_without_and_keeps_its_state_dict(monkeypatch):

@@ -21,6 +21,7 @@ from fractions import Fraction
 from functools import cache
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -241,6 +242,12 @@ TILE = 4
 MIN_OUT_CHANNELS = 128
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """Neither a forward-mode dual tensor (sCM's tangents) nor a torch.func-wrapped one: the Winograd
+    function has a backward only, so those keep ``F.conv2d``'s derivative rules."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(t) and fwAD.unpack_dual(t).tangent is None
+
+
 class Conv3x3(nn.Conv2d):
     """``nn.Conv2d(in, out, 3, padding=1)`` (same parameters, same ``state_dict``) that runs float32 maps
     through :func:`winograd_conv2d` where that measured faster (docs/performance.md): channels_last maps
@@ -255,9 +262,9 @@ class Conv3x3(nn.Conv2d):
     def uses_winograd(self, x: torch.Tensor) -> bool:
         return (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and self.out_channels >= MIN_OUT_CHANNELS
-                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
                 and torch.get_num_threads() == 1 and not torch.is_autocast_enabled("cpu")
-                and not torch.compiler.is_compiling())
+                and not torch.compiler.is_compiling() and _plain(x) and _plain(self.weight)
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_winograd(x):
