@@ -14,8 +14,8 @@ Sections (each prints a table):
   official  with ``--official PATH`` (a checkout of openai/guided-diffusion, not part of genzoo): the
             official ``UNetModel`` and genzoo's ADM UNet holding the same weights, 32 px, 64 channels,
             mult 1,2,2, attention 16,8, batch 16; ratios against official fp32 (genzoo fp32 channels_last
-            with its default Winograd 3x3 convolutions; ``--without-winograd`` adds rows with every
-            convolution direct);
+            forward+backward with its default Winograd 3x3 convolutions; ``--without-winograd`` adds rows
+            with every convolution direct);
   bound     with ``--official PATH``: genzoo's fp32 ADM step taken apart (its convolutions, norms and
             attention cores replayed alone, NCHW and NHWC) against the official step: the speed-up genzoo
             would reach if everything but its convolutions were free, and the convolutions' fraction of peak

@@ -115,6 +115,8 @@ def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch():
     assert not layer.uses_winograd(x)  # NCHW keeps F.conv2d
     x = x.contiguous(memory_format=torch.channels_last)
     assert layer.uses_winograd(x) and not layer.uses_winograd(x.double())  # the suite runs on 1 thread
+    with torch.no_grad():
+        assert not layer.uses_winograd(x)  # sampling keeps F.conv2d
     use_winograd(layer, False)
     assert not layer.uses_winograd(x)
     use_winograd(layer)

@@ -250,17 +250,19 @@ def _plain(t: torch.Tensor) -> bool:
 
 class Conv3x3(nn.Conv2d):
     """``nn.Conv2d(in, out, 3, padding=1)`` (same parameters, same ``state_dict``) that runs float32 maps
-    through :func:`winograd_conv2d` where that measured faster (docs/performance.md): channels_last maps
-    on the CPU with one torch thread, at least ``MIN_OUT_CHANNELS`` output channels, ``winograd`` set (the
-    default). Contiguous (NCHW) maps, bfloat16 or float16 (autocast included), CUDA, several threads and
-    compiled graphs keep ``F.conv2d``."""
+    through :func:`winograd_conv2d` where that measured faster (docs/performance.md): training
+    (autograd recording), channels_last maps on the CPU with one torch thread, at least
+    ``MIN_OUT_CHANNELS`` output channels, ``winograd`` set (the default). Sampling (measured no faster in
+    the network), contiguous (NCHW) maps, bfloat16 or float16 (autocast included), CUDA, several threads
+    and compiled graphs keep ``F.conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int, winograd: bool = True):
         super().__init__(in_channels, out_channels, 3, padding=1)
         self.winograd = winograd
 
     def uses_winograd(self, x: torch.Tensor) -> bool:
-        return (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32
+        return (self.winograd and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+                and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and self.out_channels >= MIN_OUT_CHANNELS
                 and torch.get_num_threads() == 1 and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and _plain(x) and _plain(self.weight)
