@@ -2,6 +2,7 @@
 
     python benchmarks/networks.py [--quick] [--threads 1] [--device cpu|cuda] [--repeats 5]
         [--official /tmp/gd] [--before main] [--profile] [--compile] [--without-kernel]
+        [--without-winograd]
         [--sections peak,nets,sampling,official,demo]
 
 Sections (each prints a table):
@@ -13,10 +14,13 @@ Sections (each prints a table):
             after a warm-up;
   official  with ``--official PATH`` (a checkout of openai/guided-diffusion, not part of genzoo): the
             official ``UNetModel`` and genzoo's ADM UNet holding the same weights, 32 px, 64 channels,
-            mult 1,2,2, attention 16,8, batch 16; ratios against official fp32;
+            mult 1,2,2, attention 16,8, batch 16; ratios against official fp32 (genzoo fp32 channels_last
+            forward+backward with its default Winograd 3x3 convolutions; ``--without-winograd`` adds rows
+            with every convolution direct);
   bound     with ``--official PATH``: genzoo's fp32 ADM step taken apart (its convolutions, norms and
             attention cores replayed alone, NCHW and NHWC) against the official step: the speed-up genzoo
-            would reach if everything but its convolutions were free, and the convolutions' fraction of peak;
+            would reach if everything but its convolutions were free, and the convolutions' fraction of peak
+            (direct, and with the 3x3 ones that genzoo.nets.winograd.Conv3x3 takes through Winograd);
   demo      with ``--before REV``: the demo's EDM training lane (DDPM++, bf16) with ``genzoo/nets/unet.py`` as
             at git revision REV against the working tree (the modules it imports, such as
             ``genzoo/nets/fused.py``, are the working tree's on both sides: ``benchmarks/demo_lanes.py``
@@ -29,6 +33,7 @@ machine slows both sides alike; ``--threads`` fixes torch's thread count (state 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 import re
@@ -44,6 +49,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from genzoo import nets
+from genzoo.nets.winograd import use_winograd
 
 Step = Callable[[], None]
 
@@ -313,6 +319,10 @@ def section_official(args: argparse.Namespace, device: torch.device, sync) -> No
     }
     if args.without_kernel:
         cases |= {f"{k} (PyTorch norms)": v for k, v in cases.items() if k.startswith("genzoo")}
+    if args.without_winograd:  # the same weights, every convolution through F.conv2d
+        direct, direct_cl = (use_winograd(copy.deepcopy(net), False) for net in (ours, ours_cl))
+        cases |= {"genzoo fp32 no Winograd": (direct, x), "genzoo fp32 channels_last no Winograd":
+                  (direct_cl, x_cl)}
     print("speed-up against official fp32: median of per-round ratios [min-max], wall clock | CPU time")
     passes = [("forward+backward", train_step, cases), ("forward", forward_step, cases)]
     for pass_, make, chosen in passes:
@@ -395,9 +405,17 @@ def part_step(kind: str, items: list, train: bool, layout: torch.memory_format) 
         t = t.contiguous(memory_format=layout) if t.dim() == 4 else t.clone()
         return t.requires_grad_(grad and train)
 
-    if kind == "conv":
+    if kind in ("conv", "conv-winograd"):
         args = [(prep(a, g), prep(w, True), prep(b, True), s, p) for a, w, b, s, p, g in items]
         fn = F.conv2d
+        if kind == "conv-winograd":  # the rule of genzoo.nets.winograd.Conv3x3
+            from genzoo.nets import winograd
+
+            def fn(a, w, b, s, p):
+                if w.shape[2:] == (3, 3) and s == (1, 1) and p == (1, 1) and (
+                        w.shape[0] >= winograd.MIN_OUT_CHANNELS and torch.get_num_threads() == 1):
+                    return winograd.winograd_conv2d(a, w, b, winograd.TILE)
+                return F.conv2d(a, w, b, s, p)
     elif kind == "norm":
         args = [(n, prep(a, True), None if ss is None else tuple(prep(q, True) for q in ss), f)
                 for f, n, a, ss in items]
@@ -457,6 +475,8 @@ def section_bound(args: argparse.Namespace, device: torch.device, sync) -> None:
                  "genzoo channels_last": make(ours_cl, lambda: ours_cl(x_cl, t), device, False),
                  "convolutions NCHW": part_step("conv", rec["conv"], train, torch.contiguous_format),
                  "convolutions NHWC": part_step("conv", rec["conv"], train, torch.channels_last),
+                 "convolutions NHWC Winograd": part_step("conv-winograd", rec["conv"], train,
+                                                         torch.channels_last),
                  "GroupNorm(+SiLU) NHWC": part_step("norm", rec["norm"], train, torch.channels_last),
                  "attention cores": part_step("attention", rec["attention"], train, torch.channels_last),
                  "one copy of the norm maps": copy_pass([m for _, _, m, _ in rec["norm"]]),
@@ -469,11 +489,14 @@ def section_bound(args: argparse.Namespace, device: torch.device, sync) -> None:
             peak_flops = 2 * 2048**3 / sec["fp32 matmul 2048"]
             extra = (f"  {conv_flops / v / peak_flops * 100:4.0f}% of the fp32 matmul peak "
                      f"({peak_flops / 1e9:.0f} GFLOP/s in this run)" if k.startswith("conv") else "")
+            if k == "convolutions NHWC Winograd":
+                extra = f"  x{sec['convolutions NHWC'] / v:.2f} the direct NHWC convolutions"
             print(f"  {k:24s} {v * 1e3:8.1f} ms  {100 * v / ours_s:5.1f}% of genzoo's step{extra}")
         parts = sec["convolutions NHWC"] + sec["GroupNorm(+SiLU) NHWC"] + sec["attention cores"]
         print(f"  measured genzoo/official x{base / ours_s:.2f}; bound if all but the NHWC convolutions were "
-              f"free x{base / sec['convolutions NHWC']:.2f}; if all but convolutions, norms and attention "
-              f"were free x{base / parts:.2f}", flush=True)
+              f"free x{base / sec['convolutions NHWC']:.2f} (Winograd: "
+              f"x{base / sec['convolutions NHWC Winograd']:.2f}); if all but convolutions, norms and "
+              f"attention were free x{base / parts:.2f}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------ demo lane
@@ -546,6 +569,8 @@ def main() -> None:
                         help="official section: also each genzoo case with the compiled GroupNorm+SiLU "
                              "kernel off (the PyTorch path), interleaved")
     parser.add_argument("--sections", default="peak,nets,sampling,official,demo")
+    parser.add_argument("--without-winograd", action="store_true",
+                        help="official section: also genzoo fp32 with every convolution through F.conv2d")
     args = parser.parse_args()
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.batch = args.batch or (4 if args.quick else 16)

@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from genzoo.errors import UserError
 from genzoo.nets import register
 from genzoo.nets.fused import attend_channels, attend_packed_tokens, group_norm, norm_silu, upsample_nearest2x
+from genzoo.nets.winograd import Conv3x3
 
 #: channel multipliers the public scripts pick from the image size when ``channel_mult`` is empty
 DEFAULT_CHANNEL_MULT = {
@@ -122,7 +123,7 @@ class Upsample(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         if use_conv:
-            self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
+            self.conv = Conv3x3(channels, out_channels)
         elif out_channels != channels:
             raise ValueError("Upsample without a conv keeps the channel count")
 
@@ -172,7 +173,7 @@ class ResBlock(nn.Module):
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
         self.in_layers = nn.Sequential(
-            GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm32(channels), nn.SiLU(), Conv3x3(channels, out_channels)
         )
         self.updown = up or down
         if up:
@@ -188,7 +189,7 @@ class ResBlock(nn.Module):
             GroupNorm32(out_channels),
             nn.SiLU(),
             nn.Dropout(p=dropout),
-            _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+            _zero(Conv3x3(out_channels, out_channels)),
         )
         self.skip_connection = (
             nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)

@@ -1,0 +1,282 @@
+"""Winograd minimal filtering for 3×3 stride-1 convolutions (Lavin & Gray 2016, "Fast Algorithms for
+Convolutional Neural Networks").
+
+F(m×m, 3×3) computes an m×m output tile from an (m+2)×(m+2) input tile with (m+2)² multiplies instead of
+9m²: Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A (Lavin & Gray eq. 8). Summed over input channels the element-wise
+product becomes one matrix multiply per tile position (eq. 12), [tiles, C_in] × [C_in, C_out]: for F(4×4)
+36 products of 1/16 of the map each, 4× fewer multiplies than direct convolution, plus the transforms
+(memory-bound passes over 2.25× the map). The transforms come from Toom-Cook interpolation at the points
+0, ±1, ±2, …, ∞ (:func:`winograd_matrices`); everything is PyTorch matrix multiplies and copies, the
+backward written out as the same chain transposed.
+
+:class:`Conv3x3` is the drop-in ``nn.Conv2d`` the ADM UNet's blocks use; where the Winograd path measured
+faster on the CPU (docs/performance.md) it takes it, elsewhere ``F.conv2d``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from fractions import Fraction
+from functools import cache
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+
+def _points(count: int) -> list[Fraction]:
+    """0, 1, −1, 2, −2, …: the finite interpolation points (∞ is the last one)."""
+    pts = [Fraction(0)]
+    k = 1
+    while len(pts) < count:
+        pts += [Fraction(k), Fraction(-k)]
+        k += 1
+    return pts[:count]
+
+
+def _evaluation(points: list[Fraction], n: int) -> list[list[Fraction]]:
+    """Rows [1, a, a², …, a^(n−1)] for each finite point a, then [0, …, 0, 1] for ∞ (the leading
+    coefficient): the values of a degree n−1 polynomial at the points, as a matrix."""
+    rows = [[a**k for k in range(n)] for a in points]
+    return rows + [[Fraction(0)] * (n - 1) + [Fraction(1)]]
+
+
+def _inverse(matrix: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Exact inverse by Gauss-Jordan elimination over the rationals."""
+    n = len(matrix)
+    aug = [list(row) + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(matrix)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if aug[r][col] != 0)
+        aug[col], aug[pivot] = aug[pivot], aug[col]
+        lead = aug[col][col]
+        aug[col] = [v / lead for v in aug[col]]
+        for r in range(n):
+            if r != col and aug[r][col] != 0:
+                f = aug[r][col]
+                aug[r] = [a - f * b for a, b in zip(aug[r], aug[col])]
+    return [row[n:] for row in aug]
+
+
+@cache
+def winograd_matrices(m: int, r: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Aᵀ [m, α], G [α, r], Bᵀ [α, α]) in float64 for F(m, r), α = m + r − 1, with
+    y = Aᵀ[(G g) ⊙ (Bᵀ d)] the correlation y_i = Σ_k g_k d_(i+k) (Lavin & Gray eq. 7).
+
+    Toom-Cook: a linear convolution s = h * g is s = V_α⁻¹[(V_m h) ⊙ (V_r g)] with V_n the evaluation
+    matrix of degree n−1 polynomials at α points; the correlation is its transpose in h,
+    y = V_mᵀ[(V_r g) ⊙ (V_α⁻ᵀ d)], so Aᵀ = V_mᵀ, G = V_r, Bᵀ = V_α⁻ᵀ. Each row i of Bᵀ is scaled to
+    integers and row i of G divided by the same factor (the product is unchanged).
+    """
+    alpha = m + r - 1
+    pts = _points(alpha - 1)
+    v_m, v_r, v_a = _evaluation(pts, m), _evaluation(pts, r), _evaluation(pts, alpha)
+    inv = _inverse(v_a)
+    bt = [[inv[j][i] for j in range(alpha)] for i in range(alpha)]  # V_α⁻ᵀ
+    g = [list(row) for row in v_r]
+    for i, row in enumerate(bt):
+        scale = math.lcm(*(v.denominator for v in row))
+        bt[i] = [v * scale for v in row]
+        g[i] = [v / scale for v in g[i]]
+    at = [[v_m[j][i] for j in range(alpha)] for i in range(m)]
+
+    def tensor(rows: list[list[Fraction]]) -> torch.Tensor:
+        return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
+
+    return tensor(at), tensor(g), tensor(bt)
+
+
+@cache
+def _transforms(m: int, dtype: torch.dtype, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2-D transforms as Kronecker products, which act on a tile flattened row-major:
+    Aᵀ⊗Aᵀ [m², α²] (output), G⊗G [α², 9] (filter), Bᵀ⊗Bᵀ [α², α²] (input)."""
+    at, g, bt = winograd_matrices(m)
+    with torch.inference_mode(False):  # cached: must serve autograd calls too
+        return tuple(torch.kron(a, a).to(dtype=dtype, device=device) for a in (at, g, bt))
+
+
+class _Workspace(threading.local):
+    """One flat buffer per thread for the transforms' temporaries (never saved, never returned): fresh
+    multi-megabyte allocations are page-faulted in by the kernel on every call, which cost as much as
+    the transforms themselves on the CPU."""
+
+    buffer: torch.Tensor | None = None
+    #: larger needs get a buffer of their own for the call (memory held between calls stays bounded)
+    max_kept = 1 << 26
+
+    def take(self, like: torch.Tensor, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
+        """Disjoint views of the given shapes, valid until the next call on this thread."""
+        sizes = [math.prod(shape) for shape in shapes]
+        buf = self.buffer
+        if buf is None or buf.numel() < sum(sizes) or buf.dtype != like.dtype or buf.device != like.device:
+            with torch.inference_mode(False):
+                buf = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+            if sum(sizes) <= self.max_kept:
+                self.buffer = buf
+        views, start = [], 0
+        for shape, size in zip(shapes, sizes):
+            views.append(buf[start:start + size].view(shape))
+            start += size
+        return views
+
+
+_WORKSPACE = _Workspace()
+
+
+def _tiles(h: int, w: int, m: int) -> tuple[int, int]:
+    return -(-h // m), -(-w // m)
+
+
+class _WinogradConv(torch.autograd.Function):
+    """y = conv2d(x, weight, bias, padding=1) for a 3×3 kernel through F(m×m, 3×3).
+
+    Forward: the zero-padded map's (m+2)² tiles at stride m, d; V = (Bᵀ⊗Bᵀ) d [α², tiles, C_in];
+    U = (G⊗G) g [α², C_in, C_out]; M = V U, one matrix multiply per tile position; Y = (Aᵀ⊗Aᵀ) M laid out
+    in the map with the bias added. Backward is the same chain transposed: dM = (Aᵀ⊗Aᵀ)ᵀ dY, dU = Vᵀ dM,
+    dV = dM Uᵀ, dd = (Bᵀ⊗Bᵀ)ᵀ dV added back into the overlapping tiles, dg = (G⊗G)ᵀ dU. Only V is saved.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
+                m: int) -> torch.Tensor:
+        n, ci, h, w = x.shape
+        co = weight.shape[0]
+        th, tw, alpha = *_tiles(h, w, m), m + 2
+        tiles = n * th * tw
+        ka, kg, kb = _transforms(m, x.dtype, x.device)
+        hp, wp = th * m + 2, tw * m + 2
+        # V is saved for backward; in inference it is a temporary too
+        keep_v = any(ctx.needs_input_grad[:2])
+        xp, d, prod, y, *v_buffer = _WORKSPACE.take(
+            x, (n, hp, wp, ci), (alpha, alpha, n, th, tw, ci), (alpha * alpha, tiles, co),
+            (m * m, tiles * co), *(() if keep_v else ((alpha * alpha, tiles * ci),)))
+        # zero padding: the border rows and columns, then the map (any memory format) copied in as NHWC
+        xp[:, 0].zero_()
+        xp[:, h + 1:].zero_()
+        xp[:, :, 0].zero_()
+        xp[:, :, w + 1:].zero_()
+        xp[:, 1:h + 1, 1:w + 1].copy_(x.permute(0, 2, 3, 1))
+        d.copy_(xp.unfold(1, alpha, m).unfold(2, alpha, m).permute(4, 5, 0, 1, 2, 3))
+        v = torch.mm(kb, d.view(alpha * alpha, -1), out=v_buffer[0] if v_buffer else None)
+        v = v.view(alpha * alpha, tiles, ci)
+        u = torch.mm(kg, weight.reshape(co * ci, 9).t()).view(-1, co, ci).transpose(1, 2)
+        torch.bmm(v, u, out=prod)
+        torch.mm(ka, prod.view(alpha * alpha, -1), out=y)
+        y = y.view(m, m, n, th, tw, co)
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if channels_last:
+            out = x.new_empty(n, th * m, tw * m, co)
+            dest = out.view(n, th, m, tw, m, co).permute(2, 4, 0, 1, 3, 5)
+            out = out.permute(0, 3, 1, 2)
+        else:
+            out = x.new_empty(n, co, th * m, tw * m)
+            dest = out.view(n, co, th, m, tw, m).permute(3, 5, 0, 2, 4, 1)
+        if bias is None:
+            dest.copy_(y)
+        else:
+            torch.add(y, bias, out=dest)
+        if th * m != h or tw * m != w:
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            out = out[:, :, :h, :w].contiguous(memory_format=fmt)
+        ctx.save_for_backward(*((v, u) if keep_v else ()))
+        ctx.m, ctx.x_shape, ctx.x_contiguous, ctx.has_bias = m, x.shape, x.is_contiguous(), bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        v, u = ctx.saved_tensors or (None, None)  # nothing saved when only the bias needs a gradient
+        m, (n, ci, h, w) = ctx.m, ctx.x_shape
+        co = grad.shape[1]
+        th, tw, alpha = *_tiles(h, w, m), m + 2
+        tiles = n * th * tw
+        ka, kg, kb = _transforms(m, grad.dtype, grad.device)
+        dy, dprod, dv, dd = _WORKSPACE.take(grad, (m, m, n, th, tw, co), (alpha * alpha, tiles * co),
+                                            (alpha * alpha, tiles, ci), (alpha, alpha, n, th, tw, ci))
+        g = grad.permute(0, 2, 3, 1)
+        if th * m != h or tw * m != w:
+            g = F.pad(g, (0, 0, 0, tw * m - w, 0, th * m - h))
+        dy.copy_(g.reshape(n, th, m, tw, m, co).permute(2, 4, 0, 1, 3, 5))
+        torch.mm(ka.t(), dy.view(m * m, -1), out=dprod)
+        dprod = dprod.view(alpha * alpha, tiles, co)
+        dx = dweight = dbias = None
+        if ctx.needs_input_grad[0]:
+            torch.bmm(dprod, u.transpose(1, 2), out=dv)
+            torch.mm(kb.t(), dv.view(alpha * alpha, -1), out=dd.view(alpha * alpha, -1))
+            # the padded map's gradient as m×m blocks, one more block row and column for the overlap:
+            # rows m, m+1 of a tile are rows 0, 1 of the next block
+            gx = grad.new_empty(n, th + 1, m, tw + 1, m, ci)
+            gx[:, th].zero_()
+            gx[:, :, :, tw].zero_()
+            blocks = gx.permute(2, 4, 0, 1, 3, 5)  # [m(row), m(col), N, th+1, tw+1, C]
+            blocks[:, :, :, :th, :tw] = dd[:m, :m]
+            blocks[:2, :, :, 1:, :tw] += dd[m:, :m]
+            blocks[:, :2, :, :th, 1:] += dd[:m, m:]
+            blocks[:2, :2, :, 1:, 1:] += dd[m:, m:]
+            dx = gx.view(n, (th + 1) * m, (tw + 1) * m, ci)[:, 1:h + 1, 1:w + 1].permute(0, 3, 1, 2)
+            if ctx.x_contiguous:
+                dx = dx.contiguous()
+        if ctx.needs_input_grad[1]:
+            du = torch.bmm(v.transpose(1, 2), dprod)  # [α², C_in, C_out]
+            dweight = torch.mm(du.transpose(1, 2).reshape(alpha * alpha, co * ci).t(), kg).view(co, ci, 3, 3)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            dbias = grad.sum((0, 2, 3))
+        return dx, dweight, dbias, None
+
+
+def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    m: int = 4) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` for a 3×3 kernel through F(m×m, 3×3) (Lavin & Gray eq. 12:
+    one [tiles, C_in] × [C_in, C_out] product per tile position); the output keeps x's memory format."""
+    return _WinogradConv.apply(x, weight, bias, m)
+
+
+#: F(m×m, 3×3) tile size: F(4×4) does 4× fewer multiplies and stays within ~1e-5 of float64 in float32
+#: (F(6×6) loses two more digits)
+TILE = 4
+#: the measured break-even (benchmarks/winograd.py, 1 thread, float32): with fewer output channels the
+#: transforms, memory-bound passes over 2.25× the map, cost more than the 4× fewer multiplies save
+MIN_OUT_CHANNELS = 128
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """Neither a forward-mode dual tensor (sCM's tangents) nor a torch.func-wrapped one: the Winograd
+    function has a backward only, so those keep ``F.conv2d``'s derivative rules."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(t) and fwAD.unpack_dual(t).tangent is None
+
+
+class Conv3x3(nn.Conv2d):
+    """``nn.Conv2d(in, out, 3, padding=1)`` (same parameters, same ``state_dict``) that runs float32 maps
+    through :func:`winograd_conv2d` where that measured faster (docs/performance.md): training
+    (autograd recording), channels_last maps on the CPU with one torch thread, at least
+    ``MIN_OUT_CHANNELS`` output channels, ``winograd`` set (the default). Sampling (measured no faster in
+    the network), contiguous (NCHW) maps, bfloat16 or float16 (autocast included), CUDA, several threads
+    and compiled graphs keep ``F.conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, winograd: bool = True):
+        super().__init__(in_channels, out_channels, 3, padding=1)
+        self.winograd = winograd
+
+    def uses_winograd(self, x: torch.Tensor) -> bool:
+        return (self.winograd and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+                and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and self.out_channels >= MIN_OUT_CHANNELS
+                and torch.get_num_threads() == 1 and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling() and _plain(x) and _plain(self.weight)
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_winograd(x):
+            return winograd_conv2d(x, self.weight, self.bias, TILE)
+        return super().forward(x)
+
+
+def use_winograd(net: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every :class:`Conv3x3` of ``net`` to (or off) the Winograd path; returns ``net``."""
+    for module in net.modules():
+        if isinstance(module, Conv3x3):
+            module.winograd = enabled
+    return net
