@@ -207,7 +207,8 @@ def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 3) -
         return lrelu(h).mean((2, 3))
 
     stage = D.stages[str(resolution)]
-    label = f"GigaGAN D trunk ({type(stage.norm1).__name__}, {stage.pool.__name__})"
+    label = (f"GigaGAN D trunk ({type(stage.norm1).__name__}, {stage.pool.__name__}, "
+             f"init {recipe.get('d_init', 'torch')})")
     nets = {label: (trunk, list(D.parameters()), int(recipe["d_ch"]))}
     for name, norm, pool in (("reference CNN (BatchNorm, max-pool)", True, "max"),
                              ("reference CNN without BatchNorm", False, "max"),
