@@ -206,6 +206,7 @@ def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 4) -
     hx = torch.stack([held[i][0] for i in range(512)]).float() / 127.5 - 1
     hy = torch.as_tensor(held.shape_index[:512])
     config = {"family": "gan", "arch": "gigagan", "data": f"shapes:{resolution}?count=64", **recipe}
+    torch.manual_seed(0)  # every net starts from seed 0, whichever rows come before it
     D = gigagan.build_objective(config, load_dataset(config["data"])).players["D"]
 
     def trunk(images: torch.Tensor) -> torch.Tensor:
@@ -222,6 +223,7 @@ def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 4) -
                                  ("reference CNN without BatchNorm", False, "max", False),
                                  ("reference CNN with average pooling", True, "avg", False),
                                  ("reference CNN without BatchNorm, He init, lReLU", False, "max", True)):
+        torch.manual_seed(0)
         body = reference_cnn(norm=norm, pool=pool, he=he)
         nets[name] = (lambda t, body=body: body(t).mean((2, 3)), list(body.parameters()), 128)
     print("\nD shape probe (supervised 4-way shape accuracy on 512 held-out images, chance 0.25):")
