@@ -166,21 +166,29 @@ def print_curve(name: str, rows: list[dict], cpu_minutes: float) -> None:
                 print(f"{'':32}{r['images']:8d} | {probe:>12} | {cells}")
 
 
-def reference_cnn(width: int = 32, norm: bool = True, pool: str = "max") -> torch.nn.Module:
+def reference_cnn(width: int = 32, norm: bool = True, pool: str = "max", he: bool = False) -> torch.nn.Module:
     """The bundled shapes classifier's body (conv-BN-ReLU, max-pooling; genzoo.metrics.shapes_features),
-    with its BatchNorm and max-pooling switchable: the reference the D trunk is probed against."""
+    with its BatchNorm and max-pooling switchable: the reference the D trunk is probed against. ``he``:
+    leaky ReLU(0.2) and He-initialised convs (:func:`genzoo.nets.gigagan.he_init_`) instead of ReLU and
+    PyTorch's default init."""
     import torch.nn as nn
 
+    from genzoo.nets.gigagan import he_init_
+
     def unit(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1), *([nn.BatchNorm2d(c_out)] if norm else []), nn.ReLU()]
+        act = nn.LeakyReLU(0.2) if he else nn.ReLU()
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), *([nn.BatchNorm2d(c_out)] if norm else []), act]
 
     down = (lambda: nn.MaxPool2d(2)) if pool == "max" else (lambda: nn.AvgPool2d(2))
     w = width
-    return nn.Sequential(*unit(3, w), *unit(w, w), down(), *unit(w, 2 * w), down(), *unit(2 * w, 4 * w),
+    body = nn.Sequential(*unit(3, w), *unit(w, w), down(), *unit(w, 2 * w), down(), *unit(2 * w, 4 * w),
                          down())
+    if he:
+        he_init_(body)
+    return body
 
 
-def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 3) -> None:
+def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 4) -> None:
     """Can D's image path learn shape at all? Its trunk (fromRGB and the down stages at full resolution),
     globally averaged, plus a linear 4-way head, trained as a supervised shape classifier (cross-entropy,
     Adam at the GAN's lr 2e-3, beta (0, 0.99), batch 32) on real images; held-out shape accuracy against
@@ -198,6 +206,7 @@ def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 3) -
     hx = torch.stack([held[i][0] for i in range(512)]).float() / 127.5 - 1
     hy = torch.as_tensor(held.shape_index[:512])
     config = {"family": "gan", "arch": "gigagan", "data": f"shapes:{resolution}?count=64", **recipe}
+    torch.manual_seed(0)  # every net starts from seed 0, whichever rows come before it
     D = gigagan.build_objective(config, load_dataset(config["data"])).players["D"]
 
     def trunk(images: torch.Tensor) -> torch.Tensor:
@@ -207,12 +216,15 @@ def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 3) -
         return lrelu(h).mean((2, 3))
 
     stage = D.stages[str(resolution)]
-    label = f"GigaGAN D trunk ({type(stage.norm1).__name__}, {stage.pool.__name__})"
+    label = (f"GigaGAN D trunk ({type(stage.norm1).__name__}, {stage.pool.__name__}, "
+             f"init {recipe.get('d_init', 'torch')})")
     nets = {label: (trunk, list(D.parameters()), int(recipe["d_ch"]))}
-    for name, norm, pool in (("reference CNN (BatchNorm, max-pool)", True, "max"),
-                             ("reference CNN without BatchNorm", False, "max"),
-                             ("reference CNN with average pooling", True, "avg")):
-        body = reference_cnn(norm=norm, pool=pool)
+    for name, norm, pool, he in (("reference CNN (BatchNorm, max-pool)", True, "max", False),
+                                 ("reference CNN without BatchNorm", False, "max", False),
+                                 ("reference CNN with average pooling", True, "avg", False),
+                                 ("reference CNN without BatchNorm, He init, lReLU", False, "max", True)):
+        torch.manual_seed(0)
+        body = reference_cnn(norm=norm, pool=pool, he=he)
         nets[name] = (lambda t, body=body: body(t).mean((2, 3)), list(body.parameters()), 128)
     print("\nD shape probe (supervised 4-way shape accuracy on 512 held-out images, chance 0.25):")
     for name, (features, params, dim) in nets.items():
@@ -232,7 +244,7 @@ def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 3) -
                 checkpoints.pop(0)
                 with torch.no_grad():
                     row.append(f"{seen}: {float((head(features(hx)).argmax(1) == hy).float().mean()):.2f}")
-        print(f"  {name:45s} " + ", ".join(row))
+        print(f"  {name:55s} " + ", ".join(row))
 
 
 def tokenizer_probe(resolution: int) -> None:

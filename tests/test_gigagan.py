@@ -439,6 +439,32 @@ def test_discriminator_stage_pooling_and_norm_options():
         tiny_discriminator(norm="layer")
 
 
+def test_he_init_gives_the_leaky_relu_variance_and_zero_biases():
+    from genzoo.nets.gigagan import he_init_
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    he_init_(conv)
+    n, fan_in = conv.weight.numel(), 64 * 9
+    expected = 2 / ((1 + 0.2**2) * fan_in)  # He et al. 2015, Eq. 10 with slope 0.2
+    # the sample variance of n normal draws has relative standard error sqrt(2 / (n - 1)); allow 5 of them
+    assert abs(float(conv.weight.detach().double().var()) / expected - 1) < 5 * math.sqrt(2 / (n - 1))
+    assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_discriminator_he_init_reaches_every_conv_but_not_the_text_encoder():
+    torch_d, he_d = tiny_discriminator(), tiny_discriminator(init="he")
+    for part in ("from_rgb", "stages", "heads"):
+        convs = [m for m in getattr(he_d, part).modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(m.bias is None or torch.count_nonzero(m.bias) == 0 for m in convs)
+    assert torch.count_nonzero(torch_d.from_rgb["16"].bias) > 0  # PyTorch's default stays the default
+    assert not torch.equal(torch_d.stages["16"].conv0.weight, he_d.stages["16"].conv0.weight)
+    for (name, a), b in zip(torch_d.text.named_parameters(), he_d.text.parameters()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="init"):
+        tiny_discriminator(init="xavier")
+
+
 def test_d_norm_and_pool_options_build_and_step():
     from genzoo.data import load_dataset
     from genzoo.errors import UserError
@@ -459,3 +485,9 @@ def test_d_norm_and_pool_options_build_and_step():
         giga.build_objective(_tiny_config(d_norm="layer"), dataset)
     with pytest.raises(UserError, match="--d-pool"):
         giga.build_objective(_tiny_config(d_pool="median"), dataset)
+    config = _tiny_config(d_init="he")
+    D = giga.build_objective(config, dataset).players["D"]
+    assert config["d_init"] == "he" and torch.count_nonzero(D.from_rgb["16"].bias) == 0
+    assert giga.build_objective(_tiny_config(), dataset).players["D"].from_rgb["16"].bias.abs().sum() > 0
+    with pytest.raises(UserError, match="--d-init: expected one of torch, he"):
+        giga.build_objective(_tiny_config(d_init="xavier"), dataset)

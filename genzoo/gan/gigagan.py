@@ -35,6 +35,7 @@ from genzoo.gan.latents import slerp
 from genzoo.gan.parse import parse_betas, parse_resolutions
 from genzoo.nets.gigagan import (
     D_HEADS,
+    D_INITS,
     D_NORMS,
     D_POOLS,
     UPSAMPLER_BASES,
@@ -464,6 +465,7 @@ DEFAULTS = {
     "d_head": "projection",
     "d_norm": "none",
     "d_pool": "avg",
+    "d_init": "torch",
     "upsampler_base": "bicubic",
     "upsampler_latent": "zero",
 }
@@ -474,7 +476,7 @@ NOT_READ = ("d_steps", "adam_eps", "ortho_reg", "diffaugment", "shared_dim")
 NOT_READ_BY = {
     "gigagan": ("upsample_scale", "upsampler_text", "upsampler_base", "upsampler_latent", "degrade",
                 "lpips_weight", "lpips_weights", "l1_weight"),
-    "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool"),
+    "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool", "d_init"),
 }
 
 
@@ -515,6 +517,9 @@ class GigaGANTrainOptions(Options):
                                 "(default) or batch (BatchNorm)", choices=D_NORMS)
     d_pool: str | None = option(None, help="GigaGAN: pooling of the residual branch of D's down stages: avg "
                                 "(default) or max", choices=D_POOLS)
+    d_init: str | None = option(None, help="GigaGAN: initialisation of D's convs: torch (PyTorch's default; "
+                                "default) or he (He normal, zero biases; with --d-pool max D's trunk learns "
+                                "shape at 16 px)", choices=D_INITS)
     r1_interval: int = option(4, V.positive_int, "GigaGAN: lazy R1 (and R2) every N steps (default 4)")
     upsample_scale: int = option(4, V.positive_int, "gigagan-upsampler: scale factor (default 4)")
     upsampler_text: bool = option(False, help="gigagan-upsampler: condition on the captions too",
@@ -734,6 +739,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         head=d_head,
         norm=_choice(config, "d_norm", D_NORMS),
         pool=_choice(config, "d_pool", D_POOLS),
+        init=_choice(config, "d_init", D_INITS),
     )
     return GigaGANObjective(
         G,
