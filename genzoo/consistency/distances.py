@@ -7,6 +7,7 @@ LPIPS needs a weights file supplied by the user (see :mod:`genzoo.nets.lpips`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -40,9 +41,12 @@ def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float | None = None) -> to
     return ((x - y).square().flatten(1).sum(1) + c * c).sqrt() - c
 
 
-def get_distance(name: str, lpips_weights: str | None = None
+def get_distance(name: str, lpips_weights: str | None = None, lpips_size: int | None = None
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The distance called ``name`` (``--distance``); ``lpips`` needs ``--lpips-weights FILE``."""
+    """The distance called ``name`` (``--distance``); ``lpips`` needs ``--lpips-weights FILE`` and takes
+    ``--lpips-size`` (its working resolution; default 224 below 256 px, the consistency-models usage)."""
+    if lpips_size is not None and name != "lpips":
+        raise UserError(f"--lpips-size: only --distance lpips has a working resolution (--distance {name})")
     if name == "l2":
         return l2
     if name == "l1":
@@ -55,7 +59,9 @@ def get_distance(name: str, lpips_weights: str | None = None
         if not lpips_weights:
             raise UserError("--distance lpips: give the LPIPS weights file with --lpips-weights FILE "
                             "(genzoo never downloads weights)")
-        from genzoo.nets.lpips import LPIPS
+        from genzoo.nets.lpips import LPIPS, check_size
 
-        return LPIPS.from_file(lpips_weights).distance
+        if lpips_size is not None:
+            check_size(lpips_size)
+        return functools.partial(LPIPS.from_file(lpips_weights).distance, size=lpips_size)
     raise UserError(f"--distance: unknown distance {name!r}; expected one of {', '.join(DISTANCES)}")
