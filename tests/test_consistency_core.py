@@ -198,6 +198,20 @@ def test_lpips_in_bf16_autocast_gives_an_fp32_distance_near_the_fp32_one(tmp_pat
     torch.testing.assert_close(low, distance(x, y), rtol=13 * 2.0 ** -8, atol=0)
 
 
+def test_lpips_mix_adds_weighted_lpips_to_the_distance(tmp_path):
+    weights = _random_lpips_file(tmp_path)
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    mixed = get_distance("pseudo-huber", weights, lpips_size=32, lpips_mix=2.5)
+    perceptual = get_distance("lpips", weights, lpips_size=32)
+    torch.testing.assert_close(mixed(x, y), pseudo_huber(x, y) + 2.5 * perceptual(x, y))
+    torch.testing.assert_close(mixed(x, x), torch.zeros(2), rtol=0, atol=1e-6)
+    with pytest.raises(UserError, match="--lpips-mix: give the LPIPS weights file"):
+        get_distance("l2", lpips_mix=1.0)
+    for name, mix in (("lpips", 1.0), ("l2", 0.0)):
+        with pytest.raises(UserError, match="--lpips-mix: expected a weight > 0 added to another --distance"):
+            get_distance(name, weights, lpips_mix=mix)
+
+
 def test_lpips_size_is_refused_when_too_small_or_without_lpips(tmp_path):
     from genzoo.cli import build_parser
     from genzoo.nets.lpips import LPIPS

@@ -315,3 +315,8 @@ def test_lpips_size_reaches_the_distance_of_a_family_built_objective(tmp_path):
     assert objective.distance.keywords == {"size": 32}
     with pytest.raises(UserError, match="--lpips-size: only --distance lpips"):
         FAMILY.build_objective({**options, "distance": "pseudo-huber"}, data)
+    config = {**options, "distance": None, "lpips_mix": 10.0}
+    mixed = FAMILY.build_objective(config, data)  # ECT's default distance plus 10·LPIPS at 32 px
+    assert mixed.distance_name == config["distance"] == "pseudo-huber"
+    x, y = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(mixed.distance(x, y), pseudo_huber(x, y) + 10 * objective.distance(x, y))

@@ -199,6 +199,10 @@ class ConsistencyTrainOptions(NetworkOptions):
                                     "--distance lpips: working resolution, images resized bilinearly to "
                                     "SIZE px (default 224 below 256 px, the consistency-models usage; "
                                     "VGG-16's cost grows with SIZE²)", metavar="SIZE")
+    lpips_mix: float | None = option(None, V.positive_float,
+                                     "add λ·LPIPS (--lpips-weights, --lpips-size) to the --distance (not "
+                                     "lpips): pseudo-Huber keeps colour and contrast, to which LPIPS's "
+                                     "channel-normalised features are blind", metavar="λ")
     sigma_min: float | None = option(None, V.positive_float, f"smallest noise level σ_min (default "
                                                              f"{SIGMA_MIN})")
     sigma_max: float | None = option(None, V.positive_float, f"largest noise level σ_max (default "
@@ -337,6 +341,7 @@ class ConsistencyFamily(Family):
             distance=config.get("distance"), solver=config.get("teacher_solver") or "heun",
             lr=float(config.get("lr") or DEFAULT_LR), lpips_weights=config.get("lpips_weights"),
             lpips_size=None if config.get("lpips_size") is None else int(config["lpips_size"]),
+            lpips_mix=None if config.get("lpips_mix") is None else float(config["lpips_mix"]),
             teacher_steps=int(config.get("teacher_steps") or 1), seed=int(config.get("seed") or 0),
             image_shape=(int(getattr(dataset, "num_channels", 3)), resolution, resolution),
             **_ect_options(config, mode), tangent_warmup=_tangent_warmup(config, mode, steps),

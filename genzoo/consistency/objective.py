@@ -71,8 +71,8 @@ class ConsistencyObjective(Objective):
     def __init__(self, student: ConsistencyModel, mode: str = "cd", teacher: Any = None, num_scales: int = 18,
                  total_steps: int = 0, s0: int | None = None, s1: int | None = None, mu0: float | None = None,
                  distance: str | None = None, solver: str = "heun", lr: float = 1e-4,
-                 lpips_weights: str | None = None, lpips_size: int | None = None, p_mean: float = -1.1,
-                 p_std: float = 2.0,
+                 lpips_weights: str | None = None, lpips_size: int | None = None,
+                 lpips_mix: float | None = None, p_mean: float = -1.1, p_std: float = 2.0,
                  teacher_steps: int = 1, discriminator: nn.Module | None = None, gan_weight: float = 0.0,
                  d_lr: float = 2e-3, r1_gamma: float = 0.1, adaptive_max: float = ADAPTIVE_MAX,
                  cd_targets: str = "step",
@@ -116,7 +116,7 @@ class ConsistencyObjective(Objective):
         if mode == "ect" and (self.ect_stages < 1 or self.ect_q <= 1):
             raise UserError(f"--ect-stages/--ect-q: expected at least 1 stage and q > 1, got "
                             f"{ect_stages} and {ect_q}")
-        self.distance = get_distance(self.distance_name, lpips_weights, lpips_size)
+        self.distance = get_distance(self.distance_name, lpips_weights, lpips_size, lpips_mix)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
         if mode in ("ct", "ict", "ect") and self.total_steps <= 0:
             raise UserError(f"--mode {mode}: the schedule needs the total number of training steps")
