@@ -6,11 +6,13 @@ seeds, shapes features, FD and conditional accuracy against 2000 reference image
     python benchmarks/one_step.py gan [--images 120000] [--out DIR] [--only r3gan,biggan]
 
 consistency: sCM, ECT (tuned on data), ECT distilling the guided teacher (ect-cfg3; at w = 6 and 10,
-with the adversarial term, in 3 stages) and the demo's CD (trajectory targets) from one EDM teacher, each
-in one and two steps, beside the teacher's guided Heun-12 at each --teacher-guidance w. gan: R3GAN beside
-the demo's BigGAN. The budgets default to what the default `genzoo demo` reaches on an idle machine
-(docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training job at a time on 1 thread, skips runs
-and evaluations whose outputs exist, and prints a markdown table with each run's training CPU minutes
+with the adversarial term and its adaptive weight bounded, in 3 stages, with an L1, LPIPS or
+pseudo-Huber + LPIPS distance; the LPIPS runs need --lpips-weights) and the demo's CD (trajectory
+targets) from one EDM teacher, each in one and two steps, beside the teacher's guided Heun-12 at each
+--teacher-guidance w. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default
+`genzoo demo` reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one
+training job at a time on 1 thread, skips runs and evaluations whose outputs exist, and prints a
+markdown table with each run's training CPU minutes
 (docs/consistency.md and docs/gan.md hold the measured tables).
 """
 

@@ -3,7 +3,7 @@
 config.json keys of a consistency model: ``arch``, ``net`` (the network), ``sigma_min``, ``sigma_max``,
 ``sigma_data``, ``rho``, ``time_scale`` (c_noise = time_scale·ln σ), ``num_scales`` (the grid size
 ``--ts`` indexes by default), and the training settings ``mode``, ``teacher``, ``s0``, ``s1``, ``mu0``,
-``distance``, ``init`` and ``ect_stages``/``ect_q`` (ECT).
+``distance`` (with ``lpips_size``/``lpips_mix``), ``init`` and ``ect_stages``/``ect_q`` (ECT).
 """
 
 from __future__ import annotations
