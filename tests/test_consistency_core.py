@@ -149,7 +149,7 @@ def test_lpips_loads_a_user_weights_file_and_is_a_distance(tmp_path):
     assert "net.slice3.14.weight" in state and state["lin4.model.1.weight"].shape == (1, 512, 1, 1)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "lpips.safetensors"))
     distance = get_distance("lpips", str(tmp_path / "lpips.safetensors"))
-    model = distance.__self__
+    model = distance.func.__self__
     x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.allclose(model(x, x), torch.zeros(2), atol=1e-6)
     d = model(x, y)
@@ -157,6 +157,79 @@ def test_lpips_loads_a_user_weights_file_and_is_a_distance(tmp_path):
     save_file({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(UserError, match="bad.safetensors.*missing keys"):
         get_distance("lpips", str(tmp_path / "bad.safetensors"))
+
+
+def _random_lpips_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from genzoo.nets.lpips import LPIPS
+
+    torch.manual_seed(0)
+    state = {k: (v.abs() if k.startswith("lin") else v) for k, v in LPIPS().state_dict().items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "lpips.safetensors"))
+    return str(tmp_path / "lpips.safetensors")
+
+
+def test_lpips_working_resolution_is_lpips_of_the_pre_resized_images(tmp_path):
+    """``--lpips-size S`` resizes both images bilinearly to S px, whatever their size, then takes LPIPS."""
+    import torch.nn.functional as F
+
+    weights = _random_lpips_file(tmp_path)
+    x, y = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
+    for size in (16, 32, 48):
+        distance = get_distance("lpips", weights, lpips_size=size)
+        model = distance.func.__self__
+        up = [F.interpolate(v, size=size, mode="bilinear", align_corners=False) for v in (x, y)]
+        torch.testing.assert_close(distance(x, y), model(*up), rtol=0, atol=0)
+    same = get_distance("lpips", weights, lpips_size=16)
+    torch.testing.assert_close(same(x, y), model(x, y), rtol=0, atol=0)  # at its own size: no resize
+    down = same(*[F.interpolate(v, size=32) for v in (x, y)])
+    assert down.shape == (3,) and (down > 0).all()  # larger images are resized down to the working size
+
+
+def test_lpips_in_bf16_autocast_gives_an_fp32_distance_near_the_fp32_one(tmp_path):
+    weights = _random_lpips_file(tmp_path)
+    distance = get_distance("lpips", weights, lpips_size=32)
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = distance(x, y)
+    assert low.dtype == torch.float32  # features unit-normalised and summed in fp32
+    # bf16 keeps 8 significant bits: each of the 13 convolutions rounds its inputs to ~2⁻⁸ relative
+    torch.testing.assert_close(low, distance(x, y), rtol=13 * 2.0 ** -8, atol=0)
+
+
+def test_lpips_mix_adds_weighted_lpips_to_the_distance(tmp_path):
+    weights = _random_lpips_file(tmp_path)
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    mixed = get_distance("pseudo-huber", weights, lpips_size=32, lpips_mix=2.5)
+    perceptual = get_distance("lpips", weights, lpips_size=32)
+    torch.testing.assert_close(mixed(x, y), pseudo_huber(x, y) + 2.5 * perceptual(x, y))
+    torch.testing.assert_close(mixed(x, x), torch.zeros(2), rtol=0, atol=1e-6)
+    with pytest.raises(UserError, match="--lpips-mix: give the LPIPS weights file"):
+        get_distance("l2", lpips_mix=1.0)
+    for name, mix in (("lpips", 1.0), ("l2", 0.0)):
+        with pytest.raises(UserError, match="--lpips-mix: expected a weight > 0 added to another --distance"):
+            get_distance(name, weights, lpips_mix=mix)
+
+
+def test_lpips_size_is_refused_when_too_small_or_without_lpips(tmp_path):
+    from genzoo.cli import build_parser
+    from genzoo.nets.lpips import LPIPS
+
+    weights = _random_lpips_file(tmp_path)
+    with pytest.raises(UserError, match=r"--lpips-size: expected an integer of at least 16 px.*got 8"):
+        get_distance("lpips", weights, lpips_size=8)
+    with pytest.raises(UserError, match="--lpips-size: only --distance lpips"):
+        get_distance("pseudo-huber", lpips_size=64)
+    with pytest.raises(UserError, match="--lpips-size"):
+        LPIPS().distance(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), size=15)
+    argv = ["train", "--family", "consistency", "--mode", "ect", "--teacher", "t", "--data", "shapes:16",
+            "--out", "o", "--distance", "lpips", "--lpips-weights", weights, "--lpips-size"]
+    assert build_parser().parse_args([*argv, "64"]).lpips_size == 64
+    for bad in ("8", "32.5", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([*argv, bad])
+        assert exit_.value.code == 2
 
 
 def test_search_middle_step_scores_two_step_schedules_on_a_held_out_metric():

@@ -249,3 +249,74 @@ def test_ect_adversarial_term_adds_the_adaptively_weighted_generator_loss():
 
     with pytest.raises(UserError, match="--gan-weight.*scm"):
         ConsistencyObjective(TrigFlowModel(MLP()), "scm", discriminator=PointD(), gan_weight=0.5)
+
+
+def test_adaptive_weight_bound_clamps_w_and_is_refused_without_the_adversarial_term():
+    """``--gan-adaptive-max B``: the adversarial term is λ·min(w, B)·ns_G; B needs --gan-weight and is > 0."""
+    from types import SimpleNamespace
+
+    from genzoo.cli import build_parser
+    from genzoo.consistency.family import _adversarial
+    from tests.test_consistency_train import PointD
+
+    point = torch.tensor([0.3, -0.2]).reshape(1, 2, 1, 1)
+    batch = Batch(images=point.expand(64, -1, -1, -1) + 0.1 * torch.randn(64, 2, 1, 1),
+                  labels=torch.full((64,), -1))
+    weights = {}
+    for bound in (1e4, 1e-3):
+        torch.manual_seed(0)
+        student = ConsistencyModel(MLP())
+        objective = ConsistencyObjective(student, "ect", total_steps=10, discriminator=PointD(),
+                                         gan_weight=0.5, adaptive_max=bound)
+        torch.manual_seed(1)
+        plain = ConsistencyObjective(student, "ect", total_steps=10)
+        ect_only = float(plain.loss("net", batch, 9).loss.detach())
+        torch.manual_seed(1)
+        result = objective.loss("net", batch, 9)
+        weights[bound] = result.logs["G/adaptive_weight"]
+        expected = ect_only + 0.5 * weights[bound] * result.logs["G/adv"]
+        assert float(result.loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert weights[1e4] > 1e-3 and weights[1e-3] == pytest.approx(1e-3, rel=1e-6)  # clamped to the bound
+    with pytest.raises(UserError, match="--gan-adaptive-max"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "ect", total_steps=10, discriminator=PointD(),
+                             gan_weight=0.5, adaptive_max=0.0)
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=0)
+    with pytest.raises(UserError, match="--gan-adaptive-max: .*give --gan-weight"):
+        _adversarial({"gan_adaptive_max": 2.0}, data)
+    config = {"gan_weight": 1.0, "d_ch": 4}
+    assert _adversarial(config, data)["adaptive_max"] == 1e4 and config["gan_adaptive_max"] == 1e4
+    assert _adversarial({"gan_weight": 1.0, "d_ch": 4, "gan_adaptive_max": 2.0}, data)["adaptive_max"] == 2.0
+    argv = ["train", "--family", "consistency", "--mode", "ect", "--teacher", "t", "--data", "shapes:8",
+            "--out", "o", "--gan-weight", "1", "--gan-adaptive-max"]
+    assert build_parser().parse_args([*argv, "2"]).gan_adaptive_max == 2.0
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*argv, "0"])
+    assert exit_.value.code == 2
+
+
+def test_lpips_size_reaches_the_distance_of_a_family_built_objective(tmp_path):
+    from types import SimpleNamespace
+
+    from genzoo.checkpoints import save_model_dir
+    from genzoo.consistency.family import FAMILY
+    from genzoo.diffusion.family import build_diffusion_model
+    from tests.test_consistency_core import _random_lpips_file
+    from tests.test_consistency_engine import TEACHER_NET
+
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
+              "channels": 3, "num_classes": 0, "sampled_player": "net"}
+    teacher = build_diffusion_model(config)
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=0)
+    options = {"mode": "ect", "init": str(tmp_path / "dm"), "steps": 10, "distance": "lpips",
+               "lpips_weights": _random_lpips_file(tmp_path), "lpips_size": 32}
+    objective = FAMILY.build_objective(dict(options), data)
+    assert objective.distance.keywords == {"size": 32}
+    with pytest.raises(UserError, match="--lpips-size: only --distance lpips"):
+        FAMILY.build_objective({**options, "distance": "pseudo-huber"}, data)
+    config = {**options, "distance": None, "lpips_mix": 10.0}
+    mixed = FAMILY.build_objective(config, data)  # ECT's default distance plus 10·LPIPS at 32 px
+    assert mixed.distance_name == config["distance"] == "pseudo-huber"
+    x, y = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(mixed.distance(x, y), pseudo_huber(x, y) + 10 * objective.distance(x, y))

@@ -3,7 +3,7 @@
 config.json keys of a consistency model: ``arch``, ``net`` (the network), ``sigma_min``, ``sigma_max``,
 ``sigma_data``, ``rho``, ``time_scale`` (c_noise = time_scale·ln σ), ``num_scales`` (the grid size
 ``--ts`` indexes by default), and the training settings ``mode``, ``teacher``, ``s0``, ``s1``, ``mu0``,
-``distance``, ``init`` and ``ect_stages``/``ect_q`` (ECT).
+``distance`` (with ``lpips_size``/``lpips_mix``), ``init`` and ``ect_stages``/``ect_q`` (ECT).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from genzoo import validate as V
 from genzoo.checkpoints.record import config_of, record_of
 from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
-from genzoo.consistency.objective import CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
+from genzoo.consistency.objective import ADAPTIVE_MAX, CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
 from genzoo.consistency.sampling import parse_ts, sample
 from genzoo.diffusion.family import NetworkOptions, record_network
 from genzoo.diffusion.samplers import is_denoiser
 from genzoo.errors import UserError
 from genzoo.family import Family, load_model
+from genzoo.nets.lpips import MIN_SIZE as LPIPS_MIN_SIZE
 from genzoo.options import Options, option
 from genzoo.seeds import StackedRandomGenerator, labels_for_seeds, seeds_text
 
@@ -94,8 +95,12 @@ def _adversarial(config: dict[str, Any], dataset: Any) -> dict[str, Any]:
     """The discriminator and its settings for ``--gan-weight`` (resolved into ``config`` for resuming)."""
     weight = float(config.get("gan_weight") or 0.0)
     if weight <= 0:
+        if config.get("gan_adaptive_max") is not None:
+            raise UserError("--gan-adaptive-max: bounds the adversarial term's weight; give --gan-weight "
+                            "λ > 0")
         return {}
-    for key, default in (("d_ch", DEFAULT_D_CH), ("d_lr", DEFAULT_D_LR), ("r1_gamma", DEFAULT_R1_GAMMA)):
+    for key, default in (("d_ch", DEFAULT_D_CH), ("d_lr", DEFAULT_D_LR), ("r1_gamma", DEFAULT_R1_GAMMA),
+                         ("gan_adaptive_max", ADAPTIVE_MAX)):
         if config.get(key) is None:
             config[key] = default
     num_classes = int(getattr(dataset, "num_classes", 0) or 0)
@@ -103,7 +108,7 @@ def _adversarial(config: dict[str, Any], dataset: Any) -> dict[str, Any]:
     D = nets.build("biggan-d", resolution=int(dataset.resolution), channels=channels,
                    ch=int(config["d_ch"]), num_classes=max(num_classes, 1), attn_res=[])
     return dict(discriminator=D, gan_weight=weight, d_lr=float(config["d_lr"]),
-                r1_gamma=float(config["r1_gamma"]))
+                r1_gamma=float(config["r1_gamma"]), adaptive_max=float(config["gan_adaptive_max"]))
 
 
 def _trajectory_targets(config: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -190,6 +195,14 @@ class ConsistencyTrainOptions(NetworkOptions):
                                              "needs --lpips-weights", choices=DISTANCES)
     lpips_weights: str | None = option(None, None, "LPIPS weights file for --distance lpips (never "
                                                    "downloaded)")
+    lpips_size: int | None = option(None, V.int_range(LPIPS_MIN_SIZE),
+                                    "--distance lpips: working resolution, images resized bilinearly to "
+                                    "SIZE px (default 224 below 256 px, the consistency-models usage; "
+                                    "VGG-16's cost grows with SIZE²)", metavar="SIZE")
+    lpips_mix: float | None = option(None, V.positive_float,
+                                     "add λ·LPIPS (--lpips-weights, --lpips-size) to the --distance (not "
+                                     "lpips): pseudo-Huber keeps colour and contrast, to which LPIPS's "
+                                     "channel-normalised features are blind", metavar="λ")
     sigma_min: float | None = option(None, V.positive_float, f"smallest noise level σ_min (default "
                                                              f"{SIGMA_MIN})")
     sigma_max: float | None = option(None, V.positive_float, f"largest noise level σ_max (default "
@@ -226,6 +239,10 @@ class ConsistencyTrainOptions(NetworkOptions):
                                                         f"{DEFAULT_D_LR})")
     r1_gamma: float | None = option(None, V.nonnegative_float, f"--gan-weight: R1 penalty weight γ (default "
                                                                f"{DEFAULT_R1_GAMMA})")
+    gan_adaptive_max: float | None = option(None, V.positive_float,
+                                            "--gan-weight: upper bound on the adaptive weight w of the "
+                                            f"adversarial term (default {ADAPTIVE_MAX:g}, VQGAN's); a small "
+                                            "bound (1-5) keeps λ·w from growing as D's gradient fades")
     teacher_guide_model: str | None = option(None, None,
                                              "CD: autoguidance of the teacher by this weaker denoiser of the "
                                              "same kind (a run, checkpoint or model directory) at "
@@ -323,6 +340,8 @@ class ConsistencyFamily(Family):
             total_steps=steps, s0=config.get("s0"), s1=config.get("s1"), mu0=config.get("mu0"),
             distance=config.get("distance"), solver=config.get("teacher_solver") or "heun",
             lr=float(config.get("lr") or DEFAULT_LR), lpips_weights=config.get("lpips_weights"),
+            lpips_size=None if config.get("lpips_size") is None else int(config["lpips_size"]),
+            lpips_mix=None if config.get("lpips_mix") is None else float(config["lpips_mix"]),
             teacher_steps=int(config.get("teacher_steps") or 1), seed=int(config.get("seed") or 0),
             image_shape=(int(getattr(dataset, "num_channels", 3)), resolution, resolution),
             **_ect_options(config, mode), tangent_warmup=_tangent_warmup(config, mode, steps),
@@ -345,7 +364,7 @@ class ConsistencyFamily(Family):
             guidance = config.get("teacher_guidance")
             record["teacher_guidance"] = 1.0 if guidance is None else float(guidance)
         if record["gan_weight"] <= 0:
-            for key in ("d_ch", "d_lr", "r1_gamma"):
+            for key in ("d_ch", "d_lr", "r1_gamma", "gan_adaptive_max"):
                 record.pop(key, None)
         return record
 

