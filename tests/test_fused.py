@@ -154,6 +154,14 @@ def test_norm_silu_equals_the_definition_in_value_and_gradient(dtype, adaptive, 
     got = (fusedmod.norm_silu(norm, x, tuple(ss) if adaptive else None)
            if silu else fusedmod.group_norm(norm, x))
     assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)
+    tol = 1e-4 if dtype == torch.float32 else 16 * 2.0**-8
+    assert_norm_silu_matches_reference(got, x, norm, ss, silu, tol, gen)
+
+
+def assert_norm_silu_matches_reference(got, x, norm, ss, silu, tol, gen):
+    """``got`` (computed from x, norm and the scale/shift list ``ss``) and its gradients for x, the norm's
+    weight and bias and ``ss``, against a random cotangent, equal the float64 reference within ``tol``
+    relative (values: of the largest output; gradients: in norm)."""
     ref = reference_norm_silu(x.detach(), norm, *(s.detach() for s in ss), silu=silu)
     weight = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     inputs = (x, norm.weight, norm.bias, *ss)
@@ -161,10 +169,10 @@ def test_norm_silu_equals_the_definition_in_value_and_gradient(dtype, adaptive, 
     ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
     ref_again = reference_norm_silu(ref_inputs[0], _Norm(norm, *ref_inputs[1:3]), *ref_inputs[3:], silu=silu)
     ref_grads = torch.autograd.grad((ref_again * weight).sum(), ref_inputs)
-    tol = 1e-4 if dtype == torch.float32 else 16 * 2.0**-8
     assert (got.double() - ref).abs().max() <= tol * ref.abs().max()
     for a, b in zip(grads, ref_grads):
         assert (a.double() - b).norm() <= tol * b.norm()
+    return grads
 
 
 class _Norm:
