@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+from genzoo.nets import cpu_kernels, winograd
 from genzoo.nets.winograd import winograd_conv2d
 
 #: the 3×3 stride-1 convolutions of the issue's ADM UNet (N x C_in x C_out x H=W) and how many it has
@@ -31,22 +33,42 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 
 
 def conv_fn(variant: str):
+    """``conv2d``; ``fM`` (F(M×M, 3×3), e.g. f4: the C transforms where built); ``f4-torch`` (F(4×4) in
+    PyTorch ops only); ``f4-dw`` (the C transforms with oneDNN's direct weight gradient)."""
     if variant == "conv2d":
         return lambda x, w, b: F.conv2d(x, w, b, padding=1)
-    return lambda x, w, b: winograd_conv2d(x, w, b, int(variant[1:]))  # e.g. f4
+    m = int(variant[1:].partition("-")[0])
+    return lambda x, w, b: winograd_conv2d(x, w, b, m)
 
 
-def step(fn, x, w, b, train: bool):
+@contextmanager
+def configured(variant: str):
+    """The variant's options (PyTorch-only transforms, direct weight gradient) for a whole step."""
+    option = variant.partition("-")[2]
+    saved = cpu_kernels.library, winograd.WINOGRAD_WEIGHT_GRAD
+    if option == "torch":
+        cpu_kernels.library = lambda: None
+    winograd.WINOGRAD_WEIGHT_GRAD = option != "dw"
+    try:
+        yield
+    finally:
+        cpu_kernels.library, winograd.WINOGRAD_WEIGHT_GRAD = saved
+
+
+def step(variant: str, x, w, b, train: bool):
+    fn = conv_fn(variant)
     if not train:
         def run() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), configured(variant):
                 fn(x, w, b)
         return run
     xg, wg, bg = (t.detach().requires_grad_() for t in (x, w, b))
+    grad = torch.ones_like(F.conv2d(x, w, b, padding=1), memory_format=torch.preserve_format)
 
     def run() -> None:
-        out = fn(xg, wg, bg)
-        out.backward(torch.ones_like(out))
+        with configured(variant):
+            out = fn(xg, wg, bg)
+            out.backward(grad)
         xg.grad = wg.grad = bg.grad = None
     return run
 
@@ -70,14 +92,17 @@ def main() -> None:
         w64 = torch.randn(co, ci, 3, 3, generator=gen, dtype=torch.float64) / (3 * ci**0.5)
         b64 = torch.randn(co, generator=gen, dtype=torch.float64)
         ref = F.conv2d(x64, w64, b64, padding=1)
-        errs = {v: ((conv_fn(v)(x64.float(), w64.float(), b64.float()).double() - ref).abs().max()
-                    / ref.abs().max()).item() for v in variants}
+        errs = {}
+        for v in variants:
+            with configured(v):
+                got = conv_fn(v)(x64.float(), w64.float(), b64.float()).double()
+            errs[v] = ((got - ref).abs().max() / ref.abs().max()).item()
         for layout in args.layouts.split(","):
             fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
             x = x64.float().contiguous(memory_format=fmt)
             w, b = w64.float(), b64.float()
             for train in (False, True):
-                steps = {v: step(conv_fn(v), x, w, b, train) for v in ["conv2d"] + variants}
+                steps = {v: step(v, x, w, b, train) for v in ["conv2d"] + variants}
                 for s in steps.values():
                     s()
                 times: dict[str, list[float]] = {k: [] for k in steps}

@@ -1,12 +1,13 @@
-"""Hand-written CPU kernels, compiled at first use: the fused GroupNorm(+scale-shift)+SiLU of
-``group_norm_silu.c``, forward and backward, over float32 and bfloat16 maps.
+"""Hand-written CPU kernels, compiled at first use into one library: the fused GroupNorm(+scale-shift)+SiLU
+of ``group_norm_silu.c``, forward and backward, over float32 and bfloat16 maps, and the tile transforms of
+the Winograd F(4×4, 3×3) convolution of ``winograd.c`` (float32 and float64 channels_last maps).
 
-The C source needs no torch headers, so it compiles in about a second (``gcc -O3 -march=native -fopenmp
+The C sources need no torch headers, so they compile in about two seconds (``gcc -O3 -march=native -fopenmp
 -shared``) with no network; the library is cached under ``$XDG_CACHE_HOME/genzoo/kernels`` (else
-``~/.cache/genzoo/kernels``), keyed by the source, the compiler's version, the flags and the CPU, built in a
+``~/.cache/genzoo/kernels``), keyed by the sources, the compiler's version, the flags and the CPU, built in a
 temporary folder beside it and renamed into place, so concurrent processes never see a partial file. It is
 called through ctypes on the tensors' memory. Without a compiler, or when the build or the load fails,
-``library()`` is None (logged once at debug level) and callers keep their PyTorch path: same results,
+``library()`` is None (logged once at debug level) and callers keep their PyTorch paths: same results,
 only slower. ``GENZOO_NATIVE_KERNELS=0`` turns the kernels off.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("group_norm_silu.c")
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("group_norm_silu.c", "winograd.c"))
 # the first set that builds is used; the last two need no OpenMP runtime (one thread) and no CPU-specific
 # code (-fopenmp-simd keeps the vectorisation hints)
 _FLAG_SETS = (
@@ -45,6 +46,9 @@ _int = ctypes.c_int
 _FORWARD_ARGS = (_p, _p, _int, _int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, ctypes.c_double, _int, _p, _p,
                  _int)
 _BACKWARD_ARGS = (_p, _p, _p, _int, _int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _int, _p, _p, _p, _p, _int)
+#: (map, planes, N, H, W, C, tile rows, tile columns, threads); the output transform also takes the bias
+_WINOGRAD_ARGS = (_p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _int)
+_WINOGRAD_OUTPUT_ARGS = (_p, _p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _int)
 
 
 def compiler() -> str | None:
@@ -70,21 +74,21 @@ def _cpu_signature() -> str:
 
 
 def _build(cc: str) -> Path:
-    """Compile the source with the first flag set that builds, or return the cached library; raises when
+    """Compile the sources with the first flag set that builds, or return the cached library; raises when
     none builds."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    source = _SOURCE.read_bytes()
+    sources = [path.read_bytes() for path in _SOURCES]
     errors = []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([source, cc.encode(), version.encode(), " ".join(flags).encode(),
+        key = hashlib.sha256(b"\0".join([*sources, cc.encode(), version.encode(), " ".join(flags).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:20]
-        target = cache_dir() / f"{_SOURCE.stem}-{key}.so"
+        target = cache_dir() / f"genzoo-kernels-{key}.so"
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
             built = Path(tmp) / target.name
-            run = subprocess.run([cc, *flags, "-shared", "-fPIC", str(_SOURCE), "-o", str(built), "-lm"],
+            run = subprocess.run([cc, *flags, "-shared", "-fPIC", *map(str, _SOURCES), "-o", str(built), "-lm"],
                                  capture_output=True, text=True, timeout=300)
             if run.returncode == 0:
                 os.replace(built, target)
@@ -107,19 +111,26 @@ def library() -> ctypes.CDLL | None:
 
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("GENZOO_NATIVE_KERNELS", "1") == "0":
-        _log.debug("native CPU kernels off (GENZOO_NATIVE_KERNELS=0): GroupNorm+SiLU runs through PyTorch")
+        _log.debug("native CPU kernels off (GENZOO_NATIVE_KERNELS=0): GroupNorm+SiLU and Winograd run "
+                   "through PyTorch")
         return None
     cc = compiler()
     if cc is None:
-        _log.debug("no C compiler found: GroupNorm+SiLU runs through PyTorch")
+        _log.debug("no C compiler found: GroupNorm+SiLU and Winograd run through PyTorch")
         return None
     try:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        _log.debug("native GroupNorm+SiLU kernel not built (%s): it runs through PyTorch", err)
+        _log.debug("native CPU kernels not built (%s): GroupNorm+SiLU and Winograd run through PyTorch", err)
         return None
     lib.gn_silu_forward.argtypes, lib.gn_silu_forward.restype = _FORWARD_ARGS, _int
     lib.gn_silu_backward.argtypes, lib.gn_silu_backward.restype = _BACKWARD_ARGS, _int
+    for suffix in ("f32", "f64"):
+        for name in ("wg_input", "wg_output_adjoint"):
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = _WINOGRAD_ARGS, _int
+        fn = getattr(lib, f"wg_output_{suffix}")
+        fn.argtypes, fn.restype = _WINOGRAD_OUTPUT_ARGS, _int
     return lib
 
 
@@ -194,3 +205,50 @@ def group_norm_silu_backward(x: torch.Tensor, grad: torch.Tensor, groups: int, w
     if failed:
         raise MemoryError("group_norm_silu_backward: out of memory for its work buffers")
     return dx, s1, p
+
+
+_WINOGRAD_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def takes_winograd(x: torch.Tensor) -> bool:
+    """True where the Winograd transforms take ``x``: a float32/float64 CPU tensor, and the library built."""
+    return x.device.type == "cpu" and x.dtype in _WINOGRAD_DTYPES and library() is not None
+
+
+def _winograd_call(name: str, t: torch.Tensor, *args: int | None) -> None:
+    fn = getattr(library(), f"{name}_{_WINOGRAD_DTYPES[t.dtype]}")
+    if fn(*args, torch.get_num_threads()):
+        raise MemoryError(f"{name}: out of memory for its work rows")
+
+
+def winograd_input(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """F(4×4, 3×3)'s input transform (Lavin & Gray eq. 8, Bᵀ d B) of a channels_last [N, C, H, W] map zero
+    padded by one, into ``out`` [36, N·⌈H/4⌉·⌈W/4⌉, C] (contiguous, the map's dtype)."""
+    n, c, h, w = x.shape
+    assert x.is_contiguous(memory_format=torch.channels_last) and out.is_contiguous()
+    assert out.shape == (36, n * -(-h // 4) * -(-w // 4), c) and out.dtype == x.dtype
+    _winograd_call("wg_input", x, x.data_ptr(), out.data_ptr(), n, h, w, c, -(-h // 4), -(-w // 4))
+    return out
+
+
+def winograd_output(m: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """F(4×4, 3×3)'s output transform (Aᵀ M A) of ``m`` [36, tiles, C] plus ``bias`` into the channels_last
+    [N, C, H, W] map ``out`` (the tiles' parts outside it dropped)."""
+    n, c, h, w = out.shape
+    assert out.is_contiguous(memory_format=torch.channels_last) and m.is_contiguous()
+    assert m.shape == (36, n * -(-h // 4) * -(-w // 4), c) and m.dtype == out.dtype
+    bias = None if bias is None else bias.detach().to(m.dtype).contiguous()
+    _winograd_call("wg_output", m, m.data_ptr(), _ptr(bias), out.data_ptr(), n, h, w, c, -(-h // 4),
+                   -(-w // 4))
+    return out
+
+
+def winograd_output_adjoint(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The transpose of :func:`winograd_output`'s transform (A dY Aᵀ per 4×4 tile, zero outside the map) of
+    a channels_last [N, C, H, W] gradient, into ``out`` [36, tiles, C]."""
+    n, c, h, w = grad.shape
+    assert grad.is_contiguous(memory_format=torch.channels_last) and out.is_contiguous()
+    assert out.shape == (36, n * -(-h // 4) * -(-w // 4), c) and out.dtype == grad.dtype
+    _winograd_call("wg_output_adjoint", grad, grad.data_ptr(), out.data_ptr(), n, h, w, c, -(-h // 4),
+                   -(-w // 4))
+    return out

@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from genzoo.nets import cpu_kernels
+
 
 def _points(count: int) -> list[Fraction]:
     """0, 1, −1, 2, −2, …: the finite interpolation points (∞ is the last one)."""
@@ -130,6 +132,78 @@ def _tiles(h: int, w: int, m: int) -> tuple[int, int]:
     return -(-h // m), -(-w // m)
 
 
+def _filter_transform(weight: torch.Tensor, kg: torch.Tensor) -> torch.Tensor:
+    """U = (G⊗G) g as [α², C_in, C_out] (a transposed view) of a [C_out, C_in, 3, 3] filter."""
+    co, ci = weight.shape[:2]
+    return torch.mm(kg, weight.reshape(co * ci, 9).t()).view(-1, co, ci).transpose(1, 2)
+
+
+def _native_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv2d(x, g, bias, padding=1) through F(4×4, 3×3) with the C transforms (cpu_kernels): V = Bᵀ d B
+    of every tile straight from the channels_last map into [36, tiles, C_in] (the zero padding in the
+    kernel), M = V U (36 products in torch), Y = Aᵀ M A + bias straight into a channels_last map."""
+    n, ci, h, w = x.shape
+    co = u.shape[2]
+    tiles = n * math.prod(_tiles(h, w, 4))
+    v, prod = _WORKSPACE.take(x, (36, tiles, ci), (36, tiles, co))
+    cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last), v)
+    torch.bmm(v, u, out=prod)
+    out = torch.empty((n, co, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return cpu_kernels.winograd_output(prod, bias, out)
+
+
+#: the weight gradient through Winograd (dU = Vᵀ·(A dY Aᵀ), V recomputed from the saved input) where True,
+#: else oneDNN's direct weight gradient (``aten.convolution_backward``)
+WINOGRAD_WEIGHT_GRAD = True
+
+
+class _NativeWinogradConv(torch.autograd.Function):
+    """y = conv2d(x, weight, bias, padding=1) for a 3×3 kernel through F(4×4, 3×3), the transforms in C.
+
+    Backward: dx is the same convolution of dy with the flipped, transposed filter (a stride-1 'same'
+    convolution's adjoint); dU = Vᵀ dM with dM = A dY Aᵀ tile by tile and V recomputed from x (nothing
+    but x is saved), dg = (G⊗G)ᵀ dU (Lavin & Gray §4: the same transforms serve the gradients)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None  # type: ignore[override]
+                ) -> torch.Tensor:
+        kg = _transforms(4, x.dtype, x.device)[1]
+        out = _native_conv(x, _filter_transform(weight, kg), bias)
+        if x.is_contiguous():
+            out = out.contiguous()
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        n, ci, h, w = x.shape
+        co = weight.shape[0]
+        kg = _transforms(4, grad.dtype, grad.device)[1]
+        g = grad.contiguous(memory_format=torch.channels_last)
+        dx = dweight = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = _native_conv(g, _filter_transform(weight.flip(2, 3).transpose(0, 1), kg), None)
+            if x.is_contiguous():
+                dx = dx.contiguous()
+        if ctx.needs_input_grad[1] and WINOGRAD_WEIGHT_GRAD:
+            tiles = n * math.prod(_tiles(h, w, 4))
+            v, dm = _WORKSPACE.take(g, (36, tiles, ci), (36, tiles, co))
+            cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last), v)
+            cpu_kernels.winograd_output_adjoint(g, dm)
+            du = torch.bmm(v.transpose(1, 2), dm)  # [36, C_in, C_out]
+            dweight = torch.mm(du.transpose(1, 2).reshape(36, co * ci).t(), kg).view(co, ci, 3, 3)
+        elif ctx.needs_input_grad[1]:
+            dweight = torch.ops.aten.convolution_backward(
+                g, x.contiguous(memory_format=torch.channels_last), weight, None, [1, 1], [1, 1], [1, 1],
+                False, [0, 0], 1, [False, True, False])[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            dbias = grad.sum((0, 2, 3))
+        return dx, dweight, dbias
+
+
 class _WinogradConv(torch.autograd.Function):
     """y = conv2d(x, weight, bias, padding=1) for a 3×3 kernel through F(m×m, 3×3).
 
@@ -230,7 +304,11 @@ class _WinogradConv(torch.autograd.Function):
 def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                     m: int = 4) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` for a 3×3 kernel through F(m×m, 3×3) (Lavin & Gray eq. 12:
-    one [tiles, C_in] × [C_in, C_out] product per tile position); the output keeps x's memory format."""
+    one [tiles, C_in] × [C_in, C_out] product per tile position); the output keeps x's memory format.
+    F(4×4) on float32/float64 CPU maps runs its transforms in C where the native kernels are built
+    (``genzoo.nets.cpu_kernels``), everything else through PyTorch ops."""
+    if m == 4 and cpu_kernels.takes_winograd(x) and weight.dtype == x.dtype:
+        return _NativeWinogradConv.apply(x, weight, bias)
     return _WinogradConv.apply(x, weight, bias, m)
 
 
