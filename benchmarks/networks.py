@@ -412,8 +412,9 @@ def part_step(kind: str, items: list, train: bool, layout: torch.memory_format) 
             from genzoo.nets import winograd
 
             def fn(a, w, b, s, p):
-                if w.shape[2:] == (3, 3) and s == (1, 1) and p == (1, 1) and (
-                        w.shape[0] >= winograd.MIN_OUT_CHANNELS and torch.get_num_threads() == 1):
+                # the image-facing convolutions (3 channels in or out) are plain Conv2d layers
+                if w.shape[2:] == (3, 3) and s == (1, 1) and p == (1, 1) and min(w.shape[:2]) > 3 and (
+                        winograd.winograd_pays(a, w)):
                     return winograd.winograd_conv2d(a, w, b, winograd.TILE)
                 return F.conv2d(a, w, b, s, p)
     elif kind == "norm":

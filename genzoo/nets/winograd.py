@@ -132,23 +132,38 @@ def _tiles(h: int, w: int, m: int) -> tuple[int, int]:
     return -(-h // m), -(-w // m)
 
 
-def _filter_transform(weight: torch.Tensor, kg: torch.Tensor) -> torch.Tensor:
-    """U = (G⊗G) g as [α², C_in, C_out] (a transposed view) of a [C_out, C_in, 3, 3] filter."""
-    co, ci = weight.shape[:2]
-    return torch.mm(kg, weight.reshape(co * ci, 9).t()).view(-1, co, ci).transpose(1, 2)
+@cache
+def _filter_transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """G⊗G [36, 9] of F(4×4, 3×3), and the same with its columns reversed: the transform of the filter
+    flipped in both spatial directions (tap s = 3r + c becomes 8 − s)."""
+    kg = _transforms(4, dtype, device)[1]
+    with torch.inference_mode(False):
+        return kg, kg.flip(1).contiguous()
 
 
-def _native_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """conv2d(x, g, bias, padding=1) through F(4×4, 3×3) with the C transforms (cpu_kernels): V = Bᵀ d B
+def _native_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, adjoint: bool = False
+                 ) -> torch.Tensor:
+    """conv2d(x, weight, bias, padding=1) through F(4×4, 3×3) with the C transforms (cpu_kernels): V = Bᵀ d B
     of every tile straight from the channels_last map into [36, tiles, C_in] (the zero padding in the
-    kernel), M = V U (36 products in torch), Y = Aᵀ M A + bias straight into a channels_last map."""
-    n, ci, h, w = x.shape
-    co = u.shape[2]
+    kernel), M = V U (36 products in torch), Y = Aᵀ M A + bias straight into a fresh channels_last map.
+    ``adjoint``: convolve with the filter flipped and transposed instead (x has weight's C_out channels;
+    the input gradient of a stride-1 'same' convolution). Every temporary lives in the workspace."""
+    n, _, h, w = x.shape
+    co, ci = weight.shape[:2]
+    c_in, c_out = (co, ci) if adjoint else (ci, co)
     tiles = n * math.prod(_tiles(h, w, 4))
-    v, prod = _WORKSPACE.take(x, (36, tiles, ci), (36, tiles, co))
+    kg, kg_flipped = _filter_transforms(x.dtype, x.device)
+    u_rows, u, v, prod = _WORKSPACE.take(x, (36, co * ci), (36, c_in, c_out), (36, tiles, c_in),
+                                         (36, tiles, c_out))
+    filt = weight.detach().reshape(co * ci, 9).t()
+    if adjoint:  # U' = (G⊗G) applied to the flipped filter, already [36, C_out(= its C_in), C_in]
+        torch.mm(kg_flipped, filt, out=u.view(36, co * ci))
+    else:  # the products read a contiguous [36, C_in, C_out] U faster than a transposed view
+        torch.mm(kg, filt, out=u_rows)
+        u.copy_(u_rows.view(36, co, ci).transpose(1, 2))
     cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last), v)
     torch.bmm(v, u, out=prod)
-    out = torch.empty((n, co, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     return cpu_kernels.winograd_output(prod, bias, out)
 
 
@@ -161,14 +176,13 @@ class _NativeWinogradConv(torch.autograd.Function):
     """y = conv2d(x, weight, bias, padding=1) for a 3×3 kernel through F(4×4, 3×3), the transforms in C.
 
     Backward: dx is the same convolution of dy with the flipped, transposed filter (a stride-1 'same'
-    convolution's adjoint); dU = Vᵀ dM with dM = A dY Aᵀ tile by tile and V recomputed from x (nothing
+    convolution's adjoint); dU = dMᵀ V with dM = A dY Aᵀ tile by tile and V recomputed from x (nothing
     but x is saved), dg = (G⊗G)ᵀ dU (Lavin & Gray §4: the same transforms serve the gradients)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None  # type: ignore[override]
                 ) -> torch.Tensor:
-        kg = _transforms(4, x.dtype, x.device)[1]
-        out = _native_conv(x, _filter_transform(weight, kg), bias)
+        out = _native_conv(x, weight, bias)
         if x.is_contiguous():
             out = out.contiguous()
         ctx.save_for_backward(x, weight)
@@ -181,26 +195,26 @@ class _NativeWinogradConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         n, ci, h, w = x.shape
         co = weight.shape[0]
-        kg = _transforms(4, grad.dtype, grad.device)[1]
         g = grad.contiguous(memory_format=torch.channels_last)
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
-            dx = _native_conv(g, _filter_transform(weight.flip(2, 3).transpose(0, 1), kg), None)
+            dx = _native_conv(g, weight, None, adjoint=True)
             if x.is_contiguous():
                 dx = dx.contiguous()
         if ctx.needs_input_grad[1] and WINOGRAD_WEIGHT_GRAD:
             tiles = n * math.prod(_tiles(h, w, 4))
-            v, dm = _WORKSPACE.take(g, (36, tiles, ci), (36, tiles, co))
+            v, dm, du = _WORKSPACE.take(g, (36, tiles, ci), (36, tiles, co), (36, co, ci))
             cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last), v)
             cpu_kernels.winograd_output_adjoint(g, dm)
-            du = torch.bmm(v.transpose(1, 2), dm)  # [36, C_in, C_out]
-            dweight = torch.mm(du.transpose(1, 2).reshape(36, co * ci).t(), kg).view(co, ci, 3, 3)
+            torch.bmm(dm.transpose(1, 2), v, out=du)
+            kg = _filter_transforms(g.dtype, g.device)[0]
+            dweight = torch.mm(du.view(36, co * ci).t(), kg).view(co, ci, 3, 3)
         elif ctx.needs_input_grad[1]:
             dweight = torch.ops.aten.convolution_backward(
                 g, x.contiguous(memory_format=torch.channels_last), weight, None, [1, 1], [1, 1], [1, 1],
                 False, [0, 0], 1, [False, True, False])[1]
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            dbias = grad.sum((0, 2, 3))
+            dbias = g.permute(0, 2, 3, 1).reshape(-1, co).sum(0)
         return dx, dweight, dbias
 
 
@@ -315,9 +329,13 @@ def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 #: F(m×m, 3×3) tile size: F(4×4) does 4× fewer multiplies and stays within ~1e-5 of float64 in float32
 #: (F(6×6) loses two more digits)
 TILE = 4
-#: the measured break-even (benchmarks/winograd.py, 1 thread, float32): with fewer output channels the
-#: transforms, memory-bound passes over 2.25× the map, cost more than the 4× fewer multiplies save
+#: the measured break-even of the PyTorch-ops path (benchmarks/winograd.py, 1 thread, float32, session 9):
+#: with fewer output channels its transforms, separate passes over 2.25× the map, cost more than the 4×
+#: fewer multiplies save, and it pays in training only
 MIN_OUT_CHANNELS = 128
+#: the same for the C transforms (one pass each, no padded or gathered copies; session 10): every 3×3
+#: convolution of the ADM UNet (64-256 channels) measured faster, forward and forward+backward
+NATIVE_MIN_OUT_CHANNELS = 64
 
 
 def _plain(t: torch.Tensor) -> bool:
@@ -326,25 +344,35 @@ def _plain(t: torch.Tensor) -> bool:
     return not torch._C._functorch.is_functorch_wrapped_tensor(t) and fwAD.unpack_dual(t).tangent is None
 
 
+def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Where F(4×4, 3×3) measured faster than ``F.conv2d`` on the CPU (docs/performance.md): float32
+    channels_last maps, one torch thread, no autocast, no compiled graph, plain tensors; with the C
+    transforms (``cpu_kernels.takes_winograd``) at least ``NATIVE_MIN_OUT_CHANNELS`` output channels,
+    forward (sampling) and training alike; with the PyTorch ops only in training (autograd recording) and
+    at least ``MIN_OUT_CHANNELS``. Contiguous (NCHW) maps, bfloat16/float16, CUDA and several threads keep
+    ``F.conv2d``."""
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.get_num_threads() == 1 and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and _plain(x) and _plain(weight)
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+        return False
+    if cpu_kernels.takes_winograd(x):
+        return weight.shape[0] >= NATIVE_MIN_OUT_CHANNELS
+    return (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            and weight.shape[0] >= MIN_OUT_CHANNELS)
+
+
 class Conv3x3(nn.Conv2d):
     """``nn.Conv2d(in, out, 3, padding=1)`` (same parameters, same ``state_dict``) that runs float32 maps
-    through :func:`winograd_conv2d` where that measured faster (docs/performance.md): training
-    (autograd recording), channels_last maps on the CPU with one torch thread, at least
-    ``MIN_OUT_CHANNELS`` output channels, ``winograd`` set (the default). Sampling (measured no faster in
-    the network), contiguous (NCHW) maps, bfloat16 or float16 (autocast included), CUDA, several threads
-    and compiled graphs keep ``F.conv2d``."""
+    through :func:`winograd_conv2d` where :func:`winograd_pays` and ``winograd`` is set (the default),
+    elsewhere ``F.conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int, winograd: bool = True):
         super().__init__(in_channels, out_channels, 3, padding=1)
         self.winograd = winograd
 
     def uses_winograd(self, x: torch.Tensor) -> bool:
-        return (self.winograd and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-                and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and self.out_channels >= MIN_OUT_CHANNELS
-                and torch.get_num_threads() == 1 and not torch.is_autocast_enabled("cpu")
-                and not torch.compiler.is_compiling() and _plain(x) and _plain(self.weight)
-                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return self.winograd and winograd_pays(x, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_winograd(x):
