@@ -152,15 +152,12 @@ def _native_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     co, ci = weight.shape[:2]
     c_in, c_out = (co, ci) if adjoint else (ci, co)
     tiles = n * math.prod(_tiles(h, w, 4))
-    kg, kg_flipped = _filter_transforms(x.dtype, x.device)
-    u_rows, u, v, prod = _WORKSPACE.take(x, (36, co * ci), (36, c_in, c_out), (36, tiles, c_in),
-                                         (36, tiles, c_out))
-    filt = weight.detach().reshape(co * ci, 9).t()
-    if adjoint:  # U' = (G⊗G) applied to the flipped filter, already [36, C_out(= its C_in), C_in]
-        torch.mm(kg_flipped, filt, out=u.view(36, co * ci))
-    else:  # the products read a contiguous [36, C_in, C_out] U faster than a transposed view
-        torch.mm(kg, filt, out=u_rows)
-        u.copy_(u_rows.view(36, co, ci).transpose(1, 2))
+    u_rows, v, prod = _WORKSPACE.take(x, (36, co, ci), (36, tiles, c_in), (36, tiles, c_out))
+    # U = (G⊗G) g as [36, C_out, C_in] rows: the adjoint's U' (the flipped filter's transform) as it is,
+    # U itself as a transposed view (the products read it as fast as a contiguous copy, which costs more)
+    kg = _filter_transforms(x.dtype, x.device)[adjoint]
+    torch.mm(kg, weight.detach().reshape(co * ci, 9).t(), out=u_rows.view(36, co * ci))
+    u = u_rows if adjoint else u_rows.transpose(1, 2)
     cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last), v)
     torch.bmm(v, u, out=prod)
     out = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
