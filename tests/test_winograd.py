@@ -7,12 +7,26 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from genzoo.nets import adm, winograd
+from genzoo.nets import adm, cpu_kernels, winograd
 from genzoo.nets.adm import ADMUNet
 from genzoo.nets.winograd import Conv3x3, use_winograd, winograd_conv2d, winograd_matrices
 
 EPS32 = torch.finfo(torch.float32).eps
 EPS64 = torch.finfo(torch.float64).eps
+needs_kernel = pytest.mark.skipif(cpu_kernels.library() is None, reason="no C compiler built the kernels")
+#: the autograd node of the path winograd_conv2d takes here: the C transforms where they are built
+WINOGRAD_NODE = "_WinogradConvBackward" if cpu_kernels.library() is None else "_NativeWinogradConvBackward"
+
+
+@pytest.fixture(params=["native", "pytorch"])
+def path(request, monkeypatch):
+    """Each test twice: with the C transforms (where built) and with the PyTorch ops only, as where no
+    compiler is found."""
+    if request.param == "native" and cpu_kernels.library() is None:
+        pytest.skip("no C compiler built the kernels")
+    if request.param == "pytorch":
+        monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    return request.param
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -54,11 +68,12 @@ def _conv_case(h, w, cin=5, cout=7, n=2, dtype=torch.float64, bias=True, seed=0)
 @pytest.mark.parametrize("hw", [(8, 8), (11, 9), (1, 1), (5, 13)], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_float64_values_and_gradients_equal_conv2d(m, hw, channels_last, bias):
+def test_float64_values_and_gradients_equal_conv2d(m, hw, channels_last, bias, path):
     """Exact in exact arithmetic: float64 agrees with F.conv2d(padding=1) to rounding (1e-12 relative),
-    values and the gradients of input, weight and bias; sizes not multiples of m included; the output
-    keeps the input's memory format."""
-    x, weight, b = _conv_case(*hw, bias=bias)
+    values and the gradients of input, weight and bias; sizes not multiples of m (edge tiles, the zero
+    padding) included; 5 and 7 channels, then 21 and 17 (whole vectors of the C kernels and a rest); the
+    output keeps the input's memory format."""
+    x, weight, b = _conv_case(*hw, bias=bias, cin=21 if hw == (11, 9) else 5, cout=17 if hw == (11, 9) else 7)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     leaves = [t.clone().requires_grad_() for t in (x, weight, b) if t is not None]
@@ -76,7 +91,7 @@ def test_float64_values_and_gradients_equal_conv2d(m, hw, channels_last, bias):
 
 
 @pytest.mark.parametrize("needs", ["weight", "bias", "input"])
-def test_only_the_inputs_that_need_gradients_get_them(needs):
+def test_only_the_inputs_that_need_gradients_get_them(needs, path):
     """One leaf needing a gradient; a second call in between reuses the workspace (nothing the first
     call's backward reads may live there)."""
     x, weight, b = _conv_case(6, 6)
@@ -91,7 +106,7 @@ def test_only_the_inputs_that_need_gradients_get_them(needs):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_float32_stays_within_a_dtype_derived_bound(channels_last):
+def test_float32_stays_within_a_dtype_derived_bound(channels_last, path):
     """F(4, 3) in float32 against float64 direct convolution: the transforms' entries (up to 8 in Aᵀ, 5 in
     Bᵀ) amplify rounding, so the bound is 1000 float32 epsilons of the output's scale (≈1.2e-4), within
     the issue's 1e-4 relative up to that rounding; F.conv2d itself is within 100."""
@@ -105,7 +120,8 @@ def test_float32_stays_within_a_dtype_derived_bound(channels_last):
     assert rel_err(F.conv2d(x32, weight.float(), b.float(), padding=1).double(), ref) < 100 * EPS32
 
 
-def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch():
+def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch(path):
+    native = path == "native"
     layer = Conv3x3(4, 128)
     plain = torch.nn.Conv2d(4, 128, 3, padding=1)
     shapes = {k: v.shape for k, v in layer.state_dict().items()}
@@ -115,8 +131,8 @@ def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch():
     assert not layer.uses_winograd(x)  # NCHW keeps F.conv2d
     x = x.contiguous(memory_format=torch.channels_last)
     assert layer.uses_winograd(x) and not layer.uses_winograd(x.double())  # the suite runs on 1 thread
-    with torch.no_grad():
-        assert not layer.uses_winograd(x)  # sampling keeps F.conv2d
+    with torch.no_grad():  # sampling: the C transforms measured faster there too, the PyTorch ops did not
+        assert layer.uses_winograd(x) == native
     use_winograd(layer, False)
     assert not layer.uses_winograd(x)
     use_winograd(layer)
@@ -126,12 +142,14 @@ def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch():
         assert not layer.uses_winograd(x)
     finally:
         torch.set_num_threads(threads)
-    assert not Conv3x3(4, winograd.MIN_OUT_CHANNELS - 1, winograd=True).uses_winograd(x)
+    fewest = winograd.NATIVE_MIN_OUT_CHANNELS if native else winograd.MIN_OUT_CHANNELS
+    assert not Conv3x3(4, fewest - 1, winograd=True).uses_winograd(x)
+    assert Conv3x3(4, fewest, winograd=True).uses_winograd(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not layer.uses_winograd(x)
         assert layer(x).dtype == torch.bfloat16
     out = layer(x)
-    assert type(out.grad_fn).__name__ == "_WinogradConvBackward"
+    assert type(out.grad_fn).__name__ == ("_NativeWinogradConvBackward" if native else "_WinogradConvBackward")
     ref = plain(x)
     assert rel_err(out, ref) < 1000 * EPS32
 
@@ -162,6 +180,7 @@ def test_adm_unet_with_winograd_equals_without_and_keeps_its_state_dict(monkeypa
     32-64 channels): outputs and all gradients within 1e-4 relative of the direct convolutions in
     float32, channels_last, and the same state_dict keys and shapes."""
     monkeypatch.setattr(winograd, "MIN_OUT_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "NATIVE_MIN_OUT_CHANNELS", 1)
     torch.manual_seed(0)
     cfg = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
                attention_resolutions="8", num_head_channels=16, learn_sigma=True, resblock_updown=False,
@@ -191,7 +210,7 @@ def test_adm_unet_with_winograd_equals_without_and_keeps_its_state_dict(monkeypa
         return out, torch.cat([g.flatten() for g in grads])
 
     out, grads = run(ours)
-    assert used == ["_WinogradConvBackward"] * len(convs)
+    assert used == [WINOGRAD_NODE] * len(convs)
     ref_out, ref_grads = run(direct)
     assert rel_err(out, ref_out) < 1e-4
     assert (grads - ref_grads).norm() <= 1e-4 * ref_grads.norm()
@@ -210,3 +229,77 @@ def test_inference_and_a_workspace_too_large_to_keep_give_the_same_values(monkey
     with torch.no_grad():
         assert rel_err(winograd_conv2d(x, weight, b, 4), ref) < 1e-12
     assert winograd._WORKSPACE.buffer is None
+
+
+@needs_kernel
+def test_the_output_transforms_adjoint_is_its_transpose():
+    """<winograd_output(M), Y> = <M, winograd_output_adjoint(Y)> in float64 (the weight gradient's dM),
+    edge tiles included (the adjoint reads zeros outside the map)."""
+    gen = torch.Generator().manual_seed(3)
+    n, c, h, w = 2, 19, 7, 10
+    tiles = n * 2 * 3
+    m = torch.randn(36, tiles, c, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    out = torch.empty_like(y)
+    lhs = (cpu_kernels.winograd_output(m, None, out) * y).sum()
+    rhs = (m * cpu_kernels.winograd_output_adjoint(y, torch.empty_like(m))).sum()
+    assert abs(lhs - rhs) <= 1e-12 * (m.abs().sum() * y.abs().max() * 64)
+
+
+@needs_kernel
+def test_the_input_transform_is_bt_d_b_of_the_padded_tiles():
+    """winograd_input against the definition: every 6×6 window of the zero-padded map at stride 4, times
+    Bᵀ⊗Bᵀ (float64, exact up to rounding)."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 9, 6, 9, generator=gen, dtype=torch.float64)
+    kb = winograd._transforms(4, torch.float64, x.device)[2]
+    th, tw = 2, 3
+    padded = F.pad(x, (1, 4 * tw + 2 - 9 - 1, 1, 4 * th + 2 - 6 - 1))  # [N, C, 4·th + 2, 4·tw + 2]
+    windows = padded.unfold(2, 6, 4).unfold(3, 6, 4)  # [N, C, th, tw, 6, 6]
+    ref = kb @ windows.permute(4, 5, 0, 2, 3, 1).reshape(36, -1)
+    got = cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last),
+                                     torch.empty(36, 2 * th * tw, 9, dtype=torch.float64))
+    assert rel_err(got.reshape(36, -1), ref) < 1e-13
+
+
+@needs_kernel
+@pytest.mark.parametrize("native_weight_grad", [True, False], ids=["winograd-dw", "direct-dw"])
+def test_both_weight_gradients_equal_conv2d(monkeypatch, native_weight_grad):
+    """The weight gradient through Winograd (dU = dMᵀ V) or oneDNN's direct one: both equal F.conv2d's in
+    float64."""
+    monkeypatch.setattr(winograd, "WINOGRAD_WEIGHT_GRAD", native_weight_grad)
+    x, weight, b = _conv_case(10, 7, cin=6, cout=9)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w1, w2 = weight.clone().requires_grad_(), weight.clone().requires_grad_()
+    upstream = torch.randn(2, 9, 10, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (got,) = torch.autograd.grad((winograd_conv2d(x, w1, b) * upstream).sum(), [w1])
+    (ref,) = torch.autograd.grad((F.conv2d(x, w2, b, padding=1) * upstream).sum(), [w2])
+    assert rel_err(got, ref) < 1e-12
+
+
+def test_a_sample_gets_the_same_output_in_any_batch(path):
+    """Determinism: each tile is transformed alone and the products are row-wise, so a sample's output in
+    float32 does not depend on the samples beside it (up to the matrix multiply's blocking, far below the
+    float32 bound)."""
+    x, weight, b = (t.float() for t in _conv_case(9, 9, cin=32, cout=64, n=5))
+    x = x.contiguous(memory_format=torch.channels_last)
+    whole = winograd_conv2d(x, weight, b)
+    for i in range(5):
+        alone = winograd_conv2d(x[i:i + 1], weight, b)
+        assert (alone - whole[i:i + 1]).abs().max() <= 8 * EPS32 * whole.abs().max()
+
+
+@needs_kernel
+def test_a_portable_build_without_cpu_specific_code_gives_the_same_values(monkeypatch, tmp_path):
+    """The last flag set (plain -O3: no -march=native, no OpenMP, as on a CPU without AVX-512 or a
+    compiler without OpenMP) builds and computes the same convolution."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_FLAG_SETS", (("-O3",),))
+    cpu_kernels.reset()
+    try:
+        assert cpu_kernels.library() is not None
+        x, weight, b = _conv_case(7, 6, cin=20, cout=18)
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert rel_err(winograd_conv2d(x, weight, b), F.conv2d(x, weight, b, padding=1)) < 1e-12
+    finally:
+        cpu_kernels.reset()
