@@ -73,7 +73,8 @@ def test_float64_values_and_gradients_equal_conv2d(m, hw, channels_last, bias, p
     values and the gradients of input, weight and bias; sizes not multiples of m (edge tiles, the zero
     padding) included; 5 and 7 channels, then 21 and 17 (whole vectors of the C kernels and a rest); the
     output keeps the input's memory format."""
-    x, weight, b = _conv_case(*hw, bias=bias, cin=21 if hw == (11, 9) else 5, cout=17 if hw == (11, 9) else 7)
+    wide = hw == (11, 9)
+    x, weight, b = _conv_case(*hw, bias=bias, cin=21 if wide else 5, cout=17 if wide else 7)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     leaves = [t.clone().requires_grad_() for t in (x, weight, b) if t is not None]
@@ -149,7 +150,8 @@ def test_conv3x3_is_a_conv2d_with_the_same_state_dict_and_dispatch(path):
         assert not layer.uses_winograd(x)
         assert layer(x).dtype == torch.bfloat16
     out = layer(x)
-    assert type(out.grad_fn).__name__ == ("_NativeWinogradConvBackward" if native else "_WinogradConvBackward")
+    node = "_NativeWinogradConvBackward" if native else "_WinogradConvBackward"
+    assert type(out.grad_fn).__name__ == node
     ref = plain(x)
     assert rel_err(out, ref) < 1000 * EPS32
 
@@ -239,7 +241,8 @@ def test_the_output_transforms_adjoint_is_its_transpose():
     n, c, h, w = 2, 19, 7, 10
     tiles = n * 2 * 3
     m = torch.randn(36, tiles, c, generator=gen, dtype=torch.float64)
-    y = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    y = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    y = y.contiguous(memory_format=torch.channels_last)
     out = torch.empty_like(y)
     lhs = (cpu_kernels.winograd_output(m, None, out) * y).sum()
     rhs = (m * cpu_kernels.winograd_output_adjoint(y, torch.empty_like(m))).sum()

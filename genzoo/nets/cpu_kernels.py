@@ -88,8 +88,8 @@ def _build(cc: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
             built = Path(tmp) / target.name
-            run = subprocess.run([cc, *flags, "-shared", "-fPIC", *map(str, _SOURCES), "-o", str(built), "-lm"],
-                                 capture_output=True, text=True, timeout=300)
+            command = [cc, *flags, "-shared", "-fPIC", *map(str, _SOURCES), "-o", str(built), "-lm"]
+            run = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if run.returncode == 0:
                 os.replace(built, target)
                 return target
