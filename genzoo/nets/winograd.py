@@ -6,11 +6,15 @@ F(m×m, 3×3) computes an m×m output tile from an (m+2)×(m+2) input tile with 
 product becomes one matrix multiply per tile position (eq. 12), [tiles, C_in] × [C_in, C_out]: for F(4×4)
 36 products of 1/16 of the map each, 4× fewer multiplies than direct convolution, plus the transforms
 (memory-bound passes over 2.25× the map). The transforms come from Toom-Cook interpolation at the points
-0, ±1, ±2, …, ∞ (:func:`winograd_matrices`); everything is PyTorch matrix multiplies and copies, the
-backward written out as the same chain transposed.
+0, ±1, ±2, …, ∞ (:func:`winograd_matrices`). F(4×4) on float32/float64 CPU maps runs its input and output
+transforms as C kernels (``winograd.c`` through ``cpu_kernels``: one pass each, straight from and into the
+channels_last map, the zero padding and edge tiles in the kernel) around the 36 products in torch; the
+backward is the same convolution with the flipped, transposed filter for the input and Vᵀ(A dY Aᵀ) for
+the weight. Without the kernels (no compiler), and for other tile sizes, everything is PyTorch matrix
+multiplies and copies, the backward written out as the same chain transposed.
 
 :class:`Conv3x3` is the drop-in ``nn.Conv2d`` the ADM UNet's blocks use; where the Winograd path measured
-faster on the CPU (docs/performance.md) it takes it, elsewhere ``F.conv2d``.
+faster on the CPU (:func:`winograd_pays`, docs/performance.md) it takes it, elsewhere ``F.conv2d``.
 """
 
 from __future__ import annotations
