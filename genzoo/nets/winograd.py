@@ -156,12 +156,13 @@ def _native_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     co, ci = weight.shape[:2]
     c_in, c_out = (co, ci) if adjoint else (ci, co)
     tiles = n * math.prod(_tiles(h, w, 4))
-    u_rows, v, prod = _WORKSPACE.take(x, (36, co, ci), (36, tiles, c_in), (36, tiles, c_out))
-    # U = (G⊗G) g as [36, C_out, C_in] rows: the adjoint's U' (the flipped filter's transform) as it is,
-    # U itself as a transposed view (the products read it as fast as a contiguous copy, which costs more)
+    u, v, prod = _WORKSPACE.take(x, (36, c_in, c_out), (36, tiles, c_in), (36, tiles, c_out))
+    # U = (G⊗G) g, contiguous [36, C_in, C_out] as the products read it fastest (a transposed view costs
+    # them a copy of U inside bmm): the adjoint's U' (the flipped filter's transform) straight from the
+    # filter's rows, U from its (C_in, C_out)-ordered rows, a copy of the 4× smaller filter
     kg = _filter_transforms(x.dtype, x.device)[adjoint]
-    torch.mm(kg, weight.detach().reshape(co * ci, 9).t(), out=u_rows.view(36, co * ci))
-    u = u_rows if adjoint else u_rows.transpose(1, 2)
+    taps = weight.detach() if adjoint else weight.detach().transpose(0, 1)
+    torch.mm(kg, taps.reshape(co * ci, 9).t(), out=u.view(36, co * ci))
     cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last), v)
     torch.bmm(v, u, out=prod)
     out = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
