@@ -46,9 +46,10 @@ _int = ctypes.c_int
 _FORWARD_ARGS = (_p, _p, _int, _int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, ctypes.c_double, _int, _p, _p,
                  _int)
 _BACKWARD_ARGS = (_p, _p, _p, _int, _int, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _int, _p, _p, _p, _p, _int)
-#: (map, planes, N, H, W, C, tile rows, tile columns, threads); the output transform also takes the bias
-_WINOGRAD_ARGS = (_p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _int)
-_WINOGRAD_OUTPUT_ARGS = (_p, _p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _int)
+#: (map, planes, N, H, W, C, tile rows, tile columns, plane stride, threads); the output transform also
+#: takes the bias
+_WINOGRAD_ARGS = (_p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _int)
+_WINOGRAD_OUTPUT_ARGS = (_p, _p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _int)
 
 
 def compiler() -> str | None:
@@ -131,6 +132,8 @@ def _load() -> ctypes.CDLL | None:
             fn.argtypes, fn.restype = _WINOGRAD_ARGS, _int
         fn = getattr(lib, f"wg_output_{suffix}")
         fn.argtypes, fn.restype = _WINOGRAD_OUTPUT_ARGS, _int
+        fn = getattr(lib, f"wg_filter_{suffix}")
+        fn.argtypes, fn.restype = (_p, _p, _p, _i64, _i64, _i64, _int), None
     return lib
 
 
@@ -210,6 +213,11 @@ def group_norm_silu_backward(x: torch.Tensor, grad: torch.Tensor, groups: int, w
 _WINOGRAD_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
+def _planes(t: torch.Tensor, rows: int, cols: int) -> bool:
+    """``t`` is [36, rows, cols] with contiguous rows of ``cols``, its planes at any distance."""
+    return t.shape == (36, rows, cols) and t.stride(2) == 1 and t.stride(1) == cols and t.stride(0) >= rows * cols
+
+
 def takes_winograd(x: torch.Tensor) -> bool:
     """True where the Winograd transforms take ``x``: a float32/float64 CPU tensor, and the library built."""
     return x.device.type == "cpu" and x.dtype in _WINOGRAD_DTYPES and library() is not None
@@ -223,32 +231,47 @@ def _winograd_call(name: str, t: torch.Tensor, *args: int | None) -> None:
 
 def winograd_input(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """F(4×4, 3×3)'s input transform (Lavin & Gray eq. 8, Bᵀ d B) of a channels_last [N, C, H, W] map zero
-    padded by one, into ``out`` [36, N·⌈H/4⌉·⌈W/4⌉, C] (contiguous, the map's dtype)."""
+    padded by one, into ``out`` [36, N·⌈H/4⌉·⌈W/4⌉, C] (the map's dtype; contiguous planes, at any
+    distance)."""
     n, c, h, w = x.shape
-    assert x.is_contiguous(memory_format=torch.channels_last) and out.is_contiguous()
-    assert out.shape == (36, n * -(-h // 4) * -(-w // 4), c) and out.dtype == x.dtype
-    _winograd_call("wg_input", x, x.data_ptr(), out.data_ptr(), n, h, w, c, -(-h // 4), -(-w // 4))
+    assert x.is_contiguous(memory_format=torch.channels_last) and out.dtype == x.dtype
+    assert _planes(out, n * -(-h // 4) * -(-w // 4), c)
+    _winograd_call("wg_input", x, x.data_ptr(), out.data_ptr(), n, h, w, c, -(-h // 4), -(-w // 4),
+                   out.stride(0))
+    return out
+
+
+def winograd_filter(weight: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """F(4×4, 3×3)'s filter transform (G g Gᵀ, Lavin & Gray eq. 8) of a [C_out, C_in, 3, 3] filter with the
+    [6, 3] matrix ``g`` (the weight's dtype), into ``out`` [36, C_in, C_out] (the layout the products
+    read; its planes at any distance)."""
+    co, ci = weight.shape[:2]
+    weight = weight.detach().contiguous()
+    assert weight.shape[2:] == (3, 3) and g.shape == (6, 3) and g.is_contiguous() and _planes(out, ci, co)
+    assert out.dtype == weight.dtype == g.dtype
+    getattr(library(), f"wg_filter_{_WINOGRAD_DTYPES[weight.dtype]}")(
+        weight.data_ptr(), g.data_ptr(), out.data_ptr(), co, ci, out.stride(0), torch.get_num_threads())
     return out
 
 
 def winograd_output(m: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
     """F(4×4, 3×3)'s output transform (Aᵀ M A) of ``m`` [36, tiles, C] plus ``bias`` into the channels_last
-    [N, C, H, W] map ``out`` (the tiles' parts outside it dropped)."""
+    [N, C, H, W] map ``out`` (the tiles' parts outside it dropped; m's planes at any distance)."""
     n, c, h, w = out.shape
-    assert out.is_contiguous(memory_format=torch.channels_last) and m.is_contiguous()
-    assert m.shape == (36, n * -(-h // 4) * -(-w // 4), c) and m.dtype == out.dtype
+    assert out.is_contiguous(memory_format=torch.channels_last) and m.dtype == out.dtype
+    assert _planes(m, n * -(-h // 4) * -(-w // 4), c)
     bias = None if bias is None else bias.detach().to(m.dtype).contiguous()
     _winograd_call("wg_output", m, m.data_ptr(), _ptr(bias), out.data_ptr(), n, h, w, c, -(-h // 4),
-                   -(-w // 4))
+                   -(-w // 4), m.stride(0))
     return out
 
 
 def winograd_output_adjoint(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """The transpose of :func:`winograd_output`'s transform (A dY Aᵀ per 4×4 tile, zero outside the map) of
-    a channels_last [N, C, H, W] gradient, into ``out`` [36, tiles, C]."""
+    a channels_last [N, C, H, W] gradient, into ``out`` [36, tiles, C] (planes at any distance)."""
     n, c, h, w = grad.shape
-    assert grad.is_contiguous(memory_format=torch.channels_last) and out.is_contiguous()
-    assert out.shape == (36, n * -(-h // 4) * -(-w // 4), c) and out.dtype == grad.dtype
+    assert grad.is_contiguous(memory_format=torch.channels_last) and out.dtype == grad.dtype
+    assert _planes(out, n * -(-h // 4) * -(-w // 4), c)
     _winograd_call("wg_output_adjoint", grad, grad.data_ptr(), out.data_ptr(), n, h, w, c, -(-h // 4),
-                   -(-w // 4))
+                   -(-w // 4), out.stride(0))
     return out

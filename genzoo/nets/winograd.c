@@ -134,14 +134,15 @@ typedef double vf64 __attribute__((vector_size(64)));
  *     be NULL), the parts of edge tiles outside the map dropped.
  *   wg_output_adjoint_S: dy [N, H, W, C] → dm [36, tiles, C] = A dy Aᵀ (the transpose of wg_output's
  *     transform; dy is zero outside the map).
- * Each returns 0, or 1 where a work row could not be allocated. */
+ * The 36 planes of v, m and dm lie ``plane`` elements apart (rows of C contiguous within a plane): the
+ * caller pads them, since at a power-of-two distance the 36 streams of a tile fall into the same cache
+ * sets. Each returns 0, or 1 where a work row could not be allocated. */
 #define DEFINE_KERNELS(T, V, S)                                                                         \
     int wg_input_##S(const T *x, T *v, int64_t n, int64_t h, int64_t w, int64_t c, int64_t th,           \
-                     int64_t tw, int threads) {                                                          \
+                     int64_t tw, int64_t plane, int threads) {                                           \
         T *zero = calloc((size_t)c, sizeof(T));                                                          \
         if (!zero)                                                                                       \
             return 1;                                                                                    \
-        const int64_t plane = n * th * tw * c;                                                           \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                \
         for (int64_t row = 0; row < n * th; row++) {                                                     \
             const int64_t b = row / th, ty = row % th;                                                   \
@@ -164,12 +165,11 @@ typedef double vf64 __attribute__((vector_size(64)));
     }                                                                                                    \
                                                                                                          \
     int wg_output_##S(const T *m, const T *bias, T *y, int64_t n, int64_t h, int64_t w, int64_t c,      \
-                      int64_t th, int64_t tw, int threads) {                                             \
+                      int64_t th, int64_t tw, int64_t plane, int threads) {                              \
         T *zero = calloc((size_t)c, sizeof(T));                                                          \
         if (!zero)                                                                                       \
             return 1;                                                                                    \
         const T *add = bias ? bias : zero;                                                               \
-        const int64_t plane = n * th * tw * c;                                                           \
         int failed = 0;                                                                                  \
         _Pragma("omp parallel num_threads(threads) reduction(|| : failed)")                              \
         {                                                                                                \
@@ -201,11 +201,10 @@ typedef double vf64 __attribute__((vector_size(64)));
     }                                                                                                    \
                                                                                                          \
     int wg_output_adjoint_##S(const T *dy, T *dm, int64_t n, int64_t h, int64_t w, int64_t c, int64_t th, \
-                              int64_t tw, int threads) {                                                 \
+                              int64_t tw, int64_t plane, int threads) {                                  \
         T *zero = calloc((size_t)c, sizeof(T));                                                          \
         if (!zero)                                                                                       \
             return 1;                                                                                    \
-        const int64_t plane = n * th * tw * c;                                                           \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                \
         for (int64_t row = 0; row < n * th; row++) {                                                     \
             const int64_t b = row / th, ty = row % th;                                                   \
@@ -226,5 +225,43 @@ typedef double vf64 __attribute__((vector_size(64)));
         return 0;                                                                                        \
     }
 
+/* wg_filter_S: g [C_out, C_in, 3, 3] → u [36, C_in, C_out] (planes ``plane`` apart), u[a·6 + b][i][o] = (G g_oi Gᵀ)[a][b] with G
+ * [6, 3] given (row-major), in the layout the 36 products read. Blocks of 16 output channels: their taps
+ * for one input channel are copied into a small [9][16] buffer (16 rows of the filter walked in step),
+ * then transformed with the output channels as the vectorised loop and stored contiguously. */
+#define FILTER_BLOCK 16
+#define DEFINE_FILTER(T, S)                                                                             \
+    void wg_filter_##S(const T *restrict g, const T *restrict gmat, T *restrict u, int64_t co, int64_t ci, \
+                       int64_t plane, int threads) {                                                     \
+        T gm[18];                                                                                        \
+        for (int k = 0; k < 18; k++)                                                                     \
+            gm[k] = gmat[k];                                                                             \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                \
+        for (int64_t ob = 0; ob < co; ob += FILTER_BLOCK) {                                              \
+            const int64_t on = co - ob < FILTER_BLOCK ? co - ob : FILTER_BLOCK;                          \
+            T taps[9][FILTER_BLOCK];                                                                     \
+            for (int64_t i = 0; i < ci; i++) {                                                           \
+                for (int64_t l = 0; l < on; l++)                                                         \
+                    for (int s = 0; s < 9; s++)                                                          \
+                        taps[s][l] = g[((ob + l) * ci + i) * 9 + s];                                     \
+                T *restrict out = u + i * co + ob;                                                       \
+                _Pragma("omp simd")                                                                      \
+                for (int64_t l = 0; l < on; l++) {                                                       \
+                    T t[6][3];                                                                           \
+                    for (int a = 0; a < 6; a++)                                                          \
+                        for (int c = 0; c < 3; c++)                                                      \
+                            t[a][c] = gm[a * 3] * taps[c][l] + gm[a * 3 + 1] * taps[3 + c][l]            \
+                                      + gm[a * 3 + 2] * taps[6 + c][l];                                  \
+                    for (int a = 0; a < 6; a++)                                                          \
+                        for (int b = 0; b < 6; b++)                                                      \
+                            out[(a * 6 + b) * plane + l] =                                               \
+                                t[a][0] * gm[b * 3] + t[a][1] * gm[b * 3 + 1] + t[a][2] * gm[b * 3 + 2]; \
+                }                                                                                        \
+            }                                                                                            \
+        }                                                                                                \
+    }
+
+DEFINE_FILTER(float, f32)
+DEFINE_FILTER(double, f64)
 DEFINE_KERNELS(float, vf32, f32)
 DEFINE_KERNELS(double, vf64, f64)

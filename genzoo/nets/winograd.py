@@ -137,12 +137,23 @@ def _tiles(h: int, w: int, m: int) -> tuple[int, int]:
 
 
 @cache
-def _filter_transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """G⊗G [36, 9] of F(4×4, 3×3), and the same with its columns reversed: the transform of the filter
-    flipped in both spatial directions (tap s = 3r + c becomes 8 − s)."""
+def _filter_transforms(dtype: torch.dtype, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """G⊗G [36, 9] of F(4×4, 3×3), the same with its columns reversed (the transform of the filter flipped
+    in both spatial directions: tap s = 3r + c becomes 8 − s), and G [6, 3]."""
     kg = _transforms(4, dtype, device)[1]
     with torch.inference_mode(False):
-        return kg, kg.flip(1).contiguous()
+        return kg, kg.flip(1).contiguous(), winograd_matrices(4)[1].to(dtype=dtype, device=device)
+
+
+#: elements between the C kernels' 36 planes beyond their size (one 64-byte line): planes a power of two
+#: apart put the 36 streams of a tile into the same cache sets, which cost the transforms up to 5×
+PLANE_PAD = 16
+
+
+def _padded_planes(flat: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """[36, rows, cols] view of a workspace slice [36, rows·cols + PLANE_PAD]."""
+    return flat[:, :rows * cols].view(36, rows, cols)
 
 
 def _native_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, adjoint: bool = False
@@ -156,13 +167,18 @@ def _native_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     co, ci = weight.shape[:2]
     c_in, c_out = (co, ci) if adjoint else (ci, co)
     tiles = n * math.prod(_tiles(h, w, 4))
-    u, v, prod = _WORKSPACE.take(x, (36, c_in, c_out), (36, tiles, c_in), (36, tiles, c_out))
-    # U = (G⊗G) g, contiguous [36, C_in, C_out] as the products read it fastest (a transposed view costs
-    # them a copy of U inside bmm): the adjoint's U' (the flipped filter's transform) straight from the
-    # filter's rows, U from its (C_in, C_out)-ordered rows, a copy of the 4× smaller filter
-    kg = _filter_transforms(x.dtype, x.device)[adjoint]
-    taps = weight.detach() if adjoint else weight.detach().transpose(0, 1)
-    torch.mm(kg, taps.reshape(co * ci, 9).t(), out=u.view(36, co * ci))
+    u, v, prod = (_padded_planes(t, r, c) for t, (r, c) in zip(_WORKSPACE.take(
+        x, *((36, r * c + PLANE_PAD) for r, c in ((c_in, c_out), (tiles, c_in), (tiles, c_out)))),
+        ((c_in, c_out), (tiles, c_in), (tiles, c_out))))
+    # U = (G⊗G) g, contiguous [36, C_in, C_out] as the products read it fastest: the adjoint's U' (the
+    # flipped filter's transform) is one matrix multiply on the filter's rows; U needs the channels
+    # swapped, which the C kernel does in blocks (a transposed view costs bmm a copy of U, a transposed
+    # copy of the filter costs torch more than the transform)
+    kg, kg_flipped, g = _filter_transforms(x.dtype, x.device)
+    if adjoint:
+        torch.mm(kg_flipped, weight.detach().reshape(co * ci, 9).t(), out=u.flatten(1))
+    else:
+        cpu_kernels.winograd_filter(weight, g, u)
     cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last), v)
     torch.bmm(v, u, out=prod)
     out = torch.empty((n, c_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
@@ -205,7 +221,9 @@ class _NativeWinogradConv(torch.autograd.Function):
                 dx = dx.contiguous()
         if ctx.needs_input_grad[1] and WINOGRAD_WEIGHT_GRAD:
             tiles = n * math.prod(_tiles(h, w, 4))
-            v, dm, du = _WORKSPACE.take(g, (36, tiles, ci), (36, tiles, co), (36, co, ci))
+            v, dm, du = _WORKSPACE.take(g, (36, tiles * ci + PLANE_PAD), (36, tiles * co + PLANE_PAD),
+                                        (36, co, ci))
+            v, dm = _padded_planes(v, tiles, ci), _padded_planes(dm, tiles, co)
             cpu_kernels.winograd_input(x.contiguous(memory_format=torch.channels_last), v)
             cpu_kernels.winograd_output_adjoint(g, dm)
             torch.bmm(dm.transpose(1, 2), v, out=du)
