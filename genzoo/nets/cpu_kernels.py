@@ -215,7 +215,8 @@ _WINOGRAD_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 def _planes(t: torch.Tensor, rows: int, cols: int) -> bool:
     """``t`` is [36, rows, cols] with contiguous rows of ``cols``, its planes at any distance."""
-    return t.shape == (36, rows, cols) and t.stride(2) == 1 and t.stride(1) == cols and t.stride(0) >= rows * cols
+    return (t.shape == (36, rows, cols) and t.stride(2) == 1 and t.stride(1) == cols
+            and t.stride(0) >= rows * cols)
 
 
 def takes_winograd(x: torch.Tensor) -> bool:
