@@ -225,43 +225,50 @@ typedef double vf64 __attribute__((vector_size(64)));
         return 0;                                                                                        \
     }
 
-/* wg_filter_S: g [C_out, C_in, 3, 3] → u [36, C_in, C_out] (planes ``plane`` apart), u[a·6 + b][i][o] = (G g_oi Gᵀ)[a][b] with G
- * [6, 3] given (row-major), in the layout the 36 products read. Blocks of 16 output channels: their taps
- * for one input channel are copied into a small [9][16] buffer (16 rows of the filter walked in step),
- * then transformed with the output channels as the vectorised loop and stored contiguously. */
-#define FILTER_BLOCK 16
-#define DEFINE_FILTER(T, S)                                                                             \
-    void wg_filter_##S(const T *restrict g, const T *restrict gmat, T *restrict u, int64_t co, int64_t ci, \
-                       int64_t plane, int threads) {                                                     \
+/* wg_filter_S: g [C_out, C_in, 3, 3] → u [36, C_in, C_out] (planes ``plane`` apart), u[a·6 + b][i][o] =
+ * (G g_oi Gᵀ)[a][b] with G [6, 3] given (row-major), in the layout the 36 products read. One vector of
+ * output channels at a time: their taps for one input channel are gathered into a small [9][lanes]
+ * buffer (the vector's filter rows walked in step), then transformed a vector at a time and stored
+ * contiguously; the last, partial block one channel at a time. */
+#define FILTER_AT(V, LD, ST, l)                                                                         \
+    do {                                                                                                 \
+        V t_[6][3];                                                                                      \
+        for (int a = 0; a < 6; a++)                                                                      \
+            for (int c = 0; c < 3; c++)                                                                  \
+                t_[a][c] = gm[a * 3] * LD(V, taps[c] + l) + gm[a * 3 + 1] * LD(V, taps[3 + c] + l)       \
+                           + gm[a * 3 + 2] * LD(V, taps[6 + c] + l);                                     \
+        for (int a = 0; a < 6; a++)                                                                      \
+            for (int b = 0; b < 6; b++)                                                                  \
+                ST(V, out + (a * 6 + b) * plane + l,                                                     \
+                   t_[a][0] * gm[b * 3] + t_[a][1] * gm[b * 3 + 1] + t_[a][2] * gm[b * 3 + 2]);          \
+    } while (0)
+
+#define DEFINE_FILTER(T, V, S)                                                                          \
+    void wg_filter_##S(const T *g, const T *gmat, T *u, int64_t co, int64_t ci, int64_t plane,           \
+                       int threads) {                                                                    \
+        enum { L = sizeof(V) / sizeof(T) };                                                              \
         T gm[18];                                                                                        \
         for (int k = 0; k < 18; k++)                                                                     \
             gm[k] = gmat[k];                                                                             \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                \
-        for (int64_t ob = 0; ob < co; ob += FILTER_BLOCK) {                                              \
-            const int64_t on = co - ob < FILTER_BLOCK ? co - ob : FILTER_BLOCK;                          \
-            T taps[9][FILTER_BLOCK];                                                                     \
+        for (int64_t ob = 0; ob < co; ob += L) {                                                         \
+            const int64_t on = co - ob < L ? co - ob : L;                                                \
+            T taps[9][L];                                                                                \
             for (int64_t i = 0; i < ci; i++) {                                                           \
                 for (int64_t l = 0; l < on; l++)                                                         \
                     for (int s = 0; s < 9; s++)                                                          \
                         taps[s][l] = g[((ob + l) * ci + i) * 9 + s];                                     \
-                T *restrict out = u + i * co + ob;                                                       \
-                _Pragma("omp simd")                                                                      \
-                for (int64_t l = 0; l < on; l++) {                                                       \
-                    T t[6][3];                                                                           \
-                    for (int a = 0; a < 6; a++)                                                          \
-                        for (int c = 0; c < 3; c++)                                                      \
-                            t[a][c] = gm[a * 3] * taps[c][l] + gm[a * 3 + 1] * taps[3 + c][l]            \
-                                      + gm[a * 3 + 2] * taps[6 + c][l];                                  \
-                    for (int a = 0; a < 6; a++)                                                          \
-                        for (int b = 0; b < 6; b++)                                                      \
-                            out[(a * 6 + b) * plane + l] =                                               \
-                                t[a][0] * gm[b * 3] + t[a][1] * gm[b * 3 + 1] + t[a][2] * gm[b * 3 + 2]; \
-                }                                                                                        \
+                T *out = u + i * co + ob;                                                                \
+                if (on == L)                                                                             \
+                    FILTER_AT(V, VLOAD, VSTORE, 0);                                                      \
+                else                                                                                     \
+                    for (int64_t l = 0; l < on; l++)                                                     \
+                        FILTER_AT(T, SLOAD, SSTORE, l);                                                  \
             }                                                                                            \
         }                                                                                                \
     }
 
-DEFINE_FILTER(float, f32)
-DEFINE_FILTER(double, f64)
+DEFINE_FILTER(float, vf32, f32)
+DEFINE_FILTER(double, vf64, f64)
 DEFINE_KERNELS(float, vf32, f32)
 DEFINE_KERNELS(double, vf64, f64)
