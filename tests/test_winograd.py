@@ -266,6 +266,20 @@ def test_the_input_transform_is_bt_d_b_of_the_padded_tiles():
 
 
 @needs_kernel
+def test_the_filter_transform_is_g_g_gt_in_padded_planes():
+    """winograd_filter against (G⊗G)·g (float64), with output channels filling whole vectors and a rest
+    (19), written into planes a cache line further apart than their size (as the workspace lays them)."""
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(19, 6, 3, 3, generator=gen, dtype=torch.float64)
+    kg = winograd._transforms(4, torch.float64, weight.device)[1]
+    ref = (kg @ weight.reshape(19 * 6, 9).t()).view(36, 19, 6).transpose(1, 2)
+    planes = torch.full((36, 6 * 19 + winograd.PLANE_PAD), float("nan"), dtype=torch.float64)
+    got = cpu_kernels.winograd_filter(weight, winograd_matrices(4)[1], winograd._padded_planes(planes, 6, 19))
+    assert rel_err(got, ref) < 1e-13
+    assert planes[:, 6 * 19:].isnan().all()  # the padding is never written
+
+
+@needs_kernel
 @pytest.mark.parametrize("native_weight_grad", [True, False], ids=["winograd-dw", "direct-dw"])
 def test_both_weight_gradients_equal_conv2d(monkeypatch, native_weight_grad):
     """The weight gradient through Winograd (dU = dMᵀ V) or oneDNN's direct one: both equal F.conv2d's in
