@@ -371,9 +371,10 @@ def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
     forward (sampling) and training alike; with the PyTorch ops only in training (autograd recording) and
     at least ``MIN_OUT_CHANNELS``. Contiguous (NCHW) maps, bfloat16/float16, CUDA and several threads keep
     ``F.conv2d``."""
-    if not (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and torch.get_num_threads() == 1 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and _plain(x) and _plain(weight)
+    # compiling first: under torch.compile nothing after it is traced (get_num_threads would break the graph)
+    if not (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and torch.get_num_threads() == 1
+            and not torch.is_autocast_enabled("cpu") and _plain(x) and _plain(weight)
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
         return False
     if cpu_kernels.takes_winograd(x):
