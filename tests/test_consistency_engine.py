@@ -206,6 +206,11 @@ def test_decay_kimg_decays_the_students_learning_rate(runs):
     assert learning_rate(spec.lr, 8000.0, 0.0, spec.decay_images) == pytest.approx(1e-3 / 2, rel=1e-12)
     assert FAMILY.build_objective({"mode": "ect", "init": str(runs / "teacher"), "steps": 10},
                                   data).optimizer_specs()["net"].decay_images == 0.0
+    from genzoo.errors import UserError
+
+    with pytest.raises(UserError, match="^--decay-kimg: expected t_ref ≥ 0 thousand images, got -1$"):
+        FAMILY.build_objective({"mode": "ect", "init": str(runs / "teacher"), "steps": 10,
+                                "decay_kimg": -1.0}, data)
 
 
 def test_cd_with_trajectory_targets_resumes_exactly(runs, tmp_path):
