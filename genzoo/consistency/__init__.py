@@ -6,9 +6,16 @@ scratch (CT) or with the improved recipe (iCT), and sampled in one or a few step
 """
 
 from genzoo.consistency.model import ConsistencyModel, karras_index_sigmas, scalings
-from genzoo.consistency.sampling import multistep, parse_ts, sample, search_middle_step, ternary_search
+from genzoo.consistency.sampling import (
+    multistep,
+    parse_sigmas,
+    parse_ts,
+    sample,
+    search_middle_step,
+    ternary_search,
+)
 from genzoo.consistency.schedules import ct_num_scales, ct_target_ema, ict_num_scales, ict_pair_probabilities
 
 __all__ = ["ConsistencyModel", "ct_num_scales", "ct_target_ema", "ict_num_scales", "ict_pair_probabilities",
-           "karras_index_sigmas", "multistep", "parse_ts", "sample", "scalings", "search_middle_step",
-           "ternary_search"]
+           "karras_index_sigmas", "multistep", "parse_sigmas", "parse_ts", "sample", "scalings",
+           "search_middle_step", "ternary_search"]

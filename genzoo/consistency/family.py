@@ -22,7 +22,7 @@ from genzoo.checkpoints.record import config_of, record_of
 from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
 from genzoo.consistency.objective import ADAPTIVE_MAX, CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
-from genzoo.consistency.sampling import parse_ts, sample
+from genzoo.consistency.sampling import parse_sigmas, parse_ts, sample
 from genzoo.diffusion.family import NetworkOptions, record_network
 from genzoo.diffusion.samplers import is_denoiser
 from genzoo.errors import UserError
@@ -185,6 +185,10 @@ class ConsistencyTrainOptions(NetworkOptions):
     tangent_warmup: int | None = option(None, V.nonnegative_int,
                                         "sCM: steps over which the tangent's cos·sin·(x_t + σ_d dF/dt) term "
                                         "ramps from 0 to 1 (default a tenth of --steps)")
+    decay_kimg: float | None = option(None, V.nonnegative_float,
+                                      "the student's learning rate --lr/√max(t/t_ref, 1) (EDM2's inverse "
+                                      "square-root decay) with t_ref this many thousand images; 0 = constant "
+                                      "(default 0)")
     teacher: str | None = option(None, None, "CD: the teacher, a diffusion run/checkpoint/model directory")
     num_scales: int | None = option(None, V.positive_int, f"CD: points N of the Karras grid (default "
                                                           f"{DEFAULT_NUM_SCALES}; ImageNet-64 used 40)")
@@ -266,6 +270,10 @@ class ConsistencySampleOptions(Options):
                                "model's N)")
     ts: str | None = option(None, None, "grid indices of a multistep schedule, e.g. 0,22,39 on a --steps 40 "
                                         "grid")
+    sigmas: str | None = option(None, None,
+                                "explicit noise levels of the evaluations instead of --steps/--ts, strictly "
+                                "decreasing in (σ_min, σ_max], e.g. 80,0.821 (two steps, ECT's CIFAR-10 "
+                                "middle level) or 20 (one step from σ = 20)")
     search_middle: str | None = option(None, None,
                                        "sample with the two-step schedule 0,m,N−1 on the --steps N grid "
                                        "whose middle index m has the lowest Fréchet distance to REF (a "
@@ -345,7 +353,8 @@ class ConsistencyFamily(Family):
             teacher_steps=int(config.get("teacher_steps") or 1), seed=int(config.get("seed") or 0),
             image_shape=(int(getattr(dataset, "num_channels", 3)), resolution, resolution),
             **_ect_options(config, mode), tangent_warmup=_tangent_warmup(config, mode, steps),
-            **_trajectory_targets(config, mode), **_adversarial(config, dataset))
+            **_trajectory_targets(config, mode), **_adversarial(config, dataset),
+            decay_images=float(config.get("decay_kimg") or 0.0) * 1000)
         config.update(num_scales=objective.scales_at(steps), s0=objective.s0, s1=objective.s1,
                       mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr,
                       teacher_steps=objective.teacher_steps)
@@ -386,8 +395,9 @@ class ConsistencyFamily(Family):
         from genzoo.metrics import frechet_metric
         from genzoo.seeds import parse_seeds
 
-        if options.get("ts"):
-            raise UserError("--search-middle chooses the --ts schedule itself; give one or the other")
+        if options.get("ts") or options.get("sigmas"):
+            raise UserError("--search-middle chooses the --ts schedule itself; give it or --ts/--sigmas, "
+                            "not both")
         config = config_of(model)
         steps = int(options.get("steps") or config.get("num_scales") or 40)
         if steps < 4:
@@ -408,12 +418,21 @@ class ConsistencyFamily(Family):
     @torch.no_grad()
     def sample(self, model: nn.Module, rng: StackedRandomGenerator, class_labels: torch.Tensor | None,
                options: Any) -> tuple[torch.Tensor, int]:
-        """One step f(σ_max·z, σ_max) by default; ``steps`` evaluations; or the grid indices ``ts``."""
+        """One step f(σ_max·z, σ_max) by default; ``steps`` evaluations; the grid indices ``ts``; or the noise
+        levels ``sigmas``."""
         options = self.sample_options(model, options)
         config = config_of(model)
         ts = parse_ts(options.get("ts"))
         steps = options.get("steps")
-        if ts is not None and steps is None:
+        sigmas = parse_sigmas(options.get("sigmas"), float(model.sigma_min), float(model.sigma_max))
+        if sigmas is not None:
+            if ts is not None:
+                raise UserError("--sigmas and --ts both set the schedule: give one of them")
+            if steps is not None and steps != len(sigmas):
+                raise UserError(f"--steps {steps} disagrees with the {len(sigmas)} noise level(s) of "
+                                "--sigmas: give one of them")
+            steps = None
+        elif ts is not None and steps is None:
             steps = int(config.get("num_scales") or 40)
         channels = int(config.get("channels") or getattr(model, "img_channels", None) or 3)
         resolution = int(config.get("resolution") or model.resolution)
@@ -422,7 +441,7 @@ class ConsistencyFamily(Family):
         bf16 = options.get("precision") == "bf16"
         with torch.autocast(device_type=rng.device.type, dtype=torch.bfloat16, enabled=bf16):
             images, nfe = sample(model, rng.randn_like, (len(rng), channels, resolution, resolution),
-                                 class_labels, steps=steps, ts=ts, device=rng.device)
+                                 class_labels, steps=steps, ts=ts, device=rng.device, sigmas=sigmas)
         return images.float(), nfe
 
 

@@ -78,7 +78,7 @@ class ConsistencyObjective(Objective):
                  cd_targets: str = "step",
                  trajectory_pool: int = 1024, trajectory_refresh: int = 1, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, ect_stages: int = ECT_STAGES,
-                 ect_q: float = ECT_Q, tangent_warmup: int = 0):
+                 ect_q: float = ECT_Q, tangent_warmup: int = 0, decay_images: float = 0.0):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -103,6 +103,9 @@ class ConsistencyObjective(Objective):
             raise UserError(f"--trajectory-refresh {trajectory_refresh}: expected 1 to --trajectory-pool "
                             f"({trajectory_pool}) trajectories replaced per step")
         self.mode, self.solver, self.lr = mode, solver, float(lr)
+        self.decay_images = float(decay_images)
+        if not self.decay_images >= 0:
+            raise UserError(f"--decay-kimg: expected t_ref ≥ 0 thousand images, got {decay_images / 1000:g}")
         self.cd_targets = cd_targets
         self.teacher_steps = int(teacher_steps)
         self.num_scales, self.total_steps = int(num_scales), int(total_steps)
@@ -176,7 +179,7 @@ class ConsistencyObjective(Objective):
     # ------------------------------------------------------------------ engine contract
 
     def optimizer_specs(self) -> dict[str, OptimizerSpec]:
-        specs = {"net": OptimizerSpec(lr=self.lr)}
+        specs = {"net": OptimizerSpec(lr=self.lr, decay_images=self.decay_images)}
         if "D" in self.players:  # StyleGAN2's D optimiser (β = (0, 0.99))
             specs["D"] = OptimizerSpec(lr=self.d_lr, betas=(0.0, 0.99))
         return specs

@@ -36,6 +36,28 @@ def parse_ts(text: str | Sequence[int] | None) -> list[int] | None:
     return ts
 
 
+def parse_sigmas(text: str | Sequence[float] | None, sigma_min: float,
+                 sigma_max: float) -> list[float] | None:
+    """``--sigmas 80,0.8`` -> [80.0, 0.8]: explicit noise levels of the evaluations, strictly decreasing,
+    each in (σ_min, σ_max] (f is the identity at σ_min; the model never saw σ above σ_max)."""
+    if text is None or text == "":
+        return None
+    try:
+        sigmas = [float(v) for v in text.split(",") if v.strip()] if isinstance(text, str) else [
+            float(v) for v in text]
+    except ValueError:
+        raise UserError(f"--sigmas: expected noise levels like 80,0.8, got {text!r}") from None
+    if not sigmas:
+        raise UserError(f"--sigmas: expected noise levels like 80,0.8, got {text!r}")
+    given = ",".join(f"{s:g}" for s in sigmas)
+    if any(not sigma_min < s <= sigma_max for s in sigmas):
+        raise UserError(f"--sigmas: expected noise levels in (σ_min, σ_max] = ({sigma_min:g}, "
+                        f"{sigma_max:g}], got {given}")
+    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise UserError(f"--sigmas: expected strictly decreasing noise levels, got {given}")
+    return sigmas
+
+
 def schedule_sigmas(sigma_min: float, sigma_max: float, rho: float, steps: int | None = None,
                     ts: Sequence[int] | None = None) -> list[float]:
     """The noise levels at which f is evaluated.
@@ -82,9 +104,14 @@ def multistep(f: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: Sequence[
 @torch.no_grad()
 def sample(model: Any, noise: NoiseFn, shape: Sequence[int], class_labels: torch.Tensor | None = None,
            steps: int | None = None, ts: Sequence[int] | None = None, device: torch.device | str = "cpu",
-           clip: bool = True, **cond: Any) -> tuple[torch.Tensor, int]:
-    """Images from a consistency model (a ConsistencyModel): (float NCHW in [−1, 1], network evaluations)."""
-    sigmas = schedule_sigmas(model.sigma_min, model.sigma_max, getattr(model, "rho", 7.0), steps, ts)
+           clip: bool = True, sigmas: Sequence[float] | None = None, **cond: Any) -> tuple[torch.Tensor, int]:
+    """Images from a consistency model (a ConsistencyModel): (float NCHW in [−1, 1], network evaluations).
+    ``sigmas`` (checked by :func:`parse_sigmas`) replaces the schedule of ``steps``/``ts``."""
+    if sigmas is None:
+        sigmas = schedule_sigmas(model.sigma_min, model.sigma_max, getattr(model, "rho", 7.0), steps, ts)
+    elif steps is not None or ts is not None:
+        raise ValueError("give the noise levels sigmas or a schedule (steps, ts), not both")
+    sigmas = [float(s) for s in sigmas]
     x = noise(torch.empty(tuple(shape), device=device)) * sigmas[0]
     images = multistep(model, x, sigmas, noise, model.sigma_min, class_labels, clip=clip, **cond)
     return images, len(sigmas)
