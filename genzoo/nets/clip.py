@@ -149,7 +149,9 @@ def caption_targets(captions: Sequence[str], device: torch.device | None = None)
 def info_nce(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows of the cross-entropy −Σ_j y_ij log softmax_j(logits_i) (identity targets when None):
     GigaGAN's CLIP loss (Sec. 3.4) is this over (G's images, their captions)."""
-    logp = F.log_softmax(logits.float(), dim=1)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    logp = F.log_softmax(logits, dim=1)
     if targets is None:
         return -logp.diagonal().mean()
     return -(targets.to(logp) * logp).sum(1).mean()
@@ -211,7 +213,8 @@ def load_clip(path: str | Path, flag: str = "--clip-model") -> ContrastiveImageT
                         "genzoo.train.clip.pretrain_clip)")
     try:
         config = json.loads(metadata["config"])
-        model = ContrastiveImageText(**config)
+        with torch.random.fork_rng(devices=[]):  # reading a file leaves the caller's random stream alone
+            model = ContrastiveImageText(**config)
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{flag} {path}: unreadable model config in the metadata ({err})") from None
     load_state_into(model, load_safetensors(path), str(path))
