@@ -128,6 +128,7 @@ def test_clip_options_are_validated(tmp_path, capsys):
         (_tiny_config(clip_pretrain_images=64), "--clip-pretrain-images: used only by"),
         (_tiny_config(vision_weight=1.0, clip_model="x", clip_pretrain_images=64), "not both"),
         (_tiny_config(clip_weight=1.0, clip_model=str(tmp_path / "c8.safetensors")), "8 px images; the data"),
+        (_tiny_config(clip_weight=1.0, clip_pretrain_images=64, clip_negatives="mood"), "--clip-negatives"),
     ]
     for config, message in cases:
         with pytest.raises(UserError, match=message):
@@ -153,8 +154,8 @@ def test_losses_are_off_by_default_and_add_exactly_their_terms(tmp_path):
     plain = giga.build_objective(_tiny_config(), data)
     assert plain.clip is None and not any(".vision." in k for k in plain.players.state_dict())
     torch.manual_seed(0)
-    with_clip = giga.build_objective(_tiny_config(clip_weight=0.5, vision_weight=2.0, clip_model=str(path)),
-                                     data)
+    with_clip = giga.build_objective(_tiny_config(clip_weight=0.5, vision_weight=2.0, clip_model=str(path),
+                                                  clip_negatives="shape,size"), data)
     # the same networks (the CLIP is read, not drawn), plus the vision head in D
     extra = set(with_clip.players.state_dict()) - set(plain.players.state_dict())
     assert extra and all(k.startswith("D.vision.") for k in extra)
@@ -168,6 +169,16 @@ def test_losses_are_off_by_default_and_add_exactly_their_terms(tmp_path):
     assert "G/clip" not in base.logs and {"G/clip", "G/vision"} <= set(full.logs)
     expected = float(base.loss.detach()) + 0.5 * full.logs["G/clip"] + 2.0 * full.logs["G/vision"]
     assert abs(float(full.loss) - expected) <= 1e-5 * max(1.0, abs(expected))
+    # --clip-negatives: each image's own caption with the shape (3 others) or size (2 others) changed
+    captions = [data.captions[i] for i in range(3)]
+    image_emb = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    extra = with_clip.attribute_negative_logits(image_emb, captions)
+    shapes = ("circle", "square", "triangle", "cross")
+    own = next(w for w in shapes if f" {w} " in captions[0])
+    text = with_clip.clip.encode_text([captions[0].replace(f" {own} ", f" {o} ") for o in shapes if o != own])
+    assert extra.shape == (3, 5)
+    expected_row0 = with_clip.clip.logit_scale() * text @ image_emb[0]
+    assert torch.allclose(extra[0, :3], expected_row0, atol=1e-5)
     # the D step adds the vision-aided term, and its gradient reaches the head
     torch.manual_seed(6)
     d = with_clip.loss("D", batch, 1)

@@ -304,6 +304,7 @@ class GigaGANObjective(_TwoPlayer):
         clip: nn.Module | None = None,
         clip_weight: float = 0.0,
         vision_weight: float = 0.0,
+        clip_negatives: Sequence[str] = (),
         **kwargs: Any,
     ):
         super().__init__(G, D, **kwargs)
@@ -314,6 +315,7 @@ class GigaGANObjective(_TwoPlayer):
         if self.vision_weight > 0 and getattr(D, "vision", None) is None:
             raise ValueError("vision_weight > 0 needs D.vision (a VisionAidedHead); see build_objective")
         object.__setattr__(self, "clip", clip)  # frozen, never saved (a file of its own)
+        self.clip_negatives = list(clip_negatives)
         self.match_weight = float(match_weight)
         self.negatives = list(negatives)
         self.attribute_words = {k: list(v) for k, v in (attribute_words or {}).items()}
@@ -372,7 +374,12 @@ class GigaGANObjective(_TwoPlayer):
         if self.clip_weight > 0:
             image_emb = F.normalize(clip.image.proj(features), dim=-1)
             logits = contrastive_logits(image_emb, text_emb, clip.logit_scale())
-            term = info_nce(logits, caption_targets(captions, logits.device))
+            targets = caption_targets(captions, logits.device)
+            if self.clip_negatives:
+                extra = self.attribute_negative_logits(image_emb, captions)
+                logits = torch.cat([logits, extra], 1)
+                targets = torch.cat([targets, targets.new_zeros(extra.shape)], 1)
+            term = info_nce(logits, targets)
             logs["G/clip"] = float(term.detach())
             loss = loss + self.clip_weight * term
         if self.vision_weight > 0:
@@ -380,6 +387,31 @@ class GigaGANObjective(_TwoPlayer):
             logs["G/vision"] = float(term.detach())
             loss = loss + self.vision_weight * term
         return loss
+
+    def attribute_negative_logits(self, image_emb: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Extra CLIP-loss columns [N, A]: the scaled similarity of image i to its own caption with one
+        attribute of ``clip_negatives`` changed to each other value (rows with fewer are padded with a
+        logit that softmax ignores): the in-batch captions nearly always differ in several attributes, so
+        without these the loss barely asks for the shape (docs/gigagan.md)."""
+        from genzoo.train.clip import attribute_alternatives
+
+        words = {k: self.attribute_words.get(k, ()) for k in self.clip_negatives}
+        groups = [[c for alts in attribute_alternatives(caption, words).values() for c in alts]
+                  for caption in captions]
+        width = max((len(g) for g in groups), default=0)
+        out = image_emb.new_full((len(captions), width), -1e4)
+        flat = [c for g in groups for c in g]
+        if not flat:
+            return out
+        with torch.no_grad():
+            alt_emb = self.clip.encode_text(flat)
+        scale, start = self.clip.logit_scale(), 0
+        rows = []
+        for i, g in enumerate(groups):
+            row = scale * alt_emb[start : start + len(g)] @ image_emb[i]
+            rows.append(torch.cat([row, out[i, len(g):]]))
+            start += len(g)
+        return torch.stack(rows)
 
     def vision_d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, captions: list[str]
                       ) -> torch.Tensor:
@@ -535,7 +567,7 @@ NOT_READ_BY = {
     "gigagan": ("upsample_scale", "upsampler_text", "upsampler_base", "upsampler_latent", "degrade",
                 "lpips_weight", "lpips_weights", "l1_weight"),
     "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool", "d_init", "clip_weight",
-                          "vision_weight", "clip_model", "clip_pretrain_images"),
+                          "vision_weight", "clip_model", "clip_pretrain_images", "clip_negatives"),
 }
 
 
@@ -584,6 +616,10 @@ class GigaGANTrainOptions(Options):
     vision_weight: float = option(0.0, V.nonnegative_float, "GigaGAN: weight of the vision-aided "
                                   "discriminator loss (a trainable head on frozen CLIP image features; needs "
                                   "--clip-model or --clip-pretrain-images; default 0: off)")
+    clip_negatives: str | None = option(None, None, "GigaGAN: comma list of caption attributes (shape, "
+                                        "color, size, position) whose one-attribute-changed captions join "
+                                        "the CLIP loss as extra negatives of each image (default: none, the "
+                                        "paper's in-batch captions only)")
     clip_model: str | None = option(None, None, "GigaGAN: a genzoo CLIP file (safetensors, from "
                                     "--clip-pretrain-images or genzoo.train.clip) for --clip-weight and "
                                     "--vision-weight")
@@ -797,7 +833,10 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
     }
     config["net"] = net
     G = nets.build("gigagan-generator", **net)
-    clip = frozen_clip(config, dataset)
+    clip_negatives = parse_clip_negatives(config.get("clip_negatives"), dataset)
+    if clip_negatives and not float(config.get("clip_weight") or 0.0):
+        raise UserError("--clip-negatives: used only by --clip-weight; set it above 0")
+    clip = frozen_clip(config, dataset)  # after every cheap check: it may train a CLIP
     D = nets.build(
         "gigagan-discriminator",
         resolution=resolution,
@@ -823,9 +862,23 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         attribute_words=getattr(dataset, "attribute_words", None),
         clip=clip,
         clip_weight=float(config.get("clip_weight") or 0.0),
+        clip_negatives=clip_negatives,
         vision_weight=vision_weight,
         **common,
     )
+
+
+def parse_clip_negatives(text: str | Sequence[str] | None, dataset: Any) -> list[str]:
+    """``"shape,color"`` -> ["shape", "color"] (--clip-negatives): attributes of the dataset's captions."""
+    if not text:
+        return []
+    kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
+    known = list(getattr(dataset, "attribute_words", None) or {})
+    bad = [k for k in kinds if k not in known]
+    if bad or not kinds:
+        raise UserError(f"--clip-negatives: expected a comma list of the data's caption attributes "
+                        f"({', '.join(known) or 'none'}), got {text!r}")
+    return kinds
 
 
 def frozen_clip(config: dict[str, Any], dataset: Any) -> nn.Module | None:
