@@ -4,6 +4,9 @@
     python benchmarks/gigagan.py --biggan                         # + BigGAN on the same image budget
     python benchmarks/gigagan.py --images 20000 --set match_negatives=rolled --set text_tokenizer=hash
     python benchmarks/gigagan.py --images 0 --upsampler            # only the upsampler table
+    python benchmarks/gigagan.py --images 0 --clip 96000 --points 8  # the genzoo CLIP alone (zero-shot)
+    python benchmarks/gigagan.py --images 72000 --points 6 --set d_init=he --set d_pool=max \
+        --set clip_weight=1 --set clip_pretrain_images=96000 --set clip_negatives=shape,color,size,position
 
 Budget: a number of training images (``--images``; the same for every model, whatever the machine's
 load); the process CPU time each run took is printed beside it (one torch thread by default, so CPU
@@ -15,8 +18,12 @@ time is about the time an idle core needs).
    prompts = held-out dataset captions), shape and colour accuracy separately, and the probes of
    :mod:`genzoo.gan.probes`: word-swap change of t_global (G's and D's text encoders) and of the image
    (z fixed), and D's matching accuracy per attribute on real images.
-3. ``--biggan``: the demo's BigGAN recipe on the same images, its accuracy curve and CPU time.
-4. ``--upsampler``: see :mod:`benchmarks.gigagan_upsampler` (the 4x table of docs/gigagan.md).
+   With ``clip_pretrain_images`` the run first trains its CLIP (counted in its CPU minutes); its zero-shot
+   accuracy on held-out images is printed.
+3. ``--clip N``: the genzoo CLIP alone on N training pairs: zero-shot accuracy per attribute on 512
+   held-out images (own caption against the captions with that attribute changed).
+4. ``--biggan``: the demo's BigGAN recipe on the same images, its accuracy curve and CPU time.
+5. ``--upsampler``: see :mod:`benchmarks.gigagan_upsampler` (the 4x table of docs/gigagan.md).
 """
 
 from __future__ import annotations
