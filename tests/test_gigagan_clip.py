@@ -201,3 +201,16 @@ def test_a_run_pretrains_its_clip_once_and_resumes_with_it(tmp_path):
     train({**config, "steps": 2, "resume": True})
     assert saved.read_bytes() == first  # read back, not trained again
     assert (out / "checkpoint-000002").is_dir()
+
+
+def test_random_shift_is_a_per_image_translation_with_reflected_edges():
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float64).view(2, 1, 5, 5).requires_grad_(True)
+    assert giga.random_shift(x, 0) is x
+    g = torch.Generator().manual_seed(0)
+    y = giga.random_shift(x, 1, g)
+    offsets = torch.randint(0, 3, (2, 2), generator=torch.Generator().manual_seed(0)).tolist()
+    padded = torch.nn.functional.pad(x.detach(), (1, 1, 1, 1), mode="reflect")
+    for i, (dy, dx) in enumerate(offsets):
+        assert torch.equal(y[i].detach(), padded[i, :, dy : dy + 5, dx : dx + 5])
+    y.sum().backward()
+    assert x.grad.sum() == y.numel()  # a crop: every output pixel passes its gradient to one input pixel

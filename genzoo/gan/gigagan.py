@@ -305,6 +305,7 @@ class GigaGANObjective(_TwoPlayer):
         clip_weight: float = 0.0,
         vision_weight: float = 0.0,
         clip_negatives: Sequence[str] = (),
+        clip_shift: int = 0,
         **kwargs: Any,
     ):
         super().__init__(G, D, **kwargs)
@@ -316,6 +317,7 @@ class GigaGANObjective(_TwoPlayer):
             raise ValueError("vision_weight > 0 needs D.vision (a VisionAidedHead); see build_objective")
         object.__setattr__(self, "clip", clip)  # frozen, never saved (a file of its own)
         self.clip_negatives = list(clip_negatives)
+        self.clip_shift = int(clip_shift)
         self.match_weight = float(match_weight)
         self.negatives = list(negatives)
         self.attribute_words = {k: list(v) for k, v in (attribute_words or {}).items()}
@@ -369,7 +371,7 @@ class GigaGANObjective(_TwoPlayer):
         clip = self.clip
         with torch.no_grad():
             text_emb = clip.encode_text(captions)
-        features = clip.image.features(images)
+        features = clip.image.features(random_shift(images, self.clip_shift))
         loss = images.new_zeros(())
         if self.clip_weight > 0:
             image_emb = F.normalize(clip.image.proj(features), dim=-1)
@@ -421,7 +423,8 @@ class GigaGANObjective(_TwoPlayer):
         clip = self.clip
         with torch.no_grad():
             text_emb = clip.encode_text(captions)
-            f_real, f_fake = clip.image.features(real), clip.image.features(fake)
+            f_real = clip.image.features(random_shift(real, self.clip_shift))
+            f_fake = clip.image.features(random_shift(fake, self.clip_shift))
         return F.softplus(-D.vision(f_real, text_emb)).mean() + F.softplus(D.vision(f_fake, text_emb)).mean()
 
     def matching_aware_loss(
@@ -443,6 +446,18 @@ class GigaGANObjective(_TwoPlayer):
                 picked = [j for j, k in enumerate(kinds) if k == kind]
                 logs[f"D/mismatch_{kind}"] = float(per_row.detach()[picked].mean())
         return per_row.mean()
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """Each image translated by its own random (dy, dx) in [-max_shift, max_shift] pixels, edges
+    reflect-padded; differentiable (a crop). ``max_shift`` 0 returns ``images``."""
+    if max_shift <= 0:
+        return images
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4, mode="reflect")
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -567,7 +582,8 @@ NOT_READ_BY = {
     "gigagan": ("upsample_scale", "upsampler_text", "upsampler_base", "upsampler_latent", "degrade",
                 "lpips_weight", "lpips_weights", "l1_weight"),
     "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool", "d_init", "clip_weight",
-                          "vision_weight", "clip_model", "clip_pretrain_images", "clip_negatives"),
+                          "vision_weight", "clip_model", "clip_pretrain_images", "clip_negatives",
+                          "clip_shift"),
 }
 
 
@@ -620,6 +636,9 @@ class GigaGANTrainOptions(Options):
                                         "color, size, position) whose one-attribute-changed captions join "
                                         "the CLIP loss as extra negatives of each image (default: none, the "
                                         "paper's in-batch captions only)")
+    clip_shift: int = option(0, V.nonnegative_int, "GigaGAN: translate G's (and, for the vision-aided D, the "
+                             "real) images by a random shift of up to N pixels before the frozen CLIP, so "
+                             "G cannot satisfy it with pixel-exact patterns (default 0)")
     clip_model: str | None = option(None, None, "GigaGAN: a genzoo CLIP file (safetensors, from "
                                     "--clip-pretrain-images or genzoo.train.clip) for --clip-weight and "
                                     "--vision-weight")
@@ -863,6 +882,7 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         clip=clip,
         clip_weight=float(config.get("clip_weight") or 0.0),
         clip_negatives=clip_negatives,
+        clip_shift=int(config.get("clip_shift") or 0),
         vision_weight=vision_weight,
         **common,
     )
