@@ -4,6 +4,9 @@
     python benchmarks/gigagan.py --biggan                         # + BigGAN on the same image budget
     python benchmarks/gigagan.py --images 20000 --set match_negatives=rolled --set text_tokenizer=hash
     python benchmarks/gigagan.py --images 0 --upsampler            # only the upsampler table
+    python benchmarks/gigagan.py --images 0 --clip 96000 --points 8  # the genzoo CLIP alone (zero-shot)
+    python benchmarks/gigagan.py --images 72000 --points 6 --set d_init=he --set d_pool=max \
+        --set clip_weight=1 --set clip_pretrain_images=96000 --set clip_negatives=shape,color,size,position
 
 Budget: a number of training images (``--images``; the same for every model, whatever the machine's
 load); the process CPU time each run took is printed beside it (one torch thread by default, so CPU
@@ -15,8 +18,12 @@ time is about the time an idle core needs).
    prompts = held-out dataset captions), shape and colour accuracy separately, and the probes of
    :mod:`genzoo.gan.probes`: word-swap change of t_global (G's and D's text encoders) and of the image
    (z fixed), and D's matching accuracy per attribute on real images.
-3. ``--biggan``: the demo's BigGAN recipe on the same images, its accuracy curve and CPU time.
-4. ``--upsampler``: see :mod:`benchmarks.gigagan_upsampler` (the 4x table of docs/gigagan.md).
+   With ``clip_pretrain_images`` the run first trains its CLIP (counted in its CPU minutes); its zero-shot
+   accuracy on held-out images is printed.
+3. ``--clip N``: the genzoo CLIP alone on N training pairs: zero-shot accuracy per attribute on 512
+   held-out images (own caption against the captions with that attribute changed).
+4. ``--biggan``: the demo's BigGAN recipe on the same images, its accuracy curve and CPU time.
+5. ``--upsampler``: see :mod:`benchmarks.gigagan_upsampler` (the 4x table of docs/gigagan.md).
 """
 
 from __future__ import annotations
@@ -73,6 +80,20 @@ def cpu_seconds() -> float:
     """CPU time of this process and of its finished children (data-loader workers), user + system."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def run_clip_minutes(run: Path) -> float:
+    """CPU minutes the run spent pretraining its CLIP (0 without one); prints the CLIP's zero-shot row."""
+    from genzoo.gan.gigagan import CLIP_FILE
+    from genzoo.nets.clip import load_clip
+
+    if not (run / CLIP_FILE).is_file():
+        return 0.0
+    clip = load_clip(run / CLIP_FILE)
+    print(f"\nthe run's CLIP ({clip.report}); zero-shot accuracy on 512 held-out images:")
+    print(f"  {'':>26} | " + " | ".join(f"{a:>8}" for a in ATTRIBUTE_WORDS))
+    print_zero_shot(f"{clip.report.get('images')} images", clip, held_out_pairs(clip.resolution))
+    return float(clip.report.get("cpu_seconds", 0.0)) / 60
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -145,14 +166,15 @@ def curve(run: Path, prompts: list[str], labels: list[int], classifier, with_pro
     return rows
 
 
-def print_curve(name: str, rows: list[dict], cpu_minutes: float) -> None:
-    """The learning curve; the CPU-minutes column is the run's total pro rata of the images seen
-    (the cost of a step does not change during training)."""
+def print_curve(name: str, rows: list[dict], cpu_minutes: float, upfront_minutes: float = 0.0) -> None:
+    """The learning curve; the CPU-minutes column is ``upfront_minutes`` (CLIP pretraining) plus the rest
+    of the run's total pro rata of the images seen (the cost of a step does not change during training)."""
     total = rows[-1]["images"] if rows else 0
-    print(f"\n{name}: {cpu_minutes:.1f} process CPU minutes for {total} images")
+    print(f"\n{name}: {cpu_minutes:.1f} process CPU minutes for {total} images"
+          + (f" (of which {upfront_minutes:.1f} CLIP pretraining)" if upfront_minutes else ""))
     print(f"{'images':>8} | {'CPU min':>7} | {'class acc':>9} | {'shape acc':>9} | {'colour acc':>10}")
     for r in rows:
-        minutes = cpu_minutes * r["images"] / max(total, 1)
+        minutes = upfront_minutes + (cpu_minutes - upfront_minutes) * r["images"] / max(total, 1)
         acc = " | ".join(f"{a:{w}.3f}" for a, w in zip(r["acc"], (9, 9, 10)))
         print(f"{r['images']:8d} | {minutes:7.1f} | {acc}")
     probe_rows = [r for r in rows if "probes" in r]
@@ -247,6 +269,41 @@ def d_shape_probe(recipe: dict, resolution: int, images: int, points: int = 4) -
         print(f"  {name:55s} " + ", ".join(row))
 
 
+def held_out_pairs(resolution: int, count: int = 512) -> tuple[torch.Tensor, list[str]]:
+    """Held-out (dataset seed 1) images in [-1, 1] and their captions."""
+    held = load_dataset(f"shapes:{resolution}?seed=1&count={count}")
+    images = torch.stack([held[i][0] for i in range(count)]).float() / 127.5 - 1
+    return images, [held.captions[i] for i in range(count)]
+
+
+def print_zero_shot(label: str, model, held: tuple[torch.Tensor, list[str]]) -> None:
+    from genzoo.train.clip import zero_shot_accuracy
+
+    acc = zero_shot_accuracy(model, *held, ATTRIBUTE_WORDS)
+    print(f"  {label:>26} | " + " | ".join(f"{acc[a]:8.3f}" for a in ATTRIBUTE_WORDS), flush=True)
+
+
+def clip_curve(resolution: int, images: int, points: int) -> None:
+    """The genzoo CLIP alone (as ``--clip-pretrain-images`` trains it, on the training pairs only): zero-shot
+    accuracy per attribute on 512 held-out images -- its caption against the captions with only that
+    attribute changed (chance: shape, colour 1/4, size 1/3, position 1/9) -- with process CPU minutes."""
+    from genzoo.train.clip import cpu_seconds, pretrain_clip
+
+    held = held_out_pairs(resolution)
+    print(f"\ngenzoo CLIP on shapes:{resolution} training pairs, zero-shot accuracy on 512 held-out images")
+    print(f"  {'images (CPU min)':>26} | " + " | ".join(f"{a:>8}" for a in ATTRIBUTE_WORDS))
+    start, spent = cpu_seconds(), [0.0]
+
+    def report(model, seen: int) -> None:
+        before = cpu_seconds()
+        print_zero_shot(f"{seen} ({(before - start - spent[0]) / 60:.2f})", model, held)
+        spent[0] += cpu_seconds() - before  # the evaluation is not training time
+
+    _, summary = pretrain_clip(load_dataset(f"shapes:{resolution}"), images, callback=report,
+                               callback_every=max(64, images // points))
+    print(f"  training report: {summary}")
+
+
 def tokenizer_probe(resolution: int) -> None:
     from genzoo.gan.probes import tokenizer_collisions
 
@@ -273,6 +330,9 @@ def main() -> int:
                         "against a reference CNN (does D's architecture learn shape at all?)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a GigaGAN training option, e.g. --set match_negatives=rolled")
+    parser.add_argument("--clip", type=int, default=0, metavar="IMAGES",
+                        help="first train the genzoo CLIP alone on this many training pairs and print its "
+                        "zero-shot accuracy per attribute (curve of --points)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args()
@@ -284,6 +344,8 @@ def main() -> int:
     tokenizer_probe(args.resolution)
     classifier = load_shapes_classifier()
     prompts, labels = eval_prompts(args.resolution)
+    if args.clip:
+        clip_curve(args.resolution, args.clip, args.points)
     if args.d_probe:
         d_shape_probe({**GIGAGAN, **parse_set(args.set)}, args.resolution, args.d_probe)
     if args.eval_run:
@@ -294,7 +356,8 @@ def main() -> int:
             recipe = {**GIGAGAN, **parse_set(args.set)}
             print(f"GigaGAN recipe: {recipe}")
             run, cpu = train_run("gigagan", recipe, args.images, args.points, data, root / "gigagan")
-            print_curve("GigaGAN", curve(run, prompts, labels, classifier, not args.no_probes), cpu)
+            upfront = run_clip_minutes(run)
+            print_curve("GigaGAN", curve(run, prompts, labels, classifier, not args.no_probes), cpu, upfront)
         if args.biggan:
             images = args.biggan_images or args.images
             run, cpu = train_run("biggan", BIGGAN, images, args.points, data, root / "biggan")

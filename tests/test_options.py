@@ -194,7 +194,9 @@ GIGAGAN_TRAIN_FLAGS = {
     "--text-encoder": "learned", "--text-weights": None, "--text-dim": 128, "--text-depth": 2, "--kernels": 4,
     "--w-dim": 128, "--match-weight": 1.0, "--match-negatives": None, "--text-tokenizer": None,
     "--text-lr-mul": None, "--d-head": None, "--d-norm": None, "--d-pool": None, "--d-init": None,
-    "--r1-interval": 4, "--upsample-scale": 4, "--upsampler-text": False, "--upsampler-base": None,
+    "--clip-weight": 0.0, "--vision-weight": 0.0, "--clip-negatives": None, "--clip-shift": 0,
+    "--clip-model": None, "--clip-pretrain-images": 0, "--r1-interval": 4, "--upsample-scale": 4,
+    "--upsampler-text": False, "--upsampler-base": None,
     "--upsampler-latent": None,
     "--degrade": None, "--lpips-weight": None, "--lpips-weights": None, "--l1-weight": 10.0,
 }

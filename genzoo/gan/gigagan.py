@@ -19,9 +19,10 @@ prompts at different scales), :func:`interpolate_latents` and :func:`interpolate
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +34,14 @@ from genzoo import validate as V
 from genzoo.errors import UserError
 from genzoo.gan.latents import slerp
 from genzoo.gan.parse import parse_betas, parse_resolutions
+from genzoo.nets.clip import (
+    VisionAidedHead,
+    caption_targets,
+    contrastive_logits,
+    info_nce,
+    load_clip,
+    save_clip,
+)
 from genzoo.nets.gigagan import (
     D_HEADS,
     D_INITS,
@@ -43,7 +52,7 @@ from genzoo.nets.gigagan import (
     GigaGANGenerator,
     image_pyramid,
 )
-from genzoo.nets.text import TextEmbedding, build_vocabulary
+from genzoo.nets.text import TextEmbedding, build_vocabulary, phrase_pattern
 from genzoo.options import Options, option
 from genzoo.seeds import StackedRandomGenerator
 from genzoo.train.adversarial import discriminator_loss, frozen, generator_loss
@@ -56,6 +65,8 @@ TOKENIZERS = ("vocab", "hash")
 NEGATIVES = ("rolled", "shape", "color", "size", "position")
 DEFAULT_LR = 2e-3  # StyleGAN2-style settings (Adam beta (0, 0.99)) at the CPU scale
 MAX_DEFAULT_PROMPTS = 64
+#: the genzoo CLIP that --clip-pretrain-images trains, in the run directory
+CLIP_FILE = "clip.safetensors"
 #: gigagan-upsampler: the probability of each input degradation (``--degrade``)
 DEGRADE_PROBABILITY = 0.5
 
@@ -147,10 +158,6 @@ def mismatched_captions(
     return rolled, torch.tensor([a != b for a, b in zip(captions, rolled)])
 
 
-def _phrase_pattern(phrase: str) -> re.Pattern:
-    return re.compile(r"(?<![\w'])" + re.escape(phrase) + r"(?![\w'])")
-
-
 def swap_attribute(
     caption: str, choices: Sequence[str], generator: torch.Generator | None = None
 ) -> str | None:
@@ -160,7 +167,7 @@ def swap_attribute(
     """
     text = str(caption)
     for phrase in sorted(choices, key=len, reverse=True):
-        pattern = _phrase_pattern(phrase)
+        pattern = phrase_pattern(phrase)
         if pattern.search(text):
             others = [c for c in choices if c != phrase]
             if not others:
@@ -294,9 +301,23 @@ class GigaGANObjective(_TwoPlayer):
         match_weight: float = 1.0,
         negatives: Sequence[str] = ("rolled",),
         attribute_words: Mapping[str, Sequence[str]] | None = None,
+        clip: nn.Module | None = None,
+        clip_weight: float = 0.0,
+        vision_weight: float = 0.0,
+        clip_negatives: Sequence[str] = (),
+        clip_shift: int = 0,
         **kwargs: Any,
     ):
         super().__init__(G, D, **kwargs)
+        self.clip_weight, self.vision_weight = float(clip_weight), float(vision_weight)
+        if (self.clip_weight > 0 or self.vision_weight > 0) and clip is None:
+            raise UserError("--clip-weight/--vision-weight: give --clip-model FILE or "
+                            "--clip-pretrain-images N")
+        if self.vision_weight > 0 and getattr(D, "vision", None) is None:
+            raise ValueError("vision_weight > 0 needs D.vision (a VisionAidedHead); see build_objective")
+        object.__setattr__(self, "clip", clip)  # frozen, never saved (a file of its own)
+        self.clip_negatives = list(clip_negatives)
+        self.clip_shift = int(clip_shift)
         self.match_weight = float(match_weight)
         self.negatives = list(negatives)
         self.attribute_words = {k: list(v) for k, v in (attribute_words or {}).items()}
@@ -320,6 +341,10 @@ class GigaGANObjective(_TwoPlayer):
             loss, logs = self.d_step(
                 D(image_pyramid(real, D.pyramid), text), D(fake, text), real, list(fake.values()), step
             )
+            if self.vision_weight > 0:
+                vision = self.vision_d_loss(D, batch.images, fake[G.resolution].detach(), captions)
+                logs["D/vision"] = float(vision.detach())
+                loss = loss + self.vision_weight * vision
             if self.match_weight > 0:
                 match = self.matching_aware_loss(D, batch.images, captions, logs)
                 if match is not None:
@@ -331,8 +356,76 @@ class GigaGANObjective(_TwoPlayer):
                 text = D.encode_text(captions)
                 fake_logits = D({r: fake[r] for r in D.pyramid}, text)
                 loss = self.g_loss(D, fake_logits, ((image_pyramid(batch.images, D.pyramid), text), {}))
-            return StepResult(loss, {"G/loss": float(loss.detach())})
+                logs = {"G/loss": float(loss.detach())}
+                if self.clip_weight > 0 or self.vision_weight > 0:
+                    loss = loss + self.clip_g_loss(D, fake[G.resolution], captions, logs)
+            return StepResult(loss, logs)
         raise ValueError(f"unknown player {player!r}; expected 'G' or 'D'")
+
+    def clip_g_loss(self, D: nn.Module, images: torch.Tensor, captions: list[str], logs: dict
+                    ) -> torch.Tensor:
+        """G's CLIP terms (Sec. 3.4): λ_CLIP · the cross-entropy of G's image, embedded by the frozen CLIP,
+        picking its own caption among the batch's (:func:`~genzoo.nets.clip.info_nce`; identical captions
+        count as positives), + λ_vision · softplus(−V(x, c)) of the vision-aided head V on frozen CLIP
+        features. Call with D frozen."""
+        clip = self.clip
+        with torch.no_grad():
+            text_emb = clip.encode_text(captions)
+        features = clip.image.features(random_shift(images, self.clip_shift))
+        loss = images.new_zeros(())
+        if self.clip_weight > 0:
+            image_emb = F.normalize(clip.image.proj(features), dim=-1)
+            logits = contrastive_logits(image_emb, text_emb, clip.logit_scale())
+            targets = caption_targets(captions, logits.device)
+            if self.clip_negatives:
+                extra = self.attribute_negative_logits(image_emb, captions)
+                logits = torch.cat([logits, extra], 1)
+                targets = torch.cat([targets, targets.new_zeros(extra.shape)], 1)
+            term = info_nce(logits, targets)
+            logs["G/clip"] = float(term.detach())
+            loss = loss + self.clip_weight * term
+        if self.vision_weight > 0:
+            term = F.softplus(-D.vision(features, text_emb)).mean()
+            logs["G/vision"] = float(term.detach())
+            loss = loss + self.vision_weight * term
+        return loss
+
+    def attribute_negative_logits(self, image_emb: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Extra CLIP-loss columns [N, A]: the scaled similarity of image i to its own caption with one
+        attribute of ``clip_negatives`` changed to each other value (rows with fewer are padded with a
+        logit that softmax ignores): the in-batch captions nearly always differ in several attributes, so
+        without these the loss barely asks for the shape (docs/gigagan.md)."""
+        from genzoo.train.clip import attribute_alternatives
+
+        words = {k: self.attribute_words.get(k, ()) for k in self.clip_negatives}
+        groups = [[c for alts in attribute_alternatives(caption, words).values() for c in alts]
+                  for caption in captions]
+        width = max((len(g) for g in groups), default=0)
+        out = image_emb.new_full((len(captions), width), -1e4)
+        flat = [c for g in groups for c in g]
+        if not flat:
+            return out
+        with torch.no_grad():
+            alt_emb = self.clip.encode_text(flat)
+        scale, start = self.clip.logit_scale(), 0
+        rows = []
+        for i, g in enumerate(groups):
+            row = scale * alt_emb[start : start + len(g)] @ image_emb[i]
+            rows.append(torch.cat([row, out[i, len(g):]]))
+            start += len(g)
+        return torch.stack(rows)
+
+    def vision_d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, captions: list[str]
+                      ) -> torch.Tensor:
+        """The vision-aided discriminator's loss (Kumari et al. 2022, as GigaGAN uses it): the
+        non-saturating logistic loss of the head V on the frozen CLIP's image features and text
+        embedding, softplus(−V(x_real, c)) + softplus(V(G(z, c), c))."""
+        clip = self.clip
+        with torch.no_grad():
+            text_emb = clip.encode_text(captions)
+            f_real = clip.image.features(random_shift(real, self.clip_shift))
+            f_fake = clip.image.features(random_shift(fake, self.clip_shift))
+        return F.softplus(-D.vision(f_real, text_emb)).mean() + F.softplus(D.vision(f_fake, text_emb)).mean()
 
     def matching_aware_loss(
         self, D: nn.Module, images: torch.Tensor, captions: list[str], logs: dict | None = None
@@ -353,6 +446,18 @@ class GigaGANObjective(_TwoPlayer):
                 picked = [j for j, k in enumerate(kinds) if k == kind]
                 logs[f"D/mismatch_{kind}"] = float(per_row.detach()[picked].mean())
         return per_row.mean()
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """Each image translated by its own random (dy, dx) in [-max_shift, max_shift] pixels, edges
+    reflect-padded; differentiable (a crop). ``max_shift`` 0 returns ``images``."""
+    if max_shift <= 0:
+        return images
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4, mode="reflect")
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -476,7 +581,9 @@ NOT_READ = ("d_steps", "adam_eps", "ortho_reg", "diffaugment", "shared_dim")
 NOT_READ_BY = {
     "gigagan": ("upsample_scale", "upsampler_text", "upsampler_base", "upsampler_latent", "degrade",
                 "lpips_weight", "lpips_weights", "l1_weight"),
-    "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool", "d_init"),
+    "gigagan-upsampler": ("match_weight", "match_negatives", "d_norm", "d_pool", "d_init", "clip_weight",
+                          "vision_weight", "clip_model", "clip_pretrain_images", "clip_negatives",
+                          "clip_shift"),
 }
 
 
@@ -520,6 +627,24 @@ class GigaGANTrainOptions(Options):
     d_init: str | None = option(None, help="GigaGAN: initialisation of D's convs: torch (PyTorch's default; "
                                 "default) or he (He normal, zero biases; with --d-pool max D's trunk learns "
                                 "shape at 16 px)", choices=D_INITS)
+    clip_weight: float = option(0.0, V.nonnegative_float, "GigaGAN: weight of the CLIP contrastive loss on G "
+                                "(Sec. 3.4; needs --clip-model or --clip-pretrain-images; default 0: off)")
+    vision_weight: float = option(0.0, V.nonnegative_float, "GigaGAN: weight of the vision-aided "
+                                  "discriminator loss (a trainable head on frozen CLIP image features; needs "
+                                  "--clip-model or --clip-pretrain-images; default 0: off)")
+    clip_negatives: str | None = option(None, None, "GigaGAN: comma list of caption attributes (shape, "
+                                        "color, size, position) whose one-attribute-changed captions join "
+                                        "the CLIP loss as extra negatives of each image (default: none, the "
+                                        "paper's in-batch captions only)")
+    clip_shift: int = option(0, V.nonnegative_int, "GigaGAN: translate G's (and, for the vision-aided D, the "
+                             "real) images by a random shift of up to N pixels before the frozen CLIP, so "
+                             "G cannot satisfy it with pixel-exact patterns (default 0)")
+    clip_model: str | None = option(None, None, "GigaGAN: a genzoo CLIP file (safetensors, from "
+                                    "--clip-pretrain-images or genzoo.train.clip) for --clip-weight and "
+                                    "--vision-weight")
+    clip_pretrain_images: int = option(0, V.nonnegative_int, "GigaGAN: first train a genzoo CLIP on this "
+                                       "many of the training set's (image, caption) pairs, saved as "
+                                       f"{CLIP_FILE} in the run directory and reused on --resume (default 0)")
     r1_interval: int = option(4, V.positive_int, "GigaGAN: lazy R1 (and R2) every N steps (default 4)")
     upsample_scale: int = option(4, V.positive_int, "gigagan-upsampler: scale factor (default 4)")
     upsampler_text: bool = option(False, help="gigagan-upsampler: condition on the captions too",
@@ -727,6 +852,10 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
     }
     config["net"] = net
     G = nets.build("gigagan-generator", **net)
+    clip_negatives = parse_clip_negatives(config.get("clip_negatives"), dataset)
+    if clip_negatives and not float(config.get("clip_weight") or 0.0):
+        raise UserError("--clip-negatives: used only by --clip-weight; set it above 0")
+    clip = frozen_clip(config, dataset)  # after every cheap check: it may train a CLIP
     D = nets.build(
         "gigagan-discriminator",
         resolution=resolution,
@@ -741,14 +870,74 @@ def build_objective(config: dict[str, Any], dataset: Any) -> Objective:
         pool=_choice(config, "d_pool", D_POOLS),
         init=_choice(config, "d_init", D_INITS),
     )
+    vision_weight = float(config.get("vision_weight") or 0.0)
+    if vision_weight > 0:  # D's optimiser trains the head with D (keys "D.vision.*")
+        D.add_module("vision", VisionAidedHead(clip.image.feature_dim, clip.config["embed_dim"]))
     return GigaGANObjective(
         G,
         D,
         match_weight=float(_get(config, "match_weight", 1.0)),
         negatives=negatives,
         attribute_words=getattr(dataset, "attribute_words", None),
+        clip=clip,
+        clip_weight=float(config.get("clip_weight") or 0.0),
+        clip_negatives=clip_negatives,
+        clip_shift=int(config.get("clip_shift") or 0),
+        vision_weight=vision_weight,
         **common,
     )
+
+
+def parse_clip_negatives(text: str | Sequence[str] | None, dataset: Any) -> list[str]:
+    """``"shape,color"`` -> ["shape", "color"] (--clip-negatives): attributes of the dataset's captions."""
+    if not text:
+        return []
+    kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
+    known = list(getattr(dataset, "attribute_words", None) or {})
+    bad = [k for k in kinds if k not in known]
+    if bad or not kinds:
+        raise UserError(f"--clip-negatives: expected a comma list of the data's caption attributes "
+                        f"({', '.join(known) or 'none'}), got {text!r}")
+    return kinds
+
+
+def frozen_clip(config: dict[str, Any], dataset: Any) -> nn.Module | None:
+    """The frozen genzoo CLIP of --clip-weight / --vision-weight: read from --clip-model, or trained on
+    --clip-pretrain-images of the training pairs and saved as ``CLIP_FILE`` in the run directory (read
+    back from there on --resume). None when both weights are 0."""
+    weights = float(config.get("clip_weight") or 0.0), float(config.get("vision_weight") or 0.0)
+    path, images = config.get("clip_model"), int(config.get("clip_pretrain_images") or 0)
+    if path and images:
+        raise UserError("--clip-model, --clip-pretrain-images: give one of them, not both")
+    if not any(weights):
+        if path or images:
+            flag = "--clip-model" if path else "--clip-pretrain-images"
+            raise UserError(f"{flag}: used only by --clip-weight or --vision-weight; set one of them above 0")
+        return None
+    if not path and not images:
+        raise UserError("--clip-weight/--vision-weight: give --clip-model FILE or --clip-pretrain-images N "
+                        "(CLIP weights are never downloaded)")
+    if path:
+        clip = load_clip(path)
+    else:
+        if not config.get("out"):
+            raise UserError("--clip-pretrain-images: needs the run directory (--out) to save the CLIP in")
+        saved = Path(config["out"]) / CLIP_FILE
+        if saved.is_file():
+            clip = load_clip(saved, "--clip-pretrain-images (resumed)")
+        else:
+            from genzoo.train.clip import pretrain_clip
+
+            clip, report = pretrain_clip(dataset, images, seed=int(config.get("seed") or 0))
+            clip.report = report
+            if int(os.environ.get("RANK", "0")) == 0:  # every rank trains the same CLIP; one writes it
+                save_clip(clip, saved, report)
+        config["clip_pretrain_report"] = clip.report
+    resolution, channels = int(dataset.resolution), int(getattr(dataset, "num_channels", 3))
+    if (clip.resolution, clip.channels) != (resolution, channels):
+        raise UserError(f"--clip-model {path or saved}: a CLIP for {clip.channels}-channel {clip.resolution} "
+                        f"px images; the data has {channels}-channel {resolution} px images")
+    return clip
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

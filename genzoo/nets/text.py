@@ -80,6 +80,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 _WORD = re.compile(r"[\w']+")
 
 
+def phrase_pattern(phrase: str) -> re.Pattern:
+    """Matches ``phrase`` as whole words (not inside a longer word)."""
+    return re.compile(r"(?<![\w'])" + re.escape(phrase) + r"(?![\w'])")
+
+
 def words_of(text: str) -> list[str]:
     """Lower-cased words of a prompt (the unit both word tokenizers map to ids)."""
     return _WORD.findall(str(text).lower())
