@@ -127,6 +127,16 @@ typedef double vf64 __attribute__((vector_size(64)));
             AT(T, SLOAD, SSTORE, k);                                                                     \
     } while (0)
 
+/* rows[i·k + j] = the channel row of pixel (y0 + i, x0 + j) of sample b in the [N, H, W, C] map at base,
+ * or outside where that pixel lies off the map (a zero row to read, a scratch row to write). */
+#define TILE_ROWS(rows, base, outside, k, y0, x0)                                                        \
+    for (int i_ = 0; i_ < (k); i_++)                                                                     \
+        for (int j_ = 0; j_ < (k); j_++) {                                                               \
+            const int64_t yy_ = (y0) + i_, xx_ = (x0) + j_;                                              \
+            (rows)[i_ * (k) + j_] = (yy_ >= 0 && yy_ < h && xx_ >= 0 && xx_ < w)                         \
+                                        ? (base) + ((b * h + yy_) * w + xx_) * c : (outside);            \
+        }
+
 /* The kernels for one element type T (vector type V) with suffix S:
  *   wg_input_S: x [N, H, W, C] → v [36, tiles, C], v[i·6 + j] = (Bᵀ d B)[i][j] of the 6×6 window at
  *     (4·ty − 1, 4·tx − 1) (zero outside the map), tiles ordered (n, ty, tx).
@@ -148,14 +158,7 @@ typedef double vf64 __attribute__((vector_size(64)));
             const int64_t b = row / th, ty = row % th;                                                   \
             const T *rows[36];                                                                           \
             for (int64_t tx = 0; tx < tw; tx++) {                                                        \
-                for (int i = 0; i < 6; i++) {                                                            \
-                    const int64_t yy = 4 * ty - 1 + i;                                                   \
-                    for (int j = 0; j < 6; j++) {                                                        \
-                        const int64_t xx = 4 * tx - 1 + j;                                               \
-                        rows[i * 6 + j] = (yy >= 0 && yy < h && xx >= 0 && xx < w)                     \
-                                              ? x + ((b * h + yy) * w + xx) * c : zero;                  \
-                    }                                                                                    \
-                }                                                                                        \
+                TILE_ROWS(rows, x, zero, 6, 4 * ty - 1, 4 * tx - 1);                                     \
                 T *out = v + (row * tw + tx) * c;                                                        \
                 OVER_CHANNELS(V, T, INPUT_AT);                                                           \
             }                                                                                            \
@@ -182,14 +185,7 @@ typedef double vf64 __attribute__((vector_size(64)));
                 const int64_t b = row / th, ty = row % th;                                               \
                 T *rows[16];                                                                             \
                 for (int64_t tx = 0; tx < tw; tx++) {                                                    \
-                    for (int i = 0; i < 4; i++) {                                                        \
-                        const int64_t yy = 4 * ty + i;                                                   \
-                        for (int j = 0; j < 4; j++) {                                                    \
-                            const int64_t xx = 4 * tx + j;                                               \
-                            rows[i * 4 + j] = (yy < h && xx < w) ? y + ((b * h + yy) * w + xx) * c       \
-                                                                 : scratch;                              \
-                        }                                                                                \
-                    }                                                                                    \
+                    TILE_ROWS(rows, y, scratch, 4, 4 * ty, 4 * tx);                                      \
                     const T *in = m + (row * tw + tx) * c;                                               \
                     OVER_CHANNELS(V, T, OUTPUT_AT);                                                      \
                 }                                                                                        \
@@ -210,13 +206,7 @@ typedef double vf64 __attribute__((vector_size(64)));
             const int64_t b = row / th, ty = row % th;                                                   \
             const T *rows[16];                                                                           \
             for (int64_t tx = 0; tx < tw; tx++) {                                                        \
-                for (int i = 0; i < 4; i++) {                                                            \
-                    const int64_t yy = 4 * ty + i;                                                       \
-                    for (int j = 0; j < 4; j++) {                                                        \
-                        const int64_t xx = 4 * tx + j;                                                   \
-                        rows[i * 4 + j] = (yy < h && xx < w) ? dy + ((b * h + yy) * w + xx) * c : zero;  \
-                    }                                                                                    \
-                }                                                                                        \
+                TILE_ROWS(rows, dy, zero, 4, 4 * ty, 4 * tx);                                            \
                 T *out = dm + (row * tw + tx) * c;                                                       \
                 OVER_CHANNELS(V, T, ADJOINT_AT);                                                         \
             }                                                                                            \
