@@ -1,6 +1,8 @@
-"""The demo's training lanes before and after a change: images per CPU-second of each recipe.
+"""The demo's training lanes before and after a change: images per CPU-second of each recipe; or one
+lane trained and evaluated as the demo does.
 
     python benchmarks/demo_lanes.py --before REV [--stages edm,biggan] [--steps 30] [--rounds 2]
+    python benchmarks/demo_lanes.py --lane 2 --out DIR [--minutes 15]
 
 Each stage is the demo's own recipe (``genzoo.demo.plan_demo``: network, batch, precision, channels_last)
 trained by the engine with one torch thread, once with the package as at git revision REV (extracted to a
@@ -8,6 +10,13 @@ temporary folder) and once with the working tree, in turns (before, after, befor
 own process. A run trains 3 steps, then resumes and trains ``--steps`` more; the CPU seconds of that second
 part (process CPU time, which barely moves with other processes' load at a fixed thread count) give the
 images per CPU-second. The ratio of the medians is the factor on the images a lane sees in its minutes.
+
+``--lane N`` trains lane N's runs of ``plan_demo(DIR, minutes)`` one after the other on one thread with
+their wall-time shares, as the demo's lane worker does (:func:`genzoo.demo.train_stage`), then samples and
+evaluates that lane's configurations as the demo does (:func:`genzoo.demo.eval_stage`: the demo's seeds,
+reference and metrics; grids in DIR/evals/<config>/grid.png), and prints images seen, minutes, FD and
+conditional accuracy: a lane measured without running the whole demo. On a machine with another 1-thread
+job on the other core this is close to the demo's own conditions.
 """
 
 from __future__ import annotations
@@ -62,6 +71,35 @@ def run(package_root: str, stage: str, steps: int) -> float:
     return result["images"] / result["cpu_s"]
 
 
+def train_lane(lane: int, out: str, minutes: float) -> None:
+    """Train and evaluate lane ``lane`` (1-based) of the demo in ``out`` (see the module docstring)."""
+    import torch
+
+    from genzoo.demo import LANES, eval_stage, plan_demo, reference_stage, train_stage
+    from genzoo.metrics import get_extractor
+
+    torch.set_num_threads(1)
+    root = Path(out).resolve()
+    plan = plan_demo(root, minutes)
+    names = LANES[lane - 1]
+    summaries = {}
+    for stage in (s for s in plan.train if s.name in names):
+        summaries[stage.name] = train_stage(stage, root)
+    extractor = get_extractor("shapes")
+    reference = reference_stage(root, 16, plan.ref_count, extractor)
+    print(f"# demo lane {lane} ({', '.join(names)}), {minutes:g}-minute demo, 1 thread; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for name, s in summaries.items():
+        extra = f" (CLIP pretraining {s['clip_minutes']:.2f})" if s.get("clip_minutes") else ""
+        print(f"{name:10s} {s['images_seen']:7d} images in {s['train_minutes']:.2f} min{extra}")
+    print(f"{'config':18s} {'FD':>8s} {'precision':>9s} {'recall':>7s} {'accuracy':>8s}")
+    for stage in (e for e in plan.evals if e.run in names):
+        record = json.loads(eval_stage(stage, plan, root, out, extractor, reference,
+                                       summaries[stage.run]).read_text())
+        print(f"{stage.name:18s} {record['fd']:8.2f} {record['precision']:9.3f} {record['recall']:7.3f} "
+              f"{record['accuracy']:8.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,11 +107,20 @@ def main() -> None:
     parser.add_argument("--stages", default="edm,biggan")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--lane", type=int, choices=(1, 2),
+                        help="train and evaluate this lane as the demo does")
+    parser.add_argument("--minutes", type=float, default=15.0,
+                        help="the demo's budget for --lane (default 15)")
     parser.add_argument("--child", metavar="STAGE", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="--lane: the output folder (a demo output folder holding that lane)")
     args = parser.parse_args()
     if args.child:
         child(args.out, args.child, args.steps)
+        return
+    if args.lane:
+        if not args.out:
+            parser.error("--lane needs --out DIR (the demo's output folder for that lane)")
+        train_lane(args.lane, args.out, args.minutes)
         return
     if not args.before:
         parser.error("--before REV is required")

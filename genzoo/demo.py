@@ -47,7 +47,13 @@ from genzoo.errors import Terminated, UserError
 LANES = (("edm", "cd"), ("biggan", "gigagan"))
 #: fraction of the demo's minutes each training run gets (of wall time, within its lane); the rest
 #: (~25%) goes to sampling and evaluation. Without lanes the shares are halved to keep the budget.
-TRAIN_SHARES = {"edm": 0.58, "cd": 0.17, "biggan": 0.55, "gigagan": 0.20}
+#: The GAN lane: BigGAN learns shapes between ~50k and ~77k images (0.33 -> 0.70 accuracy) and trains at
+#: ~200-250 images/s, so 40% (6 minutes) keeps it past ~75k; GigaGAN's CLIP recipe learns shapes with the
+#: images it sees (0.44 / 0.51 accuracy at 24k / 48k, ~170 images/s), so it gets the rest of the lane
+#: (35%, its CLIP's pretraining included) instead of 20% (docs/demo.md, docs/gigagan.md "Session 11").
+TRAIN_SHARES = {"edm": 0.58, "cd": 0.17, "biggan": 0.40, "gigagan": 0.35}
+#: caption attributes whose one-word-changed captions are extra negatives of GigaGAN's CLIP loss
+GIGAGAN_CLIP_NEGATIVES = "shape,color,size,position"
 #: samples per configuration at the default 15 minutes (scaled with --minutes)
 DEFAULT_SAMPLES = 512
 DEFAULT_MINUTES = 15.0
@@ -112,7 +118,7 @@ def _networks(resolution: int, tiny: bool) -> dict[str, dict[str, Any]]:
             "cd": dict(batch=8, trajectory_pool=16),
             "biggan": dict(batch=8, g_ch=4, d_ch=4, z_dim=16, shared_dim=8, attn_res="none"),
             "gigagan": dict(batch=8, g_ch=8, d_ch=8, z_dim=16, w_dim=16, text_dim=16, text_depth=1, kernels=2,
-                            attn_res="none"),
+                            attn_res="none", clip_pretrain_images=64),
         }
     return {
         # batch 64 without attention: ~490 images/s on 2 cores, 2.3x the throughput of batch 16 with
@@ -123,8 +129,11 @@ def _networks(resolution: int, tiny: bool) -> dict[str, dict[str, Any]]:
         # 0.55 where paper CD's one-step targets give 0.39 in the same 2.5 minutes (docs/demo.md, "CD")
         "cd": dict(batch=32, num_scales=10, cd_targets="trajectory", trajectory_pool=512),
         "biggan": dict(batch=32, g_ch=16, d_ch=16, z_dim=64, shared_dim=32),
-        "gigagan": dict(batch=16, g_ch=32, d_ch=32, z_dim=32, w_dim=64, text_dim=64, text_depth=1,
-                        kernels=4),
+        # the CLIP recipe on cheap networks: at ch 16 with attention at 8 px only, batch 32, 1.5x the images
+        # per CPU-second of ch 32 and as much accuracy per image (docs/gigagan.md, "Session 11"); a CLIP
+        # of 96k pairs (~1 CPU-minute) reads shape (zero-shot 0.95), one of 48k does not yet (0.59)
+        "gigagan": dict(batch=32, g_ch=16, d_ch=16, z_dim=32, w_dim=64, text_dim=64, text_depth=1,
+                        kernels=4, attn_res="8", clip_pretrain_images=96000),
     }
 
 
@@ -165,9 +174,17 @@ def plan_demo(out_dir: str | Path, minutes: float = DEFAULT_MINUTES, resolution:
                    TRAIN_SHARES["biggan"], "BigGAN (class-conditional, non-saturating loss with R1)"),
     ]
     if gigagan:
+        # the CLIP recipe of docs/gigagan.md (issue #23): D with He init and max pooling, the CLIP loss with
+        # one-attribute-changed captions as extra negatives and the vision-aided D, both on a genzoo CLIP
+        # trained first on the training pairs (its time counts in the stage's share: train_stage)
         train.append(TrainStage("gigagan", "gan", dict(common, family="gan", arch="gigagan", precision="fp32",
+                                                       d_init="he", d_pool="max", clip_weight=2.0,
+                                                       vision_weight=2.0, clip_shift=1,
+                                                       clip_negatives=GIGAGAN_CLIP_NEGATIVES,
                                                        **nets["gigagan"]),
-                                TRAIN_SHARES["gigagan"], "GigaGAN (text-conditional, learned text encoder)"))
+                                TRAIN_SHARES["gigagan"],
+                                "GigaGAN (text-conditional, learned text encoder; CLIP loss and vision-aided "
+                                "D on a small CLIP trained first)"))
     for stage in train:
         stage.lane = next(i for i, lane in enumerate(LANES) if stage.name in lane)
         if not lanes:
@@ -252,9 +269,10 @@ def train_stage(stage: TrainStage, out: Path) -> dict[str, Any]:
     if done.is_file():
         return json.loads(done.read_text())
     config = dict(stage.config)
+    clip_seconds = _pretrain_clip(config)
     state = _latest_state(run_dir)
     if config.get("minutes") is not None:
-        left = config["minutes"] * 60 - (state or {}).get("train_seconds", 0.0)
+        left = config["minutes"] * 60 - clip_seconds - (state or {}).get("train_seconds", 0.0)
         if state is not None and left <= 0:
             config = None  # its share was used up before an interruption: keep the last checkpoint
         else:
@@ -270,9 +288,25 @@ def train_stage(stage: TrainStage, out: Path) -> dict[str, Any]:
         raise UserError(f"{run_dir}: training wrote no checkpoint")
     summary = {"run": stage.name, "family": stage.family, "title": stage.title, "step": int(state["step"]),
                "images_seen": int(state["images_seen"]),
-               "train_minutes": round(float(state.get("train_seconds", 0.0)) / 60, 2)}
+               "train_minutes": round((float(state.get("train_seconds", 0.0)) + clip_seconds) / 60, 2)}
+    if clip_seconds:
+        summary["clip_minutes"] = round(clip_seconds / 60, 2)
     _write_json(done, summary)
     return summary
+
+
+def _pretrain_clip(config: dict[str, Any]) -> float:
+    """Train the run's CLIP (``--clip-pretrain-images``) before the engine starts, so that its time counts
+    in the stage's share; returns its wall seconds (0 without one). The engine reads it back from the run
+    directory, as on ``--resume``; a resumed demo reads the seconds from the saved CLIP's report."""
+    if not config.get("clip_pretrain_images"):
+        return 0.0
+    from genzoo.data import load_dataset
+    from genzoo.gan.gigagan import frozen_clip
+
+    clip = frozen_clip(dict(config), load_dataset(config["data"]))
+    report = clip.report
+    return float(report.get("wall_seconds", report.get("cpu_seconds", 0.0)))
 
 
 def _gigagan_labels(model: torch.nn.Module, seeds: Sequence[int], options: dict[str, Any]) -> list[int]:

@@ -9,6 +9,7 @@ accuracy of the image tower (:func:`zero_shot_accuracy`).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -57,7 +58,8 @@ def pretrain_clip(
     callback_every: int = 0,
 ) -> tuple[ContrastiveImageText, dict[str, Any]]:
     """Train a CLIP on ``images`` random (image, caption) pairs of ``dataset`` (batches of ``batch``,
-    Adam); returns the model (eval mode, frozen) and a report (images, steps, final loss, CPU seconds).
+    Adam); returns the model (eval mode, frozen) and a report (images, steps, final loss, CPU and wall
+    seconds).
 
     ``hard_negatives`` (with the dataset's ``attribute_words``): plus, per image and attribute, the
     cross-entropy of its caption against the captions that differ only in that attribute
@@ -72,7 +74,7 @@ def pretrain_clip(
         raise UserError("--clip-pretrain-images: the dataset has no captions to train a CLIP on")
     if images < batch:
         raise UserError(f"--clip-pretrain-images: expected at least one batch ({batch}), got {images}")
-    start = cpu_seconds()
+    start, wall_start = cpu_seconds(), time.monotonic()
     fork = torch.random.fork_rng(devices=[])
     with fork:
         torch.manual_seed(seed)
@@ -108,7 +110,8 @@ def pretrain_clip(
     model.eval().requires_grad_(False)
     report = {"images": seen, "text_tower": text_tower, "steps": steps, "batch": batch, "lr": lr,
               "seed": seed, "hard_negatives": sorted(attributes),
-              "final_loss": round(float(loss.detach()), 4), "cpu_seconds": round(cpu_seconds() - start, 1)}
+              "final_loss": round(float(loss.detach()), 4), "cpu_seconds": round(cpu_seconds() - start, 1),
+              "wall_seconds": round(time.monotonic() - wall_start, 1)}
     return model, report
 
 
