@@ -48,9 +48,10 @@ LANES = (("edm", "cd"), ("biggan", "gigagan"))
 #: fraction of the demo's minutes each training run gets (of wall time, within its lane); the rest
 #: (~25%) goes to sampling and evaluation. Without lanes the shares are halved to keep the budget.
 #: The GAN lane: BigGAN learns shapes between ~50k and ~77k images (0.33 -> 0.70 accuracy) and trains at
-#: ~200-250 images/s, so 40% (6 minutes) keeps it past ~75k; GigaGAN's CLIP recipe learns shapes with the
-#: images it sees (0.44 / 0.51 accuracy at 24k / 48k, ~170 images/s), so it gets the rest of the lane
-#: (35%, its CLIP's pretraining included) instead of 20% (docs/demo.md, docs/gigagan.md "Session 11").
+#: ~200-280 images/s, so 40% (6 minutes) keeps it past ~75k (measured: 100k, accuracy 0.79); GigaGAN's CLIP
+#: recipe learns shapes with the images it sees (0.44 / 0.51 accuracy at 24k / 48k, ~170 images/s), so it
+#: gets the rest of the lane (35%, its CLIP's pretraining included) instead of 20% (measured: 48k images,
+#: 0.48 against 0.27-0.30 before; docs/demo.md, docs/gigagan.md "Session 11: a cheaper network").
 TRAIN_SHARES = {"edm": 0.58, "cd": 0.17, "biggan": 0.40, "gigagan": 0.35}
 #: caption attributes whose one-word-changed captions are extra negatives of GigaGAN's CLIP loss
 GIGAGAN_CLIP_NEGATIVES = "shape,color,size,position"
@@ -130,8 +131,8 @@ def _networks(resolution: int, tiny: bool) -> dict[str, dict[str, Any]]:
         "cd": dict(batch=32, num_scales=10, cd_targets="trajectory", trajectory_pool=512),
         "biggan": dict(batch=32, g_ch=16, d_ch=16, z_dim=64, shared_dim=32),
         # the CLIP recipe on cheap networks: at ch 16 with attention at 8 px only, batch 32, 1.5x the images
-        # per CPU-second of ch 32 and as much accuracy per image (docs/gigagan.md, "Session 11"); a CLIP
-        # of 96k pairs (~1 CPU-minute) reads shape (zero-shot 0.95), one of 48k does not yet (0.59)
+        # per CPU-second of ch 32 and as much accuracy per image (docs/gigagan.md, "Session 11: a cheaper
+        # network"); a CLIP of 96k pairs (~1 CPU-minute) reads shape (zero-shot 0.95), of 48k not yet (0.59)
         "gigagan": dict(batch=32, g_ch=16, d_ch=16, z_dim=32, w_dim=64, text_dim=64, text_depth=1,
                         kernels=4, attn_res="8", clip_pretrain_images=96000),
     }
