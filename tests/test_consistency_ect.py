@@ -171,6 +171,7 @@ def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
     keys = ("mode", "init", "ect_stages", "ect_q")
     assert [saved[k] for k in keys] == ["ect", str(tmp_path / "dm"), 2, 2.0]
     assert saved["net"] == TEACHER_NET and saved["distance"] == "pseudo-huber"
+    assert (saved["p_mean"], saved["p_std"]) == (-1.1, 2.0)  # the mode's defaults, resolved for resuming
     assert not (tmp_path / "ect" / "checkpoint-000002" / "objective.safetensors").exists()  # no EMA target
     model = load(tmp_path / "ect")
     images, _, nfe = sample(model, "0-1", batch_size=2)
@@ -320,3 +321,49 @@ def test_lpips_size_reaches_the_distance_of_a_family_built_objective(tmp_path):
     assert mixed.distance_name == config["distance"] == "pseudo-huber"
     x, y = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
     torch.testing.assert_close(mixed.distance(x, y), pseudo_huber(x, y) + 10 * objective.distance(x, y))
+
+
+def test_lognormal_sigmas_follow_the_clamped_lognormal_cdf():
+    """ln σ ~ N(P_mean, P_std²) clamped to [σ_min, σ_max]: the empirical CDF of n draws against
+    Φ((ln s − P_mean)/P_std); by the DKW inequality sup|F_n − F| > 0.01 has probability ≤ 2e^(−2n·1e-4)."""
+    from genzoo.consistency.schedules import lognormal_sigmas
+
+    n, p_mean, p_std, lo, hi = 100_000, -0.4, 1.6, 0.002, 80.0
+    torch.manual_seed(0)
+    sigmas = lognormal_sigmas(n, p_mean, p_std, lo, hi).double()
+    assert float(sigmas.min()) >= lo and float(sigmas.max()) <= hi
+    points = torch.tensor([0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 20.0, 79.0], dtype=torch.float64)
+    empirical = (sigmas[None, :] <= points[:, None]).double().mean(1)
+    closed = 0.5 * (1 + torch.erf((points.log() - p_mean) / (p_std * math.sqrt(2))))
+    assert float((empirical - closed).abs().max()) < 0.01
+    above = float((sigmas >= hi).double().mean())  # the clamped tail: P(σ ≥ σ_max) = 1 − Φ((ln 80 − μ)/s)
+    assert above == pytest.approx(0.5 * math.erfc((math.log(hi) - p_mean) / (p_std * math.sqrt(2))), abs=0.01)
+
+
+def test_p_mean_and_p_std_reach_ects_noise_levels_and_default_per_mode():
+    """``--p-mean``/``--p-std``: ECT's t (stage 0: r = 0, so the logged mean Δt is the mean t) follows them;
+    unset they are the mode's defaults; modes without lognormal noise levels and bad values are refused."""
+    from genzoo.cli import build_parser
+    from genzoo.consistency.trigflow import SCM_P_MEAN, SCM_P_STD, TrigFlowModel
+
+    batch = Batch(images=torch.zeros(4096, 2, 1, 1), labels=torch.full((4096,), -1))
+    objective = ConsistencyObjective(ConsistencyModel(MLP()), "ect", total_steps=10, p_mean=1.0, p_std=1e-3)
+    with torch.no_grad():
+        logs = objective.loss("net", batch, 0).logs
+    assert logs["ect_stage"] == 0.0 and logs["mean_dt"] == pytest.approx(math.e, rel=1e-3)
+    assert (ConsistencyObjective(ConsistencyModel(MLP()), "ect", total_steps=10).p_mean,
+            ConsistencyObjective(ConsistencyModel(MLP()), "ict", total_steps=10).p_std) == (-1.1, 2.0)
+    scm = ConsistencyObjective(TrigFlowModel(MLP()), "scm", total_steps=10)
+    assert (scm.p_mean, scm.p_std) == (SCM_P_MEAN, SCM_P_STD)
+    with pytest.raises(UserError, match="--p-mean/--p-std: only --mode ict, ect, scm .* not --mode ct"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "ct", total_steps=10, p_mean=0.0)
+    with pytest.raises(UserError, match="--p-mean/--p-std: expected a finite P_mean and P_std > 0"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "ect", total_steps=10, p_std=0.0)
+    argv = ["train", "--family", "consistency", "--mode", "ect", "--teacher", "t", "--data", "shapes:8",
+            "--out", "o", "--p-mean", "-0.4", "--p-std"]
+    parsed = build_parser().parse_args([*argv, "1.6"])
+    assert (parsed.p_mean, parsed.p_std) == (-0.4, 1.6)
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([*argv, bad])
+        assert exit_.value.code == 2

@@ -21,7 +21,14 @@ from genzoo import validate as V
 from genzoo.checkpoints.record import config_of, record_of
 from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
-from genzoo.consistency.objective import ADAPTIVE_MAX, CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
+from genzoo.consistency.objective import (
+    ADAPTIVE_MAX,
+    CD_TARGETS,
+    LOGNORMAL_MODES,
+    MODES,
+    SOLVERS,
+    ConsistencyObjective,
+)
 from genzoo.consistency.sampling import parse_sigmas, parse_ts, sample
 from genzoo.diffusion.family import NetworkOptions, record_network
 from genzoo.diffusion.samplers import is_denoiser
@@ -182,6 +189,12 @@ class ConsistencyTrainOptions(NetworkOptions):
                                     "stage 0 is diffusion training, each later stage divides Δt by --ect-q)")
     ect_q: float | None = option(None, V.finite_float(1, lo_open=True),
                                  "ECT: Δt shrink factor per stage (default 2)")
+    p_mean: float | None = option(None, V.any_float,
+                                  "iCT, ECT and sCM: mean P_mean of ln σ of the training noise levels "
+                                  "(default iCT/ECT −1.1; sCM −1.0, distilling −0.8)")
+    p_std: float | None = option(None, V.positive_float,
+                                 "iCT, ECT and sCM: standard deviation P_std of ln σ (default iCT/ECT 2.0; "
+                                 "sCM 1.4, distilling 1.6)")
     tangent_warmup: int | None = option(None, V.nonnegative_int,
                                         "sCM: steps over which the tangent's cos·sin·(x_t + σ_d dF/dt) term "
                                         "ramps from 0 to 1 (default a tenth of --steps)")
@@ -354,7 +367,11 @@ class ConsistencyFamily(Family):
             image_shape=(int(getattr(dataset, "num_channels", 3)), resolution, resolution),
             **_ect_options(config, mode), tangent_warmup=_tangent_warmup(config, mode, steps),
             **_trajectory_targets(config, mode), **_adversarial(config, dataset),
-            decay_images=float(config.get("decay_kimg") or 0.0) * 1000)
+            decay_images=float(config.get("decay_kimg") or 0.0) * 1000,
+            p_mean=None if config.get("p_mean") is None else float(config["p_mean"]),
+            p_std=None if config.get("p_std") is None else float(config["p_std"]))
+        if mode in LOGNORMAL_MODES:
+            config.update(p_mean=objective.p_mean, p_std=objective.p_std)
         config.update(num_scales=objective.scales_at(steps), s0=objective.s0, s1=objective.s1,
                       mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr,
                       teacher_steps=objective.teacher_steps)

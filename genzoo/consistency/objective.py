@@ -28,6 +28,7 @@ improved training (iCT).
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from genzoo.consistency.schedules import (
     ect_stage,
     ict_num_scales,
     ict_pair_probabilities,
+    lognormal_sigmas,
 )
 from genzoo.consistency.trajectories import TrajectoryPool, teacher_ode_solve
 from genzoo.errors import UserError
@@ -58,6 +60,23 @@ SOLVERS = ("heun", "euler")
 CD_TARGETS = ("step", "trajectory")
 #: the adversarial term's adaptive weight is clamped to at most this (VQGAN's bound, Esser et al. 2021)
 ADAPTIVE_MAX = 1e4
+#: the modes whose noise levels are lognormal, ln σ ~ N(P_mean, P_std²) (``--p-mean``, ``--p-std``)
+LOGNORMAL_MODES = ("ict", "ect", "scm")
+#: iCT's P_mean, P_std (Song & Dhariwal 2023, Sec. 3.5), which ECT's CIFAR-10 runs keep
+ICT_P_MEAN, ICT_P_STD = -1.1, 2.0
+
+
+def _lognormal_params(mode: str, distilling: bool, p_mean: float | None,
+                      p_std: float | None) -> tuple[float, float]:
+    """(P_mean, P_std): the given values, else the mode's (iCT/ECT −1.1, 2.0; sCM −1.0, 1.4 in training,
+    −0.8, 1.6 in distillation, sCM Sec. 5)."""
+    if mode == "scm":
+        from genzoo.consistency.trigflow import SCM_P_MEAN, SCM_P_STD
+
+        defaults = (-0.8, 1.6) if distilling else (SCM_P_MEAN, SCM_P_STD)
+    else:
+        defaults = (ICT_P_MEAN, ICT_P_STD)
+    return (float(defaults[0] if p_mean is None else p_mean), float(defaults[1] if p_std is None else p_std))
 
 
 class ConsistencyObjective(Objective):
@@ -72,7 +91,7 @@ class ConsistencyObjective(Objective):
                  total_steps: int = 0, s0: int | None = None, s1: int | None = None, mu0: float | None = None,
                  distance: str | None = None, solver: str = "heun", lr: float = 1e-4,
                  lpips_weights: str | None = None, lpips_size: int | None = None,
-                 lpips_mix: float | None = None, p_mean: float = -1.1, p_std: float = 2.0,
+                 lpips_mix: float | None = None, p_mean: float | None = None, p_std: float | None = None,
                  teacher_steps: int = 1, discriminator: nn.Module | None = None, gan_weight: float = 0.0,
                  d_lr: float = 2e-3, r1_gamma: float = 0.1, adaptive_max: float = ADAPTIVE_MAX,
                  cd_targets: str = "step",
@@ -120,7 +139,13 @@ class ConsistencyObjective(Objective):
             raise UserError(f"--ect-stages/--ect-q: expected at least 1 stage and q > 1, got "
                             f"{ect_stages} and {ect_q}")
         self.distance = get_distance(self.distance_name, lpips_weights, lpips_size, lpips_mix)
-        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        if (p_mean is not None or p_std is not None) and mode not in LOGNORMAL_MODES:
+            raise UserError(f"--p-mean/--p-std: only --mode {', '.join(LOGNORMAL_MODES)} draw ln σ from a "
+                            f"normal distribution, not --mode {mode}")
+        self.p_mean, self.p_std = _lognormal_params(mode, teacher is not None, p_mean, p_std)
+        if not self.p_std > 0 or not math.isfinite(self.p_mean) or not math.isfinite(self.p_std):
+            raise UserError(f"--p-mean/--p-std: expected a finite P_mean and P_std > 0, got {p_mean} and "
+                            f"{p_std}")
         if mode in ("ct", "ict", "ect") and self.total_steps <= 0:
             raise UserError(f"--mode {mode}: the schedule needs the total number of training steps")
         if mode == "cd" and self.num_scales < 2:
@@ -241,8 +266,7 @@ class ConsistencyObjective(Objective):
 
     def _ect_loss(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
         student: ConsistencyModel = self.players["net"]
-        t = (torch.randn(len(x), device=x.device) * self.p_std + self.p_mean).exp()
-        t = t.clamp(student.sigma_min, student.sigma_max)
+        t = lognormal_sigmas(len(x), self.p_mean, self.p_std, student.sigma_min, student.sigma_max, x.device)
         r = ect_r(t, self.ect_stage_at(step), self.ect_q)
         per_item = ect_loss(student, x, torch.randn_like(x), t, r, labels, self.distance, self.teacher,
                             self.solver)
@@ -257,19 +281,13 @@ class ConsistencyObjective(Objective):
         return StepResult(loss=loss, logs=logs)
 
     def _scm_loss(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
-        from genzoo.consistency.trigflow import (
-            SCM_P_MEAN,
-            SCM_P_STD,
-            scm_loss,
-            teacher_velocity,
-            trigflow_time,
-        )
+        from genzoo.consistency.trigflow import scm_loss, teacher_velocity, trigflow_time
 
         student = self.players["net"]
         sd = student.sigma_data
-        p_mean, p_std = (-0.8, 1.6) if self.teacher is not None else (SCM_P_MEAN, SCM_P_STD)
-        sigma = (torch.randn(len(x), device=x.device) * p_std + p_mean).exp()
-        t = trigflow_time(sigma.clamp(student.sigma_min, student.sigma_max), sd)
+        sigma = lognormal_sigmas(len(x), self.p_mean, self.p_std, student.sigma_min, student.sigma_max,
+                                 x.device)
+        t = trigflow_time(sigma, sd)
         shape = (-1,) + (1,) * (x.ndim - 1)
         cos, sin = torch.cos(t).reshape(shape), torch.sin(t).reshape(shape)
         z = torch.randn_like(x) * sd
