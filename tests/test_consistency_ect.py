@@ -62,6 +62,15 @@ def test_ect_weight_is_inverse_step():
     torch.testing.assert_close(ect_weight(t, r), torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64))
 
 
+def test_ect_snr_weight_is_snr_plus_inverse_data_variance():
+    """``--ect-weighting snr``: (t² + σ_d²)/(t·σ_d)² = 1/t² + 1/σ_d², whatever r is (ECT's ImageNet-64)."""
+    t = torch.tensor([0.5, 1.0, 80.0], dtype=torch.float64)
+    r = torch.tensor([0.0, 0.9, 40.0], dtype=torch.float64)
+    expected = torch.tensor([8.0, 5.0, 4.0 + 1 / 6400], dtype=torch.float64)
+    torch.testing.assert_close(ect_weight(t, r, "snr", 0.5), expected, rtol=4 * EPS64, atol=0)
+    torch.testing.assert_close(ect_weight(t, r, "snr", 1.0), 1 / t ** 2 + 1, rtol=4 * EPS64, atol=0)
+
+
 def test_ect_loss_on_a_constructed_batch_equals_the_hand_computed_value():
     student = ConsistencyModel(Zero()).double()
     g = torch.Generator().manual_seed(0)
@@ -81,6 +90,9 @@ def test_ect_loss_on_a_constructed_batch_equals_the_hand_computed_value():
     torch.testing.assert_close(got, expected, rtol=rtol, atol=0)
     got_l2 = ect_loss(student, x, z, t, r, None, l2).double()
     torch.testing.assert_close(got_l2, ((out - target) ** 2).flatten(1).mean(1) / (t - r), rtol=rtol, atol=0)
+    got_snr = ect_loss(student, x, z, t, r, None, l2, weighting="snr").double()
+    snr = (t ** 2 + 0.25) / (t * 0.5) ** 2
+    torch.testing.assert_close(got_snr, ((out - target) ** 2).flatten(1).mean(1) * snr, rtol=rtol, atol=0)
 
 
 def _point_teacher(point):
@@ -153,6 +165,11 @@ def test_ect_rejects_bad_settings():
         ConsistencyObjective(student, "ect", total_steps=10, ect_stages=0)
     with pytest.raises(UserError, match="total number of training steps"):
         ConsistencyObjective(student, "ect")
+    with pytest.raises(UserError, match="--ect-weighting: expected one of dt, snr with --mode ect, got 'snr' "
+                                        "with --mode ict"):
+        ConsistencyObjective(student, "ict", total_steps=10, ect_weighting="snr")
+    with pytest.raises(UserError, match="--ect-weighting: .*got 'x'"):
+        ConsistencyObjective(student, "ect", total_steps=10, ect_weighting="x")
 
 
 def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
@@ -168,8 +185,8 @@ def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
     train({**FLAGS, "mode": "ect", "init": str(tmp_path / "dm"), "out": str(tmp_path / "ect"),
            "ect_stages": 2})
     saved = json.loads((tmp_path / "ect" / "checkpoint-000002" / "config.json").read_text())
-    keys = ("mode", "init", "ect_stages", "ect_q")
-    assert [saved[k] for k in keys] == ["ect", str(tmp_path / "dm"), 2, 2.0]
+    keys = ("mode", "init", "ect_stages", "ect_q", "ect_weighting")
+    assert [saved[k] for k in keys] == ["ect", str(tmp_path / "dm"), 2, 2.0, "dt"]
     assert saved["net"] == TEACHER_NET and saved["distance"] == "pseudo-huber"
     assert (saved["p_mean"], saved["p_std"]) == (-1.1, 2.0)  # the mode's defaults, resolved for resuming
     assert not (tmp_path / "ect" / "checkpoint-000002" / "objective.safetensors").exists()  # no EMA target
@@ -177,9 +194,13 @@ def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
     images, _, nfe = sample(model, "0-1", batch_size=2)
     assert nfe == 1 and images.shape == (2, 3, 8, 8)
     argv = ["train", "--family", "consistency", "--mode", "ect", "--init", "dm", "--data", "shapes:8",
-            "--out", "o", "--ect-stages", "4", "--ect-q", "3"]
+            "--out", "o", "--ect-stages", "4", "--ect-q", "3", "--ect-weighting", "snr"]
     parsed = config_from_args(build_parser().parse_args(argv))
-    assert (parsed["init"], parsed["ect_stages"], parsed["ect_q"]) == ("dm", 4, 3.0)
+    keys = ("init", "ect_stages", "ect_q", "ect_weighting")
+    assert [parsed[k] for k in keys] == ["dm", 4, 3.0, "snr"]
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*argv[:-1], "sqrt"])
+    assert exit_.value.code == 2
     with pytest.raises(UserError, match="--mode ect: give the diffusion model"):
         train({**FLAGS, "mode": "ect", "out": str(tmp_path / "x")})
     with pytest.raises(UserError, match="--init: only --mode ect"):

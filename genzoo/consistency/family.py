@@ -24,6 +24,7 @@ from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Cons
 from genzoo.consistency.objective import (
     ADAPTIVE_MAX,
     CD_TARGETS,
+    ECT_WEIGHTINGS,
     LOGNORMAL_MODES,
     MODES,
     SOLVERS,
@@ -155,9 +156,10 @@ def _tangent_warmup(config: dict[str, Any], mode: str, steps: int) -> int:
 
 
 def _ect_options(config: dict[str, Any], mode: str) -> dict[str, Any]:
-    """``--ect-stages``/``--ect-q`` (resolved into ``config`` for resuming); none outside ECT."""
+    """``--ect-stages``/``--ect-q``/``--ect-weighting`` (resolved into ``config`` for resuming); none outside
+    ECT."""
     if mode != "ect":
-        for key in ("ect_stages", "ect_q"):
+        for key in ("ect_stages", "ect_q", "ect_weighting"):
             if config.get(key) is not None:
                 raise UserError(f"--{key.replace('_', '-')}: only --mode ect has a Δt curriculum")
         return {}
@@ -165,7 +167,8 @@ def _ect_options(config: dict[str, Any], mode: str) -> dict[str, Any]:
 
     config["ect_stages"] = int(config.get("ect_stages") or ECT_STAGES)
     config["ect_q"] = float(config.get("ect_q") or ECT_Q)
-    return {"ect_stages": config["ect_stages"], "ect_q": config["ect_q"]}
+    config["ect_weighting"] = config.get("ect_weighting") or "dt"
+    return {key: config[key] for key in ("ect_stages", "ect_q", "ect_weighting")}
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,10 @@ class ConsistencyTrainOptions(NetworkOptions):
                                     "stage 0 is diffusion training, each later stage divides Δt by --ect-q)")
     ect_q: float | None = option(None, V.finite_float(1, lo_open=True),
                                  "ECT: Δt shrink factor per stage (default 2)")
+    ect_weighting: str | None = option(None, help="ECT: loss weighting, dt = 1/(t − r) (default; ECT's "
+                                                  "CIFAR-10 runs) or snr = SNR(t) + 1/σ_d² = "
+                                                  "(t² + σ_d²)/(t·σ_d)² (its ImageNet-64 runs)",
+                                       choices=ECT_WEIGHTINGS)
     p_mean: float | None = option(None, V.any_float,
                                   "iCT, ECT and sCM: mean P_mean of ln σ of the training noise levels "
                                   "(default iCT/ECT −1.1; sCM −1.0, distilling −0.8)")

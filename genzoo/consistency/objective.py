@@ -60,6 +60,9 @@ SOLVERS = ("heun", "euler")
 CD_TARGETS = ("step", "trajectory")
 #: the adversarial term's adaptive weight is clamped to at most this (VQGAN's bound, Esser et al. 2021)
 ADAPTIVE_MAX = 1e4
+#: ECT's loss weightings (``--ect-weighting``): 1/(t − r) (CIFAR-10, the default) or SNR(t) + 1/σ_d²
+#: (ImageNet-64)
+ECT_WEIGHTINGS = ("dt", "snr")
 #: the modes whose noise levels are lognormal, ln σ ~ N(P_mean, P_std²) (``--p-mean``, ``--p-std``)
 LOGNORMAL_MODES = ("ict", "ect", "scm")
 #: iCT's P_mean, P_std (Song & Dhariwal 2023, Sec. 3.5), which ECT's CIFAR-10 runs keep
@@ -97,7 +100,8 @@ class ConsistencyObjective(Objective):
                  cd_targets: str = "step",
                  trajectory_pool: int = 1024, trajectory_refresh: int = 1, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, ect_stages: int = ECT_STAGES,
-                 ect_q: float = ECT_Q, tangent_warmup: int = 0, decay_images: float = 0.0):
+                 ect_q: float = ECT_Q, ect_weighting: str | None = None, tangent_warmup: int = 0,
+                 decay_images: float = 0.0):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -135,6 +139,10 @@ class ConsistencyObjective(Objective):
         self.mu0 = float(defaults[2] if mu0 is None else mu0)
         self.distance_name = distance or ("pseudo-huber" if mode in SELF_TARGET_MODES else "l2")
         self.ect_stages, self.ect_q = int(ect_stages), float(ect_q)
+        if ect_weighting is not None and (mode != "ect" or ect_weighting not in ECT_WEIGHTINGS):
+            raise UserError(f"--ect-weighting: expected one of {', '.join(ECT_WEIGHTINGS)} with --mode ect, "
+                            f"got {ect_weighting!r} with --mode {mode}")
+        self.ect_weighting = ect_weighting or "dt"
         if mode == "ect" and (self.ect_stages < 1 or self.ect_q <= 1):
             raise UserError(f"--ect-stages/--ect-q: expected at least 1 stage and q > 1, got "
                             f"{ect_stages} and {ect_q}")
@@ -269,7 +277,7 @@ class ConsistencyObjective(Objective):
         t = lognormal_sigmas(len(x), self.p_mean, self.p_std, student.sigma_min, student.sigma_max, x.device)
         r = ect_r(t, self.ect_stage_at(step), self.ect_q)
         per_item = ect_loss(student, x, torch.randn_like(x), t, r, labels, self.distance, self.teacher,
-                            self.solver)
+                            self.solver, self.ect_weighting)
         loss = per_item.mean()
         logs = {"ect_stage": float(self.ect_stage_at(step)), "mean_dt": float((t - r).mean())}
         if "D" in self.players:
@@ -366,8 +374,14 @@ class ConsistencyObjective(Objective):
         return batch.labels
 
 
-def ect_weight(t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """ECT's loss weighting w(t, r) = 1/(t − r) (locuslab/ect, the ECMLoss of the CIFAR-10 runs)."""
+def ect_weight(t: torch.Tensor, r: torch.Tensor, weighting: str = "dt",
+               sigma_data: float = 0.5) -> torch.Tensor:
+    """ECT's loss weighting: ``dt`` w(t, r) = 1/(t − r) (locuslab/ect, the ECMLoss of the CIFAR-10 runs), or
+    ``snr`` w(t) = SNR(t) + 1/σ_d² = (t² + σ_d²)/(t·σ_d)² (its ImageNet-64 runs, ``--wt snrpk``)."""
+    if weighting == "snr":
+        return (t ** 2 + sigma_data ** 2) / (t * sigma_data) ** 2
+    if weighting != "dt":
+        raise ValueError(f"unknown ECT weighting {weighting!r}")
     return 1.0 / (t - r)
 
 
@@ -391,7 +405,7 @@ def teacher_point(teacher: Any, x_t: torch.Tensor, t: torch.Tensor, r: torch.Ten
 
 def ect_loss(student: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
              labels: torch.Tensor | None, distance: Any, teacher: Any = None,
-             solver: str = "heun") -> torch.Tensor:
+             solver: str = "heun", weighting: str = "dt") -> torch.Tensor:
     """Per-item ECT loss w(t, r)·d(f_θ(x_t, t), sg f_θ(x_r, r)) with x_t = x + t·z and x_r = x + r·z, or with
     a ``teacher`` one step of its ODE from x_t to r (:func:`teacher_point`, consistency distillation);
     the target is x_r itself where r ≤ σ_min (the boundary condition f(x, σ_min) = x; r = 0 makes it the
@@ -414,4 +428,4 @@ def ect_loss(student: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tens
             set_global_rng_state(rng, x.device)
             r_safe = torch.where(boundary, torch.full_like(r, student.sigma_min), r)
             target = torch.where(boundary.reshape(shape), target, student(x_r, r_safe, labels).to(dtype))
-    return ect_weight(t, r) * distance(out, target)
+    return ect_weight(t, r, weighting, student.sigma_data) * distance(out, target)
