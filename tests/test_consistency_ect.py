@@ -388,3 +388,39 @@ def test_p_mean_and_p_std_reach_ects_noise_levels_and_default_per_mode():
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args([*argv, bad])
         assert exit_.value.code == 2
+
+
+def test_dropout_reaches_a_student_copied_from_the_teacher(tmp_path):
+    """``--dropout P`` with ``--teacher``/``--init``: the student's copy of the teacher's network gets P in
+    every block (and its config), the teacher keeps its own; a network without dropout is refused."""
+    from types import SimpleNamespace
+
+    from genzoo.checkpoints import save_model_dir
+    from genzoo.consistency.family import FAMILY, _set_dropout
+    from genzoo.diffusion.family import build_diffusion_model
+    from tests.test_consistency_engine import TEACHER_NET
+
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
+              "channels": 3, "num_classes": 0, "sampled_player": "net"}
+    torch.manual_seed(0)
+    teacher = build_diffusion_model(config)
+    with torch.no_grad():  # no zero-initialised convolutions, which would hide the dropout behind them
+        for param in teacher.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=0)
+    run_config = {"mode": "ect", "teacher": str(tmp_path / "dm"), "steps": 10, "dropout": 0.25}
+    objective = FAMILY.build_objective(run_config, data)
+    student = objective.players["net"]
+    def rates(module):
+        return [m.p for m in module.modules() if isinstance(m, nn.Dropout)]
+
+    assert rates(student) and set(rates(student)) == {0.25} and run_config["net"]["dropout"] == 0.25
+    assert set(rates(objective.teacher)) == {TEACHER_NET["dropout"]}
+    x, sigma = torch.randn(2, 3, 8, 8), torch.full((2,), 1.0)
+    student.train()
+    with torch.no_grad():
+        assert not torch.equal(student(x, sigma), student(x, sigma))  # dropout is active in training
+    with pytest.raises(UserError, match="--dropout: the network of T has no dropout setting"):
+        _set_dropout(nn.Linear(2, 2), {}, 0.1, "T")

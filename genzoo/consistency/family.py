@@ -155,6 +155,19 @@ def _tangent_warmup(config: dict[str, Any], mode: str, steps: int) -> int:
     return int(config["tangent_warmup"])
 
 
+def _set_dropout(network: nn.Module, net_config: dict[str, Any], p: float, source: str) -> None:
+    """``--dropout P`` on a student copied from a diffusion model (ECT's CIFAR-10 tuning used 0.2): every
+    dropout of the network and its recorded config set to P."""
+    if "dropout" not in net_config:
+        raise UserError(f"--dropout: the network of {source} has no dropout setting")
+    for module in network.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = p
+    net_config["dropout"] = p
+
+
 def _ect_options(config: dict[str, Any], mode: str) -> dict[str, Any]:
     """``--ect-stages``/``--ect-q``/``--ect-weighting`` (resolved into ``config`` for resuming); none outside
     ECT."""
@@ -342,6 +355,8 @@ class ConsistencyFamily(Family):
                 raise UserError(f"--teacher {teacher_path}: no network to initialise the student from")
             arch, net_config = tcfg["arch"], dict(tcfg["net"])
             network = copy.deepcopy(teacher.model)  # the student starts from the teacher (CM, Sec. 5)
+            if config.get("dropout") is not None:
+                _set_dropout(network, net_config, float(config["dropout"]), str(teacher_path))
             if config.get("sigma_data") is None:
                 config["sigma_data"] = float(getattr(teacher, "sigma_data", SIGMA_DATA))
             if mode == "scm" and tcfg.get("precond") not in (None, "edm"):
