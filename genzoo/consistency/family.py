@@ -284,8 +284,9 @@ class ConsistencyTrainOptions(NetworkOptions):
                                              "CD: autoguidance of the teacher by this weaker denoiser of the "
                                              "same kind (a run, checkpoint or model directory) at "
                                              "--teacher-guidance w, instead of classifier-free guidance")
-    teacher_guidance_interval: str | None = option(None, None, "CD: guide the teacher only for SIGMA_LO < σ "
-                                                               "<= SIGMA_HI", metavar="SIGMA_LO,SIGMA_HI")
+    teacher_guidance_interval: str | None = option(None, None, "CD, ECT and sCM with --teacher: guide the "
+                                                               "teacher only for SIGMA_LO < σ <= SIGMA_HI",
+                                                   metavar="SIGMA_LO,SIGMA_HI")
     teacher_guidance: float | None = option(None, V.any_float,
                                             "CD, ECT and sCM with --teacher: classifier-free guidance scale "
                                             "w of the teacher's ODE step (default 1 = none); the student "
