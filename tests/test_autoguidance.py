@@ -187,6 +187,10 @@ def test_cd_teacher_with_autoguidance_and_interval(models):
     cfg = CM.build_objective({"mode": "cd", "teacher": str(models / "main"), "teacher_guidance": 2.0,
                               "teacher_guidance_interval": "0.5,3"}, data)
     assert isinstance(cfg.teacher, ClassifierFreeGuidance) and cfg.teacher.interval == (0.5, 3.0)
+    for mode in ("ect", "scm"):  # ECT's and sCM's distillation guide the teacher the same way
+        guided = CM.build_objective({"mode": mode, "teacher": str(models / "main"), "teacher_guidance": 2.0,
+                                     "teacher_guidance_interval": "0.5,3", "steps": 10}, data).teacher
+        assert isinstance(guided, ClassifierFreeGuidance) and guided.interval == (0.5, 3.0)
     with pytest.raises(UserError, match="--teacher-guide-model: needs --teacher-guidance"):
         CM.build_objective({"mode": "cd", "teacher": str(models / "main"),
                             "teacher_guide_model": str(models / "guide")}, data)

@@ -62,6 +62,15 @@ def test_ect_weight_is_inverse_step():
     torch.testing.assert_close(ect_weight(t, r), torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64))
 
 
+def test_ect_snr_weight_is_snr_plus_inverse_data_variance():
+    """``--ect-weighting snr``: (t² + σ_d²)/(t·σ_d)² = 1/t² + 1/σ_d², whatever r is (ECT's ImageNet-64)."""
+    t = torch.tensor([0.5, 1.0, 80.0], dtype=torch.float64)
+    r = torch.tensor([0.0, 0.9, 40.0], dtype=torch.float64)
+    expected = torch.tensor([8.0, 5.0, 4.0 + 1 / 6400], dtype=torch.float64)
+    torch.testing.assert_close(ect_weight(t, r, "snr", 0.5), expected, rtol=4 * EPS64, atol=0)
+    torch.testing.assert_close(ect_weight(t, r, "snr", 1.0), 1 / t ** 2 + 1, rtol=4 * EPS64, atol=0)
+
+
 def test_ect_loss_on_a_constructed_batch_equals_the_hand_computed_value():
     student = ConsistencyModel(Zero()).double()
     g = torch.Generator().manual_seed(0)
@@ -81,6 +90,9 @@ def test_ect_loss_on_a_constructed_batch_equals_the_hand_computed_value():
     torch.testing.assert_close(got, expected, rtol=rtol, atol=0)
     got_l2 = ect_loss(student, x, z, t, r, None, l2).double()
     torch.testing.assert_close(got_l2, ((out - target) ** 2).flatten(1).mean(1) / (t - r), rtol=rtol, atol=0)
+    got_snr = ect_loss(student, x, z, t, r, None, l2, weighting="snr").double()
+    snr = (t ** 2 + 0.25) / (t * 0.5) ** 2
+    torch.testing.assert_close(got_snr, ((out - target) ** 2).flatten(1).mean(1) * snr, rtol=rtol, atol=0)
 
 
 def _point_teacher(point):
@@ -153,6 +165,11 @@ def test_ect_rejects_bad_settings():
         ConsistencyObjective(student, "ect", total_steps=10, ect_stages=0)
     with pytest.raises(UserError, match="total number of training steps"):
         ConsistencyObjective(student, "ect")
+    with pytest.raises(UserError, match="--ect-weighting: expected one of dt, snr with --mode ect, got 'snr' "
+                                        "with --mode ict"):
+        ConsistencyObjective(student, "ict", total_steps=10, ect_weighting="snr")
+    with pytest.raises(UserError, match="--ect-weighting: .*got 'x'"):
+        ConsistencyObjective(student, "ect", total_steps=10, ect_weighting="x")
 
 
 def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
@@ -168,17 +185,22 @@ def test_ect_run_from_a_diffusion_model_round_trips_its_config(tmp_path):
     train({**FLAGS, "mode": "ect", "init": str(tmp_path / "dm"), "out": str(tmp_path / "ect"),
            "ect_stages": 2})
     saved = json.loads((tmp_path / "ect" / "checkpoint-000002" / "config.json").read_text())
-    keys = ("mode", "init", "ect_stages", "ect_q")
-    assert [saved[k] for k in keys] == ["ect", str(tmp_path / "dm"), 2, 2.0]
+    keys = ("mode", "init", "ect_stages", "ect_q", "ect_weighting")
+    assert [saved[k] for k in keys] == ["ect", str(tmp_path / "dm"), 2, 2.0, "dt"]
     assert saved["net"] == TEACHER_NET and saved["distance"] == "pseudo-huber"
+    assert (saved["p_mean"], saved["p_std"]) == (-1.1, 2.0)  # the mode's defaults, resolved for resuming
     assert not (tmp_path / "ect" / "checkpoint-000002" / "objective.safetensors").exists()  # no EMA target
     model = load(tmp_path / "ect")
     images, _, nfe = sample(model, "0-1", batch_size=2)
     assert nfe == 1 and images.shape == (2, 3, 8, 8)
     argv = ["train", "--family", "consistency", "--mode", "ect", "--init", "dm", "--data", "shapes:8",
-            "--out", "o", "--ect-stages", "4", "--ect-q", "3"]
+            "--out", "o", "--ect-stages", "4", "--ect-q", "3", "--ect-weighting", "snr"]
     parsed = config_from_args(build_parser().parse_args(argv))
-    assert (parsed["init"], parsed["ect_stages"], parsed["ect_q"]) == ("dm", 4, 3.0)
+    keys = ("init", "ect_stages", "ect_q", "ect_weighting")
+    assert [parsed[k] for k in keys] == ["dm", 4, 3.0, "snr"]
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*argv[:-1], "sqrt"])
+    assert exit_.value.code == 2
     with pytest.raises(UserError, match="--mode ect: give the diffusion model"):
         train({**FLAGS, "mode": "ect", "out": str(tmp_path / "x")})
     with pytest.raises(UserError, match="--init: only --mode ect"):
@@ -320,3 +342,85 @@ def test_lpips_size_reaches_the_distance_of_a_family_built_objective(tmp_path):
     assert mixed.distance_name == config["distance"] == "pseudo-huber"
     x, y = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
     torch.testing.assert_close(mixed.distance(x, y), pseudo_huber(x, y) + 10 * objective.distance(x, y))
+
+
+def test_lognormal_sigmas_follow_the_clamped_lognormal_cdf():
+    """ln σ ~ N(P_mean, P_std²) clamped to [σ_min, σ_max]: the empirical CDF of n draws against
+    Φ((ln s − P_mean)/P_std); by the DKW inequality sup|F_n − F| > 0.01 has probability ≤ 2e^(−2n·1e-4)."""
+    from genzoo.consistency.schedules import lognormal_sigmas
+
+    n, p_mean, p_std, lo, hi = 100_000, -0.4, 1.6, 0.002, 80.0
+    torch.manual_seed(0)
+    sigmas = lognormal_sigmas(n, p_mean, p_std, lo, hi).double()
+    assert float(sigmas.min()) >= lo and float(sigmas.max()) <= hi
+    points = torch.tensor([0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 20.0, 79.0], dtype=torch.float64)
+    empirical = (sigmas[None, :] <= points[:, None]).double().mean(1)
+    closed = 0.5 * (1 + torch.erf((points.log() - p_mean) / (p_std * math.sqrt(2))))
+    assert float((empirical - closed).abs().max()) < 0.01
+    above = float((sigmas >= hi).double().mean())  # the clamped tail: P(σ ≥ σ_max) = 1 − Φ((ln 80 − μ)/s)
+    assert above == pytest.approx(0.5 * math.erfc((math.log(hi) - p_mean) / (p_std * math.sqrt(2))), abs=0.01)
+
+
+def test_p_mean_and_p_std_reach_ects_noise_levels_and_default_per_mode():
+    """``--p-mean``/``--p-std``: ECT's t (stage 0: r = 0, so the logged mean Δt is the mean t) follows them;
+    unset they are the mode's defaults; modes without lognormal noise levels and bad values are refused."""
+    from genzoo.cli import build_parser
+    from genzoo.consistency.trigflow import SCM_P_MEAN, SCM_P_STD, TrigFlowModel
+
+    batch = Batch(images=torch.zeros(4096, 2, 1, 1), labels=torch.full((4096,), -1))
+    objective = ConsistencyObjective(ConsistencyModel(MLP()), "ect", total_steps=10, p_mean=1.0, p_std=1e-3)
+    with torch.no_grad():
+        logs = objective.loss("net", batch, 0).logs
+    assert logs["ect_stage"] == 0.0 and logs["mean_dt"] == pytest.approx(math.e, rel=1e-3)
+    assert (ConsistencyObjective(ConsistencyModel(MLP()), "ect", total_steps=10).p_mean,
+            ConsistencyObjective(ConsistencyModel(MLP()), "ict", total_steps=10).p_std) == (-1.1, 2.0)
+    scm = ConsistencyObjective(TrigFlowModel(MLP()), "scm", total_steps=10)
+    assert (scm.p_mean, scm.p_std) == (SCM_P_MEAN, SCM_P_STD)
+    with pytest.raises(UserError, match="--p-mean/--p-std: only --mode ict, ect, scm .* not --mode ct"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "ct", total_steps=10, p_mean=0.0)
+    with pytest.raises(UserError, match="--p-mean/--p-std: expected a finite P_mean and P_std > 0"):
+        ConsistencyObjective(ConsistencyModel(MLP()), "ect", total_steps=10, p_std=0.0)
+    argv = ["train", "--family", "consistency", "--mode", "ect", "--teacher", "t", "--data", "shapes:8",
+            "--out", "o", "--p-mean", "-0.4", "--p-std"]
+    parsed = build_parser().parse_args([*argv, "1.6"])
+    assert (parsed.p_mean, parsed.p_std) == (-0.4, 1.6)
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([*argv, bad])
+        assert exit_.value.code == 2
+
+
+def test_dropout_reaches_a_student_copied_from_the_teacher(tmp_path):
+    """``--dropout P`` with ``--teacher``/``--init``: the student's copy of the teacher's network gets P in
+    every block (and its config), the teacher keeps its own; a network without dropout is refused."""
+    from types import SimpleNamespace
+
+    from genzoo.checkpoints import save_model_dir
+    from genzoo.consistency.family import FAMILY, _set_dropout
+    from genzoo.diffusion.family import build_diffusion_model
+    from tests.test_consistency_engine import TEACHER_NET
+
+    config = {"family": "diffusion", "arch": "ddpmpp", "net": TEACHER_NET, "precond": "edm", "resolution": 8,
+              "channels": 3, "num_classes": 0, "sampled_player": "net"}
+    torch.manual_seed(0)
+    teacher = build_diffusion_model(config)
+    with torch.no_grad():  # no zero-initialised convolutions, which would hide the dropout behind them
+        for param in teacher.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    weights = {f"net.{k}": v for k, v in teacher.state_dict().items()}
+    save_model_dir(tmp_path / "dm", config, {"model": weights})
+    data = SimpleNamespace(resolution=8, num_channels=3, num_classes=0)
+    run_config = {"mode": "ect", "teacher": str(tmp_path / "dm"), "steps": 10, "dropout": 0.25}
+    objective = FAMILY.build_objective(run_config, data)
+    student = objective.players["net"]
+    def rates(module):
+        return [m.p for m in module.modules() if isinstance(m, nn.Dropout)]
+
+    assert rates(student) and set(rates(student)) == {0.25} and run_config["net"]["dropout"] == 0.25
+    assert set(rates(objective.teacher)) == {TEACHER_NET["dropout"]}
+    x, sigma = torch.randn(2, 3, 8, 8), torch.full((2,), 1.0)
+    student.train()
+    with torch.no_grad():
+        assert not torch.equal(student(x, sigma), student(x, sigma))  # dropout is active in training
+    with pytest.raises(UserError, match="--dropout: the network of T has no dropout setting"):
+        _set_dropout(nn.Linear(2, 2), {}, 0.1, "T")

@@ -21,7 +21,15 @@ from genzoo import validate as V
 from genzoo.checkpoints.record import config_of, record_of
 from genzoo.consistency.distances import DISTANCES
 from genzoo.consistency.model import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel
-from genzoo.consistency.objective import ADAPTIVE_MAX, CD_TARGETS, MODES, SOLVERS, ConsistencyObjective
+from genzoo.consistency.objective import (
+    ADAPTIVE_MAX,
+    CD_TARGETS,
+    ECT_WEIGHTINGS,
+    LOGNORMAL_MODES,
+    MODES,
+    SOLVERS,
+    ConsistencyObjective,
+)
 from genzoo.consistency.sampling import parse_sigmas, parse_ts, sample
 from genzoo.diffusion.family import NetworkOptions, record_network
 from genzoo.diffusion.samplers import is_denoiser
@@ -147,10 +155,24 @@ def _tangent_warmup(config: dict[str, Any], mode: str, steps: int) -> int:
     return int(config["tangent_warmup"])
 
 
+def _set_dropout(network: nn.Module, net_config: dict[str, Any], p: float, source: str) -> None:
+    """``--dropout P`` on a student copied from a diffusion model (ECT's CIFAR-10 tuning used 0.2): every
+    dropout of the network and its recorded config set to P."""
+    if "dropout" not in net_config:
+        raise UserError(f"--dropout: the network of {source} has no dropout setting")
+    for module in network.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = p
+    net_config["dropout"] = p
+
+
 def _ect_options(config: dict[str, Any], mode: str) -> dict[str, Any]:
-    """``--ect-stages``/``--ect-q`` (resolved into ``config`` for resuming); none outside ECT."""
+    """``--ect-stages``/``--ect-q``/``--ect-weighting`` (resolved into ``config`` for resuming); none outside
+    ECT."""
     if mode != "ect":
-        for key in ("ect_stages", "ect_q"):
+        for key in ("ect_stages", "ect_q", "ect_weighting"):
             if config.get(key) is not None:
                 raise UserError(f"--{key.replace('_', '-')}: only --mode ect has a Δt curriculum")
         return {}
@@ -158,7 +180,8 @@ def _ect_options(config: dict[str, Any], mode: str) -> dict[str, Any]:
 
     config["ect_stages"] = int(config.get("ect_stages") or ECT_STAGES)
     config["ect_q"] = float(config.get("ect_q") or ECT_Q)
-    return {"ect_stages": config["ect_stages"], "ect_q": config["ect_q"]}
+    config["ect_weighting"] = config.get("ect_weighting") or "dt"
+    return {key: config[key] for key in ("ect_stages", "ect_q", "ect_weighting")}
 
 
 @dataclass(frozen=True)
@@ -182,6 +205,16 @@ class ConsistencyTrainOptions(NetworkOptions):
                                     "stage 0 is diffusion training, each later stage divides Δt by --ect-q)")
     ect_q: float | None = option(None, V.finite_float(1, lo_open=True),
                                  "ECT: Δt shrink factor per stage (default 2)")
+    ect_weighting: str | None = option(None, help="ECT: loss weighting, dt = 1/(t − r) (default; ECT's "
+                                                  "CIFAR-10 runs) or snr = SNR(t) + 1/σ_d² = "
+                                                  "(t² + σ_d²)/(t·σ_d)² (its ImageNet-64 runs)",
+                                       choices=ECT_WEIGHTINGS)
+    p_mean: float | None = option(None, V.any_float,
+                                  "iCT, ECT and sCM: mean P_mean of ln σ of the training noise levels "
+                                  "(default iCT/ECT −1.1; sCM −1.0, distilling −0.8)")
+    p_std: float | None = option(None, V.positive_float,
+                                 "iCT, ECT and sCM: standard deviation P_std of ln σ (default iCT/ECT 2.0; "
+                                 "sCM 1.4, distilling 1.6)")
     tangent_warmup: int | None = option(None, V.nonnegative_int,
                                         "sCM: steps over which the tangent's cos·sin·(x_t + σ_d dF/dt) term "
                                         "ramps from 0 to 1 (default a tenth of --steps)")
@@ -251,8 +284,9 @@ class ConsistencyTrainOptions(NetworkOptions):
                                              "CD: autoguidance of the teacher by this weaker denoiser of the "
                                              "same kind (a run, checkpoint or model directory) at "
                                              "--teacher-guidance w, instead of classifier-free guidance")
-    teacher_guidance_interval: str | None = option(None, None, "CD: guide the teacher only for SIGMA_LO < σ "
-                                                               "<= SIGMA_HI", metavar="SIGMA_LO,SIGMA_HI")
+    teacher_guidance_interval: str | None = option(None, None, "CD, ECT and sCM with --teacher: guide the "
+                                                               "teacher only for SIGMA_LO < σ <= SIGMA_HI",
+                                                   metavar="SIGMA_LO,SIGMA_HI")
     teacher_guidance: float | None = option(None, V.any_float,
                                             "CD, ECT and sCM with --teacher: classifier-free guidance scale "
                                             "w of the teacher's ODE step (default 1 = none); the student "
@@ -322,6 +356,8 @@ class ConsistencyFamily(Family):
                 raise UserError(f"--teacher {teacher_path}: no network to initialise the student from")
             arch, net_config = tcfg["arch"], dict(tcfg["net"])
             network = copy.deepcopy(teacher.model)  # the student starts from the teacher (CM, Sec. 5)
+            if config.get("dropout") is not None:
+                _set_dropout(network, net_config, float(config["dropout"]), str(teacher_path))
             if config.get("sigma_data") is None:
                 config["sigma_data"] = float(getattr(teacher, "sigma_data", SIGMA_DATA))
             if mode == "scm" and tcfg.get("precond") not in (None, "edm"):
@@ -354,7 +390,11 @@ class ConsistencyFamily(Family):
             image_shape=(int(getattr(dataset, "num_channels", 3)), resolution, resolution),
             **_ect_options(config, mode), tangent_warmup=_tangent_warmup(config, mode, steps),
             **_trajectory_targets(config, mode), **_adversarial(config, dataset),
-            decay_images=float(config.get("decay_kimg") or 0.0) * 1000)
+            decay_images=float(config.get("decay_kimg") or 0.0) * 1000,
+            p_mean=None if config.get("p_mean") is None else float(config["p_mean"]),
+            p_std=None if config.get("p_std") is None else float(config["p_std"]))
+        if mode in LOGNORMAL_MODES:
+            config.update(p_mean=objective.p_mean, p_std=objective.p_std)
         config.update(num_scales=objective.scales_at(steps), s0=objective.s0, s1=objective.s1,
                       mu0=objective.mu0, distance=objective.distance_name, lr=objective.lr,
                       teacher_steps=objective.teacher_steps)

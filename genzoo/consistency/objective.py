@@ -28,6 +28,7 @@ improved training (iCT).
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from genzoo.consistency.schedules import (
     ect_stage,
     ict_num_scales,
     ict_pair_probabilities,
+    lognormal_sigmas,
 )
 from genzoo.consistency.trajectories import TrajectoryPool, teacher_ode_solve
 from genzoo.errors import UserError
@@ -58,6 +60,26 @@ SOLVERS = ("heun", "euler")
 CD_TARGETS = ("step", "trajectory")
 #: the adversarial term's adaptive weight is clamped to at most this (VQGAN's bound, Esser et al. 2021)
 ADAPTIVE_MAX = 1e4
+#: ECT's loss weightings (``--ect-weighting``): 1/(t − r) (CIFAR-10, the default) or SNR(t) + 1/σ_d²
+#: (ImageNet-64)
+ECT_WEIGHTINGS = ("dt", "snr")
+#: the modes whose noise levels are lognormal, ln σ ~ N(P_mean, P_std²) (``--p-mean``, ``--p-std``)
+LOGNORMAL_MODES = ("ict", "ect", "scm")
+#: iCT's P_mean, P_std (Song & Dhariwal 2023, Sec. 3.5), which ECT's CIFAR-10 runs keep
+ICT_P_MEAN, ICT_P_STD = -1.1, 2.0
+
+
+def _lognormal_params(mode: str, distilling: bool, p_mean: float | None,
+                      p_std: float | None) -> tuple[float, float]:
+    """(P_mean, P_std): the given values, else the mode's (iCT/ECT −1.1, 2.0; sCM −1.0, 1.4 in training,
+    −0.8, 1.6 in distillation, sCM Sec. 5)."""
+    if mode == "scm":
+        from genzoo.consistency.trigflow import SCM_P_MEAN, SCM_P_STD
+
+        defaults = (-0.8, 1.6) if distilling else (SCM_P_MEAN, SCM_P_STD)
+    else:
+        defaults = (ICT_P_MEAN, ICT_P_STD)
+    return (float(defaults[0] if p_mean is None else p_mean), float(defaults[1] if p_std is None else p_std))
 
 
 class ConsistencyObjective(Objective):
@@ -72,13 +94,14 @@ class ConsistencyObjective(Objective):
                  total_steps: int = 0, s0: int | None = None, s1: int | None = None, mu0: float | None = None,
                  distance: str | None = None, solver: str = "heun", lr: float = 1e-4,
                  lpips_weights: str | None = None, lpips_size: int | None = None,
-                 lpips_mix: float | None = None, p_mean: float = -1.1, p_std: float = 2.0,
+                 lpips_mix: float | None = None, p_mean: float | None = None, p_std: float | None = None,
                  teacher_steps: int = 1, discriminator: nn.Module | None = None, gan_weight: float = 0.0,
                  d_lr: float = 2e-3, r1_gamma: float = 0.1, adaptive_max: float = ADAPTIVE_MAX,
                  cd_targets: str = "step",
                  trajectory_pool: int = 1024, trajectory_refresh: int = 1, seed: int = 0,
                  image_shape: tuple[int, ...] | None = None, ect_stages: int = ECT_STAGES,
-                 ect_q: float = ECT_Q, tangent_warmup: int = 0, decay_images: float = 0.0):
+                 ect_q: float = ECT_Q, ect_weighting: str | None = None, tangent_warmup: int = 0,
+                 decay_images: float = 0.0):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -116,11 +139,21 @@ class ConsistencyObjective(Objective):
         self.mu0 = float(defaults[2] if mu0 is None else mu0)
         self.distance_name = distance or ("pseudo-huber" if mode in SELF_TARGET_MODES else "l2")
         self.ect_stages, self.ect_q = int(ect_stages), float(ect_q)
+        if ect_weighting is not None and (mode != "ect" or ect_weighting not in ECT_WEIGHTINGS):
+            raise UserError(f"--ect-weighting: expected one of {', '.join(ECT_WEIGHTINGS)} with --mode ect, "
+                            f"got {ect_weighting!r} with --mode {mode}")
+        self.ect_weighting = ect_weighting or "dt"
         if mode == "ect" and (self.ect_stages < 1 or self.ect_q <= 1):
             raise UserError(f"--ect-stages/--ect-q: expected at least 1 stage and q > 1, got "
                             f"{ect_stages} and {ect_q}")
         self.distance = get_distance(self.distance_name, lpips_weights, lpips_size, lpips_mix)
-        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        if (p_mean is not None or p_std is not None) and mode not in LOGNORMAL_MODES:
+            raise UserError(f"--p-mean/--p-std: only --mode {', '.join(LOGNORMAL_MODES)} draw ln σ from a "
+                            f"normal distribution, not --mode {mode}")
+        self.p_mean, self.p_std = _lognormal_params(mode, teacher is not None, p_mean, p_std)
+        if not self.p_std > 0 or not math.isfinite(self.p_mean) or not math.isfinite(self.p_std):
+            raise UserError(f"--p-mean/--p-std: expected a finite P_mean and P_std > 0, got {p_mean} and "
+                            f"{p_std}")
         if mode in ("ct", "ict", "ect") and self.total_steps <= 0:
             raise UserError(f"--mode {mode}: the schedule needs the total number of training steps")
         if mode == "cd" and self.num_scales < 2:
@@ -241,11 +274,10 @@ class ConsistencyObjective(Objective):
 
     def _ect_loss(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
         student: ConsistencyModel = self.players["net"]
-        t = (torch.randn(len(x), device=x.device) * self.p_std + self.p_mean).exp()
-        t = t.clamp(student.sigma_min, student.sigma_max)
+        t = lognormal_sigmas(len(x), self.p_mean, self.p_std, student.sigma_min, student.sigma_max, x.device)
         r = ect_r(t, self.ect_stage_at(step), self.ect_q)
         per_item = ect_loss(student, x, torch.randn_like(x), t, r, labels, self.distance, self.teacher,
-                            self.solver)
+                            self.solver, self.ect_weighting)
         loss = per_item.mean()
         logs = {"ect_stage": float(self.ect_stage_at(step)), "mean_dt": float((t - r).mean())}
         if "D" in self.players:
@@ -257,19 +289,13 @@ class ConsistencyObjective(Objective):
         return StepResult(loss=loss, logs=logs)
 
     def _scm_loss(self, x: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
-        from genzoo.consistency.trigflow import (
-            SCM_P_MEAN,
-            SCM_P_STD,
-            scm_loss,
-            teacher_velocity,
-            trigflow_time,
-        )
+        from genzoo.consistency.trigflow import scm_loss, teacher_velocity, trigflow_time
 
         student = self.players["net"]
         sd = student.sigma_data
-        p_mean, p_std = (-0.8, 1.6) if self.teacher is not None else (SCM_P_MEAN, SCM_P_STD)
-        sigma = (torch.randn(len(x), device=x.device) * p_std + p_mean).exp()
-        t = trigflow_time(sigma.clamp(student.sigma_min, student.sigma_max), sd)
+        sigma = lognormal_sigmas(len(x), self.p_mean, self.p_std, student.sigma_min, student.sigma_max,
+                                 x.device)
+        t = trigflow_time(sigma, sd)
         shape = (-1,) + (1,) * (x.ndim - 1)
         cos, sin = torch.cos(t).reshape(shape), torch.sin(t).reshape(shape)
         z = torch.randn_like(x) * sd
@@ -348,8 +374,14 @@ class ConsistencyObjective(Objective):
         return batch.labels
 
 
-def ect_weight(t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """ECT's loss weighting w(t, r) = 1/(t − r) (locuslab/ect, the ECMLoss of the CIFAR-10 runs)."""
+def ect_weight(t: torch.Tensor, r: torch.Tensor, weighting: str = "dt",
+               sigma_data: float = 0.5) -> torch.Tensor:
+    """ECT's loss weighting: ``dt`` w(t, r) = 1/(t − r) (locuslab/ect, the ECMLoss of the CIFAR-10 runs), or
+    ``snr`` w(t) = SNR(t) + 1/σ_d² = (t² + σ_d²)/(t·σ_d)² (its ImageNet-64 runs, ``--wt snrpk``)."""
+    if weighting == "snr":
+        return (t ** 2 + sigma_data ** 2) / (t * sigma_data) ** 2
+    if weighting != "dt":
+        raise ValueError(f"unknown ECT weighting {weighting!r}")
     return 1.0 / (t - r)
 
 
@@ -373,7 +405,7 @@ def teacher_point(teacher: Any, x_t: torch.Tensor, t: torch.Tensor, r: torch.Ten
 
 def ect_loss(student: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
              labels: torch.Tensor | None, distance: Any, teacher: Any = None,
-             solver: str = "heun") -> torch.Tensor:
+             solver: str = "heun", weighting: str = "dt") -> torch.Tensor:
     """Per-item ECT loss w(t, r)·d(f_θ(x_t, t), sg f_θ(x_r, r)) with x_t = x + t·z and x_r = x + r·z, or with
     a ``teacher`` one step of its ODE from x_t to r (:func:`teacher_point`, consistency distillation);
     the target is x_r itself where r ≤ σ_min (the boundary condition f(x, σ_min) = x; r = 0 makes it the
@@ -396,4 +428,4 @@ def ect_loss(student: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tens
             set_global_rng_state(rng, x.device)
             r_safe = torch.where(boundary, torch.full_like(r, student.sigma_min), r)
             target = torch.where(boundary.reshape(shape), target, student(x_r, r_safe, labels).to(dtype))
-    return ect_weight(t, r) * distance(out, target)
+    return ect_weight(t, r, weighting, student.sigma_data) * distance(out, target)

@@ -42,6 +42,12 @@ def ict_pair_probabilities(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: fl
     return weights / weights.sum()
 
 
+def lognormal_sigmas(n: int, p_mean: float, p_std: float, sigma_min: float, sigma_max: float,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """iCT Sec. 3.5 / ECT: n noise levels with ln σ ~ N(P_mean, P_std²), clamped to [σ_min, σ_max]."""
+    return (torch.randn(n, device=device) * p_std + p_mean).exp().clamp(sigma_min, sigma_max)
+
+
 def _check_total(total_steps: int) -> None:
     if total_steps <= 0:
         raise UserError(f"consistency training: the N(k) schedule needs the total number of training steps, "
